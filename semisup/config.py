@@ -1,0 +1,183 @@
+"""The one source of truth for run settings: a typed dataclass, its command line, YAML files.
+
+Precedence, lowest first: dataclass defaults (the published 1% ImageNet CGC recipe), the demo
+preset when no ``--data`` is given, ``--config FILE.yaml``, explicit flags. The resolved
+config is saved as ``config.yaml`` in the run directory and inside every checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+def _f(default, help: str, flags: tuple[str, ...] = (), choices=None):
+    return field(default=default, metadata=dict(help=help, flags=flags, choices=choices))
+
+
+@dataclass
+class Config:
+    # --- data ---
+    data: str | None = _f(None, "ImageNet-style root with train/ and val/ class folders; omit to use the embedded demo dataset")
+    labeled_fraction: float = _f(0.01, "fraction of train/ that is labeled: 0.01 and 0.1 use the standard SimCLR split files in splits/, 1.0 is full supervision (CGC on the labeled images with the true class)")
+    split_file: str | None = _f(None, "labeled subset as a file of train file names (overrides --labeled-fraction's lookup)")
+    unlabeled: str = _f("all", "unlabeled stream: 'all' training images (published run) or the 'rest' not in the labeled split", choices=("all", "rest"))
+    val_boxes: str | None = _f(None, "bounding boxes for Content Heatmap: a folder of ImageNet val XML files, or CUB's bounding_boxes.txt")
+    val_labels: str | None = _f(None, "for a flat val/ folder: a file of '<file name> <wnid>' lines")
+    num_classes: int | None = _f(None, "number of classes (default: the number of class folders)")
+    image_size: int = _f(224, "training crop size and the size of the unlabeled view")
+    resize_size: int = _f(256, "shorter side before the center crop for the unlabeled view and top-1/top-5")
+    ch_short_side: int = _f(448, "Content Heatmap: images are resized so their shorter side is this, without cropping")
+    crop_scale_min: float = _f(0.08, "lower bound of RandomResizedCrop's area scale (labeled crops and the CGC transform)")
+    max_bad_fraction: float = _f(0.001, "stop the run if more than this fraction of decoded images are unreadable")
+    workers: int = _f(8, "data loading worker processes per stream and process")
+    demo_cache: str | None = _f(None, "where the embedded demo dataset is cached (default ~/.cache/semisup)")
+    # --- model ---
+    arch: str = _f("resnet50", "torchvision ResNet name (resnet18/34/50/101/152) or resnet_tiny (demo)")
+    pretrained: str | None = _f(None, "SwAV/DeepCluster-v2, torchvision or own checkpoint for the trunk (the head starts fresh)")
+    # --- optimisation (defaults: the published 1% CGC recipe) ---
+    batch_labeled: int = _f(128, "global labeled batch (split evenly across processes)")
+    batch_unlabeled: int = _f(128, "global unlabeled batch (split evenly across processes)")
+    epochs: int = _f(50, "epochs; an epoch is one pass over the labeled set")
+    lr_trunk: float = _f(0.02, "learning rate of the pretrained trunk")
+    lr_head: float = _f(5.0, "learning rate of the fresh linear head (large, as in SwAV's semi-supervised recipe)")
+    lr_milestones: list[int] = _f((12, 16), "epochs after which the learning rates are multiplied by --lr-gamma")
+    lr_gamma: float = _f(0.2, "learning-rate decay factor at each milestone")
+    momentum: float = _f(0.9, "SGD momentum")
+    weight_decay: float = _f(0.0, "SGD weight decay")
+    # --- method ---
+    cgc_weight: float = _f(0.25, "weight lambda of the consistency loss; 0 gives plain cross-entropy fine-tuning", flags=("--lambda",))
+    temperature: float = _f(0.5, "InfoNCE temperature of the CGC loss")
+    consistency: str = _f("cgc", "'cgc' (contrastive, InfoNCE) or 'l2' (the earlier GCC baseline, no negatives)", choices=("cgc", "l2"))
+    global_negatives: bool = _f(False, "gather heatmaps from all processes as negatives (the published recipe used per-GPU negatives)")
+    cam_size: int = _f(224, "side the heatmaps are upsampled to inside the loss")
+    # --- run ---
+    run_dir: str | None = _f(None, "run directory (default runs/<dataset>-<method>-<fraction>-seed<seed>); an unfinished run there is resumed")
+    seed: int = _f(0, "seed of sampling, augmentation and initialisation")
+    device: str = _f("auto", "'auto', 'cpu' or 'cuda'")
+    amp: str = _f("auto", "mixed precision: 'auto' (bf16 on GPUs that support it, else fp16; off on CPU), 'bf16', 'fp16', 'off'", choices=("auto", "bf16", "fp16", "off"))
+    channels_last: bool = _f(True, "channels_last memory format on GPUs")
+    compile: bool = _f(False, "torch.compile the model")
+    eval_every: int = _f(10, "evaluate every N epochs (0: only at the end)")
+    checkpoint_every: int = _f(500, "also checkpoint every N optimizer steps (0: only at epoch ends)")
+    log_every: int = _f(50, "log the running losses every N steps")
+    knn_k: int = _f(20, "neighbours for the kNN evaluation")
+    knn_temperature: float = _f(0.07, "temperature of the kNN vote weights exp(cos/T)")
+    gallery: int = _f(16, "validation images in the end-of-run Grad-CAM gallery PNG (0: none)")
+    max_eval_images: int | None = _f(None, "evaluate on at most this many validation images (quick checks)")
+    overwrite: bool = _f(False, "replace a finished run in --run-dir instead of refusing")
+    dry_run: bool = _f(False, "build splits, datasets, boxes and model, print a summary and exit")
+
+    @property
+    def is_demo(self) -> bool:
+        return self.data is None
+
+    @property
+    def method(self) -> str:
+        if self.cgc_weight == 0:
+            return "ce"
+        return "cgc" if self.consistency == "cgc" else "gcc"
+
+    @property
+    def full_supervision(self) -> bool:
+        return self.labeled_fraction >= 1.0
+
+    def to_dict(self) -> dict:
+        return {f.name: (list(v) if isinstance(v, tuple) else v) for f in dataclasses.fields(self) for v in [getattr(self, f.name)]}
+
+
+# Settings that make the embedded demo finish in minutes on a 2-core CPU. Applied only to
+# fields the user did not set (by flag or config file) when no --data is given.
+DEMO_PRESET = dict(
+    arch="resnet_tiny", image_size=64, resize_size=64, ch_short_side=64, batch_labeled=32, batch_unlabeled=64,
+    epochs=60, lr_trunk=0.05, lr_head=0.05, lr_milestones=(40, 52), workers=0, eval_every=20,
+    checkpoint_every=100, log_every=20, crop_scale_min=0.25,
+)
+
+# Keys that do not change what a run computes: they may differ when resuming.
+RESUME_NEUTRAL = {"run_dir", "workers", "overwrite", "dry_run", "eval_every", "checkpoint_every", "log_every",
+                  "gallery", "device", "demo_cache", "compile", "max_eval_images"}
+
+
+def _field_type(f: dataclasses.Field):
+    hint = typing.get_type_hints(Config)[f.name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args and typing.get_origin(hint) is not list else hint
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Semi-supervised fine-tuning with Contrastive Grad-CAM Consistency (CGC).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", help="YAML file of settings (same names as the flags, with underscores)")
+    defaults = Config()
+    for f in dataclasses.fields(Config):
+        flags = (f"--{f.name.replace('_', '-')}",) + tuple(f.metadata["flags"])
+        kind = _field_type(f)
+        kwargs = dict(dest=f.name, default=argparse.SUPPRESS, help=f.metadata["help"] + f" (default: {getattr(defaults, f.name)})")
+        if kind is bool:
+            parser.add_argument(*flags, action=argparse.BooleanOptionalAction, **kwargs)
+        elif typing.get_origin(kind) is list:
+            parser.add_argument(*flags, type=int, nargs="*", **kwargs)
+        else:
+            parser.add_argument(*flags, type=kind, choices=f.metadata["choices"], **kwargs)
+    return parser
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise SystemExit(f"config file {path}: {err}")
+    if not isinstance(values, dict):
+        raise SystemExit(f"config file {path}: expected a mapping of setting: value")
+    known = {f.name for f in dataclasses.fields(Config)}
+    values = {k.replace("-", "_"): v for k, v in values.items()}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise SystemExit(f"config file {path}: unknown keys {unknown}; valid keys are the flag names with underscores "
+                         f"(see python semisup/run.py --help)")
+    return values
+
+
+def make_config(explicit: dict) -> Config:
+    """Resolve a Config from explicitly chosen values (flags and config-file entries)."""
+    values = {}
+    if explicit.get("data") is None:
+        values.update(DEMO_PRESET)
+    values.update(explicit)
+    if "lr_milestones" in values:
+        values["lr_milestones"] = tuple(values["lr_milestones"])
+    return Config(**values)
+
+
+def parse_config(argv: list[str] | None = None) -> Config:
+    args = vars(build_parser().parse_args(sys.argv[1:] if argv is None else argv))
+    config_file = args.pop("config", None)
+    explicit = load_yaml(config_file) if config_file else {}
+    explicit.update(args)
+    return make_config(explicit)
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def config_from_dict(values: dict) -> Config:
+    known = {f.name for f in dataclasses.fields(Config)}
+    values = {k: v for k, v in values.items() if k in known}
+    if "lr_milestones" in values:
+        values["lr_milestones"] = tuple(values["lr_milestones"])
+    return Config(**values)
+
+
+def differing_keys(a: Config, b: Config) -> list[str]:
+    """Settings that differ between two configs, ignoring those that do not change results."""
+    da, db = a.to_dict(), b.to_dict()
+    return sorted(k for k in da if k not in RESUME_NEUTRAL and da[k] != db.get(k))

@@ -1,0 +1,270 @@
+"""Datasets, the two-stream sampler and data loaders, shared by the demo and ImageNet.
+
+A *source* is an indexable collection of images with labels (``ArraySource`` for the demo,
+``FileSource`` for image files). Training datasets are indexed by ``(index, seed)`` pairs that
+``StreamSampler`` yields: every augmentation is drawn from that per-draw seed, so a run
+resumed from a checkpoint sees exactly the images and crops an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset
+
+from semisup import transforms as T
+
+log = logging.getLogger(__name__)
+
+# Errors PIL and friends raise on truncated, corrupt or non-image files.
+DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+class ArraySource:
+    """In-memory images uint8 [N, H, W, 3] with labels [N] (the demo)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        self.images, self.labels = images, np.asarray(labels, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def name(self, index: int) -> str:
+        return f"image {index}"
+
+    def load(self, index: int, min_side: int | None = None) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(self.images[index])).permute(2, 0, 1)
+
+    def size(self, index: int) -> tuple[int, int]:
+        return tuple(self.images.shape[1:3])
+
+
+class FileSource:
+    """Image files with labels. ``load`` decodes once with PIL, converting grayscale, CMYK and
+    palette images to RGB and reading PNG or other formats whatever their extension."""
+
+    def __init__(self, paths: list[str], labels: list[int] | np.ndarray):
+        self.paths, self.labels = list(paths), np.asarray(labels, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def name(self, index: int) -> str:
+        return self.paths[index]
+
+    def load(self, index: int, min_side: int | None = None) -> torch.Tensor:
+        """[3, H, W] uint8. With ``min_side``, a JPEG may be decoded at 1/2, 1/4 or 1/8 scale
+        (libjpeg's DCT scaling, far cheaper than decoding fully), never below ``min_side``."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # EXIF and palette warnings on odd ImageNet files
+            with Image.open(self.paths[index]) as img:
+                if min_side is not None and img.format == "JPEG":
+                    w, h = img.size
+                    scale = min(w, h) / min_side
+                    img.draft("RGB", (math.ceil(w / scale), math.ceil(h / scale)))
+                array = np.asarray(img.convert("RGB"))
+        return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+    def size(self, index: int) -> tuple[int, int]:
+        """(H, W) from the file header, without decoding."""
+        with Image.open(self.paths[index]) as img:
+            return img.size[1], img.size[0]
+
+
+def load_good(source, index: int, min_side: int | None = None) -> tuple[torch.Tensor, int, int]:
+    """Decode ``index``, or the next decodable image after it; returns (image, its index, how
+    many unreadable files were skipped). A long run never dies on one bad file."""
+    bad = 0
+    for attempt in range(len(source)):
+        i = (index + attempt) % len(source)
+        try:
+            return source.load(i, min_side=min_side), i, bad
+        except DECODE_ERRORS as err:
+            bad += 1
+            log.warning("skipping unreadable image %s (%s)", source.name(i), err)
+    raise RuntimeError("no readable image in the dataset")
+
+
+class TrainDataset(Dataset):
+    """Training samples for one stream, indexed by ``(index, seed)``.
+
+    base='random': RandomResizedCrop(size) + flip (labeled images); base='center':
+    Resize(resize) + CenterCrop(size), the unlabeled "view". With ``pair``, also the CGC
+    augmented view of the base image and the box and flip relating them.
+
+    Each item: dict(image [3,S,S] uint8, label int, bad int, and with pair: aug [3,S,S] uint8,
+    box [4] float, flip bool).
+    """
+
+    def __init__(self, source, indices: np.ndarray, size: int, resize: int, scale_min: float, base: str, pair: bool):
+        self.source, self.indices = source, np.asarray(indices, dtype=np.int64)
+        self.size, self.resize, self.scale = size, resize, (scale_min, 1.0)
+        self.base, self.pair = base, pair
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        position, seed = key
+        generator = torch.Generator().manual_seed(seed)
+        image, index, bad = self._load(int(self.indices[position]))
+        if self.base == "random":
+            image = T.random_crop_flip(image, self.size, self.scale, generator)
+        else:
+            image = T.center_view(image, self.resize, self.size)
+        item = dict(image=image, label=int(self.source.labels[index]), bad=bad)
+        if self.pair:
+            item["aug"], item["box"], item["flip"] = T.cgc_pair(image, self.scale, generator)
+        return item
+
+    def _load(self, index: int):
+        # Only the resized view is used for base='center': the JPEG decoder may shrink large
+        # files on the fly. Random crops need full resolution.
+        return load_good(self.source, index, min_side=self.resize if self.base == "center" else None)
+
+
+class StreamSampler:
+    """Endless batches of ``(position, seed)`` for one process of one stream.
+
+    Each pass over the data is a fresh permutation seeded by (seed, stream, pass) — the
+    "set_epoch" reshuffle — split across processes (``rank::world``, padded by wrapping so all
+    shards have equal length). The stream never restarts: position ``start_batch * batch`` is
+    where a resumed run continues. Each draw's augmentation seed depends only on
+    (seed, stream, rank, position).
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int, stream: int, rank: int = 0, world: int = 1, start_batch: int = 0):
+        if num_samples == 0:
+            raise ValueError("empty dataset")
+        self.n, self.batch_size, self.seed, self.stream = num_samples, batch_size, seed, stream
+        self.rank, self.world, self.start_batch = rank, world, start_batch
+        self.shard_len = math.ceil(num_samples / world)
+        self._cached_pass, self._cached_shard = None, None
+
+    def shard(self, pass_index: int) -> torch.Tensor:
+        if self._cached_pass != pass_index:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.stream * 7_919 + pass_index)
+            perm = torch.randperm(self.n, generator=g)
+            perm = perm.repeat(math.ceil(self.shard_len * self.world / self.n))[: self.shard_len * self.world]
+            self._cached_pass, self._cached_shard = pass_index, perm[self.rank::self.world]
+        return self._cached_shard
+
+    def __iter__(self):
+        position = self.start_batch * self.batch_size
+        while True:
+            batch = []
+            for p in range(position, position + self.batch_size):
+                index = int(self.shard(p // self.shard_len)[p % self.shard_len])
+                draw_seed = (self.seed * 2_654_435_761 + self.stream * 97_531 + self.rank * 1_000_003 + p) % (2**63)
+                batch.append((index, draw_seed))
+            position += self.batch_size
+            yield batch
+
+
+def make_loader(dataset: Dataset, sampler, workers: int, pin_memory: bool) -> DataLoader:
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=pin_memory,
+                      persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
+
+
+@dataclass
+class EvalSet:
+    """Validation data. ``boxes[i]`` is a float array [n, 4] (xmin, ymin, xmax, ymax) in pixels of
+    the original image (max exclusive), the boxes of the image's ground-truth class; may be empty.
+    ``sizes[i]`` is the original (H, W)."""
+    source: object
+    boxes: list[np.ndarray] | None
+    sizes: list[tuple[int, int]] = field(default_factory=list)
+
+
+@dataclass
+class DataBundle:
+    """Everything training and evaluation need from the data side."""
+    classes: list[str]
+    labeled: object            # source of labeled training images
+    labeled_indices: np.ndarray
+    unlabeled: object | None   # source of unlabeled training images (None: full supervision / CE only)
+    unlabeled_indices: np.ndarray | None
+    val: EvalSet
+    summary: dict
+
+
+class EvalCropDataset(Dataset):
+    """Validation images at Resize(resize) + CenterCrop(crop): dict(image uint8, label, index)."""
+
+    def __init__(self, source, resize: int, crop: int, indices=None):
+        self.source, self.resize, self.crop = source, resize, crop
+        self.indices = np.arange(len(source)) if indices is None else np.asarray(indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        index = int(self.indices[i])
+        image, bad = _eval_load(self.source, index)
+        return dict(image=T.center_view(image, self.resize, self.crop), label=int(self.source.labels[index]), index=index, bad=bad)
+
+
+class EvalFullDataset(Dataset):
+    """Validation images resized so the shorter side is ``short_side``, not cropped (Content
+    Heatmap): dict(image uint8 [3, H', W'], label, index)."""
+
+    def __init__(self, source, short_side: int, indices=None):
+        self.source, self.short_side = source, short_side
+        self.indices = np.arange(len(source)) if indices is None else np.asarray(indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        index = int(self.indices[i])
+        image, bad = _eval_load(self.source, index)
+        if min(image.shape[-2:]) != self.short_side:
+            image = T.TF.resize(image, [self.short_side], antialias=True)
+        return dict(image=image, label=int(self.source.labels[index]), index=index, bad=bad)
+
+
+def _eval_load(source, index: int) -> tuple[torch.Tensor, int]:
+    """Validation images are never substituted: an unreadable one becomes a black image, which
+    counts as a miss, and is reported."""
+    try:
+        return source.load(index), 0
+    except DECODE_ERRORS as err:
+        log.warning("unreadable validation image %s (%s)", source.name(index), err)
+        h, w = source.size(index) if hasattr(source, "size") else (1, 1)
+        return torch.zeros(3, max(h, 1), max(w, 1), dtype=torch.uint8), 1
+
+
+def build_demo_bundle(cfg) -> DataBundle:
+    """The embedded demo, split into labeled and unlabeled streams like ImageNet."""
+    from semisup.demo import load_demo
+
+    demo = load_demo(cfg.demo_cache, size=cfg.image_size)
+    train = ArraySource(demo.train.images, demo.train.labels)
+    labeled = _demo_labeled_indices(demo.train.labels, cfg.labeled_fraction)
+    unlabeled = None
+    if not cfg.full_supervision and cfg.cgc_weight > 0:
+        unlabeled = np.arange(len(train)) if cfg.unlabeled == "all" else np.setdiff1d(np.arange(len(train)), labeled)
+    val_source = ArraySource(demo.val.images, demo.val.labels)
+    val = EvalSet(val_source, [b[None].astype(np.float32) for b in demo.val.boxes], [tuple(demo.val.images.shape[1:3])] * len(val_source))
+    summary = dict(dataset="demo", classes=len(demo.classes), labeled=len(labeled), unlabeled=0 if unlabeled is None else len(unlabeled),
+                   validation=len(val_source), validation_with_boxes=len(val_source), bad_files=0)
+    return DataBundle(demo.classes, train, labeled, train if unlabeled is not None else None, unlabeled, val, summary)
+
+
+def _demo_labeled_indices(labels: np.ndarray, fraction: float) -> np.ndarray:
+    """A class-stratified labeled subset of the demo's training split. The split seed is fixed
+    (as the SimCLR ImageNet files are fixed), so runs with different seeds share one subset."""
+    if fraction >= 1.0:
+        return np.arange(len(labels))
+    rng = np.random.default_rng(12345)
+    chosen = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        k = max(1, int(round(fraction * len(members))))
+        chosen.append(rng.choice(members, size=k, replace=False))
+    return np.sort(np.concatenate(chosen))

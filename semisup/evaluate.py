@@ -1,0 +1,212 @@
+"""Evaluation: top-1/top-5, Content Heatmap (CH), validation CGC loss, kNN top-1, galleries.
+
+    python semisup/evaluate.py --checkpoint runs/X/checkpoint.pt [--data D --val-boxes B]
+
+Content Heatmap, as in the paper: Grad-CAM of the ground-truth class (spatially pooled
+gradients, eval mode) at the last conv block, on the image resized so its shorter side is
+``ch_short_side``, without cropping; the heatmap is resized to the original image size,
+normalised to sum 1, and CH is its mass inside the union of that class's boxes.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python semisup/evaluate.py`: import the package, not this folder
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from semisup import cgc
+from semisup import distributed as D
+from semisup import transforms as T
+from semisup.data import EvalCropDataset, EvalFullDataset
+
+log = logging.getLogger(__name__)
+
+VAL_CGC_BATCH = 128  # fixed, so the InfoNCE value is comparable between checkpoints
+
+
+def box_mask(boxes: np.ndarray, height: int, width: int) -> torch.Tensor:
+    """Union of boxes [n, 4] (xmin, ymin, xmax, ymax; pixels, max exclusive) as bool [H, W].
+    A pixel is inside when its centre is; coordinates are clipped to the image."""
+    mask = torch.zeros(height, width, dtype=torch.bool)
+    ys = torch.arange(height) + 0.5
+    xs = torch.arange(width) + 0.5
+    for xmin, ymin, xmax, ymax in np.asarray(boxes, dtype=np.float64).reshape(-1, 4):
+        mask |= ((ys >= ymin) & (ys < ymax))[:, None] & ((xs >= xmin) & (xs < xmax))[None, :]
+    return mask
+
+
+def scale_boxes(boxes: np.ndarray, from_hw: tuple[int, int], to_hw: tuple[int, int]) -> np.ndarray:
+    """Boxes [n, 4] (xmin, ymin, xmax, ymax) in an image of size from_hw, mapped to to_hw."""
+    sy, sx = to_hw[0] / from_hw[0], to_hw[1] / from_hw[1]
+    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4) * np.array([sx, sy, sx, sy])
+
+
+def content_heatmap(cams: torch.Tensor, boxes: list[np.ndarray], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """CH of heatmaps whose images share one original size.
+
+    Args:
+        cams: [B, h, w] non-negative heatmaps.
+        boxes: B arrays [n_i, 4] in original-image pixels (may be empty: CH 0).
+        size: original (H, W).
+    Returns:
+        (ch [B] float64 fraction of mass inside the boxes, zero [B] bool heatmap all zero).
+    """
+    up = F.interpolate(cams.float().unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1).double()
+    total = up.sum((1, 2))
+    zero = total <= 0
+    masks = torch.stack([box_mask(b, *size) for b in boxes]).to(up.device)
+    inside = (up * masks).sum((1, 2))
+    return torch.where(zero, torch.zeros_like(total), inside / total.clamp_min(1e-300)), zero
+
+
+def size_grouped_batches(sizes: list[tuple[int, int]], batch_size: int) -> list[list[int]]:
+    """Batches of indices whose images share one original size: the network then sees equal
+    input sizes and every result equals the one-image-at-a-time computation."""
+    groups = defaultdict(list)
+    for i, s in enumerate(sizes):
+        groups[tuple(s)].append(i)
+    return [idx[j:j + batch_size] for _, idx in sorted(groups.items()) for j in range(0, len(idx), batch_size)]
+
+
+class Evaluator:
+    """Runs the evaluation passes of one model on a DataBundle's validation (and labeled) data."""
+
+    def __init__(self, cfg, bundle, device: torch.device, dist: D.Dist | None = None, batch_size: int = 64):
+        self.cfg, self.bundle, self.device = cfg, bundle, device
+        self.dist = dist or D.Dist(device=device)
+        self.batch_size = batch_size
+        n = len(bundle.val.source)
+        limit = cfg.max_eval_images or n
+        self.indices = np.arange(min(n, limit))
+
+    def _loader(self, dataset, batch_sampler=None):
+        workers = self.cfg.workers
+        kwargs = dict(batch_sampler=batch_sampler) if batch_sampler is not None else dict(batch_size=self.batch_size)
+        return DataLoader(dataset, num_workers=workers, pin_memory=self.device.type == "cuda", **kwargs)
+
+    def _shard(self, items: list) -> list:
+        return items[self.dist.rank::self.dist.world]
+
+    @torch.no_grad()
+    def run(self, model, progress: bool = True) -> dict:
+        """Returns dict of top1, top5 (percent), ch, ch_strict (percent), ch_zero (count),
+        ch_images, cgc_val_loss, knn_top1 (percent), bad_val_images."""
+        model.eval()
+        start = time.time()
+        results = self.classify(model, progress)
+        results.update(self.content_heatmap(model, progress))
+        results["knn_top1"] = self.knn(model, results.pop("_features"), results.pop("_labels"), progress)
+        results["eval_seconds"] = round(time.time() - start, 1)
+        return results
+
+    def classify(self, model, progress: bool) -> dict:
+        """Top-1/top-5, features for kNN and the validation CGC loss, on Resize + CenterCrop."""
+        cfg = self.cfg
+        dataset = EvalCropDataset(self.bundle.val.source, cfg.resize_size, cfg.image_size, self.indices)
+        batches = self._shard([list(range(i, min(i + VAL_CGC_BATCH, len(dataset)))) for i in range(0, len(dataset), VAL_CGC_BATCH)])
+        sums = torch.zeros(6, dtype=torch.float64, device=self.device)  # correct1, correct5, n, loss*n, n_loss, bad
+        feats, labels = [], []
+        for batch in tqdm(self._loader(dataset, batches), desc="eval top-1/top-5", disable=not (progress and self.dist.is_main), leave=False):
+            images = batch["image"].to(self.device, non_blocking=True)
+            target = batch["label"].to(self.device)
+            logits, features = model(T.normalize(images, channels_last=self._channels_last()))
+            top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+            sums[0] += (top5[:, 0] == target).sum()
+            sums[1] += (top5 == target[:, None]).any(1).sum()
+            sums[2] += len(target)
+            sums[5] += batch["bad"].sum().to(self.device)
+            feats.append(F.normalize(features.float().mean((2, 3)), dim=1))
+            labels.append(target)
+            if len(target) > 1:
+                loss = self._cgc_loss(model, images, logits, features, target, batch["index"])
+                sums[3] += loss * len(target)
+                sums[4] += len(target)
+        D.all_reduce_sum(sums)
+        n = max(sums[2].item(), 1)
+        return dict(top1=100 * sums[0].item() / n, top5=100 * sums[1].item() / n, cgc_val_loss=sums[3].item() / max(sums[4].item(), 1),
+                    bad_val_images=int(sums[5].item()), _features=torch.cat(feats), _labels=torch.cat(labels))
+
+    def _channels_last(self) -> bool:
+        return self.cfg.channels_last and self.device.type == "cuda"
+
+    def _cgc_loss(self, model, images, logits, features, target, index) -> torch.Tensor:
+        """Validation CGC loss with transforms seeded by image index (the same for every
+        checkpoint), ground-truth class, per batch of VAL_CGC_BATCH images in file order."""
+        raw = _unwrap(model)
+        augs, boxes, flips = [], [], []
+        for image, i in zip(images.cpu(), index.tolist()):
+            aug, box, flip = T.cgc_pair(image, (self.cfg.crop_scale_min, 1.0), torch.Generator().manual_seed(int(i)))
+            augs.append(aug), boxes.append(box), flips.append(flip)
+        aug_logits, aug_features = model(T.normalize(torch.stack(augs).to(self.device), channels_last=self._channels_last()))
+        cam = raw.cam(logits, features, target)
+        cam_aug = raw.cam(aug_logits, aug_features, target)
+        return cgc.cgc_loss(cam_aug, cam, torch.stack(boxes), torch.stack(flips), self.cfg.temperature, self.cfg.cam_size)
+
+    def content_heatmap(self, model, progress: bool) -> dict:
+        """CH (published protocol: all-zero heatmaps excluded) and strict CH (they count as 0)."""
+        val = self.bundle.val
+        if val.boxes is None:
+            return dict(ch=float("nan"), ch_strict=float("nan"), ch_zero=0, ch_images=0)
+        raw = _unwrap(model)
+        dataset = EvalFullDataset(val.source, self.cfg.ch_short_side, self.indices)
+        sizes = [val.sizes[i] for i in self.indices]
+        batches = self._shard(size_grouped_batches(sizes, self.batch_size))
+        sums = torch.zeros(3, dtype=torch.float64)  # ch over nonzero, zero count, images
+        for batch in tqdm(self._loader(dataset, batches), desc="eval Content Heatmap", disable=not (progress and self.dist.is_main), leave=False):
+            images = batch["image"].to(self.device, non_blocking=True)
+            target = batch["label"].to(self.device)
+            logits, features = model(T.normalize(images, channels_last=self._channels_last()))
+            cams = raw.cam(logits, features, target)  # equals pooled Grad-CAM for this head (tested)
+            index = batch["index"].tolist()
+            ch, zero = content_heatmap(cams.cpu(), [val.boxes[i] for i in index], val.sizes[index[0]])
+            sums += torch.stack([ch.sum(), zero.sum().double(), torch.tensor(float(len(index)), dtype=torch.float64)])
+        sums = D.all_reduce_sum(sums.to(self.device)).cpu()
+        images, zeros = sums[2].item(), sums[1].item()
+        return dict(ch=100 * sums[0].item() / max(images - zeros, 1), ch_strict=100 * sums[0].item() / max(images, 1),
+                    ch_zero=int(zeros), ch_images=int(images))
+
+    def knn(self, model, val_features: torch.Tensor, val_labels: torch.Tensor, progress: bool) -> float:
+        """kNN top-1 (percent) of pooled backbone features, the labeled subset as memory bank."""
+        from semisup.knn import knn_classify
+        bundle = self.bundle
+        dataset = EvalCropDataset(bundle.labeled, self.cfg.resize_size, self.cfg.image_size, bundle.labeled_indices)
+        positions = self._shard(list(range(len(dataset))))
+        bank, bank_labels = [], []
+        batches = [positions[i:i + self.batch_size] for i in range(0, len(positions), self.batch_size)]
+        for batch in tqdm(self._loader(dataset, batches), desc="eval kNN bank", disable=not (progress and self.dist.is_main), leave=False):
+            _, features = model(T.normalize(batch["image"].to(self.device), channels_last=self._channels_last()))
+            bank.append(F.normalize(features.float().mean((2, 3)), dim=1))
+            bank_labels.append(batch["label"].to(self.device))
+        bank = D.gather_rows(torch.cat(bank)).cpu()
+        bank_labels = D.gather_rows(torch.cat(bank_labels)).cpu()
+        predictions = knn_classify(bank, bank_labels, val_features.cpu(), k=self.cfg.knn_k, temperature=self.cfg.knn_temperature,
+                                   num_classes=len(bundle.classes))
+        correct = torch.tensor([(predictions == val_labels.cpu()).sum().item(), len(val_labels)], dtype=torch.float64, device=self.device)
+        D.all_reduce_sum(correct)
+        return 100 * correct[0].item() / max(correct[1].item(), 1)
+
+
+def _unwrap(model):
+    model = getattr(model, "module", model)  # DistributedDataParallel
+    return getattr(model, "_orig_mod", model)  # torch.compile
+
+
+def format_results(rows: list[dict]) -> str:
+    """A small fixed-width table: method, top-1, top-5, CH, CGC loss, kNN."""
+    header = f"{'method':<22}{'top-1':>8}{'top-5':>8}{'CH':>8}{'CH strict':>11}{'CGC loss':>10}{'kNN':>8}"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(f"{r['method']:<22}{r['top1']:>8.2f}{r['top5']:>8.2f}{r['ch']:>8.2f}{r['ch_strict']:>11.2f}"
+                     f"{r['cgc_val_loss']:>10.4f}{r['knn_top1']:>8.2f}")
+    return "\n".join(lines)

@@ -1,0 +1,33 @@
+"""Weighted k-nearest-neighbour classification with faiss (cosine similarity)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def knn_classify(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, k: int = 20,
+                 temperature: float = 0.07, num_classes: int | None = None) -> torch.Tensor:
+    """Temperature-weighted kNN vote (as in DINO / InstDisc).
+
+    Args:
+        bank: [N, D] L2-normalised memory-bank features; bank_labels: [N] long.
+        queries: [Q, D] L2-normalised features.
+        k: neighbours; temperature: vote weight exp(cos / T).
+    Returns:
+        [Q] long predicted classes.
+    """
+    import faiss
+
+    bank_np = np.ascontiguousarray(bank.float().numpy())
+    query_np = np.ascontiguousarray(queries.float().numpy())
+    index = faiss.IndexFlatIP(bank_np.shape[1])  # inner product of unit vectors = cosine
+    if hasattr(faiss, "StandardGpuResources") and torch.cuda.is_available():
+        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+    index.add(bank_np)
+    k = min(k, bank_np.shape[0])
+    similarity, neighbours = index.search(query_np, k)
+    num_classes = num_classes or int(bank_labels.max()) + 1
+    votes = torch.zeros(len(query_np), num_classes, dtype=torch.float64)
+    weights = torch.from_numpy(similarity).double().div(temperature).exp()
+    votes.scatter_add_(1, bank_labels[torch.from_numpy(neighbours)], weights)
+    return votes.argmax(1)

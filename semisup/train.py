@@ -1,0 +1,401 @@
+"""The training entry point shared by ``semisup/run.py`` and the cluster jobs.
+
+One step, as in the method: cross-entropy on the labeled batch; Grad-CAM of the unlabeled
+view for its predicted class and of the augmented view for the same class; the consistency
+loss between them; ``loss = ce + lambda * consistency``. With ``--labeled-fraction 1.0`` the
+consistency loss is applied to the labeled images with their true class instead.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from semisup import cgc
+from semisup import checkpoint as ckpt
+from semisup import distributed as D
+from semisup import transforms as T
+from semisup.config import Config, config_from_dict, differing_keys, save_config
+from semisup.data import DataBundle, StreamSampler, TrainDataset, build_demo_bundle, make_loader
+from semisup.evaluate import Evaluator, format_results
+from semisup.models import build_model, load_pretrained
+
+log = logging.getLogger(__name__)
+
+LABELED_STREAM, UNLABELED_STREAM = 0, 1
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+class RunDirError(RuntimeError):
+    pass
+
+
+def build_data(cfg: Config) -> DataBundle:
+    if cfg.is_demo:
+        return build_demo_bundle(cfg)
+    from semisup.imagenet import build_folder_bundle
+    return build_folder_bundle(cfg)
+
+
+def default_run_dir(cfg: Config) -> Path:
+    dataset = "demo" if cfg.is_demo else Path(cfg.data).name
+    return Path("runs") / f"{dataset}-{cfg.method}-frac{cfg.labeled_fraction:g}-seed{cfg.seed}"
+
+
+def prepare_run_dir(cfg: Config) -> Path:
+    """Pick the run directory: resume an unfinished run there, refuse to replace a finished
+    one (unless --overwrite), refuse to resume with different settings."""
+    explicit = cfg.run_dir is not None
+    run_dir = Path(cfg.run_dir) if explicit else default_run_dir(cfg)
+    if not explicit:  # the default name moves on to -2, -3, ... rather than touch a finished run
+        base, n = run_dir, 1
+        while (run_dir / "final.json").exists() and not cfg.overwrite:
+            n += 1
+            run_dir = base.with_name(f"{base.name}-{n}")
+    if (run_dir / "final.json").exists():
+        if not cfg.overwrite:
+            raise RunDirError(f"{run_dir} already holds a finished run (final.json); choose another --run-dir or pass --overwrite")
+        for name in ("final.json", "checkpoint.pt", "metrics.csv", "eval.jsonl"):
+            (run_dir / name).unlink(missing_ok=True)
+    saved = run_dir / "config.yaml"
+    if (run_dir / "checkpoint.pt").exists() and saved.exists():
+        import yaml
+        previous = config_from_dict(yaml.safe_load(saved.read_text()))
+        changed = differing_keys(previous, cfg)
+        if changed:
+            raise RunDirError(f"{run_dir} holds an unfinished run with different settings ({', '.join(changed)}); "
+                              "resume it with the same flags, or choose another --run-dir")
+    return run_dir
+
+
+def setup_logging(run_dir: Path | None, is_main: bool) -> None:
+    root = logging.getLogger()
+    if getattr(root, "_semisup_configured", False):
+        return
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    handler = logging.StreamHandler()
+    handler.setFormatter(fmt)
+    root.addHandler(handler)
+    if run_dir is not None and is_main:
+        file_handler = logging.FileHandler(run_dir / "train.log")
+        file_handler.setFormatter(fmt)
+        root.addHandler(file_handler)
+    # Only this package speaks at INFO, and only on rank 0; libraries keep to warnings.
+    root.setLevel(logging.WARNING)
+    logging.getLogger("semisup").setLevel(logging.INFO if is_main else logging.WARNING)
+    root._semisup_configured = True
+
+
+def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
+    if cfg.amp == "off" or (cfg.amp == "auto" and device.type != "cuda"):
+        return None
+    if cfg.amp == "fp16":
+        return torch.float16
+    if cfg.amp == "bf16" or (device.type == "cuda" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+@dataclass
+class Schedule:
+    """Learning-rate schedule in optimizer steps (milestones given in epochs)."""
+    steps_per_epoch: int
+    total_steps: int
+    milestones: tuple[int, ...]
+    gamma: float
+
+    def factor(self, step: int) -> float:
+        return self.gamma ** sum(step >= m * self.steps_per_epoch for m in self.milestones)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, dist: D.Dist, run_dir: Path, bundle: DataBundle):
+        self.cfg, self.dist, self.run_dir, self.bundle = cfg, dist, run_dir, bundle
+        self.device = dist.device
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(cfg.arch, len(bundle.classes))
+        self.pretrained_report = load_pretrained(self.model, cfg.pretrained) if cfg.pretrained else None
+        self.model.to(self.device)
+        self.channels_last = cfg.channels_last and self.device.type == "cuda"
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        if dist.enabled and self.device.type == "cuda":
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        head = list(self.model.fc.parameters())
+        trunk = [p for n, p in self.model.named_parameters() if not n.startswith("fc.")]
+        self.optimizer = torch.optim.SGD([dict(params=trunk, lr=cfg.lr_trunk), dict(params=head, lr=cfg.lr_head)],
+                                         momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        self.base_lrs = [cfg.lr_trunk, cfg.lr_head]
+        self.amp_dtype = amp_dtype(cfg, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        for name, value in (("batch_labeled", cfg.batch_labeled), ("batch_unlabeled", cfg.batch_unlabeled)):
+            if value % dist.world:
+                raise ValueError(f"--{name.replace('_', '-')} {value} is not divisible by the {dist.world} processes")
+        self.batch_l, self.batch_u = cfg.batch_labeled // dist.world, cfg.batch_unlabeled // dist.world
+        steps_per_epoch = max(1, len(bundle.labeled_indices) // cfg.batch_labeled)
+        self.schedule = Schedule(steps_per_epoch, steps_per_epoch * cfg.epochs, tuple(cfg.lr_milestones), cfg.lr_gamma)
+        self.uses_unlabeled = bundle.unlabeled is not None
+        self.pair_on_labeled = cfg.full_supervision and cfg.cgc_weight > 0
+        self.step = 0
+        self.epoch_sums = torch.zeros(4, dtype=torch.float64)  # ce, consistency, total, steps
+        self.bad_images = 0
+        self.best = None
+        self.last_row: dict = {}
+        self.ddp = self.model
+
+    # ---- one optimisation step -------------------------------------------------------
+    def consistency(self, cam_aug: torch.Tensor, cam: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        if cfg.consistency == "l2":
+            return cgc.gcc_l2_loss(cam_aug, cam, boxes, flips, cfg.cam_size)
+        if cfg.global_negatives and self.dist.enabled:
+            all_aug, offset = D.gather_with_grad(cam_aug)
+            return cgc.cgc_loss_global(cam_aug, cam, boxes, flips, all_aug, offset, cfg.temperature, cfg.cam_size)
+        return cgc.cgc_loss(cam_aug, cam, boxes, flips, cfg.temperature, cfg.cam_size)
+
+    def _images(self, batch: dict, key: str) -> torch.Tensor:
+        return T.normalize(batch[key].to(self.device, non_blocking=True), channels_last=self.channels_last)
+
+    def training_step(self, labeled: dict, unlabeled: dict | None) -> dict[str, torch.Tensor]:
+        """One step; returns detached float32 losses (still on the device: no host sync here)."""
+        cfg, model, raw = self.cfg, self.ddp, self.model
+        autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+        labels = labeled["label"].to(self.device, non_blocking=True)
+        consistency = torch.zeros((), device=self.device)
+        with autocast:
+            logits, features = model(self._images(labeled, "image"))
+            ce = F.cross_entropy(logits.float(), labels)
+            if self.pair_on_labeled:  # full supervision: CGC on the labeled images, true class
+                aug_logits, aug_features = model(self._images(labeled, "aug"))
+                cam = raw.cam(logits, features, labels)
+                cam_aug = raw.cam(aug_logits, aug_features, labels)
+                consistency = self.consistency(cam_aug, cam, labeled["box"], labeled["flip"])
+            elif unlabeled is not None:
+                view_logits, view_features = model(self._images(unlabeled, "image"))
+                # The explained class is the model's own prediction, chosen without gradient.
+                classes = view_logits.detach().argmax(1)
+                aug_logits, aug_features = model(self._images(unlabeled, "aug"))
+                cam = raw.cam(view_logits, view_features, classes)
+                cam_aug = raw.cam(aug_logits, aug_features, classes)
+                consistency = self.consistency(cam_aug, cam, unlabeled["box"], unlabeled["flip"])
+        loss = ce + cfg.cgc_weight * consistency
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return dict(ce=ce.detach(), consistency=consistency.detach().float(), loss=loss.detach().float())
+
+    # ---- state ----------------------------------------------------------------------
+    def state(self) -> dict:
+        return dict(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
+                    step=self.step, epoch=self.step // self.schedule.steps_per_epoch, epoch_sums=self.epoch_sums.cpu().clone(),
+                    last_row=self.last_row,
+                    bad_images=self.bad_images, best=self.best, rng=ckpt.rng_state(), config=self.cfg.to_dict())
+
+    def save(self) -> None:
+        if self.dist.is_main:
+            ckpt.save_atomic(self.state(), self.run_dir / "checkpoint.pt")
+        D.barrier()
+
+    def resume(self) -> bool:
+        path = self.run_dir / "checkpoint.pt"
+        if not path.exists():
+            return False
+        state = ckpt.load(path)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch_sums, self.bad_images = state["step"], state["epoch_sums"], state["bad_images"]
+        self.last_row = state.get("last_row") or {}
+        self.best = state["best"]
+        ckpt.set_rng_state(state["rng"])
+        log.info("resumed from %s at step %d (epoch %d)", path, self.step, state["epoch"])
+        return True
+
+    # ---- loop ------------------------------------------------------------------------
+    def loaders(self):
+        cfg, b, dist = self.cfg, self.bundle, self.dist
+        pin = self.device.type == "cuda"
+        labeled = TrainDataset(b.labeled, b.labeled_indices, cfg.image_size, cfg.resize_size, cfg.crop_scale_min, "random", self.pair_on_labeled)
+        sampler = StreamSampler(len(labeled), self.batch_l, cfg.seed, LABELED_STREAM, dist.rank, dist.world, start_batch=self.step)
+        streams = [iter(make_loader(labeled, sampler, cfg.workers, pin))]
+        if self.uses_unlabeled:
+            unlabeled = TrainDataset(b.unlabeled, b.unlabeled_indices, cfg.image_size, cfg.resize_size, cfg.crop_scale_min, "center", True)
+            sampler = StreamSampler(len(unlabeled), self.batch_u, cfg.seed, UNLABELED_STREAM, dist.rank, dist.world, start_batch=self.step)
+            streams.append(iter(make_loader(unlabeled, sampler, cfg.workers, pin)))
+        return streams
+
+    def set_lr(self) -> None:
+        factor = self.schedule.factor(self.step)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * factor
+
+    def fit(self) -> dict:
+        cfg, sched = self.cfg, self.schedule
+        self.resume()
+        if self.dist.enabled:
+            self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if cfg.compile:
+            self.ddp = torch.compile(self.ddp)
+        self.log_start()
+        streams = self.loaders()
+        evaluator = Evaluator(cfg, self.bundle, self.device, self.dist)
+        window = torch.zeros(3, device=self.device)  # losses since the last log line
+        self.first_nonfinite = torch.full((), -1, dtype=torch.long, device=self.device)
+        self.model.train()
+        bar = tqdm(total=sched.total_steps, initial=self.step, desc="train", disable=not self.dist.is_main, dynamic_ncols=True)
+        window_steps = 0
+        while self.step < sched.total_steps:
+            self.set_lr()
+            labeled = next(streams[0])
+            unlabeled = next(streams[1]) if self.uses_unlabeled else None
+            losses = self.training_step(labeled, unlabeled)
+            stacked = torch.stack([losses["ce"], losses["consistency"], losses["loss"]])
+            window += stacked
+            self.epoch_sums = self.epoch_sums.to(self.device) + torch.cat([stacked.double(), stacked.new_ones(1).double()])
+            self.first_nonfinite = torch.where(torch.isfinite(losses["loss"]) | (self.first_nonfinite >= 0), self.first_nonfinite,
+                                               torch.full_like(self.first_nonfinite, self.step))
+            # Bad-file counts come from the loader on the CPU: no device sync.
+            self.bad_images += int(labeled["bad"].sum()) + (int(unlabeled["bad"].sum()) if unlabeled is not None else 0)
+            self.step += 1
+            window_steps += 1
+            bar.update(1)
+            end_of_epoch = self.step % sched.steps_per_epoch == 0
+            if self.step % cfg.log_every == 0 or end_of_epoch:
+                self.check_health()
+                mean = (window / window_steps).tolist()
+                bar.set_postfix(ce=f"{mean[0]:.3f}", cons=f"{mean[1]:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.3g}")
+                window.zero_()
+                window_steps = 0
+            if end_of_epoch:
+                self.end_epoch(evaluator)
+            elif cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                self.check_health()
+                self.save()
+        bar.close()
+        return self.finish(evaluator)
+
+    def check_health(self) -> None:
+        """Stop on a non-finite loss (naming the step) or too many unreadable images. Called
+        at log points only: the check is a host-device sync."""
+        bad_step = int(self.first_nonfinite)
+        if bad_step >= 0:
+            raise NonFiniteLoss(f"non-finite loss at step {bad_step}; the last good checkpoint is {self.run_dir / 'checkpoint.pt'} "
+                                "(try a lower --lr-head/--lr-trunk or --amp bf16)")
+        seen = self.step * (self.cfg.batch_labeled + (self.cfg.batch_unlabeled if self.uses_unlabeled else 0))
+        if self.bad_images > self.cfg.max_bad_fraction * seen and self.bad_images > 0:
+            raise RuntimeError(f"{self.bad_images} unreadable images among {seen} loaded (more than --max-bad-fraction "
+                               f"{self.cfg.max_bad_fraction}); check the dataset (the warnings above name the files)")
+
+    def images_seen(self) -> dict:
+        return dict(labeled_images=self.step * self.cfg.batch_labeled,
+                    unlabeled_images=self.step * self.cfg.batch_unlabeled if self.uses_unlabeled else 0)
+
+    def end_epoch(self, evaluator: Evaluator) -> None:
+        cfg = self.cfg
+        epoch = self.step // self.schedule.steps_per_epoch
+        sums = D.all_reduce_sum(self.epoch_sums.to(self.device).clone()).cpu() / self.dist.world
+        row = dict(epoch=epoch, step=self.step, train_ce=sums[0].item() / sums[3].item(), train_consistency=sums[1].item() / sums[3].item(),
+                   train_loss=sums[2].item() / sums[3].item(), lr_trunk=self.optimizer.param_groups[0]["lr"],
+                   lr_head=self.optimizer.param_groups[1]["lr"], bad_images=self.bad_images, **self.images_seen())
+        last = epoch == cfg.epochs
+        if (cfg.eval_every and epoch % cfg.eval_every == 0) or last:
+            row.update(self.evaluate(evaluator))
+            self.model.train()
+            if self.best is None or row["top1"] > self.best["top1"]:
+                self.best = {k: v for k, v in row.items() if isinstance(v, (int, float))}
+        self.epoch_sums = torch.zeros(4, dtype=torch.float64)
+        if self.dist.is_main:
+            self.write_metrics(row)
+        log.info("epoch %d: %s", epoch, json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}))
+        self.last_row = row
+        self.save()
+
+    def evaluate(self, evaluator: Evaluator) -> dict:
+        return evaluator.run(self.model, progress=True)
+
+    def write_metrics(self, row: dict) -> None:
+        path = self.run_dir / "metrics.csv"
+        frame = pd.read_csv(path) if path.exists() else pd.DataFrame()
+        frame = frame[frame["epoch"] < row["epoch"]] if len(frame) else frame  # a resumed run rewrites its epoch once
+        pd.concat([frame, pd.DataFrame([row])], ignore_index=True).to_csv(path, index=False)
+        if not hasattr(self, "writer"):
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(self.run_dir / "tensorboard")
+        for key, value in row.items():
+            if isinstance(value, (int, float)) and key not in ("epoch", "step"):
+                self.writer.add_scalar(key, value, row["step"])
+        self.writer.flush()
+
+    def log_start(self) -> None:
+        cfg, d = self.cfg, self.dist
+        log.info("run dir %s; %d process(es) on %s; amp %s", self.run_dir, d.world, self.device, self.amp_dtype or "off")
+        log.info("batch: labeled %d global / %d per process, unlabeled %s; %d steps per epoch, %d epochs, %d steps",
+                 cfg.batch_labeled, self.batch_l,
+                 f"{cfg.batch_unlabeled} global / {self.batch_u} per process" if self.uses_unlabeled else "not used",
+                 self.schedule.steps_per_epoch, cfg.epochs, self.schedule.total_steps)
+
+    def finish(self, evaluator: Evaluator) -> dict:
+        final = {k: v for k, v in self.last_row.items() if isinstance(v, (int, float))}
+        result = dict(method=self.cfg.method, labeled_fraction=self.cfg.labeled_fraction, seed=self.cfg.seed, arch=self.cfg.arch,
+                      pretrained=self.cfg.pretrained, steps=self.step, final=final, best=self.best,
+                      note="'best' picks the epoch by validation top-1: selection on the test set; report 'final'.")
+        if self.dist.is_main:
+            if self.cfg.gallery:
+                from semisup.gallery import save_gallery
+                save_gallery([self.model], [self.cfg.method], self.bundle, self.cfg, self.device, self.run_dir / "gallery.png")
+            (self.run_dir / "final.json").write_text(json.dumps(result, indent=2))
+            if hasattr(self, "writer"):
+                self.writer.close()
+        return result
+
+
+def train(cfg: Config) -> dict:
+    """Train (or resume) one run; returns the final.json content. Used by run.py and jobs/."""
+    dist = D.setup(cfg.device)
+    try:
+        run_dir = prepare_run_dir(cfg) if not cfg.dry_run else None
+        if run_dir is not None and dist.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, run_dir / "config.yaml")
+        D.barrier()
+        setup_logging(run_dir, dist.is_main)
+        bundle = build_data(cfg)
+        trainer = Trainer(cfg, dist, run_dir, bundle)
+        if cfg.dry_run:
+            return dry_run_summary(cfg, bundle, trainer)
+        result = trainer.fit()
+        if dist.is_main:
+            print()
+            print(format_results([dict(method=f"{cfg.method} ({cfg.labeled_fraction:g} labeled)", **result["final"])]))
+            print(f"\nrun directory: {run_dir} (metrics.csv, final.json, gallery.png, tensorboard/)")
+        return result
+    finally:
+        D.cleanup()
+
+
+def dry_run_summary(cfg: Config, bundle: DataBundle, trainer: Trainer) -> dict:
+    summary = dict(bundle.summary)
+    summary["model"] = cfg.arch
+    summary["trunk_tensors_loaded"] = trainer.pretrained_report["loaded"] if trainer.pretrained_report else 0
+    summary["steps_per_epoch"] = trainer.schedule.steps_per_epoch
+    summary["total_steps"] = trainer.schedule.total_steps
+    width = max(len(k) for k in summary)
+    print("dry run: nothing was trained")
+    for key, value in summary.items():
+        print(f"  {key:<{width}}  {value}")
+    return summary

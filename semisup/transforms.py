@@ -1,0 +1,81 @@
+"""Image transforms on uint8 tensors [3, H, W]; every random draw comes from a given generator.
+
+Workers return uint8 images (4x less to copy than float); normalisation happens on the
+device (:func:`normalize`). The CGC pair transform returns the crop box as fractions of the
+view, the form :func:`semisup.cgc.transform_cam` takes.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torchvision.transforms.v2.functional as TF
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CROP_RATIO = (3 / 4, 4 / 3)
+
+
+def sample_crop(height: int, width: int, scale: tuple[float, float], generator: torch.Generator,
+                ratio: tuple[float, float] = CROP_RATIO) -> tuple[int, int, int, int]:
+    """(top, left, h, w) in pixels, drawn as torchvision's RandomResizedCrop draws them."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        u = torch.rand(4, generator=generator).tolist()
+        target_area = area * (scale[0] + u[0] * (scale[1] - scale[0]))
+        aspect = math.exp(log_ratio[0] + u[1] * (log_ratio[1] - log_ratio[0]))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = min(int(u[2] * (height - h + 1)), height - h)
+            left = min(int(u[3] * (width - w + 1)), width - w)
+            return top, left, h, w
+    # Fallback, as torchvision: the whole image, aspect clamped to the ratio range.
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        h, w = height, int(round(height * ratio[1]))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def random_crop_flip(image: torch.Tensor, size: int, scale: tuple[float, float], generator: torch.Generator) -> torch.Tensor:
+    """RandomResizedCrop(size, scale) + RandomHorizontalFlip on [3, H, W] uint8."""
+    top, left, h, w = sample_crop(image.shape[-2], image.shape[-1], scale, generator)
+    out = TF.resized_crop(image, top, left, h, w, [size, size], antialias=True)
+    return TF.horizontal_flip(out) if torch.rand(1, generator=generator).item() < 0.5 else out
+
+
+def center_view(image: torch.Tensor, resize: int, crop: int) -> torch.Tensor:
+    """Resize(resize) (shorter side) + CenterCrop(crop) on [3, H, W] uint8."""
+    if min(image.shape[-2:]) != resize:
+        image = TF.resize(image, [resize], antialias=True)
+    return TF.center_crop(image, [crop, crop])
+
+
+def cgc_pair(view: torch.Tensor, scale: tuple[float, float], generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The CGC transform T of a square view [3, S, S]: RandomResizedCrop back to S + random flip.
+
+    Returns (augmented view [3, S, S] uint8, box float [4] (top, left, height, width) as
+    fractions of the view, flip bool [])."""
+    size = view.shape[-1]
+    top, left, h, w = sample_crop(view.shape[-2], size, scale, generator)
+    aug = TF.resized_crop(view, top, left, h, w, [size, size], antialias=True)
+    flip = torch.rand(1, generator=generator).item() < 0.5
+    if flip:
+        aug = TF.horizontal_flip(aug)
+    box = torch.tensor([top / view.shape[-2], left / size, h / view.shape[-2], w / size], dtype=torch.float32)
+    return aug, box, torch.tensor(flip)
+
+
+def normalize(images: torch.Tensor, dtype: torch.dtype = torch.float32, channels_last: bool = False) -> torch.Tensor:
+    """uint8 [B, 3, H, W] on the device -> normalised float [B, 3, H, W]."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1) * 255
+    out = (images.float() - mean) / std
+    if channels_last:
+        out = out.contiguous(memory_format=torch.channels_last)
+    return out.to(dtype) if dtype != torch.float32 else out
