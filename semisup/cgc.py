@@ -11,12 +11,26 @@ tests check the two agree.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
 _EPS = 1e-12
 
 
+def _float32(fn):
+    """Run ``fn`` with autocast off: heatmaps and the loss stay float32 under mixed precision
+    (bf16 heatmaps lose the small differences the loss is about)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        device = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
+        with torch.autocast(device_type=device, enabled=False):
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+@_float32
 def gradcam(logits: torch.Tensor, features: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     """Grad-CAM with the gradient's spatial layout kept (element-wise, no pooling).
 
@@ -37,6 +51,7 @@ def gradcam(logits: torch.Tensor, features: torch.Tensor, classes: torch.Tensor)
     return F.relu((grads.float() * features.float()).sum(1))
 
 
+@_float32
 def gradcam_pooled(logits: torch.Tensor, features: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     """Standard Grad-CAM (gradients averaged over space), as used for Content Heatmap.
 
@@ -48,6 +63,7 @@ def gradcam_pooled(logits: torch.Tensor, features: torch.Tensor, classes: torch.
     return F.relu((weights * features.float()).sum(1)).detach()
 
 
+@_float32
 def linear_head_cam(features: torch.Tensor, weight: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     """Grad-CAM in closed form for a global-average-pool + linear head.
 
@@ -65,6 +81,7 @@ def linear_head_cam(features: torch.Tensor, weight: torch.Tensor, classes: torch
     return F.relu(torch.einsum("bchw,bc->bhw", features.float(), class_weights) / (h * w))
 
 
+@_float32
 def transform_cam(cam: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, size: int) -> torch.Tensor:
     """Apply a crop + resize + optional mirror to a batch of heatmaps, in one batched op.
 
@@ -158,6 +175,7 @@ def _separable_factors(cam_aug: torch.Tensor, cam: torch.Tensor, boxes: torch.Te
     return dict(inner=inner, target_sq=target_sq, aug_sq=aug_sq, target_sum=target_sum, aug_sum=aug_sum, diag_inner=diag_inner)
 
 
+@_float32
 def cgc_loss(cam_aug: torch.Tensor, cam: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor,
              temperature: float = 0.5, size: int = 224) -> torch.Tensor:
     """Contrastive Grad-CAM Consistency (InfoNCE between heatmaps).
@@ -178,6 +196,7 @@ def cgc_loss(cam_aug: torch.Tensor, cam: torch.Tensor, boxes: torch.Tensor, flip
     return _cgc_logits_loss(cam_aug, cam, boxes, flips, temperature, size, candidates=cam_aug, offset=0)
 
 
+@_float32
 def cgc_loss_global(cam_aug: torch.Tensor, cam: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor,
                     all_cam_aug: torch.Tensor, offset: int, temperature: float = 0.5, size: int = 224) -> torch.Tensor:
     """CGC loss whose negatives are the augmented heatmaps of every process.
@@ -198,6 +217,7 @@ def _cgc_logits_loss(cam_aug, cam, boxes, flips, temperature, size, candidates, 
     return F.cross_entropy(cosine / temperature, labels)
 
 
+@_float32
 def gcc_l2_loss(cam_aug: torch.Tensor, cam: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, size: int = 224) -> torch.Tensor:
     """The earlier L2 "GCC" baseline: no negatives, squared error between T(g(x)) and g(T(x)).
 
@@ -220,6 +240,7 @@ def normalized_heatmaps(cam: torch.Tensor, size: int) -> torch.Tensor:
     return up / up.sum((1, 2), keepdim=True).clamp_min(_EPS)
 
 
+@_float32
 def cgc_loss_dense(cam_aug: torch.Tensor, cam: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor,
                    temperature: float = 0.5, size: int = 224) -> torch.Tensor:
     """The CGC loss computed literally on S x S maps (reference for tests and benchmarks)."""
@@ -231,6 +252,7 @@ def cgc_loss_dense(cam_aug: torch.Tensor, cam: torch.Tensor, boxes: torch.Tensor
     return F.cross_entropy(logits, torch.arange(cam.shape[0], device=cam.device))
 
 
+@_float32
 def gcc_l2_loss_dense(cam_aug, cam, boxes, flips, size: int = 224) -> torch.Tensor:
     """:func:`gcc_l2_loss` computed literally on S x S maps (reference for tests)."""
     aug = F.interpolate(cam_aug.float().unsqueeze(1), size=(size, size), mode="bilinear", align_corners=False).squeeze(1)

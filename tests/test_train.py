@@ -1,0 +1,40 @@
+"""End-to-end runs of the training entry point on the demo."""
+import json
+
+import pandas as pd
+import pytest
+
+from semisup.config import parse_config
+from semisup.run import main
+from semisup.train import RunDirError, train
+
+QUICK = ["--epochs", "2", "--batch-labeled", "32", "--batch-unlabeled", "32", "--max-eval-images", "400", "--gallery", "0",
+         "--labeled-fraction", "0.1"]
+
+
+def test_short_cgc_demo_run_beats_chance_and_writes_metrics(tmp_path, demo_cache):
+    run_dir = tmp_path / "run"
+    result = train(parse_config(QUICK + ["--demo-cache", demo_cache, "--run-dir", str(run_dir)]))
+    final = result["final"]
+    assert final["top1"] > 15, final  # chance is 10 %
+    assert final["train_consistency"] > 0 and result["method"] == "cgc"
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    assert list(metrics["epoch"]) == [1, 2]
+    assert metrics["unlabeled_images"].iloc[-1] == 32 * result["steps"]
+    saved = json.loads((run_dir / "final.json").read_text())
+    assert saved["final"]["top1"] == pytest.approx(final["top1"])
+    for key in ("top5", "ch", "ch_strict", "cgc_val_loss", "knn_top1"):
+        assert 0 <= saved["final"][key] < float("inf"), key
+    # A finished run is never replaced silently.
+    with pytest.raises(RunDirError, match="finished run"):
+        train(parse_config(QUICK + ["--demo-cache", demo_cache, "--run-dir", str(run_dir)]))
+    assert main(QUICK + ["--demo-cache", demo_cache, "--run-dir", str(run_dir)]) == 2
+
+
+def test_lambda_zero_is_plain_cross_entropy(tmp_path, demo_cache):
+    args = ["--epochs", "1", "--batch-labeled", "32", "--max-eval-images", "64", "--gallery", "0", "--labeled-fraction", "0.05",
+            "--lambda", "0", "--demo-cache", demo_cache, "--run-dir", str(tmp_path / "ce")]
+    result = train(parse_config(args))
+    assert result["method"] == "ce"
+    assert result["final"]["train_consistency"] == 0
+    assert result["final"]["unlabeled_images"] == 0  # the unlabeled stream is not even loaded
