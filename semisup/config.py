@@ -26,6 +26,8 @@ class Config:
     data: str | None = _f(None, "ImageNet-style root with train/ and val/ class folders; omit to use the embedded demo dataset")
     labeled_fraction: float = _f(0.01, "fraction of train/ that is labeled: 0.01 and 0.1 use the standard SimCLR split files in splits/, 1.0 is full supervision (CGC on the labeled images with the true class)")
     split_file: str | None = _f(None, "labeled subset as a file of train file names (overrides --labeled-fraction's lookup)")
+    splits_dir: str | None = _f(None, "folder of split files (default: the project's splits/)")
+    split_seed: int = _f(0, "seed of the stratified subset built for fractions other than 0.01 / 0.1 (kept fixed across --seed, like the standard files)")
     unlabeled: str = _f("all", "unlabeled stream: 'all' training images (published run) or the 'rest' not in the labeled split", choices=("all", "rest"))
     val_boxes: str | None = _f(None, "bounding boxes for Content Heatmap: a folder of ImageNet val XML files, or CUB's bounding_boxes.txt")
     val_labels: str | None = _f(None, "for a flat val/ folder: a file of '<file name> <wnid>' lines")
@@ -100,8 +102,9 @@ DEMO_PRESET = dict(
 )
 
 # Keys that do not change what a run computes: they may differ when resuming.
-RESUME_NEUTRAL = {"run_dir", "workers", "overwrite", "dry_run", "eval_every", "checkpoint_every", "log_every",
-                  "gallery", "device", "demo_cache", "compile", "max_eval_images"}
+RESUME_NEUTRAL = {"run_dir", "splits_dir", "workers", "overwrite", "dry_run", "eval_every", "checkpoint_every", "log_every",
+                  "gallery", "device", "demo_cache", "compile", "max_eval_images",
+                  "max_bad_fraction"}
 
 
 def _field_type(f: dataclasses.Field):

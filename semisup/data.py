@@ -174,8 +174,9 @@ def make_loader(dataset: Dataset, sampler, workers: int, pin_memory: bool) -> Da
 @dataclass
 class EvalSet:
     """Validation data. ``boxes[i]`` is a float array [n, 4] (xmin, ymin, xmax, ymax) in pixels of
-    the original image (max exclusive), the boxes of the image's ground-truth class; may be empty.
-    ``sizes[i]`` is the original (H, W)."""
+    the original image (max exclusive), the boxes of the image's ground-truth class, or None
+    where the image has no annotation (left out of Content Heatmap). ``sizes[i]`` is the
+    original (H, W), the frame of the boxes."""
     source: object
     boxes: list[np.ndarray] | None
     sizes: list[tuple[int, int]] = field(default_factory=list)
@@ -229,14 +230,13 @@ class EvalFullDataset(Dataset):
 
 
 def _eval_load(source, index: int) -> tuple[torch.Tensor, int]:
-    """Validation images are never substituted: an unreadable one becomes a black image, which
-    counts as a miss, and is reported."""
+    """Validation images are never substituted (that would change the benchmark): an unreadable
+    one is evaluated as a black image, which counts as a miss, and is reported."""
     try:
         return source.load(index), 0
     except DECODE_ERRORS as err:
         log.warning("unreadable validation image %s (%s)", source.name(index), err)
-        h, w = source.size(index) if hasattr(source, "size") else (1, 1)
-        return torch.zeros(3, max(h, 1), max(w, 1), dtype=torch.uint8), 1
+        return torch.zeros(3, 32, 32, dtype=torch.uint8), 1
 
 
 def build_demo_bundle(cfg) -> DataBundle:

@@ -159,8 +159,9 @@ class Evaluator:
         if val.boxes is None:
             return dict(ch=float("nan"), ch_strict=float("nan"), ch_zero=0, ch_images=0)
         raw = _unwrap(model)
-        dataset = EvalFullDataset(val.source, self.cfg.ch_short_side, self.indices)
-        sizes = [val.sizes[i] for i in self.indices]
+        indices = [i for i in self.indices if val.boxes[i] is not None]  # CH is defined where boxes exist
+        dataset = EvalFullDataset(val.source, self.cfg.ch_short_side, indices)
+        sizes = [val.sizes[i] for i in indices]
         batches = self._shard(size_grouped_batches(sizes, self.batch_size))
         sums = torch.zeros(3, dtype=torch.float64)  # ch over nonzero, zero count, images
         for batch in tqdm(self._loader(dataset, batches), desc="eval Content Heatmap", disable=not (progress and self.dist.is_main), leave=False):

@@ -54,7 +54,7 @@ def save_gallery(models: list, names: list[str], bundle, cfg, device: torch.devi
             ax = axes[n // per_row, (n % per_row) * len(models) + m]
             ax.imshow(image)
             ax.imshow(cam, cmap="jet", alpha=0.45, vmin=0, vmax=1)
-            if val.boxes is not None:
+            if val.boxes is not None and val.boxes[pos] is not None:
                 for x0, y0, x1, y1 in scale_boxes(val.boxes[pos], val.sizes[pos], image.shape[:2]):
                     ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="white", linewidth=1.5))
             classes = bundle.classes

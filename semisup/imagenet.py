@@ -1,0 +1,184 @@
+"""ImageNet-layout folders (``train/<wnid>/*.JPEG``, ``val/``) as a DataBundle.
+
+Works for any ImageFolder dataset (CUB-200, FGVC-Aircraft, Cars-196, Flowers-102 in class
+folders). Class indices are the sorted class-folder names, exactly as torchvision's
+ImageFolder assigns them; validation classes always come from synset ids (folder names or
+the XML ``<name>``), never from the devkit's numeric labels, whose order differs.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from semisup.boxes import load_boxes
+from semisup.data import DECODE_ERRORS, DataBundle, EvalSet, FileSource
+from semisup.splits import SPLITS_DIR, SplitError, resolve_labeled, synset_of
+
+log = logging.getLogger(__name__)
+
+
+class DatasetLayoutError(ValueError):
+    pass
+
+
+def is_image_file(name: str) -> bool:
+    return name.lower().endswith(IMG_EXTENSIONS)
+
+
+def scan_class_folders(root: Path) -> tuple[list[str], list[str], list[int], int]:
+    """(classes, paths, labels, skipped non-image files) of ``root/<class>/<file>``, in
+    ImageFolder's order. Empty class folders are an error, as in ImageFolder."""
+    if not root.is_dir():
+        raise DatasetLayoutError(f"{root}: no such folder (expected class folders like {root}/n01440764/)")
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
+    if not classes:
+        raise DatasetLayoutError(f"{root}: no class folders found")
+    paths, labels, skipped, empty = [], [], 0, []
+    for label, wnid in enumerate(classes):
+        names = sorted(e.name for e in os.scandir(root / wnid) if e.is_file())
+        images = [n for n in names if is_image_file(n)]
+        skipped += len(names) - len(images)
+        if not images:
+            empty.append(wnid)
+        paths += [str(root / wnid / n) for n in images]
+        labels += [label] * len(images)
+    if empty:
+        raise DatasetLayoutError(f"{root}: {len(empty)} class folders hold no image files: {empty[:5]} "
+                                 "(remove them, or the class indices will not match the 1000 ImageNet classes)")
+    return classes, paths, labels, skipped
+
+
+def _missing_error(what: str, missing: list[str], source: Path) -> SplitError:
+    return SplitError(f"{source}: {len(missing)} {what} not found in the data folder, e.g. {missing[:10]}; "
+                      "the run would silently train on fewer images. Check --data and the split file.")
+
+
+def select_labeled(names: list[str], classes: list[str], split: list[str], split_path: Path) -> np.ndarray:
+    """Indices (into ``names``) of the split's files; an error naming the first missing ones."""
+    known = set(classes)
+    missing_synsets = sorted({synset_of(n) for n in split} - known)
+    if missing_synsets:
+        raise _missing_error("synsets", missing_synsets, split_path)
+    position = {n: i for i, n in enumerate(names)}
+    missing = [n for n in split if n not in position]
+    if missing:
+        raise _missing_error("files", missing, split_path)
+    return np.array(sorted(position[n] for n in split), dtype=np.int64)
+
+
+def read_sizes(paths: list[str], workers: int = 16, decode: bool = False) -> list[tuple[int, int] | None]:
+    """(H, W) of each file, None for unreadable ones. From the header alone, or with ``decode``
+    by decoding the whole file (at 1/8 scale for JPEGs: every byte is still read, so
+    truncation shows, at a fraction of the cost)."""
+    def size(path):
+        try:
+            with Image.open(path) as img:
+                hw = img.size[1], img.size[0]
+                if decode:
+                    img.draft("RGB", (max(1, hw[1] // 8), max(1, hw[0] // 8)))
+                    img.load()
+                return hw
+        except DECODE_ERRORS:
+            return None
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(size, paths, chunksize=256))
+
+
+def build_validation(cfg, data: Path, classes: list[str]) -> tuple[EvalSet, dict]:
+    val_root = data / "val"
+    boxes_by_id = load_boxes(cfg.val_boxes) if cfg.val_boxes else None
+    class_index = {c: i for i, c in enumerate(classes)}
+    subdirs = [e.name for e in os.scandir(val_root) if e.is_dir()] if val_root.is_dir() else []
+    if subdirs:  # val/<wnid>/<file>
+        unknown = sorted(set(subdirs) - set(classes))
+        if unknown:
+            raise DatasetLayoutError(f"{val_root}: class folders not in train/: {unknown[:5]}")
+        paths, wnids = [], []
+        for wnid in sorted(subdirs):
+            files = sorted(e.name for e in os.scandir(val_root / wnid) if e.is_file() and is_image_file(e.name))
+            paths += [str(val_root / wnid / f) for f in files]
+            wnids += [wnid] * len(files)
+    elif val_root.is_dir():  # flat val/ with labels from --val-labels or from the XML annotations
+        files = sorted(e.name for e in os.scandir(val_root) if e.is_file() and is_image_file(e.name))
+        paths = [str(val_root / f) for f in files]
+        wnids = _flat_val_labels(cfg, files, boxes_by_id, val_root)
+    else:
+        raise DatasetLayoutError(f"{val_root}: no validation folder")
+    unknown = sorted({w for w in wnids if w not in class_index})
+    if unknown:
+        raise DatasetLayoutError(f"{val_root}: validation labels name synsets not in train/: {unknown[:5]}")
+    labels = [class_index[w] for w in wnids]
+    boxes, sizes = None, None
+    with_boxes = 0
+    if boxes_by_id is not None:
+        boxes, sizes = [], []
+        header_sizes = None
+        for i, (path, wnid) in enumerate(zip(paths, wnids)):
+            entry = boxes_by_id.get(Path(path).stem)
+            boxes.append(entry.of_class(wnid) if entry is not None and len(entry.of_class(wnid)) else None)
+            with_boxes += boxes[-1] is not None
+            if entry is not None and entry.size is not None:
+                sizes.append(entry.size)
+            else:
+                header_sizes = header_sizes or read_sizes(paths)
+                sizes.append(header_sizes[i] or (1, 1))
+    source = FileSource(paths, labels)
+    return EvalSet(source, boxes, sizes or []), dict(validation=len(paths), validation_with_boxes=with_boxes)
+
+
+def _flat_val_labels(cfg, files: list[str], boxes_by_id, val_root: Path) -> list[str]:
+    if cfg.val_labels:
+        table = {}
+        for n, line in enumerate(Path(cfg.val_labels).read_text().splitlines(), 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 2 or not parts[1].startswith("n"):
+                raise DatasetLayoutError(f"{cfg.val_labels}:{n}: expected '<file name> <wnid>' (synset ids, not the devkit's numbers)")
+            table[parts[0]] = parts[1]
+        missing = [f for f in files if f not in table]
+        if missing:
+            raise DatasetLayoutError(f"{cfg.val_labels}: {len(missing)} validation files have no label, e.g. {missing[:5]}")
+        return [table[f] for f in files]
+    if boxes_by_id is not None:
+        wnids = []
+        for f in files:
+            entry = boxes_by_id.get(Path(f).stem)
+            if entry is None or not entry.by_class:
+                raise DatasetLayoutError(f"{val_root}/{f}: no annotation in --val-boxes to take its synset from; pass --val-labels")
+            wnids.append(next(iter(entry.by_class)))
+        return wnids
+    raise DatasetLayoutError(f"{val_root} is flat: pass --val-labels FILE ('<file> <wnid>' lines) or --val-boxes with the XML annotations, "
+                             "or sort val/ into class folders")
+
+
+def build_folder_bundle(cfg) -> DataBundle:
+    data = Path(cfg.data)
+    classes, paths, labels, skipped = scan_class_folders(data / "train")
+    if cfg.num_classes is not None and cfg.num_classes != len(classes):
+        raise DatasetLayoutError(f"--num-classes {cfg.num_classes} but {data / 'train'} has {len(classes)} class folders")
+    names = [Path(p).name for p in paths]
+    if cfg.full_supervision and not cfg.split_file:
+        labeled, split_path = np.arange(len(paths)), None
+    else:
+        split, split_path = resolve_labeled(names, cfg, Path(cfg.splits_dir) if cfg.splits_dir else SPLITS_DIR)
+        labeled = select_labeled(names, classes, split, split_path)
+    unlabeled = None
+    if not cfg.full_supervision and cfg.cgc_weight > 0:
+        unlabeled = np.arange(len(paths)) if cfg.unlabeled == "all" else np.setdiff1d(np.arange(len(paths)), labeled)
+    train = FileSource(paths, labels)
+    val, val_summary = build_validation(cfg, data, classes)
+    summary = dict(dataset=str(data), classes=len(classes), split_file=str(split_path) if split_path else "all of train/",
+                   labeled=len(labeled), unlabeled=0 if unlabeled is None else len(unlabeled), **val_summary,
+                   non_image_files_skipped=skipped)
+    if cfg.dry_run:
+        # Decode the labeled and validation images now rather than hours into the run.
+        sizes = read_sizes([paths[i] for i in labeled] + list(val.source.paths), decode=True)
+        summary["bad_files_found"] = sum(s is None for s in sizes)
+    return DataBundle(classes, train, labeled, train if unlabeled is not None else None, unlabeled, val, summary)

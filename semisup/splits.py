@@ -1,0 +1,139 @@
+"""Labeled-subset files: the standard SimCLR ImageNet subsets and seeded stratified ones.
+
+    python -m semisup.splits download        # fetch 1percent.txt and 10percent.txt into splits/, verify sha256
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import urllib.request
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+SPLITS_DIR = Path(__file__).resolve().parents[1] / "splits"
+_SOURCE = "https://raw.githubusercontent.com/google-research/simclr/master/imagenet_subsets/"
+STANDARD = {
+    0.01: ("1percent.txt", "71e82a48ba78252683ae334c4d019ebd5c6e855b9599c1389fbe83eb9549cf17"),
+    0.1: ("10percent.txt", "6d09de11e7bdaf5b1f3b1f249b6183695f97310cdd20f0c03e7235b6b9392091"),
+}
+DOWNLOAD_COMMAND = "python -m semisup.splits download"
+
+
+class SplitError(ValueError):
+    pass
+
+
+def synset_of(name: str) -> str:
+    """``n01440764_10026.JPEG`` -> ``n01440764``."""
+    return name.split("_", 1)[0]
+
+
+def read_split(path: str | Path) -> list[str]:
+    """File names listed in a split file, one per line; malformed lines are errors naming the line."""
+    path = Path(path)
+    names = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        name = line.strip()
+        if not name:
+            continue
+        if "_" not in name or "/" in name or " " in name:
+            raise SplitError(f"{path}:{n}: expected a training file name like n01440764_10026.JPEG, got {name!r}")
+        names.append(name)
+    if not names:
+        raise SplitError(f"{path}: empty split file")
+    return names
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def standard_split_path(fraction: float, splits_dir: Path = SPLITS_DIR) -> Path | None:
+    """The standard file for 0.01 / 0.1, verified; None for other fractions."""
+    for value, (name, digest) in STANDARD.items():
+        if abs(fraction - value) < 1e-9:
+            path = splits_dir / name
+            if not path.is_file():
+                raise SplitError(f"{path} is missing: the standard {fraction:g} split is downloaded with `{DOWNLOAD_COMMAND}`")
+            if sha256(path) != digest:
+                raise SplitError(f"{path}: sha256 differs from the standard SimCLR file; delete it and run `{DOWNLOAD_COMMAND}`")
+            return path
+    return None
+
+
+def stratified_split(names_by_class: dict[str, list[str]], fraction: float, seed: int) -> list[str]:
+    """round(fraction * n_c) (at least 1) file names per class, drawn with ``seed``; sorted."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for wnid in sorted(names_by_class):
+        names = sorted(names_by_class[wnid])
+        k = min(len(names), max(1, int(round(fraction * len(names)))))
+        chosen.extend(names[i] for i in rng.choice(len(names), size=k, replace=False))
+    return sorted(chosen)
+
+
+def custom_split_path(fraction: float, seed: int, splits_dir: Path = SPLITS_DIR) -> Path:
+    return splits_dir / f"{fraction:g}-seed{seed}.txt"
+
+
+def write_split(names: list[str], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(names) + "\n")
+    tmp.replace(path)
+
+
+def resolve_labeled(names: list[str], cfg, splits_dir: Path = SPLITS_DIR) -> tuple[list[str], Path]:
+    """The labeled file names for ``cfg`` and the split file they come from.
+
+    ``names``: every training file name (basename) found. Standard fractions read the SimCLR
+    files; any other fraction builds a stratified subset once and writes it to ``splits/``.
+    """
+    if cfg.split_file:
+        path = Path(cfg.split_file)
+        if not path.is_file():
+            raise SplitError(f"--split-file {path}: no such file")
+        return read_split(path), path
+    path = standard_split_path(cfg.labeled_fraction, splits_dir)
+    if path is not None:
+        return read_split(path), path
+    path = custom_split_path(cfg.labeled_fraction, cfg.split_seed, splits_dir)
+    if not path.is_file():
+        by_class = defaultdict(list)
+        for name in names:
+            by_class[synset_of(name)].append(name)
+        write_split(stratified_split(by_class, cfg.labeled_fraction, cfg.split_seed), path)
+    return read_split(path), path
+
+
+def download(dest: Path = SPLITS_DIR) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, digest in STANDARD.values():
+        path = dest / name
+        if path.is_file() and sha256(path) == digest:
+            print(f"{path}: present, sha256 ok")
+            continue
+        tmp = path.with_suffix(".part")
+        print(f"downloading {_SOURCE + name} -> {path}")
+        urllib.request.urlretrieve(_SOURCE + name, tmp)
+        if sha256(tmp) != digest:
+            tmp.unlink()
+            raise SystemExit(f"{name}: sha256 mismatch after download (expected {digest}); nothing was written")
+        tmp.replace(path)
+        print(f"{path}: sha256 ok")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["download"])
+    parser.add_argument("--dest", type=Path, default=SPLITS_DIR)
+    args = parser.parse_args(argv)
+    download(args.dest)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
