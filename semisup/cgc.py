@@ -148,8 +148,8 @@ def _separable_factors(cam_aug: torch.Tensor, cam: torch.Tensor, boxes: torch.Te
     With U = Uy (.) Ux the upsampling and A_b = Ay_b (.) Ax_b the crop of the upsampled view map:
       target_b = Ay_b g_b Ax_b^T,    aug_k = Uy a_k Ux^T   (both S x S, never built)
       <target_b, aug_k> = <(Uy^T Ay_b) g_b (Ux^T Ax_b)^T, a_k>    -> h x w numbers each.
-    Returns dict of [B, B] ``inner`` and [B] ``target_sq``, ``aug_sq``, ``target_sum``,
-    ``aug_sum``, ``diag_inner``.
+    ``cam_aug`` may hold more rows (N) than ``cam`` (B): negatives gathered from other processes.
+    Returns dict of [B, N] ``inner``, [B] ``target_sq``, ``target_sum`` and [N] ``aug_sq``, ``aug_sum``.
     """
     cam_aug = cam_aug.float()
     cam = cam.float()
@@ -171,8 +171,7 @@ def _separable_factors(cam_aug: torch.Tensor, cam: torch.Tensor, boxes: torch.Te
     aug_sq = ((up_y.T @ up_y) @ cam_aug @ (up_x.T @ up_x) * cam_aug).sum((1, 2))
     target_sum = torch.einsum("bh,bhw,bw->b", crop_y.sum(1), cam, crop_x.sum(1))
     aug_sum = torch.einsum("h,bhw,w->b", up_y.sum(0), cam_aug, up_x.sum(0))
-    diag_inner = (projected * cam_aug).sum((1, 2))
-    return dict(inner=inner, target_sq=target_sq, aug_sq=aug_sq, target_sum=target_sum, aug_sum=aug_sum, diag_inner=diag_inner)
+    return dict(inner=inner, target_sq=target_sq, aug_sq=aug_sq, target_sum=target_sum, aug_sum=aug_sum)
 
 
 @_float32
@@ -230,7 +229,7 @@ def gcc_l2_loss(cam_aug: torch.Tensor, cam: torch.Tensor, boxes: torch.Tensor, f
     t_sum = f["target_sum"].clamp_min(_EPS)
     a_sum = f["aug_sum"].clamp_min(_EPS)
     # ||t/mean(t) - a/mean(a)||^2 / S^2, expanded into the exact factors.
-    sq = f["target_sq"] / t_sum**2 + f["aug_sq"] / a_sum**2 - 2 * f["diag_inner"] / (t_sum * a_sum)
+    sq = f["target_sq"] / t_sum**2 + f["aug_sq"] / a_sum**2 - 2 * f["inner"].diagonal() / (t_sum * a_sum)
     return (sq * pixels).mean()
 
 

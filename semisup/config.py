@@ -46,6 +46,7 @@ class Config:
     batch_labeled: int = _f(128, "global labeled batch (split evenly across processes)")
     batch_unlabeled: int = _f(128, "global unlabeled batch (split evenly across processes)")
     epochs: int = _f(50, "epochs; an epoch is one pass over the labeled set")
+    max_steps: int | None = _f(None, "stop after this many optimizer steps (quick checks; the schedule is unchanged)")
     lr_trunk: float = _f(0.02, "learning rate of the pretrained trunk")
     lr_head: float = _f(5.0, "learning rate of the fresh linear head (large, as in SwAV's semi-supervised recipe)")
     lr_milestones: list[int] = _f((12, 16), "epochs after which the learning rates are multiplied by --lr-gamma")

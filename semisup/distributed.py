@@ -66,9 +66,10 @@ def gather_with_grad(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
     Returns (gathered [world * B, ...], offset of this process' rows)."""
     if not dist.is_initialized():
         return tensor, 0
-    import torch.distributed.nn.functional as dist_fn
-    parts = dist_fn.all_gather(tensor)
-    return torch.cat(parts), dist.get_rank() * tensor.shape[0]
+    from torch.distributed._functional_collectives import all_gather_tensor_autograd
+    # Backward sums each process' gradient into the rows it contributed (a reduce-scatter).
+    gathered = all_gather_tensor_autograd(tensor.contiguous(), gather_dim=0, group=dist.group.WORLD)
+    return gathered, dist.get_rank() * tensor.shape[0]
 
 
 def gather_rows(tensor: torch.Tensor) -> torch.Tensor:

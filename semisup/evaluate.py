@@ -135,7 +135,8 @@ class Evaluator:
         D.all_reduce_sum(sums)
         n = max(sums[2].item(), 1)
         return dict(top1=100 * sums[0].item() / n, top5=100 * sums[1].item() / n, cgc_val_loss=sums[3].item() / max(sums[4].item(), 1),
-                    bad_val_images=int(sums[5].item()), _features=torch.cat(feats), _labels=torch.cat(labels))
+                    bad_val_images=int(sums[5].item()), _features=torch.cat(feats) if feats else None,
+                    _labels=torch.cat(labels) if labels else None)
 
     def _channels_last(self) -> bool:
         return self.cfg.channels_last and self.device.type == "cuda"
@@ -189,11 +190,15 @@ class Evaluator:
             _, features = model(T.normalize(batch["image"].to(self.device), channels_last=self._channels_last()))
             bank.append(F.normalize(features.float().mean((2, 3)), dim=1))
             bank_labels.append(batch["label"].to(self.device))
-        bank = D.gather_rows(torch.cat(bank)).cpu()
-        bank_labels = D.gather_rows(torch.cat(bank_labels)).cpu()
-        predictions = knn_classify(bank, bank_labels, val_features.cpu(), k=self.cfg.knn_k, temperature=self.cfg.knn_temperature,
-                                   num_classes=len(bundle.classes))
-        correct = torch.tensor([(predictions == val_labels.cpu()).sum().item(), len(val_labels)], dtype=torch.float64, device=self.device)
+        width = _unwrap(model).fc.in_features
+        # Processes may hold no rows of a small set: gather_rows takes empty tensors.
+        bank = D.gather_rows(torch.cat(bank) if bank else torch.zeros(0, width, device=self.device)).cpu()
+        bank_labels = D.gather_rows(torch.cat(bank_labels) if bank_labels else torch.zeros(0, dtype=torch.long, device=self.device)).cpu()
+        correct = torch.zeros(2, dtype=torch.float64, device=self.device)
+        if val_features is not None:
+            predictions = knn_classify(bank, bank_labels, val_features.cpu(), k=self.cfg.knn_k, temperature=self.cfg.knn_temperature,
+                                       num_classes=len(bundle.classes))
+            correct += torch.tensor([(predictions == val_labels.cpu()).sum().item(), len(val_labels)], dtype=torch.float64, device=self.device)
         D.all_reduce_sum(correct)
         return 100 * correct[0].item() / max(correct[1].item(), 1)
 

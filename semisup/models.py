@@ -126,7 +126,8 @@ def load_pretrained(model: CamResNet, path: str | Path) -> dict:
             else:
                 loaded[key] = state[key]
     # BatchNorm's step counter is not a weight; older checkpoints lack it.
-    missing = [k for k in trunk if k not in state and not k.endswith("num_batches_tracked")]
+    weights = [k for k in trunk if not k.endswith("num_batches_tracked")]
+    missing = [k for k in weights if k not in state]
     unused = [k for k in state if k not in loaded and not k.endswith("num_batches_tracked")]
     if mismatched:
         raise CheckpointError(
@@ -134,7 +135,7 @@ def load_pretrained(model: CamResNet, path: str | Path) -> dict:
             "choose the architecture the checkpoint was trained with")
     if missing:
         raise CheckpointError(
-            f"{path}: {len(missing)} of {len(trunk)} trunk tensors not found (e.g. {missing[:3]}); "
+            f"{path}: {len(missing)} of {len(weights)} trunk tensors not found (e.g. {missing[:3]}); "
             f"checkpoint keys look like {list(state)[:3]}. Is this a {model.arch} checkpoint?")
     model.load_state_dict(loaded, strict=False)
     report = dict(loaded=len(loaded), missing=len(missing), unused=len(unused), unused_keys=unused)

@@ -147,7 +147,8 @@ class Trainer:
                 raise ValueError(f"--{name.replace('_', '-')} {value} is not divisible by the {dist.world} processes")
         self.batch_l, self.batch_u = cfg.batch_labeled // dist.world, cfg.batch_unlabeled // dist.world
         steps_per_epoch = max(1, len(bundle.labeled_indices) // cfg.batch_labeled)
-        self.schedule = Schedule(steps_per_epoch, steps_per_epoch * cfg.epochs, tuple(cfg.lr_milestones), cfg.lr_gamma)
+        total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
+        self.schedule = Schedule(steps_per_epoch, total, tuple(cfg.lr_milestones), cfg.lr_gamma)
         self.uses_unlabeled = bundle.unlabeled is not None
         self.pair_on_labeled = cfg.full_supervision and cfg.cgc_weight > 0
         self.step = 0
@@ -274,7 +275,7 @@ class Trainer:
             self.step += 1
             window_steps += 1
             bar.update(1)
-            end_of_epoch = self.step % sched.steps_per_epoch == 0
+            end_of_epoch = self.step % sched.steps_per_epoch == 0 or self.step == sched.total_steps
             if self.step % cfg.log_every == 0 or end_of_epoch:
                 self.check_health()
                 mean = (window / window_steps).tolist()
@@ -307,12 +308,12 @@ class Trainer:
 
     def end_epoch(self, evaluator: Evaluator) -> None:
         cfg = self.cfg
-        epoch = self.step // self.schedule.steps_per_epoch
+        epoch = math.ceil(self.step / self.schedule.steps_per_epoch)  # a --max-steps stop counts as its epoch
         sums = D.all_reduce_sum(self.epoch_sums.to(self.device).clone()).cpu() / self.dist.world
         row = dict(epoch=epoch, step=self.step, train_ce=sums[0].item() / sums[3].item(), train_consistency=sums[1].item() / sums[3].item(),
                    train_loss=sums[2].item() / sums[3].item(), lr_trunk=self.optimizer.param_groups[0]["lr"],
                    lr_head=self.optimizer.param_groups[1]["lr"], bad_images=self.bad_images, **self.images_seen())
-        last = epoch == cfg.epochs
+        last = self.step >= self.schedule.total_steps
         if (cfg.eval_every and epoch % cfg.eval_every == 0) or last:
             row.update(self.evaluate(evaluator))
             self.model.train()
@@ -365,7 +366,13 @@ class Trainer:
 
 
 def train(cfg: Config) -> dict:
-    """Train (or resume) one run; returns the final.json content. Used by run.py and jobs/."""
+    """Train (or resume) one run; returns the final.json content (for --dry-run, the summary).
+    The one entry point of run.py and the cluster jobs."""
+    return run_training(cfg)[0]
+
+
+def run_training(cfg: Config) -> tuple[dict, Trainer]:
+    """As :func:`train`, also returning the Trainer (tests compare weights across processes)."""
     dist = D.setup(cfg.device)
     try:
         run_dir = prepare_run_dir(cfg) if not cfg.dry_run else None
@@ -377,13 +384,13 @@ def train(cfg: Config) -> dict:
         bundle = build_data(cfg)
         trainer = Trainer(cfg, dist, run_dir, bundle)
         if cfg.dry_run:
-            return dry_run_summary(cfg, bundle, trainer)
+            return dry_run_summary(cfg, bundle, trainer), trainer
         result = trainer.fit()
         if dist.is_main:
             print()
             print(format_results([dict(method=f"{cfg.method} ({cfg.labeled_fraction:g} labeled)", **result["final"])]))
             print(f"\nrun directory: {run_dir} (metrics.csv, final.json, gallery.png, tensorboard/)")
-        return result
+        return result, trainer
     finally:
         D.cleanup()
 

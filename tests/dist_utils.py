@@ -1,0 +1,53 @@
+"""Helpers that run functions in 2 gloo processes (spawned; importable by the children)."""
+import os
+import socket
+
+import torch
+import torch.multiprocessing as mp
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def set_env(rank: int, world: int, port: int) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+
+
+def _train_worker(rank, world, port, args, out_dir):
+    from semisup.config import parse_config
+    from semisup.train import run_training
+    set_env(rank, world, port)
+    result, trainer = run_training(parse_config(args))
+    torch.save(dict(params={k: v for k, v in trainer.model.named_parameters()}, result=result), f"{out_dir}/rank{rank}.pt")
+
+
+def _loss_worker(rank, world, port, out_dir):
+    import torch.distributed as dist
+    from semisup import cgc
+    from semisup import distributed as D
+    set_env(rank, world, port)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    cam, cam_aug, boxes, flips = loss_inputs()
+    rows = slice(rank * 4, rank * 4 + 4)
+    local_cam = cam[rows].clone().requires_grad_()
+    local_aug = cam_aug[rows].clone().requires_grad_()
+    all_aug, offset = D.gather_with_grad(local_aug)
+    loss = cgc.cgc_loss_global(local_aug, local_cam, boxes[rows], flips[rows], all_aug, offset)
+    loss.backward()
+    torch.save(dict(loss=loss.detach(), cam_grad=local_cam.grad, aug_grad=local_aug.grad), f"{out_dir}/loss{rank}.pt")
+    dist.destroy_process_group()
+
+
+def loss_inputs():
+    g = torch.Generator().manual_seed(0)
+    cam, cam_aug = torch.rand(8, 4, 4, generator=g), torch.rand(8, 4, 4, generator=g)
+    boxes = torch.tensor([[0.1, 0.2, 0.5, 0.6]] * 8) + 0.05 * torch.rand(8, 4, generator=g)
+    return cam, cam_aug, boxes, torch.rand(8, generator=g) < 0.5
+
+
+def spawn(fn, *args, world: int = 2) -> None:
+    mp.spawn(fn, args=(world, free_port(), *args), nprocs=world, join=True)

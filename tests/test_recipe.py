@@ -1,0 +1,96 @@
+"""Resume after a kill, non-finite losses, and the other rows of the published tables."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from semisup.boxes import load_boxes
+from semisup.config import parse_config
+from semisup.train import NonFiniteLoss, RunDirError, train
+
+ROOT = Path(__file__).resolve().parents[1]
+SHORT = ["--labeled-fraction", "0.05", "--epochs", "2", "--batch-labeled", "32", "--batch-unlabeled", "32",
+         "--max-eval-images", "96", "--gallery", "0", "--eval-every", "1"]
+
+
+def run_cmd(args):
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    return [sys.executable, str(ROOT / "semisup" / "run.py"), *args], env
+
+
+def checkpoint_step(path: Path) -> int:
+    try:
+        return torch.load(path, weights_only=True)["step"]
+    except (FileNotFoundError, EOFError, RuntimeError):
+        return -1
+
+
+def test_run_killed_mid_epoch_resumes_to_the_same_result(tmp_path, demo_cache):
+    # 290 labeled images at 32 a step: 9 steps an epoch, 18 in all.
+    args = SHORT + ["--demo-cache", demo_cache, "--checkpoint-every", "3", "--labeled-fraction", "0.02"]
+    cmd, env = run_cmd(args + ["--run-dir", str(tmp_path / "straight")])
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+
+    cmd, env = run_cmd(args + ["--run-dir", str(tmp_path / "killed")])
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while checkpoint_step(tmp_path / "killed" / "checkpoint.pt") < 3 and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # no chance to clean up, as with a node failure
+    proc.wait()
+    step = checkpoint_step(tmp_path / "killed" / "checkpoint.pt")
+    assert 0 < step < 18 and not (tmp_path / "killed" / "final.json").exists(), step
+    subprocess.run(cmd, env=env, check=True, capture_output=True)  # the same command resumes
+
+    straight = pd.read_csv(tmp_path / "straight" / "metrics.csv").drop(columns="eval_seconds")
+    resumed = pd.read_csv(tmp_path / "killed" / "metrics.csv").drop(columns="eval_seconds")
+    assert list(resumed["step"]) == [9, 18]
+    pd.testing.assert_frame_equal(straight, resumed)
+    assert "resumed from" in (tmp_path / "killed" / "train.log").read_text()
+
+
+def test_resume_with_other_settings_is_refused(tmp_path, demo_cache):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("cgc_weight: 0.25\n")
+    torch.save(dict(step=1), run_dir / "checkpoint.pt")
+    with pytest.raises(RunDirError, match="different settings.*cgc_weight"):
+        train(parse_config(SHORT + ["--demo-cache", demo_cache, "--run-dir", str(run_dir), "--lambda", "1.0"]))
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_a_finite_checkpoint(tmp_path, demo_cache):
+    args = SHORT + ["--demo-cache", demo_cache, "--run-dir", str(tmp_path / "nan"), "--lr-trunk", "1e12", "--lr-head", "1e12",
+                    "--log-every", "1", "--checkpoint-every", "1"]
+    with pytest.raises(NonFiniteLoss, match=r"non-finite loss at step \d+"):
+        train(parse_config(args))
+    state = torch.load(tmp_path / "nan" / "checkpoint.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("mode, method", [(["--labeled-fraction", "1.0"], "cgc"), (["--consistency", "l2"], "gcc")])
+def test_full_supervision_and_gcc_rows(tmp_path, demo_cache, mode, method):
+    args = ["--epochs", "1", "--batch-labeled", "64", "--batch-unlabeled", "32", "--max-eval-images", "64", "--gallery", "0",
+            "--labeled-fraction", "0.05", "--demo-cache", demo_cache, "--run-dir", str(tmp_path / "run"), *mode]
+    cfg = parse_config(args + ["--max-steps", "6"])
+    result = train(cfg)
+    assert result["method"] == method and result["steps"] == 6
+    assert result["final"]["train_consistency"] > 0
+    if cfg.full_supervision:  # CGC on the labeled images themselves, no unlabeled stream
+        assert result["final"]["unlabeled_images"] == 0 and result["final"]["labeled_images"] == 6 * 64
+
+
+def test_cub_bounding_boxes(tmp_path):
+    (tmp_path / "images.txt").write_text("1 001.Black_footed_Albatross/Black_Footed_Albatross_0046_18.jpg\n2 002.Laysan/L_1.jpg\n")
+    (tmp_path / "bounding_boxes.txt").write_text("1 60.0 27.0 325.0 304.0\n2 1 2 3 4\n")
+    boxes = load_boxes(tmp_path / "bounding_boxes.txt")
+    np.testing.assert_array_equal(boxes["Black_Footed_Albatross_0046_18"].of_class("001.Black_footed_Albatross"), [[60, 27, 385, 331]])
+    (tmp_path / "bounding_boxes.txt").write_text("1 60.0 27.0\n")
+    with pytest.raises(ValueError, match="bounding_boxes.txt:1"):
+        load_boxes(tmp_path / "bounding_boxes.txt")
