@@ -216,3 +216,74 @@ def format_results(rows: list[dict]) -> str:
         lines.append(f"{r['method']:<22}{r['top1']:>8.2f}{r['top5']:>8.2f}{r['ch']:>8.2f}{r['ch_strict']:>11.2f}"
                      f"{r['cgc_val_loss']:>10.4f}{r['knn_top1']:>8.2f}")
     return "\n".join(lines)
+
+
+def load_run_model(checkpoint: str | Path, overrides: dict):
+    """(model, cfg) from a checkpoint saved by this project; ``overrides`` replace config values
+    (e.g. the data path on another machine)."""
+    from semisup import checkpoint as ckpt
+    from semisup.config import config_from_dict
+    from semisup.models import build_model
+
+    state = ckpt.load(Path(checkpoint))
+    if "model" not in state or "config" not in state:
+        raise SystemExit(f"{checkpoint}: not a checkpoint written by semisup/run.py (no 'model' and 'config' entries)")
+    values = dict(state["config"])
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    cfg = config_from_dict(values)
+    num_classes = state["model"]["fc.weight"].shape[0]
+    model = build_model(cfg.arch, num_classes)
+    model.load_state_dict(state["model"])
+    return model, cfg, state.get("step")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from semisup.train import build_data
+
+    parser = argparse.ArgumentParser(description="Evaluate checkpoints: top-1/top-5, Content Heatmap, CGC loss, kNN; gallery PNG.")
+    parser.add_argument("--checkpoint", required=True, help="checkpoint.pt written by semisup/run.py")
+    parser.add_argument("--compare", help="a second checkpoint: its heatmaps go beside the first's in the gallery, its metrics below")
+    parser.add_argument("--data", help="dataset root (default: the one the run used)")
+    parser.add_argument("--val-boxes", help="validation boxes (VOC XML folder or CUB bounding_boxes.txt)")
+    parser.add_argument("--val-labels", help="labels for a flat val/ folder")
+    parser.add_argument("--ch-short-side", type=int, help="shorter side for Content Heatmap (published: 448)")
+    parser.add_argument("--max-eval-images", type=int, help="evaluate at most this many validation images")
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--gallery", type=int, default=16, help="images in the gallery PNG (0: none)")
+    parser.add_argument("--out", help="folder for eval.jsonl and gallery PNG (default: the first checkpoint's folder)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+
+    overrides = dict(data=args.data, val_boxes=args.val_boxes, val_labels=args.val_labels, ch_short_side=args.ch_short_side,
+                     max_eval_images=args.max_eval_images, workers=args.workers)
+    paths = [args.checkpoint] + ([args.compare] if args.compare else [])
+    models, rows = [], []
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    bundle = None
+    for path in paths:
+        model, cfg, step = load_run_model(path, overrides)
+        bundle = bundle or build_data(cfg)
+        model.to(device)
+        result = Evaluator(cfg, bundle, device, batch_size=args.batch_size).run(model)
+        rows.append(dict(method=f"{cfg.method} {Path(path).parent.name}"[:21], checkpoint=str(path), step=step, **result))
+        models.append(model)
+    print(format_results(rows))
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "eval.jsonl", "a") as f:
+        for row in rows:
+            f.write(json.dumps(dict(row, time=time.strftime("%Y-%m-%d %H:%M:%S"))) + "\n")
+    if args.gallery:
+        from semisup.gallery import save_gallery
+        names = [Path(p).parent.name for p in paths]
+        png = save_gallery(models, names, bundle, cfg, device, out / ("gallery_compare.png" if args.compare else "gallery_eval.png"), count=args.gallery)
+        print(f"gallery: {png}")
+    print(f"results appended to {out / 'eval.jsonl'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

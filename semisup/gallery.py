@@ -58,8 +58,8 @@ def save_gallery(models: list, names: list[str], bundle, cfg, device: torch.devi
                 for x0, y0, x1, y1 in scale_boxes(val.boxes[pos], val.sizes[pos], image.shape[:2]):
                     ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="white", linewidth=1.5))
             classes = bundle.classes
-            ok = "" if pred == label else " ✗"
-            ax.set_title(f"{name}: {classes[pred]}{ok}", fontsize=7, color="black" if pred == label else "red")
+            verdict = classes[pred] if pred == label else f"{classes[pred]} (is {classes[label]})"
+            ax.set_title(f"{name}: {verdict}", fontsize=7, color="black" if pred == label else "red")
     fig.suptitle("Grad-CAM of the true class, boxes in white", fontsize=9)
     fig.tight_layout()
     path = Path(path)

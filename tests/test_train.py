@@ -38,3 +38,18 @@ def test_lambda_zero_is_plain_cross_entropy(tmp_path, demo_cache):
     assert result["method"] == "ce"
     assert result["final"]["train_consistency"] == 0
     assert result["final"]["unlabeled_images"] == 0  # the unlabeled stream is not even loaded
+
+
+def test_evaluate_cli_reproduces_the_run_metrics_and_draws_the_gallery(tmp_path, demo_cache):
+    from semisup import evaluate
+    run_dir = tmp_path / "run"
+    args = ["--epochs", "1", "--batch-labeled", "32", "--max-eval-images", "64", "--gallery", "4", "--labeled-fraction", "0.05",
+            "--demo-cache", demo_cache, "--run-dir", str(run_dir), "--max-steps", "5"]
+    result = train(parse_config(args))
+    assert (run_dir / "gallery.png").stat().st_size > 10_000
+    checkpoint = str(run_dir / "checkpoint.pt")
+    assert evaluate.main(["--checkpoint", checkpoint, "--compare", checkpoint, "--workers", "0", "--gallery", "4", "--out", str(tmp_path / "ev")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "ev" / "eval.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and rows[0]["top1"] == pytest.approx(result["final"]["top1"])
+    assert rows[0]["ch"] == pytest.approx(result["final"]["ch"])
+    assert (tmp_path / "ev" / "gallery_compare.png").is_file()

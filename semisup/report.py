@@ -1,0 +1,117 @@
+"""Results tables from run directories, in the published layouts.
+
+    python semisup/report.py runs/*  [--out results/]
+
+Limited-label table: Method | Labeled | Start | Top-1 | Top-5 | CH (mean ± std over seeds).
+Full-supervision table: Architecture | Method | Top-1 | CH | CGC Loss.
+Each run directory needs final.json and config.yaml (written by semisup/run.py). Values are
+the final epoch's; picking the best epoch on validation would be selection on the test set.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import pandas as pd
+import yaml
+
+METHOD_NAMES = {"ce": "Cross-entropy", "cgc": "CGC", "gcc": "GCC (L2)"}
+PUBLISHED_LIMITED = pd.DataFrame([
+    dict(Method="Cross-entropy", Labeled="1%", Start="SwAV", **{"Top-1": "54.00", "Top-5": "78.69", "CH": "46.08"}),
+    dict(Method="CGC", Labeled="1%", Start="SwAV", **{"Top-1": "55.18", "Top-5": "79.12", "CH": "46.76"}),
+])
+
+
+def load_runs(run_dirs: list[str | Path]) -> pd.DataFrame:
+    """One row per finished run: its settings and final metrics."""
+    rows = []
+    for run_dir in map(Path, run_dirs):
+        final_path, config_path = run_dir / "final.json", run_dir / "config.yaml"
+        if not final_path.is_file() or not config_path.is_file():
+            print(f"skipping {run_dir}: no final.json/config.yaml (unfinished or not a run directory)", file=sys.stderr)
+            continue
+        final = json.loads(final_path.read_text())
+        cfg = yaml.safe_load(config_path.read_text())
+        pretrained = cfg.get("pretrained")
+        rows.append(dict(run=str(run_dir), method=final["method"], labeled_fraction=float(cfg["labeled_fraction"]),
+                         arch=cfg["arch"], start=Path(pretrained).name.split(".")[0] if pretrained else "scratch",
+                         dataset="demo" if not cfg.get("data") else Path(cfg["data"]).name, seed=cfg["seed"],
+                         **{k: final["final"].get(k) for k in ("top1", "top5", "ch", "ch_strict", "cgc_val_loss", "knn_top1")}))
+    return pd.DataFrame(rows)
+
+
+def _mean_std(values: pd.Series, digits: int) -> str:
+    values = values.dropna()
+    if values.empty:
+        return "–"
+    if len(values) == 1:
+        return f"{values.iloc[0]:.{digits}f}"  # one seed: no spread to report
+    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
+
+
+def aggregate(runs: pd.DataFrame, keys: list[str], metrics: dict[str, tuple[str, int]]) -> pd.DataFrame:
+    """Mean ± sample std over seeds for each group of ``keys``; column ``Seeds`` counts runs."""
+    out = []
+    for group, frame in runs.groupby(keys, sort=True):
+        row = dict(zip(keys, group if isinstance(group, tuple) else (group,)))
+        row.update({title: _mean_std(frame[col], digits) for title, (col, digits) in metrics.items()})
+        row["Seeds"] = len(frame)
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def limited_label_table(runs: pd.DataFrame) -> pd.DataFrame:
+    runs = runs[runs["labeled_fraction"] < 1.0].copy()
+    if runs.empty:
+        return pd.DataFrame()
+    runs["Labeled"] = runs["labeled_fraction"].map(lambda f: f"{100 * f:g}%")
+    table = aggregate(runs, ["dataset", "Labeled", "start", "method"],
+                      {"Top-1": ("top1", 2), "Top-5": ("top5", 2), "CH": ("ch", 2), "CH strict": ("ch_strict", 2),
+                       "CGC Loss": ("cgc_val_loss", 4), "kNN": ("knn_top1", 2)})
+    table["method"] = table["method"].map(METHOD_NAMES)
+    return table.rename(columns={"dataset": "Dataset", "start": "Start", "method": "Method"})
+
+
+def full_supervision_table(runs: pd.DataFrame) -> pd.DataFrame:
+    runs = runs[runs["labeled_fraction"] >= 1.0].copy()
+    if runs.empty:
+        return pd.DataFrame()
+    table = aggregate(runs, ["dataset", "arch", "method"],
+                      {"Top-1": ("top1", 2), "CH": ("ch", 2), "CGC Loss": ("cgc_val_loss", 4)})
+    table["method"] = table["method"].map(METHOD_NAMES)
+    return table.rename(columns={"dataset": "Dataset", "arch": "Architecture", "method": "Method"})
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dirs", nargs="+")
+    parser.add_argument("--out", type=Path, help="write results.md and results_*.csv here")
+    args = parser.parse_args(argv)
+    runs = load_runs(args.run_dirs)
+    if runs.empty:
+        print("no finished runs found", file=sys.stderr)
+        return 1
+    sections = [("Limited labels", limited_label_table(runs)), ("Full supervision", full_supervision_table(runs))]
+    text = []
+    for title, table in sections:
+        if not table.empty:
+            text.append(f"### {title}\n\n{table.to_markdown(index=False, disable_numparse=True)}\n")
+    text.append(f"### Published (ImageNet, ResNet-50)\n\n{PUBLISHED_LIMITED.to_markdown(index=False, disable_numparse=True)}\n")
+    print("\n".join(text))
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.md").write_text("\n".join(text))
+        for title, table in sections:
+            if not table.empty:
+                table.to_csv(args.out / f"results_{title.split()[0].lower()}.csv", index=False)
+        runs.to_csv(args.out / "runs.csv", index=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

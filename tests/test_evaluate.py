@@ -1,0 +1,121 @@
+"""Content Heatmap, batched evaluation, kNN and the results report."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from semisup import cgc
+from semisup import transforms as T
+from semisup.config import parse_config
+from semisup.data import DataBundle, EvalSet, FileSource
+from semisup.evaluate import Evaluator, content_heatmap
+from semisup.knn import knn_classify
+from semisup.models import build_model
+from semisup.report import full_supervision_table, limited_label_table, load_runs
+from tests.imagenet_tree import save_image
+
+
+def test_content_heatmap_known_answers():
+    cam = torch.zeros(1, 10, 20)
+    cam[0, 2:6, 4:10] = 1.0  # all mass in rows 2-5, columns 4-9
+    inside = np.array([[4, 2, 10, 6]])  # (xmin, ymin, xmax, ymax), max exclusive
+    ch, zero = content_heatmap(cam, [inside], (10, 20))
+    assert ch.item() == pytest.approx(1.0) and not zero.any()
+    ch, _ = content_heatmap(cam, [np.array([[4, 2, 7, 6]])], (10, 20))  # left half of the mass
+    assert ch.item() == pytest.approx(0.5)
+    ch, _ = content_heatmap(cam, [np.zeros((0, 4))], (10, 20))  # no box: nothing inside
+    assert ch.item() == 0
+    # Overlapping boxes count their union once; a box beyond the border is clipped.
+    ch, _ = content_heatmap(cam, [np.array([[4, 2, 10, 6], [5, 3, 30, 40]])], (10, 20))
+    assert ch.item() == pytest.approx(1.0)
+    # Uniform heatmap at feature resolution, image 40 x 60: CH = box area share.
+    ch, _ = content_heatmap(torch.ones(1, 4, 6), [np.array([[0, 0, 30, 40]])], (40, 60))
+    assert ch.item() == pytest.approx(0.5)
+    ch, zero = content_heatmap(torch.zeros(1, 4, 6), [inside], (10, 20))
+    assert zero.all() and ch.item() == 0
+
+
+def mixed_size_eval(tmp_path, n=10):
+    rng = np.random.default_rng(0)
+    sizes = [(72, 96), (96, 72), (80, 80)]
+    paths, labels, boxes, hw = [], [], [], []
+    for i in range(n):
+        h, w = sizes[i % 3]
+        path = tmp_path / f"v{i}.jpg"
+        save_image(path, rng, size=(w, h), class_index=i % 3)
+        paths.append(str(path)), labels.append(i % 3), hw.append((h, w))
+        boxes.append(np.array([[w / 4, h / 4, 3 * w / 4, 3 * h / 4]]) if i != 4 else np.zeros((0, 4)))
+    source = FileSource(paths, labels)
+    bundle = DataBundle(["a", "b", "c"], source, np.arange(n), None, None, EvalSet(source, boxes, hw), {})
+    cfg = parse_config(["--ch-short-side", "64", "--image-size", "64", "--resize-size", "72", "--workers", "0", "--knn-k", "3"])
+    return bundle, cfg
+
+
+def test_batched_content_heatmap_equals_one_image_at_a_time(tmp_path):
+    bundle, cfg = mixed_size_eval(tmp_path)
+    torch.manual_seed(0)
+    model = build_model("resnet_tiny", 3).eval()
+    batched = Evaluator(cfg, bundle, torch.device("cpu"), batch_size=4).content_heatmap(model, progress=False)
+    # Reference: each image alone, standard Grad-CAM by autograd (spatially pooled gradients).
+    values, zeros = [], 0
+    for i in range(len(bundle.val.source)):
+        image = T.TF.resize(bundle.val.source.load(i), [64], antialias=True).unsqueeze(0)
+        logits, features = model(T.normalize(image))
+        cam = cgc.gradcam_pooled(logits, features, torch.tensor([bundle.val.source.labels[i]]))
+        ch, zero = content_heatmap(cam, [bundle.val.boxes[i]], bundle.val.sizes[i])
+        zeros += int(zero)
+        if not zero:
+            values.append(ch.item())
+    assert batched["ch_images"] == 10 and batched["ch_zero"] == zeros
+    # Equal to 1e-6 as a fraction (1e-4 in percent): float32 closed form vs autograd.
+    assert batched["ch"] == pytest.approx(100 * np.mean(values), abs=1e-4)
+    assert batched["ch_strict"] == pytest.approx(100 * np.sum(values) / 10, abs=1e-4)
+
+
+def test_full_evaluation_runs_and_counts(tmp_path):
+    bundle, cfg = mixed_size_eval(tmp_path)
+    result = Evaluator(cfg, bundle, torch.device("cpu"), batch_size=4).run(build_model("resnet_tiny", 3), progress=False)
+    assert 0 <= result["top1"] <= result["top5"] <= 100
+    assert np.isfinite(result["cgc_val_loss"]) and 0 <= result["knn_top1"] <= 100
+
+
+def test_knn_recovers_labels_of_well_separated_features():
+    g = torch.Generator().manual_seed(0)
+    centres = F.normalize(torch.randn(5, 32, generator=g), dim=1)
+    labels = torch.arange(5).repeat_interleave(30)
+    bank = F.normalize(centres[labels] + 0.05 * torch.randn(150, 32, generator=g), dim=1)
+    query_labels = torch.arange(5).repeat(8)
+    queries = F.normalize(centres[query_labels] + 0.05 * torch.randn(40, 32, generator=g), dim=1)
+    assert torch.equal(knn_classify(bank, labels, queries, k=20, temperature=0.07), query_labels)
+    # Shuffled bank labels: chance level, so the vote really uses the neighbours' labels.
+    shuffled = labels[torch.randperm(150, generator=g)]
+    assert (knn_classify(bank, shuffled, queries, k=20) == query_labels).float().mean() < 0.6
+
+
+def fake_run(path, method, fraction, seed, top1, ch, arch="resnet50", pretrained="pretrained/swav_800ep_pretrain.pth.tar"):
+    path.mkdir(parents=True)
+    weight = 0 if method == "ce" else 0.25
+    (path / "config.yaml").write_text(yaml.safe_dump(dict(labeled_fraction=fraction, arch=arch, pretrained=pretrained,
+                                                          data="/data/imagenet", seed=seed, cgc_weight=weight)))
+    final = dict(top1=top1, top5=top1 + 20, ch=ch, ch_strict=ch - 1, cgc_val_loss=4.0, knn_top1=40.0)
+    (path / "final.json").write_text(json.dumps(dict(method=method, final=final)))
+
+
+def test_report_builds_the_published_layouts(tmp_path):
+    for seed, (ce, cgc_) in enumerate([(54.0, 55.0), (54.2, 55.4), (53.8, 55.2)]):
+        fake_run(tmp_path / f"ce{seed}", "ce", 0.01, seed, ce, 46.0 + seed)
+        fake_run(tmp_path / f"cgc{seed}", "cgc", 0.01, seed, cgc_, 47.0)
+    fake_run(tmp_path / "full", "cgc", 1.0, 0, 74.4, 62.0)
+    (tmp_path / "unfinished").mkdir()
+    runs = load_runs(sorted(tmp_path.iterdir()))
+    assert len(runs) == 7
+    limited = limited_label_table(runs).set_index("Method")
+    assert limited.loc["Cross-entropy", "Top-1"] == "54.00 ± 0.20"
+    assert limited.loc["CGC", "Top-1"] == "55.20 ± 0.20"
+    assert limited.loc["Cross-entropy", "CH"] == "47.00 ± 1.00"
+    assert limited.loc["CGC", "Start"] == "swav_800ep_pretrain" and limited.loc["CGC", "Seeds"] == 3
+    full = full_supervision_table(runs)
+    assert full.iloc[0][["Architecture", "Method", "Top-1", "CH", "CGC Loss"]].tolist() == ["resnet50", "CGC", "74.40", "62.00", "4.0000"]
