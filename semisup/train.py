@@ -354,6 +354,7 @@ class Trainer:
         final = {k: v for k, v in self.last_row.items() if isinstance(v, (int, float))}
         result = dict(method=self.cfg.method, labeled_fraction=self.cfg.labeled_fraction, seed=self.cfg.seed, arch=self.cfg.arch,
                       pretrained=self.cfg.pretrained, steps=self.step, final=final, best=self.best,
+                      weights_sha256=weights_digest(self.model),
                       note="'best' picks the epoch by validation top-1: selection on the test set; report 'final'.")
         if self.dist.is_main:
             if self.cfg.gallery:
@@ -363,6 +364,15 @@ class Trainer:
             if hasattr(self, "writer"):
                 self.writer.close()
         return result
+
+
+def weights_digest(model: nn.Module) -> str:
+    """sha256 of all parameters: equal on every process of a correct DDP run."""
+    import hashlib
+    digest = hashlib.sha256()
+    for _, p in sorted(model.named_parameters()):
+        digest.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def train(cfg: Config) -> dict:

@@ -1,0 +1,179 @@
+"""Cluster submission with submitit: the job runs the same entry point as semisup/run.py.
+
+Used by ``jobs/submit.py``. One task per GPU; torch.distributed is set up from submitit's
+environment (``TorchDistributedEnvironment``), never by nesting torchrun. The job object is
+checkpointable: on preemption or timeout submitit calls ``checkpoint()``, which resubmits the
+same command; the run resumes from its last atomic checkpoint in the same run directory.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class TrainJob:
+    """A submitit job: ``TrainJob(run_py_flags)()`` trains one run (all tasks of it)."""
+
+    def __init__(self, argv: list[str]):
+        self.argv = list(argv)
+
+    def __call__(self) -> dict:
+        import submitit
+
+        from semisup.config import parse_config
+        from semisup.train import train
+
+        env = submitit.JobEnvironment()
+        if env.num_tasks > 1:
+            # Exports RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT for env:// init;
+            # semisup.distributed.setup then calls torch.cuda.set_device(LOCAL_RANK) first thing.
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        return train(parse_config(self.argv))
+
+    def checkpoint(self, *args, **kwargs):
+        """Preempted or timed out: resubmit the same command. The weights are not pickled here:
+        the training loop's own checkpoint.pt (every --checkpoint-every steps and each epoch)
+        is what the requeued job resumes from."""
+        import submitit
+        return submitit.helpers.DelayedSubmission(TrainJob(self.argv))
+
+
+def run_dir_of(argv: list[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == "--run-dir" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--run-dir="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def with_run_dir(argv: list[str], default: Path) -> list[str]:
+    """Every job gets an explicit absolute run directory, so a requeued job resumes in it."""
+    given = run_dir_of(argv)
+    if given is None:
+        return argv + ["--run-dir", str(default.resolve())]
+    return [str(Path(a).resolve()) if a == given else a for a in argv]
+
+
+def check_not_finished(argv: list[str]) -> None:
+    run_dir = Path(run_dir_of(argv))
+    if (run_dir / "final.json").exists() and "--overwrite" not in argv:
+        raise SystemExit(f"{run_dir} already holds a finished run; pass --overwrite after -- or choose another --run-dir")
+
+
+@contextlib.contextmanager
+def code_snapshot(dest: Path):
+    """Copy the project's files (tracked and untracked, not ignored) to ``dest`` and submit from there, so jobs queued for a
+    week run the code as it was at submission, whatever happens to the checkout meanwhile."""
+    try:
+        files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, check=True).stdout.decode().split("\0")
+        files = [f for f in files if f and (REPO / f).is_file()]
+    except (OSError, subprocess.CalledProcessError):
+        files = [str(p.relative_to(REPO)) for folder in ("semisup", "jobs") for p in (REPO / folder).rglob("*.py")]
+    for rel in files:
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, target)
+    previous_cwd, previous_path = Path.cwd(), list(sys.path)
+    os.chdir(dest)
+    sys.path.insert(0, str(dest))
+    try:
+        yield dest
+    finally:
+        os.chdir(previous_cwd)
+        sys.path[:] = previous_path
+
+
+def make_executor(args, folder: Path):
+    import submitit
+
+    cluster = None if args.cluster == "auto" else args.cluster
+    executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+    tasks = args.tasks_per_node or max(1, args.gpus_per_node)
+    params = dict(nodes=args.nodes, tasks_per_node=tasks, gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task,
+                  timeout_min=args.timeout_min, name=args.name)
+    slurm = dict(slurm_partition=args.partition, slurm_account=args.account, slurm_qos=args.qos, slurm_constraint=args.constraint,
+                 slurm_mem=args.mem, slurm_comment=args.comment, slurm_signal_delay_s=args.signal_delay_s,
+                 slurm_additional_parameters=dict(kv.split("=", 1) for kv in args.sbatch) or None)
+    params.update({k: v for k, v in slurm.items() if v is not None})
+    executor.update_parameters(**params)
+    return executor
+
+
+def sweep_commands(path: Path, run_root: Path) -> list[tuple[str, list[str]]]:
+    """(name, run.py flags) for each point of a sweep file's grid.
+
+    Format: ``base: [flags...]`` and ``grid: {flag: [values...]}`` (flag names without dashes)."""
+    spec = yaml.safe_load(path.read_text())
+    if not isinstance(spec, dict) or "grid" not in spec:
+        raise SystemExit(f"{path}: a sweep needs 'grid: {{flag: [values]}}' (and optionally 'base: [flags]' and 'name')")
+    base = [str(x) for x in spec.get("base", [])]
+    keys = list(spec["grid"])
+    commands = []
+    for values in itertools.product(*(spec["grid"][k] for k in keys)):
+        name = "_".join(f"{k.replace('_', '-')}{v}" for k, v in zip(keys, values))
+        flags = base + [x for k, v in zip(keys, values) for x in (f"--{k.replace('_', '-')}", str(v))]
+        commands.append((name, with_run_dir(flags, run_root / spec.get("name", path.stem) / name)))
+    return commands
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Submit semisup/run.py as a submitit job (Slurm, local or in-process debug).",
+                                usage="python jobs/submit.py [options] -- <run.py flags>")
+    p.add_argument("--cluster", default="auto", choices=["auto", "slurm", "local", "debug"],
+                   help="auto: Slurm when sbatch is present, else local; debug runs in this process (pdb works)")
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--gpus-per-node", type=int, default=0)
+    p.add_argument("--tasks-per-node", type=int, help="default: one per GPU (1 without GPUs)")
+    p.add_argument("--cpus-per-task", type=int, default=10)
+    p.add_argument("--timeout-min", type=int, default=4320)
+    p.add_argument("--partition")
+    p.add_argument("--account")
+    p.add_argument("--qos")
+    p.add_argument("--constraint")
+    p.add_argument("--mem", help="memory per node, e.g. 480G")
+    p.add_argument("--comment")
+    p.add_argument("--signal-delay-s", type=int, default=120, help="seconds between Slurm's USR2 and the kill (time to requeue)")
+    p.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE", help="extra sbatch option, repeatable")
+    p.add_argument("--name", default="semisup")
+    p.add_argument("--log-dir", type=Path, default=Path("jobs/logs"), help="submitit logs and code snapshots")
+    p.add_argument("--run-root", type=Path, default=Path("runs"), help="parent of run directories not given by --run-dir")
+    p.add_argument("--sweep", type=Path, help="YAML grid: one job per point, submitted as an array")
+    p.add_argument("--no-snapshot", action="store_true", help="run the live checkout instead of a snapshot")
+    return p
+
+
+def main(argv: list[str] | None = None) -> list:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    run_flags = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = build_parser().parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    log_dir = args.log_dir.resolve()
+    if args.sweep:
+        commands = [(name, flags + run_flags) for name, flags in sweep_commands(args.sweep.resolve(), args.run_root.resolve())]
+    else:
+        commands = [(args.name, with_run_dir(run_flags, args.run_root.resolve() / args.name))]
+    for _, flags in commands:
+        check_not_finished(flags)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    snapshot = contextlib.nullcontext() if args.no_snapshot or args.cluster == "debug" else code_snapshot(log_dir / "code" / stamp)
+    with snapshot:
+        executor = make_executor(args, log_dir / "%j")
+        if len(commands) == 1:
+            jobs = [executor.submit(TrainJob(commands[0][1]))]
+        else:
+            with executor.batch():
+                jobs = [executor.submit(TrainJob(flags)) for _, flags in commands]
+    for (name, flags), job in zip(commands, jobs):
+        print(f"submitted {name}: job {job.job_id}, logs {job.paths.folder}, run dir {run_dir_of(flags)}")
+    return jobs

@@ -1,0 +1,107 @@
+"""Cluster jobs through submitit's own executors (local and debug; Slurm's sbatch inspected)."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from semisup import launch
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = ["--labeled-fraction", "0.02", "--epochs", "2", "--batch-labeled", "32", "--batch-unlabeled", "32", "--max-eval-images", "64",
+         "--gallery", "0", "--eval-every", "1"]
+
+
+def submit_args(tmp_path, *extra):
+    return ["--log-dir", str(tmp_path / "logs"), "--run-root", str(tmp_path / "runs"), "--timeout-min", "10", *extra]
+
+
+def test_sbatch_script_has_the_requested_resources(tmp_path, monkeypatch):
+    import submitit.slurm.slurm as slurm
+    monkeypatch.setattr(slurm.SlurmExecutor, "affinity", classmethod(lambda cls: 1))  # no srun on this machine
+    args = launch.build_parser().parse_args(["--nodes", "2", "--gpus-per-node", "8", "--partition", "learnlab", "--account", "vision",
+                                             "--qos", "high", "--constraint", "volta32gb", "--mem", "480G", "--comment", "cgc",
+                                             "--sbatch", "reservation=cgc", "--cluster", "slurm", "--timeout-min", "4320"])
+    executor = launch.make_executor(args, tmp_path / "%j")
+    script = executor._executor._make_submission_file_text("python -u -m submitit.core._submit x", "uid")
+    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=8", "#SBATCH --gpus-per-node=8", "#SBATCH --partition=learnlab",
+                 "#SBATCH --account=vision", "#SBATCH --qos=high", "#SBATCH --constraint=volta32gb", "#SBATCH --mem=480G",
+                 "#SBATCH --time=4320", "#SBATCH --signal=USR2@120", "#SBATCH --reservation=cgc", "#SBATCH --cpus-per-task=10"):
+        assert line in script, (line, script)
+
+
+def test_sweep_expands_the_grid_with_one_run_dir_each(tmp_path):
+    commands = launch.sweep_commands(ROOT / "jobs" / "sweep_1percent.yaml", tmp_path)
+    assert len(commands) == 6
+    dirs = {launch.run_dir_of(flags) for _, flags in commands}
+    assert len(dirs) == 6 and all(d.startswith(str(tmp_path / "imagenet-1pct")) for d in dirs)
+    name, flags = commands[0]
+    assert name == "lambda0_seed0" and flags[flags.index("--lambda") + 1] == "0"
+    assert "--pretrained" in flags and flags[flags.index("--labeled-fraction") + 1] == "0.01"
+
+
+def test_debug_cluster_runs_in_process_and_refuses_a_finished_run(tmp_path, demo_cache):
+    jobs = launch.main(submit_args(tmp_path, "--cluster", "debug", "--name", "dbg", "--") + QUICK + ["--demo-cache", demo_cache, "--max-steps", "3"])
+    result = jobs[0].result()
+    assert result["steps"] == 3
+    with pytest.raises(SystemExit, match="already holds a finished run"):
+        launch.main(submit_args(tmp_path, "--cluster", "debug", "--name", "dbg", "--") + QUICK + ["--demo-cache", demo_cache])
+
+
+def test_local_executor_two_tasks_train_with_gloo_to_identical_weights(tmp_path, demo_cache):
+    jobs = launch.main(submit_args(tmp_path, "--cluster", "local", "--tasks-per-node", "2", "--name", "two", "--")
+                       + QUICK + ["--demo-cache", demo_cache, "--max-steps", "4", "--workers", "0"])
+    result = jobs[0].results()  # one result per task
+    assert [r["steps"] for r in result] == [4, 4]
+    assert result[0]["weights_sha256"] == result[1]["weights_sha256"]
+    log = (tmp_path / "runs" / "two" / "train.log").read_text()
+    assert "2 process(es) on cpu" in log and "16 per process" in log
+    # The job ran from the code snapshot taken at submission.
+    assert list((tmp_path / "logs" / "code").glob("*/semisup/train.py"))
+
+
+def child_pids(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def checkpoint_step(path: Path) -> int:
+    try:
+        return torch.load(path, weights_only=True)["step"]
+    except (FileNotFoundError, EOFError, RuntimeError):
+        return -1
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the task process through /proc")
+def test_preempted_local_job_requeues_and_ends_like_an_uninterrupted_run(tmp_path, demo_cache):
+    flags = QUICK + ["--demo-cache", demo_cache, "--checkpoint-every", "2", "--workers", "0"]
+    straight = launch.main(submit_args(tmp_path, "--cluster", "local", "--name", "straight", "--") + flags)[0]
+    straight.result()
+    job = launch.main(submit_args(tmp_path, "--cluster", "local", "--name", "preempted", "--") + flags)[0]
+    checkpoint = tmp_path / "runs" / "preempted" / "checkpoint.pt"
+    deadline = time.time() + 120
+    while checkpoint_step(checkpoint) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    tasks = child_pids(job._process.pid)
+    assert len(tasks) == 1
+    os.kill(tasks[0], signal.SIGUSR2)  # what Slurm sends --signal-delay-s before preempting
+    result = job.result()
+    assert result["steps"] == 18
+    log = (tmp_path / "runs" / "preempted" / "train.log").read_text()
+    assert "resumed from" in log  # the requeued job continued from the checkpoint
+    a = pd.read_csv(tmp_path / "runs" / "straight" / "metrics.csv").drop(columns="eval_seconds")
+    b = pd.read_csv(tmp_path / "runs" / "preempted" / "metrics.csv").drop(columns="eval_seconds")
+    pd.testing.assert_frame_equal(a, b)
