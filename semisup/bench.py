@@ -207,6 +207,7 @@ def reference_three_tensors(paths):
 
 def bench_loader(args):
     from semisup.data import FileSource, TrainDataset
+    torch.set_num_threads(1)  # as in a DataLoader worker: the number is per worker process
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_jpegs(Path(tmp), args.images)
         dataset = TrainDataset(FileSource(paths, [0] * len(paths)), np.arange(len(paths)), 224, 256, 0.08, "center", pair=True)
@@ -223,7 +224,7 @@ def bench_loader(args):
         t_ours, t_ref = alternate(ours, plain, args.repeats)
     n = len(paths)
     return emit(bench="loader", images=n, ours_per_s=n / statistics.median(t_ours), reference_per_s=n / statistics.median(t_ref),
-                ours_over_reference=statistics.median(t_ref) / statistics.median(t_ours), processes=1)
+                ours_over_reference=statistics.median(t_ref) / statistics.median(t_ours), processes=1, threads=1)
 
 
 # ---- eval ---------------------------------------------------------------------------------
