@@ -194,10 +194,12 @@ class DataBundle:
     summary: dict
 
 
-class EvalCropDataset(Dataset):
-    """Validation images at Resize(resize) + CenterCrop(crop): dict(image uint8, label, index)."""
+class EvalDataset(Dataset):
+    """Validation images resized so the shorter side is ``resize``, then center-cropped to
+    ``crop`` (top-1/top-5: 256 and 224) or, with ``crop=None``, not cropped (Content Heatmap).
+    Items: dict(image uint8 [3, H', W'], label, index, bad)."""
 
-    def __init__(self, source, resize: int, crop: int, indices=None):
+    def __init__(self, source, resize: int, crop: int | None = None, indices=None):
         self.source, self.resize, self.crop = source, resize, crop
         self.indices = np.arange(len(source)) if indices is None else np.asarray(indices)
 
@@ -207,25 +209,10 @@ class EvalCropDataset(Dataset):
     def __getitem__(self, i):
         index = int(self.indices[i])
         image, bad = _eval_load(self.source, index)
-        return dict(image=T.center_view(image, self.resize, self.crop), label=int(self.source.labels[index]), index=index, bad=bad)
-
-
-class EvalFullDataset(Dataset):
-    """Validation images resized so the shorter side is ``short_side``, not cropped (Content
-    Heatmap): dict(image uint8 [3, H', W'], label, index)."""
-
-    def __init__(self, source, short_side: int, indices=None):
-        self.source, self.short_side = source, short_side
-        self.indices = np.arange(len(source)) if indices is None else np.asarray(indices)
-
-    def __len__(self):
-        return len(self.indices)
-
-    def __getitem__(self, i):
-        index = int(self.indices[i])
-        image, bad = _eval_load(self.source, index)
-        if min(image.shape[-2:]) != self.short_side:
-            image = T.TF.resize(image, [self.short_side], antialias=True)
+        if self.crop is not None:
+            image = T.center_view(image, self.resize, self.crop)
+        elif min(image.shape[-2:]) != self.resize:
+            image = T.TF.resize(image, [self.resize], antialias=True)
         return dict(image=image, label=int(self.source.labels[index]), index=index, bad=bad)
 
 

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from semisup import cgc
 from semisup import distributed as D
 from semisup import transforms as T
-from semisup.data import EvalCropDataset, EvalFullDataset
+from semisup.data import EvalDataset
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class Evaluator:
     def classify(self, model, progress: bool) -> dict:
         """Top-1/top-5, features for kNN and the validation CGC loss, on Resize + CenterCrop."""
         cfg = self.cfg
-        dataset = EvalCropDataset(self.bundle.val.source, cfg.resize_size, cfg.image_size, self.indices)
+        dataset = EvalDataset(self.bundle.val.source, cfg.resize_size, cfg.image_size, self.indices)
         batches = self._shard([list(range(i, min(i + VAL_CGC_BATCH, len(dataset)))) for i in range(0, len(dataset), VAL_CGC_BATCH)])
         sums = torch.zeros(6, dtype=torch.float64, device=self.device)  # correct1, correct5, n, loss*n, n_loss, bad
         feats, labels = [], []
@@ -161,7 +161,7 @@ class Evaluator:
             return dict(ch=float("nan"), ch_strict=float("nan"), ch_zero=0, ch_images=0)
         raw = _unwrap(model)
         indices = [i for i in self.indices if val.boxes[i] is not None]  # CH is defined where boxes exist
-        dataset = EvalFullDataset(val.source, self.cfg.ch_short_side, indices)
+        dataset = EvalDataset(val.source, self.cfg.ch_short_side, None, indices)
         sizes = [val.sizes[i] for i in indices]
         batches = self._shard(size_grouped_batches(sizes, self.batch_size))
         sums = torch.zeros(3, dtype=torch.float64)  # ch over nonzero, zero count, images
@@ -182,7 +182,7 @@ class Evaluator:
         """kNN top-1 (percent) of pooled backbone features, the labeled subset as memory bank."""
         from semisup.knn import knn_classify
         bundle = self.bundle
-        dataset = EvalCropDataset(bundle.labeled, self.cfg.resize_size, self.cfg.image_size, bundle.labeled_indices)
+        dataset = EvalDataset(bundle.labeled, self.cfg.resize_size, self.cfg.image_size, bundle.labeled_indices)
         positions = self._shard(list(range(len(dataset))))
         bank, bank_labels = [], []
         batches = [positions[i:i + self.batch_size] for i in range(0, len(positions), self.batch_size)]

@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from semisup import transforms as T
-from semisup.data import EvalFullDataset
+from semisup.data import EvalDataset
 
 
 @torch.no_grad()
-def gallery_heatmaps(model, dataset: EvalFullDataset, positions: list[int], device: torch.device):
+def gallery_heatmaps(model, dataset: EvalDataset, positions: list[int], device: torch.device):
     """Per image: (uint8 image [H', W', 3], heatmap [H', W'] in [0, 1], predicted class, label)."""
     model.eval()
     out = []
@@ -41,7 +41,7 @@ def save_gallery(models: list, names: list[str], bundle, cfg, device: torch.devi
     val = bundle.val
     count = min(count or cfg.gallery, len(val.source))
     positions = sorted(np.random.default_rng(seed).choice(len(val.source), size=count, replace=False).tolist())
-    dataset = EvalFullDataset(val.source, cfg.ch_short_side)
+    dataset = EvalDataset(val.source, cfg.ch_short_side)
     columns = [gallery_heatmaps(m, dataset, positions, device) for m in models]
     per_row = 4  # images per figure row; each image takes len(models) panels
     rows = int(np.ceil(count / per_row))
