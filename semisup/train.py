@@ -171,6 +171,10 @@ class Trainer:
     def _images(self, batch: dict, key: str) -> torch.Tensor:
         return T.normalize(batch[key].to(self.device, non_blocking=True), channels_last=self.channels_last)
 
+    def _transform(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        # Pinned by the loader, copied asynchronously: a blocking copy here would sync the GPU.
+        return batch["box"].to(self.device, non_blocking=True), batch["flip"].to(self.device, non_blocking=True)
+
     def training_step(self, labeled: dict, unlabeled: dict | None) -> dict[str, torch.Tensor]:
         """One step; returns detached float32 losses (still on the device: no host sync here)."""
         cfg, model, raw = self.cfg, self.ddp, self.model
@@ -184,7 +188,7 @@ class Trainer:
                 aug_logits, aug_features = model(self._images(labeled, "aug"))
                 cam = raw.cam(logits, features, labels)
                 cam_aug = raw.cam(aug_logits, aug_features, labels)
-                consistency = self.consistency(cam_aug, cam, labeled["box"], labeled["flip"])
+                consistency = self.consistency(cam_aug, cam, *self._transform(labeled))
             elif unlabeled is not None:
                 view_logits, view_features = model(self._images(unlabeled, "image"))
                 # The explained class is the model's own prediction, chosen without gradient.
@@ -192,7 +196,7 @@ class Trainer:
                 aug_logits, aug_features = model(self._images(unlabeled, "aug"))
                 cam = raw.cam(view_logits, view_features, classes)
                 cam_aug = raw.cam(aug_logits, aug_features, classes)
-                consistency = self.consistency(cam_aug, cam, unlabeled["box"], unlabeled["flip"])
+                consistency = self.consistency(cam_aug, cam, *self._transform(unlabeled))
         loss = ce + cfg.cgc_weight * consistency
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
