@@ -2,6 +2,7 @@
 
     python jobs/reproduce_demo_table.py                         # everything: 3 seeds, all rows
     python jobs/reproduce_demo_table.py --rows limited --seeds 0 1 2
+    python jobs/reproduce_demo_table.py --rows limited --start swav    # from the demo's SwAV-style pretraining
 
 Runs each row with semisup/run.py (one process per run), then writes results/demo/results.md
 (mean ± std over seeds, via semisup/report.py) and results/demo/gallery_ce_vs_cgc.png. Runs
@@ -26,7 +27,8 @@ ROWS = {
 
 
 def run(fraction: float, name: str, flags: list[str], seed: int, out: Path, extra: list[str]) -> Path:
-    run_dir = out / "runs" / f"{name}-frac{fraction:g}-seed{seed}"
+    start = "swav-" if "--pretrained" in extra else ""
+    run_dir = out / "runs" / f"{start}{name}-frac{fraction:g}-seed{seed}"
     if (run_dir / "final.json").exists():
         print(f"reusing {run_dir}")
         return run_dir
@@ -42,12 +44,26 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", nargs="+", choices=sorted(ROWS), default=sorted(ROWS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "demo")
+    parser.add_argument("--start", choices=["scratch", "swav"], default="scratch",
+                        help="swav: start from the demo's SwAV-style pretraining (run first if pretrained/ lacks it)")
     parser.add_argument("extra", nargs="*", help="more run.py flags, after --")
     args = parser.parse_args(argv)
-    dirs = [run(f, name, flags, seed, args.out, args.extra) for rows in args.rows for f, name, flags in ROWS[rows] for seed in args.seeds]
-    subprocess.run([sys.executable, str(ROOT / "semisup" / "report.py"), *map(str, dirs), "--out", str(args.out)], check=True)
+    if args.start == "swav":
+        weights = ROOT / "pretrained" / "demo_swav_resnet_tiny.pth"
+        if not weights.exists():
+            cache = [x for a, x in zip(args.extra, args.extra[1:]) if a == "--demo-cache"]
+            subprocess.run([sys.executable, "-m", "semisup.pretrain", "--out", str(weights), *(["--demo-cache", *cache[:1]] if cache else [])],
+                           check=True, cwd=ROOT)
+        args.extra += ["--pretrained", str(weights)]
+    for rows in args.rows:
+        for fraction, name, flags in ROWS[rows]:
+            for seed in args.seeds:
+                run(fraction, name, flags, seed, args.out, args.extra)
+    # The table covers every finished run under out/runs (both starts, all rows run so far).
+    report_dirs = sorted(p for p in (args.out / "runs").iterdir() if (p / "final.json").exists())
+    subprocess.run([sys.executable, str(ROOT / "semisup" / "report.py"), *map(str, report_dirs), "--out", str(args.out)], check=True)
     ce, cgc = args.out / "runs" / f"ce-frac0.01-seed{args.seeds[0]}", args.out / "runs" / f"cgc-frac0.01-seed{args.seeds[0]}"
-    if (ce / "checkpoint.pt").exists() and (cgc / "checkpoint.pt").exists():
+    if args.start == "scratch" and (ce / "checkpoint.pt").exists() and (cgc / "checkpoint.pt").exists():
         subprocess.run([sys.executable, str(ROOT / "semisup" / "evaluate.py"), "--checkpoint", str(cgc / "checkpoint.pt"), "--compare",
                         str(ce / "checkpoint.pt"), "--gallery", "16", "--workers", "0", "--out", str(args.out)], check=True)
     return 0
