@@ -206,8 +206,16 @@ def reference_three_tensors(paths):
 
 
 def bench_loader(args):
-    from semisup.data import FileSource, TrainDataset
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in a DataLoader worker: the number is per worker process
+    try:
+        return _bench_loader(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _bench_loader(args):
+    from semisup.data import FileSource, TrainDataset
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_jpegs(Path(tmp), args.images)
         dataset = TrainDataset(FileSource(paths, [0] * len(paths)), np.arange(len(paths)), 224, 256, 0.08, "center", pair=True)

@@ -8,7 +8,7 @@ from semisup.config import parse_config
 from semisup.run import main
 from semisup.train import RunDirError, train
 
-QUICK = ["--epochs", "2", "--batch-labeled", "32", "--batch-unlabeled", "32", "--max-eval-images", "400", "--gallery", "0",
+QUICK = ["--epochs", "3", "--batch-labeled", "32", "--batch-unlabeled", "32", "--max-eval-images", "400", "--gallery", "0",
          "--labeled-fraction", "0.1"]
 
 
@@ -16,10 +16,13 @@ def test_short_cgc_demo_run_beats_chance_and_writes_metrics(tmp_path, demo_cache
     run_dir = tmp_path / "run"
     result = train(parse_config(QUICK + ["--demo-cache", demo_cache, "--run-dir", str(run_dir)]))
     final = result["final"]
-    assert final["top1"] > 15, final  # chance is 10 %
+    # Chance is 10 % (± 1.5 on 400 images). After 132 steps from scratch the linear head is
+    # still noisy (13-18 % measured, depending on thread count); the backbone's kNN accuracy
+    # (20-31 % measured) is the steadier sign that it learned.
+    assert final["top1"] > 12 and final["knn_top1"] > 17, final
     assert final["train_consistency"] > 0 and result["method"] == "cgc"
     metrics = pd.read_csv(run_dir / "metrics.csv")
-    assert list(metrics["epoch"]) == [1, 2]
+    assert list(metrics["epoch"]) == [1, 2, 3]
     assert metrics["unlabeled_images"].iloc[-1] == 32 * result["steps"]
     saved = json.loads((run_dir / "final.json").read_text())
     assert saved["final"]["top1"] == pytest.approx(final["top1"])
