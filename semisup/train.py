@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path

@@ -3,14 +3,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 from semisup import launch
+from tests.run_helpers import wait_for_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--labeled-fraction", "0.02", "--epochs", "2", "--batch-labeled", "32", "--batch-unlabeled", "32", "--max-eval-images", "64",
@@ -80,12 +79,6 @@ def child_pids(pid: int) -> list[int]:
     return out
 
 
-def checkpoint_step(path: Path) -> int:
-    try:
-        return torch.load(path, weights_only=True)["step"]
-    except (FileNotFoundError, EOFError, RuntimeError):
-        return -1
-
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the task process through /proc")
 def test_preempted_local_job_requeues_and_ends_like_an_uninterrupted_run(tmp_path, demo_cache):
@@ -94,9 +87,7 @@ def test_preempted_local_job_requeues_and_ends_like_an_uninterrupted_run(tmp_pat
     straight.result()
     job = launch.main(submit_args(tmp_path, "--cluster", "local", "--name", "preempted", "--") + flags)[0]
     checkpoint = tmp_path / "runs" / "preempted" / "checkpoint.pt"
-    deadline = time.time() + 120
-    while checkpoint_step(checkpoint) < 2 and time.time() < deadline:
-        time.sleep(0.05)
+    wait_for_checkpoint(checkpoint, 2)
     tasks = child_pids(job._process.pid)
     assert len(tasks) == 1
     os.kill(tasks[0], signal.SIGUSR2)  # what Slurm sends --signal-delay-s before preempting

@@ -3,7 +3,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ import torch
 from semisup.boxes import load_boxes
 from semisup.config import parse_config
 from semisup.train import NonFiniteLoss, RunDirError, train
+from tests.run_helpers import checkpoint_step, wait_for_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SHORT = ["--labeled-fraction", "0.05", "--epochs", "2", "--batch-labeled", "32", "--batch-unlabeled", "32",
@@ -25,12 +25,6 @@ def run_cmd(args):
     return [sys.executable, str(ROOT / "semisup" / "run.py"), *args], env
 
 
-def checkpoint_step(path: Path) -> int:
-    try:
-        return torch.load(path, weights_only=True)["step"]
-    except (FileNotFoundError, EOFError, RuntimeError):
-        return -1
-
 
 def test_run_killed_mid_epoch_resumes_to_the_same_result(tmp_path, demo_cache):
     # 290 labeled images at 32 a step: 9 steps an epoch, 18 in all.
@@ -40,9 +34,7 @@ def test_run_killed_mid_epoch_resumes_to_the_same_result(tmp_path, demo_cache):
 
     cmd, env = run_cmd(args + ["--run-dir", str(tmp_path / "killed")])
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while checkpoint_step(tmp_path / "killed" / "checkpoint.pt") < 3 and time.time() < deadline:
-        time.sleep(0.05)
+    wait_for_checkpoint(tmp_path / "killed" / "checkpoint.pt", 3)
     proc.send_signal(signal.SIGKILL)  # no chance to clean up, as with a node failure
     proc.wait()
     step = checkpoint_step(tmp_path / "killed" / "checkpoint.pt")
