@@ -3,17 +3,25 @@
     python jobs/reproduce_demo_table.py                         # everything: 3 seeds, all rows
     python jobs/reproduce_demo_table.py --rows limited --seeds 0 1 2
     python jobs/reproduce_demo_table.py --rows limited --start swav    # from the demo's SwAV-style pretraining
+    python jobs/reproduce_demo_table.py --ablations lambda --seeds 0 1 2  # one setting varied, table per ablation
 
 Runs each row with semisup/run.py (one process per run), then writes results/demo/results.md
 (mean ± std over seeds, via semisup/report.py) and results/demo/gallery_ce_vs_cgc.png. Runs
-that already finished are reused, so an interrupted reproduction continues where it stopped.
+that already finished with the same settings are reused, so an interrupted reproduction
+continues where it stopped; one that finished with other settings (a default changed since)
+stops the script unless --rerun-stale is given.
 """
 import argparse
 import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from semisup.config import config_from_dict, differing_keys, make_config, parse_config  # noqa: E402
 
 # Per labeled fraction: epochs and milestones that keep each run to a few CPU minutes
 # (an epoch is one pass over the labeled set, so it grows with the fraction).
@@ -26,17 +34,62 @@ ROWS = {
 }
 
 
-def run(fraction: float, name: str, flags: list[str], seed: int, out: Path, extra: list[str]) -> Path:
+# Ablations: one setting varied around the demo defaults, CGC at 10 % labels (where the
+# default costs the most top-1) unless a row says otherwise. The run with the default value
+# is the main table's CGC run; cross-entropy runs of the same seeds are the reference.
+ABLATIONS = {
+    "lambda": ("cgc_weight", [0.05, 0.1, 0.25, 0.5], (0.01, 0.1)),
+    "temperature": ("temperature", [0.1, 0.2, 0.5, 1.0], (0.1,)),
+    "crop_scale": ("crop_scale_min", [0.08, 0.25, 0.5], (0.1,)),
+    "negatives": ("batch_unlabeled", [16, 32, 64, 128], (0.1,)),
+    "cam_class": ("cam_class", ["predicted", "label"], (0.01, 0.1)),
+    "warmup": ("cgc_warmup_epochs", [0.0, 2.0, 4.0], (0.1,)),
+}
+
+
+def run(fraction: float, name: str, flags: list[str], seed: int, out: Path, extra: list[str], run_dir: Path | None = None,
+        rerun_stale: bool = False) -> Path:
     start = "swav-" if "--pretrained" in extra else ""
-    run_dir = out / "runs" / f"{start}{name}-frac{fraction:g}-seed{seed}"
+    run_dir = run_dir or out / "runs" / f"{start}{name}-frac{fraction:g}-seed{seed}"
+    args = ["--labeled-fraction", str(fraction), "--seed", str(seed), "--run-dir", str(run_dir), "--eval-every", "0",
+            *SCHEDULES[fraction], *flags, *extra]
     if (run_dir / "final.json").exists():
-        print(f"reusing {run_dir}")
-        return run_dir
-    cmd = [sys.executable, str(ROOT / "semisup" / "run.py"), "--labeled-fraction", str(fraction), "--seed", str(seed),
-           "--run-dir", str(run_dir), "--eval-every", "0", *SCHEDULES[fraction], *flags, *extra]
+        saved = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+        stale = differing_keys(saved, parse_config(args))
+        if not stale:
+            print(f"reusing {run_dir}")
+            return run_dir
+        if not rerun_stale:
+            raise SystemExit(f"{run_dir} finished with other settings ({', '.join(stale)}) than this command asks for, "
+                             "e.g. after a default changed; pass --rerun-stale to replace it, or --out elsewhere")
+        args.append("--overwrite")
+    cmd = [sys.executable, str(ROOT / "semisup" / "run.py"), *args]
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
     return run_dir
+
+
+def run_ablation(name: str, seeds: list[int], out: Path, extra: list[str], rerun_stale: bool) -> None:
+    """Run one ablation grid (plus its references) and write out/ablations/<name>.md."""
+    setting, values, fractions = ABLATIONS[name]
+    default = getattr(make_config({}), setting)
+    flag = "--" + setting.replace("_", "-")
+    start = "swav-" if "--pretrained" in extra else ""
+    dirs = []
+    for fraction in fractions:
+        for seed in seeds:
+            dirs.append(run(fraction, "ce", ["--lambda", "0"], seed, out, extra, rerun_stale=rerun_stale))
+            for value in values:
+                label = f"{value:g}" if isinstance(value, float | int) else f"-{value}"
+                # The default value's run is the main table's CGC run (run() names it).
+                own = None if value == default else out / "ablations" / f"{start}{name}{label}-frac{fraction:g}-seed{seed}"
+                dirs.append(run(fraction, "cgc", [flag, str(value)], seed, out, extra, own, rerun_stale))
+    from semisup.report import ablation_table, load_runs
+    table = ablation_table(load_runs(dirs, settings=(setting,)), setting)
+    text = f"### Ablation: {name} (`{flag}`, demo default {default})\n\n{table.to_markdown(index=False, disable_numparse=True)}\n"
+    print(text)
+    (out / "ablations").mkdir(parents=True, exist_ok=True)
+    (out / "ablations" / f"{name}.md").write_text(text)
 
 
 def main(argv=None) -> int:
@@ -46,6 +99,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "demo")
     parser.add_argument("--start", choices=["scratch", "swav"], default="scratch",
                         help="swav: start from the demo's SwAV-style pretraining (run first if pretrained/ lacks it)")
+    parser.add_argument("--ablations", nargs="+", choices=sorted(ABLATIONS),
+                        help="run these ablations (see ABLATIONS) instead of the table; --seeds applies")
+    parser.add_argument("--rerun-stale", action="store_true",
+                        help="replace finished runs whose settings differ from what this command asks for")
     parser.add_argument("extra", nargs="*", help="more run.py flags, after --")
     args = parser.parse_args(argv)
     if args.start == "swav":
@@ -55,10 +112,14 @@ def main(argv=None) -> int:
             subprocess.run([sys.executable, "-m", "semisup.pretrain", "--out", str(weights), *(["--demo-cache", *cache[:1]] if cache else [])],
                            check=True, cwd=ROOT)
         args.extra += ["--pretrained", str(weights)]
+    if args.ablations:
+        for name in args.ablations:
+            run_ablation(name, args.seeds, args.out, args.extra, args.rerun_stale)
+        return 0
     for rows in args.rows:
         for fraction, name, flags in ROWS[rows]:
             for seed in args.seeds:
-                run(fraction, name, flags, seed, args.out, args.extra)
+                run(fraction, name, flags, seed, args.out, args.extra, rerun_stale=args.rerun_stale)
     # The table covers every finished run under out/runs (both starts, all rows run so far).
     report_dirs = sorted(p for p in (args.out / "runs").iterdir() if (p / "final.json").exists())
     subprocess.run([sys.executable, str(ROOT / "semisup" / "report.py"), *map(str, report_dirs), "--out", str(args.out)], check=True)

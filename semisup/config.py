@@ -59,6 +59,11 @@ class Config:
     consistency: str = _f("cgc", "'cgc' (contrastive, InfoNCE) or 'l2' (the earlier GCC baseline, no negatives)", choices=("cgc", "l2"))
     global_negatives: bool = _f(False, "gather heatmaps from all processes as negatives (the published recipe used per-GPU negatives)")
     cam_size: int = _f(224, "side the heatmaps are upsampled to inside the loss")
+    cam_class: str = _f("predicted", "class explained on unlabeled images: the model's 'predicted' class (the method), or the "
+                        "image's true 'label' (a diagnostic upper bound: it uses labels the limited-label setting does not have)",
+                        choices=("predicted", "label"))
+    cgc_warmup_epochs: float = _f(0.0, "ramp lambda linearly from 0 over this many epochs (0: full weight from the first step), "
+                                  "so early, noisy predicted classes weigh less")
     # --- run ---
     run_dir: str | None = _f(None, "run directory (default runs/<dataset>-<method>-<fraction>-seed<seed>); an unfinished run there is resumed")
     seed: int = _f(0, "seed of sampling, augmentation and initialisation")

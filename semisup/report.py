@@ -20,6 +20,8 @@ if __package__ in (None, ""):
 import pandas as pd
 import yaml
 
+from semisup.config import Config
+
 METHOD_NAMES = {"ce": "Cross-entropy", "cgc": "CGC", "gcc": "GCC (L2)"}
 PUBLISHED_LIMITED = pd.DataFrame([
     dict(Method="Cross-entropy", Labeled="1%", Start="SwAV", **{"Top-1": "54.00", "Top-5": "78.69", "CH": "46.08"}),
@@ -27,8 +29,9 @@ PUBLISHED_LIMITED = pd.DataFrame([
 ])
 
 
-def load_runs(run_dirs: list[str | Path]) -> pd.DataFrame:
-    """One row per finished run: its settings and final metrics."""
+def load_runs(run_dirs: list[str | Path], settings: tuple[str, ...] = ()) -> pd.DataFrame:
+    """One row per finished run: its settings (``settings`` adds those config keys as
+    columns) and final metrics."""
     rows = []
     for run_dir in map(Path, run_dirs):
         final_path, config_path = run_dir / "final.json", run_dir / "config.yaml"
@@ -41,8 +44,17 @@ def load_runs(run_dirs: list[str | Path]) -> pd.DataFrame:
         rows.append(dict(run=str(run_dir), method=final["method"], labeled_fraction=float(cfg["labeled_fraction"]),
                          arch=cfg["arch"], start=Path(pretrained).name.split(".")[0] if pretrained else "scratch",
                          dataset="demo" if not cfg.get("data") else Path(cfg["data"]).name, seed=cfg["seed"],
-                         **{k: final["final"].get(k) for k in ("top1", "top5", "ch", "ch_strict", "cgc_val_loss", "knn_top1")}))
+                         **{k: final["final"].get(k) for k in ("top1", "top5", "ch", "ch_strict", "cgc_val_loss", "knn_top1")},
+                         **{k: _setting(cfg, k, config_path) for k in settings}))
     return pd.DataFrame(rows)
+
+
+def _setting(cfg: dict, key: str, path: Path):
+    if key in cfg:
+        return cfg[key]
+    if key not in Config.__dataclass_fields__:
+        raise KeyError(f"{path}: no setting {key!r}; settings are the flag names with underscores (see run.py --help)")
+    return Config.__dataclass_fields__[key].default  # saved before the setting existed: it ran with the default
 
 
 def _mean_std(values: pd.Series, digits: int) -> str:
@@ -57,7 +69,7 @@ def _mean_std(values: pd.Series, digits: int) -> str:
 def aggregate(runs: pd.DataFrame, keys: list[str], metrics: dict[str, tuple[str, int]]) -> pd.DataFrame:
     """Mean ± sample std over seeds for each group of ``keys``; column ``Seeds`` counts runs."""
     out = []
-    for group, frame in runs.groupby(keys, sort=True):
+    for group, frame in runs.groupby(keys, sort=True, dropna=False):
         row = dict(zip(keys, group if isinstance(group, tuple) else (group,)))
         row.update({title: _mean_std(frame[col], digits) for title, (col, digits) in metrics.items()})
         row["Seeds"] = len(frame)
@@ -85,6 +97,19 @@ def full_supervision_table(runs: pd.DataFrame) -> pd.DataFrame:
                       {"Top-1": ("top1", 2), "CH": ("ch", 2), "CGC Loss": ("cgc_val_loss", 4)})
     table["method"] = table["method"].map(METHOD_NAMES)
     return table.rename(columns={"dataset": "Dataset", "arch": "Architecture", "method": "Method"})
+
+
+def ablation_table(runs: pd.DataFrame, setting: str) -> pd.DataFrame:
+    """Mean ± std over seeds per labeled fraction, value of ``setting`` and method. Cross-
+    entropy rows (which do not depend on the setting) show '–' in its column."""
+    runs = runs.copy()
+    runs["Labeled"] = runs["labeled_fraction"].map(lambda f: f"{100 * f:g}%")
+    runs[setting] = runs[setting].where(runs["method"] != "ce")  # NaN: grouped together, shown as '–'
+    table = aggregate(runs, ["Labeled", "start", "method", setting],
+                      {"Top-1": ("top1", 2), "CH": ("ch", 2), "CH strict": ("ch_strict", 2), "kNN": ("knn_top1", 2)})
+    table["method"] = table["method"].map(METHOD_NAMES)
+    table[setting] = table[setting].map(lambda v: "–" if pd.isna(v) else f"{v:g}" if isinstance(v, float) else str(v))
+    return table.rename(columns={"start": "Start", "method": "Method"})
 
 
 def main(argv=None) -> int:

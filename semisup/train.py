@@ -166,6 +166,12 @@ class Trainer:
             return cgc.cgc_loss_global(cam_aug, cam, boxes, flips, all_aug, offset, cfg.temperature, cfg.cam_size)
         return cgc.cgc_loss(cam_aug, cam, boxes, flips, cfg.temperature, cfg.cam_size)
 
+    def consistency_weight(self) -> float:
+        """Lambda at the current step, ramped linearly over --cgc-warmup-epochs (a Python
+        float computed from the step counter: no device sync)."""
+        ramp_steps = self.cfg.cgc_warmup_epochs * self.schedule.steps_per_epoch
+        return self.cfg.cgc_weight * (min(1.0, self.step / ramp_steps) if ramp_steps > 0 else 1.0)
+
     def _images(self, batch: dict, key: str) -> torch.Tensor:
         return T.normalize(batch[key].to(self.device, non_blocking=True), channels_last=self.channels_last)
 
@@ -189,13 +195,17 @@ class Trainer:
                 consistency = self.consistency(cam_aug, cam, *self._transform(labeled))
             elif unlabeled is not None:
                 view_logits, view_features = model(self._images(unlabeled, "image"))
-                # The explained class is the model's own prediction, chosen without gradient.
-                classes = view_logits.detach().argmax(1)
+                # The explained class is the model's own prediction, chosen without gradient
+                # (or, as a diagnostic, the true label the method is not given).
+                if cfg.cam_class == "label":
+                    classes = unlabeled["label"].to(self.device, non_blocking=True)
+                else:
+                    classes = view_logits.detach().argmax(1)
                 aug_logits, aug_features = model(self._images(unlabeled, "aug"))
                 cam = raw.cam(view_logits, view_features, classes)
                 cam_aug = raw.cam(aug_logits, aug_features, classes)
                 consistency = self.consistency(cam_aug, cam, *self._transform(unlabeled))
-        loss = ce + cfg.cgc_weight * consistency
+        loss = ce + self.consistency_weight() * consistency
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)

@@ -14,7 +14,7 @@ from semisup.data import DataBundle, EvalSet, FileSource
 from semisup.evaluate import Evaluator, content_heatmap
 from semisup.knn import knn_classify
 from semisup.models import build_model
-from semisup.report import full_supervision_table, limited_label_table, load_runs
+from semisup.report import ablation_table, full_supervision_table, limited_label_table, load_runs
 from tests.imagenet_tree import save_image
 
 
@@ -95,9 +95,9 @@ def test_knn_recovers_labels_of_well_separated_features():
     assert (knn_classify(bank, shuffled, queries, k=20) == query_labels).float().mean() < 0.6
 
 
-def fake_run(path, method, fraction, seed, top1, ch, arch="resnet50", pretrained="pretrained/swav_800ep_pretrain.pth.tar"):
+def fake_run(path, method, fraction, seed, top1, ch, arch="resnet50", pretrained="pretrained/swav_800ep_pretrain.pth.tar", weight=0.25):
     path.mkdir(parents=True)
-    weight = 0 if method == "ce" else 0.25
+    weight = 0 if method == "ce" else weight
     (path / "config.yaml").write_text(yaml.safe_dump(dict(labeled_fraction=fraction, arch=arch, pretrained=pretrained,
                                                           data="/data/imagenet", seed=seed, cgc_weight=weight)))
     final = dict(top1=top1, top5=top1 + 20, ch=ch, ch_strict=ch - 1, cgc_val_loss=4.0, knn_top1=40.0)
@@ -119,3 +119,18 @@ def test_report_builds_the_published_layouts(tmp_path):
     assert limited.loc["CGC", "Start"] == "swav_800ep_pretrain" and limited.loc["CGC", "Seeds"] == 3
     full = full_supervision_table(runs)
     assert full.iloc[0][["Architecture", "Method", "Top-1", "CH", "CGC Loss"]].tolist() == ["resnet50", "CGC", "74.40", "62.00", "4.0000"]
+
+
+def test_ablation_table_groups_by_the_setting_and_fills_settings_older_runs_lack(tmp_path):
+    for seed in (0, 1):
+        fake_run(tmp_path / f"ce{seed}", "ce", 0.1, seed, 30.0 + seed, 25.0)
+        fake_run(tmp_path / f"l1-{seed}", "cgc", 0.1, seed, 31.0 + 2 * seed, 36.0, weight=0.1)
+        fake_run(tmp_path / f"l25-{seed}", "cgc", 0.1, seed, 25.0, 44.0 + seed, weight=0.25)
+    runs = load_runs(sorted(tmp_path.iterdir()), settings=("cgc_weight", "cgc_warmup_epochs"))
+    assert set(runs["cgc_warmup_epochs"]) == {0.0}  # absent from these configs: the dataclass default
+    table = ablation_table(runs, "cgc_weight")
+    assert table[["Method", "cgc_weight", "Top-1", "Seeds"]].values.tolist() == [
+        ["Cross-entropy", "–", "30.50 ± 0.71", 2], ["CGC", "0.1", "32.00 ± 1.41", 2], ["CGC", "0.25", "25.00 ± 0.00", 2]]
+    assert table.set_index("cgc_weight").loc["0.25", "CH"] == "44.50 ± 0.71"
+    with pytest.raises(KeyError, match="no setting 'lamda'"):
+        load_runs([tmp_path / "ce0"], settings=("lamda",))

@@ -98,3 +98,24 @@ def test_preempted_local_job_requeues_and_ends_like_an_uninterrupted_run(tmp_pat
     a = pd.read_csv(tmp_path / "runs" / "straight" / "metrics.csv").drop(columns="eval_seconds")
     b = pd.read_csv(tmp_path / "runs" / "preempted" / "metrics.csv").drop(columns="eval_seconds")
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_demo_reproduction_reuses_only_runs_with_the_same_settings(tmp_path, monkeypatch):
+    import importlib.util
+    from semisup.config import parse_config, save_config
+    spec = importlib.util.spec_from_file_location("reproduce_demo_table", ROOT / "jobs" / "reproduce_demo_table.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    launched = []
+    monkeypatch.setattr(script.subprocess, "run", lambda cmd, check: launched.append(cmd))
+    run_dir = tmp_path / "runs" / "cgc-frac0.1-seed0"
+    run_dir.mkdir(parents=True)
+    save_config(parse_config(["--labeled-fraction", "0.1", "--run-dir", str(run_dir), *script.SCHEDULES[0.1]]), run_dir / "config.yaml")
+    (run_dir / "final.json").write_text("{}")
+
+    assert script.run(0.1, "cgc", [], 0, tmp_path, ["--workers", "2"]) == run_dir and not launched  # same settings: reused
+    with pytest.raises(SystemExit, match=r"other settings \(cgc_weight\).*--rerun-stale"):
+        script.run(0.1, "cgc", ["--lambda", "0.1"], 0, tmp_path, [])
+    assert not launched
+    script.run(0.1, "cgc", ["--lambda", "0.1"], 0, tmp_path, [], rerun_stale=True)
+    assert "--overwrite" in launched[0] and launched[0][launched[0].index("--lambda") + 1] == "0.1"

@@ -3,10 +3,11 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 
 from semisup.config import parse_config
 from semisup.run import main
-from semisup.train import RunDirError, train
+from semisup.train import RunDirError, run_training, train
 
 QUICK = ["--epochs", "3", "--batch-labeled", "32", "--batch-unlabeled", "32", "--max-eval-images", "400", "--gallery", "0",
          "--labeled-fraction", "0.1"]
@@ -56,3 +57,25 @@ def test_evaluate_cli_reproduces_the_run_metrics_and_draws_the_gallery(tmp_path,
     assert len(rows) == 2 and rows[0]["top1"] == pytest.approx(result["final"]["top1"])
     assert rows[0]["ch"] == pytest.approx(result["final"]["ch"])
     assert (tmp_path / "ev" / "gallery_compare.png").is_file()
+
+
+@pytest.mark.parametrize("cam_class", ["predicted", "label"])
+def test_explained_class_on_unlabeled_images_and_lambda_warmup(tmp_path, demo_cache, cam_class):
+    args = QUICK + ["--demo-cache", demo_cache, "--dry-run", "--cam-class", cam_class, "--cgc-warmup-epochs", "2", "--lambda", "0.5"]
+    _, trainer = run_training(parse_config(args))
+    labeled, unlabeled = (next(stream) for stream in trainer.loaders())
+    explained = []
+    cam = trainer.model.cam
+    trainer.model.cam = lambda logits, features, classes: explained.append((logits.detach(), classes)) or cam(logits, features, classes)
+    losses = trainer.training_step(labeled, unlabeled)
+    view_logits, classes = explained[0]  # the first heatmap is the unlabeled view's
+    expected = unlabeled["label"] if cam_class == "label" else view_logits.argmax(1)
+    assert torch.equal(classes, expected) and torch.equal(explained[1][1], expected)
+    # Step 0 of a 2-epoch ramp: lambda is 0, so the loss is the cross-entropy alone.
+    assert float(losses["consistency"]) > 0 and float(losses["loss"]) == pytest.approx(float(losses["ce"]))
+    epoch = trainer.schedule.steps_per_epoch
+    weights = []
+    for step in (epoch, 2 * epoch, 5 * epoch):
+        trainer.step = step
+        weights.append(trainer.consistency_weight())
+    assert weights == pytest.approx([0.25, 0.5, 0.5])
