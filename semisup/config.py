@@ -49,7 +49,7 @@ class Config:
     max_steps: int | None = _f(None, "stop after this many optimizer steps (quick checks; the schedule is unchanged)")
     lr_trunk: float = _f(0.02, "learning rate of the pretrained trunk")
     lr_head: float = _f(5.0, "learning rate of the fresh linear head (large, as in SwAV's semi-supervised recipe)")
-    lr_milestones: list[int] = _f((12, 16), "epochs after which the learning rates are multiplied by --lr-gamma")
+    lr_milestones: list[float] = _f((12, 16), "epochs after which the learning rates are multiplied by --lr-gamma (fractions allowed, e.g. 0.7)")
     lr_gamma: float = _f(0.2, "learning-rate decay factor at each milestone")
     momentum: float = _f(0.9, "SGD momentum")
     weight_decay: float = _f(0.0, "SGD weight decay")
@@ -119,6 +119,12 @@ def _field_type(f: dataclasses.Field):
     return args[0] if args and typing.get_origin(hint) is not list else hint
 
 
+def _number(text: str) -> int | float:
+    """An int where the text is integral (so saved configs keep 40, not 40.0), else a float."""
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Semi-supervised fine-tuning with Contrastive Grad-CAM Consistency (CGC). Defaults are the published "
@@ -135,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
         if kind is bool:
             parser.add_argument(*flags, action=argparse.BooleanOptionalAction, **kwargs)
         elif typing.get_origin(kind) is list:
-            parser.add_argument(*flags, type=int, nargs="*", **kwargs)
+            parser.add_argument(*flags, type=_number, nargs="*", **kwargs)
         else:
             parser.add_argument(*flags, type=kind, choices=f.metadata["choices"], **kwargs)
     return parser

@@ -68,11 +68,11 @@ class SwAVHead(nn.Module):
 
 
 def pretrain(steps: int, batch: int, lr: float, seed: int, demo_cache: str | None, arch: str = "resnet_tiny",
-             temperature: float = 0.1) -> tuple[nn.Module, SwAVHead]:
+             temperature: float = 0.1, crop_scale_min: float = 0.25) -> tuple[nn.Module, SwAVHead]:
     torch.manual_seed(seed)
     demo = load_demo(demo_cache)
     source = ArraySource(demo.train.images, demo.train.labels)  # labels are never read
-    dataset = TrainDataset(source, np.arange(len(source)), demo.train.images.shape[1], demo.train.images.shape[1], 0.25, "random", False)
+    dataset = TrainDataset(source, np.arange(len(source)), demo.train.images.shape[1], demo.train.images.shape[1], crop_scale_min, "random", False)
     views = [iter(make_loader(dataset, StreamSampler(len(dataset), batch, seed, stream), 0, False)) for stream in (10, 11)]
     model = build_model(arch, num_classes=1)
     head = SwAVHead(model.fc.in_features)
@@ -125,12 +125,14 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--crop-scale-min", type=float, default=0.25,
+                        help="lower bound of the views' crop area: larger keeps the digit in both views more often")
     parser.add_argument("--demo-cache")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "pretrained" / "demo_swav_resnet_tiny.pth")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     before = knn_probe(build_model("resnet_tiny", 1), args.demo_cache)
-    model, head = pretrain(args.steps, args.batch, args.lr, args.seed, args.demo_cache)
+    model, head = pretrain(args.steps, args.batch, args.lr, args.seed, args.demo_cache, crop_scale_min=args.crop_scale_min)
     save_swav_layout(model, head, args.out)
     print(f"wrote {args.out}; kNN top-1 on the demo validation split (10 % labeled bank): "
           f"{knn_probe(model, args.demo_cache):.2f} % after pretraining, {before:.2f} % at random initialisation")

@@ -6,6 +6,7 @@ import torchvision
 from semisup.config import parse_config
 from semisup.models import CheckpointError, build_model, load_pretrained
 from semisup.run import main
+from semisup.train import Schedule
 
 
 def swav_like_checkpoint(path, arch="resnet50"):
@@ -79,6 +80,11 @@ def test_config_file_sets_defaults_and_flags_override(tmp_path):
     config.write_text("lr_hed: 2.5\n")
     with pytest.raises(SystemExit, match=r"run.yaml: unknown keys \['lr_hed'\]"):
         parse_config(["--config", str(config)])
+    # Milestones may fall inside an epoch; integral ones stay ints in the saved config.
+    cfg = parse_config(["--lr-milestones", "0.5", "2"])
+    assert cfg.to_dict()["lr_milestones"] == [0.5, 2] and isinstance(cfg.to_dict()["lr_milestones"][1], int)
+    schedule = Schedule(steps_per_epoch=10, total_steps=30, milestones=cfg.lr_milestones, gamma=0.2)
+    assert [schedule.factor(s) for s in (4, 5, 19, 20)] == pytest.approx([1, 0.2, 0.2, 0.04])
     # Defaults are the published 1 % recipe when a dataset is given.
     cfg = parse_config(["--data", "/imagenet"])
     assert (cfg.batch_labeled, cfg.batch_unlabeled, cfg.lr_trunk, cfg.lr_head, cfg.lr_milestones, cfg.lr_gamma, cfg.epochs,
