@@ -115,7 +115,7 @@ def test_demo_reproduction_reuses_only_runs_with_the_same_settings(tmp_path, mon
 
     assert script.run(0.1, "cgc", [], 0, tmp_path, ["--workers", "2"]) == run_dir and not launched  # same settings: reused
     with pytest.raises(SystemExit, match=r"other settings \(cgc_weight\).*--rerun-stale"):
-        script.run(0.1, "cgc", ["--lambda", "0.1"], 0, tmp_path, [])
+        script.run(0.1, "cgc", ["--lambda", "0.5"], 0, tmp_path, [])
     assert not launched
-    script.run(0.1, "cgc", ["--lambda", "0.1"], 0, tmp_path, [], rerun_stale=True)
-    assert "--overwrite" in launched[0] and launched[0][launched[0].index("--lambda") + 1] == "0.1"
+    script.run(0.1, "cgc", ["--lambda", "0.5"], 0, tmp_path, [], rerun_stale=True)
+    assert "--overwrite" in launched[0] and launched[0][launched[0].index("--lambda") + 1] == "0.5"
