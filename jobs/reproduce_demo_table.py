@@ -6,7 +6,8 @@
     python jobs/reproduce_demo_table.py --ablations lambda --seeds 0 1 2  # one setting varied, table per ablation
 
 Runs each row with semisup/run.py (one process per run), then writes results/demo/results.md
-(mean ± std over seeds, via semisup/report.py) and results/demo/gallery_ce_vs_cgc.png. Runs
+(mean ± std over seeds, via semisup/report.py) and, per limited-label fraction, the CE vs
+CGC gallery results/demo/compare-frac<f>/gallery_compare.png (with eval.jsonl). Runs
 that already finished with the same settings are reused, so an interrupted reproduction
 continues where it stopped; one that finished with other settings (a default changed since)
 stops the script unless --rerun-stale is given.
@@ -124,10 +125,13 @@ def main(argv=None) -> int:
     # The table covers every finished run under out/runs (both starts, all rows run so far).
     report_dirs = sorted(p for p in (args.out / "runs").iterdir() if (p / "final.json").exists())
     subprocess.run([sys.executable, str(ROOT / "semisup" / "report.py"), *map(str, report_dirs), "--out", str(args.out)], check=True)
-    ce, cgc = args.out / "runs" / f"ce-frac0.01-seed{args.seeds[0]}", args.out / "runs" / f"cgc-frac0.01-seed{args.seeds[0]}"
-    if args.start == "scratch" and (ce / "checkpoint.pt").exists() and (cgc / "checkpoint.pt").exists():
-        subprocess.run([sys.executable, str(ROOT / "semisup" / "evaluate.py"), "--checkpoint", str(cgc / "checkpoint.pt"), "--compare",
-                        str(ce / "checkpoint.pt"), "--gallery", "16", "--workers", "0", "--out", str(args.out)], check=True)
+    # CE vs CGC heatmaps on the same validation images, first seed, per limited-label fraction.
+    start = "swav-" if args.start == "swav" else ""
+    for fraction in (0.01, 0.1):
+        ce, cgc = (args.out / "runs" / f"{start}{name}-frac{fraction:g}-seed{args.seeds[0]}" / "checkpoint.pt" for name in ("ce", "cgc"))
+        if ce.exists() and cgc.exists():
+            subprocess.run([sys.executable, str(ROOT / "semisup" / "evaluate.py"), "--checkpoint", str(cgc), "--compare", str(ce),
+                            "--gallery", "16", "--workers", "0", "--out", str(args.out / f"{start}compare-frac{fraction:g}")], check=True)
     return 0
 
 

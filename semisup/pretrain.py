@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from semisup import transforms as T
-from semisup.data import ArraySource, StreamSampler, TrainDataset, make_loader
+from semisup.data import ArraySource, StreamSampler, TrainDataset
 from semisup.demo import load_demo
 from semisup.models import build_model
 
@@ -56,6 +56,17 @@ def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3) -
     return (q * b).T
 
 
+def paired_views(dataset: TrainDataset, sampler: StreamSampler):
+    """Yield (indices [B], view_a [B, 3, S, S] uint8, view_b [B, 3, S, S] uint8): two
+    augmentations of the same images. Both views must come from one sampler: two samplers
+    would pair unrelated images, and swapped prediction then has nothing to learn (it
+    collapsed to the uniform loss log K within 100 steps when this was wrong)."""
+    for batch in sampler:
+        indices = torch.tensor([index for index, _ in batch])
+        views = [torch.stack([dataset[(index, (2 * seed + view) % 2**63)]["image"] for index, seed in batch]) for view in (0, 1)]
+        yield indices, *views
+
+
 class SwAVHead(nn.Module):
     def __init__(self, width: int, hidden: int = 256, dim: int = 64, prototypes: int = 30):
         super().__init__()
@@ -73,7 +84,7 @@ def pretrain(steps: int, batch: int, lr: float, seed: int, demo_cache: str | Non
     demo = load_demo(demo_cache)
     source = ArraySource(demo.train.images, demo.train.labels)  # labels are never read
     dataset = TrainDataset(source, np.arange(len(source)), demo.train.images.shape[1], demo.train.images.shape[1], crop_scale_min, "random", False)
-    views = [iter(make_loader(dataset, StreamSampler(len(dataset), batch, seed, stream), 0, False)) for stream in (10, 11)]
+    pairs = paired_views(dataset, StreamSampler(len(dataset), batch, seed, stream=10))
     model = build_model(arch, num_classes=1)
     head = SwAVHead(model.fc.in_features)
     params = [p for n, p in model.named_parameters() if not n.startswith("fc.")] + list(head.parameters())
@@ -84,7 +95,8 @@ def pretrain(steps: int, batch: int, lr: float, seed: int, demo_cache: str | Non
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
         with torch.no_grad():
             head.prototypes.weight.copy_(F.normalize(head.prototypes.weight, dim=1))
-        images = [colour_jitter(next(v)["image"].float() / 255, generator) for v in views]
+        _, *views = next(pairs)
+        images = [colour_jitter(v.float() / 255, generator) for v in views]
         scores = [head(model.features(T.normalize(x * 255)).mean((2, 3))) for x in images]
         codes = [sinkhorn(s.detach()) for s in scores]
         # Swapped prediction: each view predicts the other view's code.

@@ -1,8 +1,10 @@
 """The demo's SwAV-style pretraining."""
+import numpy as np
 import torch
 
+from semisup.data import ArraySource, StreamSampler, TrainDataset
 from semisup.models import build_model, load_pretrained
-from semisup.pretrain import colour_jitter, pretrain, save_swav_layout, sinkhorn
+from semisup.pretrain import colour_jitter, paired_views, pretrain, save_swav_layout, sinkhorn
 
 
 def test_sinkhorn_codes_are_equipartitioned_distributions():
@@ -30,3 +32,15 @@ def test_pretraining_writes_a_swav_layout_checkpoint_that_loads(tmp_path, demo_c
     report = load_pretrained(target, tmp_path / "swav.pth")
     assert report["loaded"] == len(target.trunk_keys())
     assert torch.equal(target.layer4[0].conv1.weight, model.layer4[0].conv1.weight)
+
+
+def test_the_two_views_are_different_augmentations_of_the_same_images():
+    # Channel 0 names the image (constant value = index); channel 1 is a ramp that shows the crop.
+    n, size = 40, 32
+    images = np.zeros((n, size, size, 3), dtype=np.uint8)
+    images[..., 0] = np.arange(n).reshape(n, 1, 1) * 5
+    images[..., 1] = np.linspace(0, 255, size).astype(np.uint8).reshape(1, 1, size)
+    dataset = TrainDataset(ArraySource(images, np.zeros(n)), np.arange(n), size, size, 0.25, "random", False)
+    indices, view_a, view_b = next(paired_views(dataset, StreamSampler(n, 16, seed=0, stream=10)))
+    assert torch.equal(view_a[:, 0, 0, 0], indices.to(torch.uint8) * 5) and torch.equal(view_b[:, 0, 0, 0], view_a[:, 0, 0, 0])
+    assert (view_a[:, 1] != view_b[:, 1]).flatten(1).any(1).float().mean() > 0.8  # different crops / flips
