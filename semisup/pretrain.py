@@ -1,13 +1,19 @@
 """A quick SwAV-style self-supervised pretraining of the demo model on the demo's unlabeled
 images, so the demo's limited-label rows can start the way the published ones do.
 
-    python -m semisup.pretrain --steps 600 --out pretrained/demo_swav_resnet_tiny.pth
+    python -m semisup.pretrain --steps 1200 --out pretrained/demo_swav_resnet_tiny.pth
 
 SwAV in miniature: two augmented views per image (random resized crop, flip, colour jitter,
 random grayscale), a projection head, L2-normalised prototypes, Sinkhorn-Knopp equipartition
 codes, and the swapped prediction loss. No multi-crop, no queue, no LARS. The result has the
 key layout of the public SwAV files (``module.`` prefix, ``projection_head.*``,
 ``prototypes.*``), so ``--pretrained`` loads it through the same path as the real ones.
+
+On the demo it learns the wrong thing: two crops of one image share its photo background far
+more than its small digit, so the features separate backgrounds, and kNN top-1 on the
+validation split falls below a random network's (11.6 vs 15.2 %, 1200 steps). It is offered
+so the limited-label rows can be run from an SSL start like the published ones; the README
+reports what that start does.
 """
 from __future__ import annotations
 
@@ -133,7 +139,7 @@ def save_swav_layout(model: nn.Module, head: SwAVHead, path: Path) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=1200)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
