@@ -9,9 +9,10 @@ codes, and the swapped prediction loss. No multi-crop, no queue, no LARS. The re
 key layout of the public SwAV files (``module.`` prefix, ``projection_head.*``,
 ``prototypes.*``), so ``--pretrained`` loads it through the same path as the real ones.
 
-On the demo it learns the wrong thing: two crops of one image share its photo background far
-more than its small digit, so the features separate backgrounds, and kNN top-1 on the
-validation split falls below a random network's (11.6 vs 15.2 %, 1200 steps). It is offered
+On the demo it does not learn the digits: kNN top-1 on the validation split falls below a
+random network's (11.6 vs 15.2 %, 1200 steps). The likely reason (not measured): two crops of
+one image share its photo background far more than its small digit, so matching backgrounds
+is the easiest way to solve the swapped prediction. It is offered
 so the limited-label rows can be run from an SSL start like the published ones; the README
 reports what that start does.
 """
