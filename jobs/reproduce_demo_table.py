@@ -80,18 +80,22 @@ def run_ablation(name: str, seeds: list[int], out: Path, extra: list[str], rerun
     setting, grid = ABLATIONS[name]
     flag = "--" + setting.replace("_", "-")
     start = "swav-" if "--pretrained" in extra else ""
-    dirs = []
     for fraction, values in grid.items():
         # The value the main table's CGC row at this fraction runs with (its own flag, else the preset's).
         row_flags = next(flags for f, n, flags in ROWS["limited"] + ROWS["full"] if f == fraction and n == "cgc")
         default = getattr(parse_config(row_flags), setting)
         for seed in seeds:
-            dirs.append(run(fraction, "ce", ["--lambda", "0"], seed, out, extra, rerun_stale=rerun_stale))
+            run(fraction, "ce", ["--lambda", "0"], seed, out, extra, rerun_stale=rerun_stale)
             for value in values:
                 label = f"{value:g}" if isinstance(value, float | int) else f"-{value}"
                 # The default value's run is the main table's CGC run (run() names it).
                 own = None if value == default else out / "ablations" / f"{start}{name}{label}-frac{fraction:g}-seed{seed}"
-                dirs.append(run(fraction, "cgc", [flag, str(value)], seed, out, extra, own, rerun_stale))
+                run(fraction, "cgc", [flag, str(value)], seed, out, extra, own, rerun_stale)
+    # The table holds every finished run of this ablation and the main CE / CGC runs at its
+    # fractions, whatever seeds they have (Seeds says how many), not just this call's.
+    dirs = [d for fraction in grid for pattern in (f"ablations/{start}{name}*-frac{fraction:g}-seed*",
+                                                   f"runs/{start}ce-frac{fraction:g}-seed*", f"runs/{start}cgc-frac{fraction:g}-seed*")
+            for d in sorted(out.glob(pattern)) if (d / "final.json").exists()]
     from semisup.report import ablation_table, load_runs
     table = ablation_table(load_runs(dirs, settings=(setting,)), setting)
     text = f"### Ablation: {name} (`{flag}`)\n\n{table.to_markdown(index=False, disable_numparse=True)}\n"
