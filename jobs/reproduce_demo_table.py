@@ -1,7 +1,7 @@
 """The limited-label (and full-supervision) table on the embedded demo dataset, with galleries.
 
     python jobs/reproduce_demo_table.py                         # everything: 3 seeds, all rows
-    python jobs/reproduce_demo_table.py --rows limited --seeds 0 1 2
+    python jobs/reproduce_demo_table.py --rows limited --fractions 0.1 --seeds 3 4 5   # more seeds for one row
     python jobs/reproduce_demo_table.py --rows limited --start swav    # from the demo's SwAV-style pretraining
     python jobs/reproduce_demo_table.py --ablations lambda --seeds 0 1 2  # one setting varied, table per ablation
 
@@ -111,6 +111,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "demo")
     parser.add_argument("--start", choices=["scratch", "swav"], default="scratch",
                         help="swav: start from the demo's SwAV-style pretraining (run first if pretrained/ lacks it)")
+    parser.add_argument("--fractions", nargs="+", type=float, help="run only the rows of these labeled fractions (e.g. 0.1)")
     parser.add_argument("--ablations", nargs="+", choices=sorted(ABLATIONS),
                         help="run these ablations (see ABLATIONS) instead of the table; --seeds applies")
     parser.add_argument("--rerun-stale", action="store_true",
@@ -130,6 +131,8 @@ def main(argv=None) -> int:
         return 0
     for rows in args.rows:
         for fraction, name, flags in ROWS[rows]:
+            if args.fractions and fraction not in args.fractions:
+                continue
             for seed in args.seeds:
                 run(fraction, name, flags, seed, args.out, args.extra, rerun_stale=args.rerun_stale)
     # The table covers every finished run under out/runs (both starts, all rows run so far).
@@ -140,8 +143,10 @@ def main(argv=None) -> int:
     for fraction in (0.01, 0.1):
         ce, cgc = (args.out / "runs" / f"{start}{name}-frac{fraction:g}-seed{args.seeds[0]}" / "checkpoint.pt" for name in ("ce", "cgc"))
         if ce.exists() and cgc.exists():
+            compare = args.out / f"{start}compare-frac{fraction:g}"
+            (compare / "eval.jsonl").unlink(missing_ok=True)  # evaluate.py appends; this folder holds one comparison
             subprocess.run([sys.executable, str(ROOT / "semisup" / "evaluate.py"), "--checkpoint", str(cgc), "--compare", str(ce),
-                            "--gallery", "16", "--workers", "0", "--out", str(args.out / f"{start}compare-frac{fraction:g}")], check=True)
+                            "--gallery", "16", "--workers", "0", "--out", str(compare)], check=True)
     return 0
 
 
