@@ -17,12 +17,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from semisup.config import config_from_dict, differing_keys, parse_config  # noqa: E402
+from semisup.config import differing_keys, load_saved_config, parse_config  # noqa: E402
 
 # Per labeled fraction: epochs and milestones that keep each run to a few CPU minutes
 # (an epoch is one pass over the labeled set, so it grows with the fraction).
@@ -53,15 +51,18 @@ ABLATIONS = {
 }
 
 
+def start_prefix(extra: list[str]) -> str:
+    """Run names from the SwAV-style start carry a 'swav-' prefix."""
+    return "swav-" if "--pretrained" in extra else ""
+
+
 def run(fraction: float, name: str, flags: list[str], seed: int, out: Path, extra: list[str], run_dir: Path | None = None,
         rerun_stale: bool = False) -> Path:
-    start = "swav-" if "--pretrained" in extra else ""
-    run_dir = run_dir or out / "runs" / f"{start}{name}-frac{fraction:g}-seed{seed}"
+    run_dir = run_dir or out / "runs" / f"{start_prefix(extra)}{name}-frac{fraction:g}-seed{seed}"
     args = ["--labeled-fraction", str(fraction), "--seed", str(seed), "--run-dir", str(run_dir), "--eval-every", "0",
             *SCHEDULES[fraction], *flags, *extra]
     if (run_dir / "final.json").exists():
-        saved = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
-        stale = differing_keys(saved, parse_config(args))
+        stale = differing_keys(load_saved_config(run_dir / "config.yaml"), parse_config(args))
         if not stale:
             print(f"reusing {run_dir}")
             return run_dir
@@ -79,7 +80,7 @@ def run_ablation(name: str, seeds: list[int], out: Path, extra: list[str], rerun
     """Run one ablation grid (plus its references) and write out/ablations/<name>.md."""
     setting, grid = ABLATIONS[name]
     flag = "--" + setting.replace("_", "-")
-    start = "swav-" if "--pretrained" in extra else ""
+    start = start_prefix(extra)
     for fraction, values in grid.items():
         # The value the main table's CGC row at this fraction runs with (its own flag, else the preset's).
         row_flags = next(flags for f, n, flags in ROWS["limited"] + ROWS["full"] if f == fraction and n == "cgc")
@@ -139,7 +140,7 @@ def main(argv=None) -> int:
     report_dirs = sorted(p for p in (args.out / "runs").iterdir() if (p / "final.json").exists())
     subprocess.run([sys.executable, str(ROOT / "semisup" / "report.py"), *map(str, report_dirs), "--out", str(args.out)], check=True)
     # CE vs CGC heatmaps on the same validation images, first seed, per limited-label fraction.
-    start = "swav-" if args.start == "swav" else ""
+    start = start_prefix(args.extra)
     for fraction in (0.01, 0.1):
         ce, cgc = (args.out / "runs" / f"{start}{name}-frac{fraction:g}-seed{args.seeds[0]}" / "checkpoint.pt" for name in ("ce", "cgc"))
         if ce.exists() and cgc.exists():

@@ -189,6 +189,11 @@ def save_config(cfg: Config, path: Path) -> None:
     path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
+def load_saved_config(path: Path) -> Config:
+    """The config a run saved (settings added since it ran take their defaults)."""
+    return config_from_dict(yaml.safe_load(Path(path).read_text()) or {})
+
+
 def config_from_dict(values: dict) -> Config:
     known = {f.name for f in dataclasses.fields(Config)}
     values = {k: v for k, v in values.items() if k in known}

@@ -18,9 +18,8 @@ if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import pandas as pd
-import yaml
 
-from semisup.config import Config
+from semisup.config import Config, load_saved_config
 
 METHOD_NAMES = {"ce": "Cross-entropy", "cgc": "CGC", "gcc": "GCC (L2)"}
 PUBLISHED_LIMITED = pd.DataFrame([
@@ -32,6 +31,9 @@ PUBLISHED_LIMITED = pd.DataFrame([
 def load_runs(run_dirs: list[str | Path], settings: tuple[str, ...] = ()) -> pd.DataFrame:
     """One row per finished run: its settings (``settings`` adds those config keys as
     columns) and final metrics."""
+    unknown = [k for k in settings if k not in Config.__dataclass_fields__]
+    if unknown:
+        raise KeyError(f"no setting {unknown[0]!r}; settings are the flag names with underscores (see run.py --help)")
     rows = []
     for run_dir in map(Path, run_dirs):
         final_path, config_path = run_dir / "final.json", run_dir / "config.yaml"
@@ -39,22 +41,13 @@ def load_runs(run_dirs: list[str | Path], settings: tuple[str, ...] = ()) -> pd.
             print(f"skipping {run_dir}: no final.json/config.yaml (unfinished or not a run directory)", file=sys.stderr)
             continue
         final = json.loads(final_path.read_text())
-        cfg = yaml.safe_load(config_path.read_text())
-        pretrained = cfg.get("pretrained")
-        rows.append(dict(run=str(run_dir), method=final["method"], labeled_fraction=float(cfg["labeled_fraction"]),
-                         arch=cfg["arch"], start=Path(pretrained).name.split(".")[0] if pretrained else "scratch",
-                         dataset="demo" if not cfg.get("data") else Path(cfg["data"]).name, seed=cfg["seed"],
+        cfg = load_saved_config(config_path)
+        rows.append(dict(run=str(run_dir), method=final["method"], labeled_fraction=float(cfg.labeled_fraction),
+                         arch=cfg.arch, start=Path(cfg.pretrained).name.split(".")[0] if cfg.pretrained else "scratch",
+                         dataset="demo" if cfg.is_demo else Path(cfg.data).name, seed=cfg.seed,
                          **{k: final["final"].get(k) for k in ("top1", "top5", "ch", "ch_strict", "cgc_val_loss", "knn_top1")},
-                         **{k: _setting(cfg, k, config_path) for k in settings}))
+                         **{k: getattr(cfg, k) for k in settings}))
     return pd.DataFrame(rows)
-
-
-def _setting(cfg: dict, key: str, path: Path):
-    if key in cfg:
-        return cfg[key]
-    if key not in Config.__dataclass_fields__:
-        raise KeyError(f"{path}: no setting {key!r}; settings are the flag names with underscores (see run.py --help)")
-    return Config.__dataclass_fields__[key].default  # saved before the setting existed: it ran with the default
 
 
 def _mean_std(values: pd.Series, digits: int) -> str:

@@ -24,7 +24,7 @@ from semisup import cgc
 from semisup import checkpoint as ckpt
 from semisup import distributed as D
 from semisup import transforms as T
-from semisup.config import Config, config_from_dict, differing_keys, save_config
+from semisup.config import Config, differing_keys, load_saved_config, save_config
 from semisup.data import DataBundle, StreamSampler, TrainDataset, build_demo_bundle, make_loader
 from semisup.evaluate import Evaluator, format_results
 from semisup.models import build_model, load_pretrained
@@ -71,8 +71,7 @@ def prepare_run_dir(cfg: Config) -> Path:
             (run_dir / name).unlink(missing_ok=True)
     saved = run_dir / "config.yaml"
     if (run_dir / "checkpoint.pt").exists() and saved.exists():
-        import yaml
-        previous = config_from_dict(yaml.safe_load(saved.read_text()))
+        previous = load_saved_config(saved)
         changed = differing_keys(previous, cfg)
         if changed:
             raise RunDirError(f"{run_dir} holds an unfinished run with different settings ({', '.join(changed)}); "
