@@ -74,7 +74,7 @@ def _step_setup(args):
     image = lambda: torch.randint(0, 256, (args.batch, 3, args.image_size, args.image_size), dtype=torch.uint8, generator=g).to(device)
     labeled = dict(image=image(), label=torch.randint(0, num_classes, (args.batch,), generator=g).to(device))
     boxes = torch.stack([torch.full((args.batch,), 0.1), torch.full((args.batch,), 0.2), torch.full((args.batch,), 0.6), torch.full((args.batch,), 0.7)], 1)
-    unlabeled = dict(image=image(), aug=image(), box=boxes.to(device), flip=(torch.arange(args.batch) % 2 == 0).to(device))
+    unlabeled = dict(view=image(), aug=image(), box=boxes.to(device), flip=(torch.arange(args.batch) % 2 == 0).to(device))
     return trainer, labeled, unlabeled
 
 
@@ -87,7 +87,7 @@ def floor_step(trainer, labeled, unlabeled):
     with autocast:
         logits, _ = model(trainer._images(labeled, "image"))
         loss = F.cross_entropy(logits.float(), labeled["label"].to(trainer.device))
-        view_logits, _ = model(trainer._images(unlabeled, "image"))
+        view_logits, _ = model(trainer._images(unlabeled, "view"))
         pseudo = view_logits.detach().argmax(1)
         aug_logits, _ = model(trainer._images(unlabeled, "aug"))
         loss = loss + trainer.cfg.cgc_weight * (F.cross_entropy(view_logits.float(), pseudo) + F.cross_entropy(aug_logits.float(), pseudo))
@@ -130,41 +130,29 @@ def bench_step(args):
 
 
 # ---- loss ---------------------------------------------------------------------------------
-def loop_cgc_loss(cam_aug, cam, pixel_boxes, flips, temperature=0.5, size=224):
-    """Per-sample reference: upsample each heatmap, crop with integer pixels, resize, mirror."""
-    targets, augs = [], []
-    for i in range(cam.shape[0]):
-        up = F.interpolate(cam[i][None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
-        top, left, h, w = pixel_boxes[i]
-        crop = F.interpolate(up[top:top + h, left:left + w][None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
-        targets.append(crop.flip(-1) if flips[i] else crop)
-        augs.append(F.interpolate(cam_aug[i][None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0])
-    target = F.normalize(torch.stack(targets).flatten(1), dim=1)
-    aug = F.normalize(torch.stack(augs).flatten(1), dim=1)
-    return F.cross_entropy(target @ aug.T / temperature, torch.arange(cam.shape[0], device=cam.device))
-
-
 def bench_loss(args):
+    """Our loss (7 x 7 factors) vs the released per-sample loop on 224 x 224 maps, fwd + bwd."""
+    from semisup.reference import pixel_boxes_and_flips, released_cgc_loss
     g = torch.Generator().manual_seed(0)
     B, device = args.batch, torch.device(args.device)
     cam = torch.rand(B, 7, 7, generator=g).to(device).requires_grad_()
     cam_aug = torch.rand(B, 7, 7, generator=g).to(device).requires_grad_()
-    pixel_boxes = [T.sample_crop(224, 224, (0.08, 1.0), g) for _ in range(B)]
-    boxes = torch.tensor(pixel_boxes, dtype=torch.float32, device=device) / 224
-    flips = (torch.rand(B, generator=g) < 0.5).to(device)
+    pixel_boxes, boxes, flips = pixel_boxes_and_flips(B, g)
+    boxes, flips = boxes.to(device), flips.to(device)
     flip_list = flips.tolist()
 
     def ours():
-        cgc.cgc_loss(cam_aug, cam, boxes, flips).backward()
+        cgc.cgc_loss(cam_aug, cam, boxes, flips, group_size=args.group).backward()
 
     def loop():
-        loop_cgc_loss(cam_aug, cam, pixel_boxes, flip_list).backward()
+        released_cgc_loss(cam_aug, cam, pixel_boxes, flip_list, group_size=args.group).backward()
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     t_ours, t_loop = alternate(ours, loop, args.repeats, sync)
     with torch.no_grad():
-        a, b = cgc.cgc_loss(cam_aug, cam, boxes, flips).item(), loop_cgc_loss(cam_aug, cam, pixel_boxes, flip_list).item()
-    return emit(bench="loss", batch=B, device=args.device, ours_s=statistics.median(t_ours), loop_s=statistics.median(t_loop),
+        a = cgc.cgc_loss(cam_aug, cam, boxes, flips, group_size=args.group).item()
+        b = released_cgc_loss(cam_aug, cam, pixel_boxes, flip_list, group_size=args.group).item()
+    return emit(bench="loss", batch=B, group=args.group, device=args.device, ours_s=statistics.median(t_ours), loop_s=statistics.median(t_loop),
                 loop_over_ours=statistics.median(t_loop) / statistics.median(t_ours), loss_ours=a, loss_loop=b,
                 relative_difference=abs(a - b) / abs(b))
 
@@ -218,7 +206,7 @@ def _bench_loader(args):
     from semisup.data import FileSource, TrainDataset
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_jpegs(Path(tmp), args.images)
-        dataset = TrainDataset(FileSource(paths, [0] * len(paths)), np.arange(len(paths)), 224, 256, 0.08, "center", pair=True)
+        dataset = TrainDataset(FileSource(paths, [0] * len(paths)), np.arange(len(paths)), 224, 256, 0.08, crop=False, pair=True)
         reference = reference_three_tensors(paths)
 
         def ours():
@@ -255,7 +243,7 @@ def bench_eval(args):
 
         def batched():
             with torch.no_grad():
-                result["batched"] = evaluator.content_heatmap(model, progress=False)["ch_strict"]
+                result["batched"] = evaluator.content_heatmap(model, progress=False)["ch"]
 
         def one_at_a_time():  # the reference protocol: each image alone, Grad-CAM by autograd
             total = 0.0
@@ -286,6 +274,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--images", type=int, default=48)
     parser.add_argument("--short-side", type=int, default=448)
+    parser.add_argument("--group", type=int, default=64, help="loss: InfoNCE group size (the released 64)")
     parser.add_argument("--variant", choices=["cgc", "floor"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv

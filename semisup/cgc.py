@@ -3,11 +3,16 @@
 Shapes: B = batch, C = channels of the last conv block, h x w = its spatial size,
 S = the size heatmaps are upsampled to before they are compared (224 by default).
 
-The loss compares bilinear upsamplings of h x w maps after an axis-aligned crop, resize
-and mirror. Every one of those steps is linear and separable, so the S x S heatmaps are
-never materialised: each comparison is computed exactly from h x h and w x w factors
-(see ``_separable_factors``). ``cgc_loss_dense`` is the literal, materialised version; the
-tests check the two agree.
+The losses follow the released code (UCDvision/CGC, ``models/utils.py`` and the ``_forward``
+of ``models/swav_resnet_cgc.py``): each heatmap is upsampled to S x S, normalised to sum 1
+plus 1e-8 per pixel, the view's map is cropped with integer pixels, resized back to S and
+mirrored (T), both maps are L2-normalised, and InfoNCE takes the augmented view's map as the
+anchor, T(view map) as its positive and the other augmented maps of its group as negatives.
+
+Every one of those steps is linear and separable, so the S x S heatmaps are never built:
+each inner product is computed exactly from h x h and w x w factors (``_pair_factors``).
+``cgc_loss_dense`` is the same loss on materialised S x S maps; the tests also check both
+against a literal transcription of the released per-sample loop.
 """
 from __future__ import annotations
 
@@ -81,35 +86,34 @@ def linear_head_cam(features: torch.Tensor, weight: torch.Tensor, classes: torch
     return F.relu(torch.einsum("bchw,bc->bhw", features.float(), class_weights) / (h * w))
 
 
-@_float32
-def transform_cam(cam: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, size: int) -> torch.Tensor:
-    """Apply a crop + resize + optional mirror to a batch of heatmaps, in one batched op.
+# Added to every normalised heatmap pixel by the released code (``compute_gradcam_mask``).
+MASK_EPS = 1e-8
 
-    Args:
-        cam: [B, H, W] heatmaps of the untransformed view.
-        boxes: [B, 4] float (top, left, height, width) as fractions of the view.
-        flips: [B] bool, mirror horizontally after cropping.
-        size: output side length.
-    Returns:
-        [B, size, size], what the same transform does to an image, bilinear, differentiable.
+
+def _axis_resample(n_in: int, out_size: int, start: torch.Tensor, length: torch.Tensor, flips: torch.Tensor | None) -> torch.Tensor:
+    """[B, out_size, n_in] weights of a crop + bilinear resize (+ mirror) along one axis.
+
+    The crop covers ``[start, start + length)`` (fractions of the axis); resizing follows
+    ``F.interpolate(crop, out_size, mode='bilinear', align_corners=False)`` exactly: sample
+    positions are clamped to the crop's own first and last pixel, as interpolating the cut-out
+    crop does. With integer-pixel crops this equals slicing then interpolating (tested).
     """
-    theta = _crop_affine(boxes.to(cam.device, torch.float32), flips.to(cam.device))
-    grid = F.affine_grid(theta, [cam.shape[0], 1, size, size], align_corners=False)
-    # Border padding: a box touching the view's edge samples the edge pixel, like a crop.
-    out = F.grid_sample(cam.float().unsqueeze(1), grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return out.squeeze(1)
-
-
-def _crop_affine(boxes: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
-    """[B, 2, 3] affine maps from output to input normalised coordinates."""
-    top, left, height, width = boxes.unbind(1)
-    sign = 1.0 - 2.0 * flips.float()
-    theta = torch.zeros(boxes.shape[0], 2, 3, device=boxes.device, dtype=boxes.dtype)
-    theta[:, 0, 0] = width * sign
-    theta[:, 0, 2] = 2 * left + width - 1
-    theta[:, 1, 1] = height
-    theta[:, 1, 2] = 2 * top + height - 1
-    return theta
+    device = start.device
+    k = torch.arange(out_size, device=device, dtype=torch.float32) + 0.5  # [out]
+    if flips is not None:  # mirror after resizing: output k reads position out_size - 1 - k
+        k = torch.where(flips.view(-1, 1), out_size - k, k)  # [B, out]
+    first = start.view(-1, 1) * n_in
+    last = (start + length).view(-1, 1) * n_in - 1
+    pos = first + k * (length.view(-1, 1) * n_in / out_size) - 0.5
+    pos = torch.minimum(torch.maximum(pos, first), last).clamp(0, n_in - 1)
+    lower = pos.floor()
+    frac = pos - lower
+    lower = lower.long()
+    upper = (lower + 1).clamp(max=n_in - 1)
+    weights = torch.zeros(*pos.shape, n_in, device=device, dtype=torch.float32)
+    weights.scatter_add_(-1, lower.unsqueeze(-1), (1 - frac).unsqueeze(-1))
+    weights.scatter_add_(-1, upper.unsqueeze(-1), frac.unsqueeze(-1))
+    return weights
 
 
 def _upsample_matrix(n: int, size: int, device: torch.device) -> torch.Tensor:
@@ -118,145 +122,184 @@ def _upsample_matrix(n: int, size: int, device: torch.device) -> torch.Tensor:
     return F.interpolate(basis, size=size, mode="linear", align_corners=False)[:, 0, :].T.contiguous()
 
 
-def _crop_matrix(upsample: torch.Tensor, start: torch.Tensor, length: torch.Tensor, flips: torch.Tensor | None) -> torch.Tensor:
-    """Rows of ``upsample`` resampled like ``grid_sample`` does along one axis of a crop.
+@_float32
+def transform_cam(cam: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, size: int) -> torch.Tensor:
+    """Apply the CGC transform T (crop + bilinear resize + optional mirror) to a batch of maps.
 
     Args:
-        upsample: [S, n] the axis' upsampling matrix.
-        start, length: [B] crop start and length as fractions of the axis.
-        flips: [B] bool or None.
+        cam: [B, H, W] maps of the untransformed view.
+        boxes: [B, 4] float (top, left, height, width) as fractions of the view.
+        flips: [B] bool, mirror horizontally after resizing.
+        size: output side length.
     Returns:
-        [B, S, n]: A_b with (crop_b o upsample) v == A_b @ v.
+        [B, size, size]: what the released ``perform_gradcam_aug`` does to an H x W map
+        (slice the crop, ``F.interpolate`` bilinear, flip), differentiable.
     """
-    size = upsample.shape[0]
-    out_pos = torch.arange(size, device=upsample.device, dtype=torch.float32) + 0.5  # [S]
-    if flips is not None:
-        out_pos = torch.where(flips.view(-1, 1), size - out_pos, out_pos)  # [B, S]
-    # Pixel coordinate of each output sample in the upsampled axis (align_corners=False).
-    pos = (start.view(-1, 1) * size + out_pos * length.view(-1, 1)) - 0.5
-    pos = pos.clamp(0, size - 1)  # border padding
-    lower = pos.floor()
-    frac = (pos - lower).unsqueeze(-1)
-    lower = lower.long()
-    upper = (lower + 1).clamp(max=size - 1)
-    return upsample[lower] * (1 - frac) + upsample[upper] * frac
-
-
-def _separable_factors(cam_aug: torch.Tensor, cam: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, size: int):
-    """Inner products, norms and sums of the upsampled / transformed heatmaps, exactly.
-
-    With U = Uy (.) Ux the upsampling and A_b = Ay_b (.) Ax_b the crop of the upsampled view map:
-      target_b = Ay_b g_b Ax_b^T,    aug_k = Uy a_k Ux^T   (both S x S, never built)
-      <target_b, aug_k> = <(Uy^T Ay_b) g_b (Ux^T Ax_b)^T, a_k>    -> h x w numbers each.
-    ``cam_aug`` may hold more rows (N) than ``cam`` (B): negatives gathered from other processes.
-    Returns dict of [B, N] ``inner``, [B] ``target_sq``, ``target_sum`` and [N] ``aug_sq``, ``aug_sum``.
-    """
-    cam_aug = cam_aug.float()
-    cam = cam.float()
-    h, w = cam.shape[-2:]
     boxes = boxes.to(cam.device, torch.float32)
-    up_y = _upsample_matrix(h, size, cam.device)  # [S, h]
-    up_x = _upsample_matrix(w, size, cam.device)  # [S, w]
-    crop_y = _crop_matrix(up_y, boxes[:, 0], boxes[:, 2], None)  # [B, S, h]
-    crop_x = _crop_matrix(up_x, boxes[:, 1], boxes[:, 3], flips.to(cam.device))  # [B, S, w]
+    rows = _axis_resample(cam.shape[-2], size, boxes[:, 0], boxes[:, 2], None)  # [B, S, H]
+    cols = _axis_resample(cam.shape[-1], size, boxes[:, 1], boxes[:, 3], flips.to(cam.device))  # [B, S, W]
+    return rows @ cam.float() @ cols.transpose(1, 2)
 
-    mixed_y = torch.einsum("sh,bsj->bhj", up_y, crop_y)  # Uy^T Ay_b  [B, h, h]
-    mixed_x = torch.einsum("sw,bsj->bwj", up_x, crop_x)  # Ux^T Ax_b  [B, w, w]
-    projected = mixed_y @ cam @ mixed_x.transpose(1, 2)  # [B, h, w]
-    inner = projected.flatten(1) @ cam_aug.flatten(1).T  # [B(target), B(aug)]
 
-    gram_crop_y = crop_y.transpose(1, 2) @ crop_y  # [B, h, h]
-    gram_crop_x = crop_x.transpose(1, 2) @ crop_x  # [B, w, w]
-    target_sq = (gram_crop_y @ cam @ gram_crop_x * cam).sum((1, 2))
-    aug_sq = ((up_y.T @ up_y) @ cam_aug @ (up_x.T @ up_x) * cam_aug).sum((1, 2))
-    target_sum = torch.einsum("bh,bhw,bw->b", crop_y.sum(1), cam, crop_x.sum(1))
-    aug_sum = torch.einsum("h,bhw,w->b", up_y.sum(0), cam_aug, up_x.sum(0))
-    return dict(inner=inner, target_sq=target_sq, aug_sq=aug_sq, target_sum=target_sum, aug_sum=aug_sum)
+def _mass_normalised(cam: torch.Tensor, up_y: torch.Tensor, up_x: torch.Tensor) -> torch.Tensor:
+    """[B, h, w] maps scaled so their S x S upsampling sums to s / (s + 1e-8), s its raw sum.
+
+    Equal to the released ``up / (up.sum() + eps)`` but computed on the h x w map (upsampling
+    is linear) and after dividing by the map's maximum, so huge but finite heatmaps neither
+    overflow nor lose the small differences the loss is about."""
+    scale = cam.detach().flatten(1).amax(1).clamp_min(1e-30).view(-1, 1, 1)
+    scaled = cam / scale
+    mass = torch.einsum("h,bhw,w->b", up_y.sum(0), scaled, up_x.sum(0)).view(-1, 1, 1)
+    return scaled / (mass + MASK_EPS / scale)
+
+
+def _pair_factors(cam_aug: torch.Tensor, cam: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, size: int,
+                  local: slice) -> dict[str, torch.Tensor]:
+    """Inner products of the released normalised S x S masks, exactly, without building them.
+
+    With n(g) = Uy g Ux^T + eps (g already mass-normalised, U the bilinear upsampling, eps
+    ``MASK_EPS``) and T_b the crop-resize-mirror of sample b (separable: T_b(M) = Ay_b M Ax_b^T,
+    and T_b maps a constant map to itself), e.g.
+      <T_b n(g_b), n(a_k)> = <(Uy^T Ay_b Uy) g_b (Ux^T Ax_b Ux)^T, a_k> + eps (sum T_b n(g_b) + sum n(a_k)) + eps^2 S^2,
+    every term an h x w computation.
+
+    Args:
+        cam_aug: [N, h, w] augmented-view heatmaps (all rows negatives may come from).
+        cam: [B, h, w] view heatmaps of this process' anchors, whose augmented maps are
+            ``cam_aug[local]``; boxes [B, 4], flips [B].
+    Returns dict of
+        pos [B]: <n(a_i), T_i n(g_i)>, the positive pair's inner product;
+        aug_gram [B, N]: <n(a_i), n(a_k)>; cross [B, N]: <T_i n(g_i), n(a_k)>;
+        aug_sq [N], target_sq [B]: squared norms.
+    """
+    h, w = cam.shape[-2:]
+    device = cam.device
+    boxes = boxes.to(device, torch.float32)
+    up_y, up_x = _upsample_matrix(h, size, device), _upsample_matrix(w, size, device)  # [S, h], [S, w]
+    a = _mass_normalised(cam_aug.float(), up_y, up_x)  # [N, h, w]
+    g = _mass_normalised(cam.float(), up_y, up_x)  # [B, h, w]
+    # Crop-resize(-mirror) of the upsampled axis, composed with the upsampling: [B, S, h] / [B, S, w].
+    crop_y = _axis_resample(size, size, boxes[:, 0], boxes[:, 2], None) @ up_y
+    crop_x = _axis_resample(size, size, boxes[:, 1], boxes[:, 3], flips.to(device)) @ up_x
+    gram_y, gram_x = up_y.T @ up_y, up_x.T @ up_x  # [h, h], [w, w]
+    pixels = float(size * size)
+
+    sum_a = torch.einsum("h,nhw,w->n", up_y.sum(0), a, up_x.sum(0))  # mass of n(a) without eps
+    sum_t = torch.einsum("bh,bhw,bw->b", crop_y.sum(1), g, crop_x.sum(1))  # mass of T n(g) without eps
+    aug_lin = gram_y @ a @ gram_x  # [N, h, w]: <U a U^T, U . U^T> as a bilinear form
+    aug_sq = (aug_lin * a).sum((1, 2)) + 2 * MASK_EPS * sum_a + MASK_EPS**2 * pixels
+    cross_y = torch.einsum("sh,bsj->bhj", up_y, crop_y)  # Uy^T Ay_b  [B, h, h]
+    cross_x = torch.einsum("sw,bsj->bwj", up_x, crop_x)  # Ux^T Ax_b  [B, w, w]
+    target_in_aug = cross_y @ g @ cross_x.transpose(1, 2)  # [B, h, w]: <T_b n(g_b), U . U^T>
+    target_sq = ((crop_y.transpose(1, 2) @ crop_y) @ g @ (crop_x.transpose(1, 2) @ crop_x) * g).sum((1, 2))
+    target_sq = target_sq + 2 * MASK_EPS * sum_t + MASK_EPS**2 * pixels
+    a_local = a[local]
+    cross = target_in_aug.flatten(1) @ a.flatten(1).T + MASK_EPS * (sum_t.view(-1, 1) + sum_a.view(1, -1)) + MASK_EPS**2 * pixels
+    aug_gram = aug_lin[local].flatten(1) @ a.flatten(1).T + MASK_EPS * (sum_a[local].view(-1, 1) + sum_a.view(1, -1)) + MASK_EPS**2 * pixels
+    pos = (target_in_aug * a_local).sum((1, 2)) + MASK_EPS * (sum_t + sum_a[local]) + MASK_EPS**2 * pixels
+    return dict(pos=pos, cross=cross, aug_gram=aug_gram, aug_sq=aug_sq, target_sq=target_sq)
+
+
+def _group_ids(n: int, group_size: int | None, device) -> torch.Tensor:
+    """[n] contiguous group index of each row (the last group may be smaller)."""
+    size = n if not group_size or group_size >= n else group_size
+    return torch.arange(n, device=device) // size
 
 
 @_float32
 def cgc_loss(cam_aug: torch.Tensor, cam: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor,
-             temperature: float = 0.5, size: int = 224) -> torch.Tensor:
-    """Contrastive Grad-CAM Consistency (InfoNCE between heatmaps).
+             temperature: float = 0.5, size: int = 224, group_size: int | None = None, negatives: str = "aug",
+             all_cam_aug: torch.Tensor | None = None, offset: int = 0) -> torch.Tensor:
+    """Contrastive Grad-CAM Consistency: InfoNCE between normalised heatmaps.
 
-    The anchor is T(g(x_i)) (the view's heatmap, transformed), its positive g(T(x_i)) and its
-    negatives g(T(x_k)), k != i, all upsampled to ``size`` and compared by cosine similarity.
-    Normalising each map to sum 1 first (as the method states) does not change a cosine.
+    Default (``negatives='aug'``, the released code): anchor n(a_i) (augmented view's map),
+    positive T_i(n(g_i)) (the view's map, transformed), negatives n(a_k) for the other k of the
+    anchor's group; logits are cosines / temperature, the positive at index 0.
+    ``negatives='cross'`` is an ablation: anchor T_i(n(g_i)) against every n(a_k) of its group.
+
+    Groups: the rows of the (global) augmented batch in contiguous groups of ``group_size``
+    (the released run: one DataParallel replica of 64 images, 63 negatives per anchor); None
+    or a size >= the batch makes one group. The loss is the mean over groups of the mean over
+    each group's anchors, as DataParallel averaged the replicas' losses.
 
     Args:
-        cam_aug: [B, h, w] raw heatmaps of the augmented views.
-        cam: [B, h, w] raw heatmaps of the views.
-        boxes: [B, 4] (top, left, height, width) fractions; flips: [B] bool.
-        temperature: softmax temperature of the InfoNCE logits.
-        size: side the heatmaps are upsampled to.
+        cam_aug: [B, h, w] raw heatmaps of this process' augmented views.
+        cam: [B, h, w] raw heatmaps of its views; boxes [B, 4] (top, left, height, width)
+            fractions of the view; flips [B] bool.
+        all_cam_aug: [N, h, w] augmented heatmaps of all processes, gathered with gradient,
+            rows ``offset : offset + B`` being ``cam_aug`` (None: this process alone).
     Returns:
-        scalar float32 loss; gradients flow into both heatmaps.
+        scalar float32. With ``all_cam_aug`` it is this process' share, scaled so that the mean
+        over processes (what DistributedDataParallel's gradient averaging takes) is the loss
+        over the global batch.
     """
-    return _cgc_logits_loss(cam_aug, cam, boxes, flips, temperature, size, candidates=cam_aug, offset=0)
-
-
-@_float32
-def cgc_loss_global(cam_aug: torch.Tensor, cam: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor,
-                    all_cam_aug: torch.Tensor, offset: int, temperature: float = 0.5, size: int = 224) -> torch.Tensor:
-    """CGC loss whose negatives are the augmented heatmaps of every process.
-
-    Args:
-        all_cam_aug: [N, h, w] gathered augmented heatmaps (with gradient), where rows
-            ``offset : offset + B`` are this process' ``cam_aug``.
-    """
-    return _cgc_logits_loss(cam_aug, cam, boxes, flips, temperature, size, candidates=all_cam_aug, offset=offset)
-
-
-def _cgc_logits_loss(cam_aug, cam, boxes, flips, temperature, size, candidates, offset):
-    factors = _separable_factors(candidates, cam, boxes, flips, size)
-    up_sq = factors["aug_sq"]
-    cosine = factors["inner"] / (factors["target_sq"].clamp_min(_EPS).sqrt().unsqueeze(1)
-                                 * up_sq.clamp_min(_EPS).sqrt().unsqueeze(0))
-    labels = torch.arange(cam.shape[0], device=cam.device) + offset
-    return F.cross_entropy(cosine / temperature, labels)
+    if negatives not in ("aug", "cross"):
+        raise ValueError(f"negatives must be 'aug' or 'cross', got {negatives!r}")
+    rows = cam_aug if all_cam_aug is None else all_cam_aug
+    n, b = rows.shape[0], cam.shape[0]
+    local = slice(offset, offset + b)
+    f = _pair_factors(rows, cam, boxes, flips, size, local)
+    norm_a = f["aug_sq"].clamp_min(1e-30).sqrt()  # [N]
+    norm_t = f["target_sq"].clamp_min(1e-30).sqrt()  # [B]
+    groups = _group_ids(n, group_size, cam.device)
+    same_group = groups[local].view(-1, 1) == groups.view(1, -1)  # [B, N]
+    index = torch.arange(b, device=cam.device) + offset
+    if negatives == "aug":
+        positive = f["pos"] / (norm_a[local] * norm_t)
+        negative = f["aug_gram"] / (norm_a[local].view(-1, 1) * norm_a.view(1, -1))
+        negative = negative.masked_fill(~same_group | (index.view(-1, 1) == torch.arange(n, device=cam.device)), float("-inf"))
+        logits = torch.cat([positive.view(-1, 1), negative], 1) / temperature
+        per_anchor = F.cross_entropy(logits, torch.zeros(b, dtype=torch.long, device=cam.device), reduction="none")
+    else:
+        logits = (f["cross"] / (norm_t.view(-1, 1) * norm_a.view(1, -1))).masked_fill(~same_group, float("-inf")) / temperature
+        per_anchor = F.cross_entropy(logits, index, reduction="none")
+    group_sizes = torch.bincount(groups)
+    weights = (n / b) / (group_sizes.numel() * group_sizes[groups[local]].float())
+    return (per_anchor * weights).sum()
 
 
 @_float32
 def gcc_l2_loss(cam_aug: torch.Tensor, cam: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, size: int = 224) -> torch.Tensor:
-    """The earlier L2 "GCC" baseline: no negatives, squared error between T(g(x)) and g(T(x)).
-
-    Each upsampled map is scaled to mean 1 over its S x S pixels (sum-to-1 times S^2, so the
-    loss does not depend on ``size``); the loss is the per-pixel mean squared difference,
-    averaged over the batch. Args as :func:`cgc_loss`.
-    """
-    f = _separable_factors(cam_aug, cam, boxes, flips, size)
-    pixels = size * size
-    t_sum = f["target_sum"].clamp_min(_EPS)
-    a_sum = f["aug_sum"].clamp_min(_EPS)
-    # ||t/mean(t) - a/mean(a)||^2 / S^2, expanded into the exact factors.
-    sq = f["target_sq"] / t_sum**2 + f["aug_sq"] / a_sum**2 - 2 * f["inner"].diagonal() / (t_sum * a_sum)
-    return (sq * pixels).mean()
+    """The earlier L2 "GCC" baseline as released (``disable_contrast``): no negatives,
+    ``mse_loss`` between the L2-normalised flattened masks n(a_i) and T_i(n(g_i)), i.e.
+    mean over the batch of (2 - 2 cos_i) / S^2. Args as :func:`cgc_loss`."""
+    f = _pair_factors(cam_aug, cam, boxes, flips, size, slice(0, cam.shape[0]))
+    cosine = f["pos"] / (f["aug_sq"].clamp_min(1e-30).sqrt() * f["target_sq"].clamp_min(1e-30).sqrt())
+    return ((2 - 2 * cosine) / (size * size)).mean()
 
 
 def normalized_heatmaps(cam: torch.Tensor, size: int) -> torch.Tensor:
-    """[B, h, w] -> [B, size, size] bilinear upsampling, each map scaled to sum 1."""
+    """[B, h, w] -> [B, size, size]: bilinear upsampling, scaled to sum 1, plus ``MASK_EPS``
+    (the released ``compute_gradcam_mask``)."""
     up = F.interpolate(cam.float().unsqueeze(1), size=(size, size), mode="bilinear", align_corners=False).squeeze(1)
-    return up / up.sum((1, 2), keepdim=True).clamp_min(_EPS)
+    return up / (up.sum((1, 2), keepdim=True) + MASK_EPS) + MASK_EPS
 
 
 @_float32
 def cgc_loss_dense(cam_aug: torch.Tensor, cam: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor,
-                   temperature: float = 0.5, size: int = 224) -> torch.Tensor:
-    """The CGC loss computed literally on S x S maps (reference for tests and benchmarks)."""
-    aug = normalized_heatmaps(cam_aug, size)
-    target = transform_cam(normalized_heatmaps(cam, size), boxes, flips, size)
-    aug = F.normalize(aug.flatten(1), dim=1, eps=_EPS)
-    target = F.normalize(target.flatten(1), dim=1, eps=_EPS)
-    logits = target @ aug.T / temperature
-    return F.cross_entropy(logits, torch.arange(cam.shape[0], device=cam.device))
+                   temperature: float = 0.5, size: int = 224, group_size: int | None = None, negatives: str = "aug") -> torch.Tensor:
+    """:func:`cgc_loss` on materialised S x S masks (reference for tests and benchmarks)."""
+    aug = F.normalize(normalized_heatmaps(cam_aug, size).flatten(1), dim=1)
+    target = F.normalize(transform_cam(normalized_heatmaps(cam, size), boxes, flips, size).flatten(1), dim=1)
+    b = cam.shape[0]
+    groups = _group_ids(b, group_size, cam.device)
+    losses = []
+    for g in groups.unique():
+        rows = (groups == g).nonzero().flatten()
+        a, t = aug[rows], target[rows]
+        if negatives == "aug":
+            neg = (a @ a.T)[~torch.eye(len(rows), dtype=torch.bool, device=cam.device)].view(len(rows), -1)
+            logits = torch.cat([(a * t).sum(1, keepdim=True), neg], 1) / temperature
+            labels = torch.zeros(len(rows), dtype=torch.long, device=cam.device)
+        else:
+            logits, labels = t @ a.T / temperature, torch.arange(len(rows), device=cam.device)
+        losses.append(F.cross_entropy(logits, labels))
+    return torch.stack(losses).mean()
 
 
 @_float32
 def gcc_l2_loss_dense(cam_aug, cam, boxes, flips, size: int = 224) -> torch.Tensor:
-    """:func:`gcc_l2_loss` computed literally on S x S maps (reference for tests)."""
-    aug = F.interpolate(cam_aug.float().unsqueeze(1), size=(size, size), mode="bilinear", align_corners=False).squeeze(1)
-    up = F.interpolate(cam.float().unsqueeze(1), size=(size, size), mode="bilinear", align_corners=False).squeeze(1)
-    target = transform_cam(up, boxes, flips, size)
-    aug = aug / aug.mean((1, 2), keepdim=True).clamp_min(_EPS)
-    target = target / target.mean((1, 2), keepdim=True).clamp_min(_EPS)
-    return ((aug - target) ** 2).mean()
+    """:func:`gcc_l2_loss` on materialised S x S masks (reference for tests)."""
+    aug = F.normalize(normalized_heatmaps(cam_aug, size).flatten(1), dim=1)
+    target = F.normalize(transform_cam(normalized_heatmaps(cam, size), boxes, flips, size).flatten(1), dim=1)
+    return F.mse_loss(aug, target)

@@ -16,8 +16,8 @@ from pathlib import Path
 import yaml
 
 
-def _f(default, help: str, flags: tuple[str, ...] = (), choices=None):
-    return field(default=default, metadata=dict(help=help, flags=flags, choices=choices))
+def _f(default, help: str, flags: tuple[str, ...] = (), choices=None, cli: bool = True):
+    return field(default=default, metadata=dict(help=help, flags=flags, choices=choices, cli=cli))
 
 
 @dataclass
@@ -31,6 +31,7 @@ class Config:
     unlabeled: str = _f("all", "unlabeled stream: 'all' training images (published run) or the 'rest' not in the labeled split", choices=("all", "rest"))
     val_boxes: str | None = _f(None, "bounding boxes for Content Heatmap: a folder of ImageNet val XML files, or CUB's bounding_boxes.txt")
     val_labels: str | None = _f(None, "for a flat val/ folder: a file of '<file name> <wnid>' lines")
+    val_dir: str = _f("val", "validation folder under --data (CUB-200 as released: 'test')")
     num_classes: int | None = _f(None, "number of classes (default: the number of class folders)")
     image_size: int = _f(224, "training crop size and the size of the unlabeled view")
     resize_size: int = _f(256, "shorter side before the center crop for the unlabeled view and top-1/top-5")
@@ -45,7 +46,7 @@ class Config:
     # --- optimisation (defaults: the published 1% CGC recipe) ---
     batch_labeled: int = _f(128, "global labeled batch (split evenly across processes)")
     batch_unlabeled: int = _f(128, "global unlabeled batch (split evenly across processes)")
-    epochs: int = _f(50, "epochs; an epoch is one pass over the labeled set")
+    epochs: int = _f(50, "epochs; an epoch is one pass over the labeled set, its last batch partial (12,811 images at 128: 101 steps)")
     max_steps: int | None = _f(None, "stop after this many optimizer steps (quick checks; the schedule is unchanged)")
     lr_trunk: float = _f(0.02, "learning rate of the pretrained trunk")
     lr_head: float = _f(5.0, "learning rate of the fresh linear head (large, as in SwAV's semi-supervised recipe)")
@@ -57,7 +58,18 @@ class Config:
     cgc_weight: float = _f(0.25, "weight lambda of the consistency loss; 0 gives plain cross-entropy fine-tuning", flags=("--lambda",))
     temperature: float = _f(0.5, "InfoNCE temperature of the CGC loss")
     consistency: str = _f("cgc", "'cgc' (contrastive, InfoNCE) or 'l2' (the earlier GCC baseline, no negatives)", choices=("cgc", "l2"))
-    global_negatives: bool = _f(False, "gather heatmaps from all processes as negatives (the published recipe used per-GPU negatives)")
+    group_size: int = _f(64, "InfoNCE negatives of an anchor are the other images of its group: the global batch in contiguous "
+                         "groups of this many (64 = one DataParallel replica of the released 2-GPU run: 63 negatives), the same "
+                         "for any number of GPUs; on GPUs BatchNorm also normalises over groups of this many where whole processes "
+                         "make up a group (FIDELITY.md)")
+    cgc_negatives: str = _f("aug", "negatives of the InfoNCE: 'aug' = the other augmented views' heatmaps, anchored at the augmented "
+                            "view (released code); 'cross' = anchored at the transformed view heatmap (an ablation)",
+                            choices=("aug", "cross"))
+    ce_baseline: str = _f("auto", "what --lambda 0 trains: 'plain' cross-entropy on the labeled crops; 'lambda0-script' = the CGC "
+                          "script at lambda 0 (limited labels: the unlabeled views are still forwarded in train mode, so "
+                          "BatchNorm running statistics see them; full supervision: the three CE terms); 'auto' = what the "
+                          "released code did for the row (limited labels: lambda0-script, full supervision: plain, as "
+                          "baseline_train_eval.py)", choices=("auto", "plain", "lambda0-script"))
     cam_size: int = _f(224, "side the heatmaps are upsampled to inside the loss")
     cam_class: str = _f("predicted", "class explained on unlabeled images: the model's 'predicted' class (the method), or the "
                         "image's true 'label' (a diagnostic upper bound: it uses labels the limited-label setting does not have)",
@@ -71,7 +83,10 @@ class Config:
     amp: str = _f("auto", "mixed precision: 'auto' (bf16 on GPUs that support it, else fp16; off on CPU), 'bf16', 'fp16', 'off'", choices=("auto", "bf16", "fp16", "off"))
     channels_last: bool = _f(True, "channels_last memory format on GPUs")
     compile: bool = _f(False, "torch.compile the model")
-    eval_every: int = _f(10, "evaluate every N epochs (0: only at the end)")
+    eval_every: int = _f(1, "top-1/top-5 on validation every N epochs, keeping model_best.pt by top-1 as the released code "
+                         "did (0: only at the end)")
+    ch_every: int = _f(0, "Content Heatmap, validation CGC loss and kNN every N epochs (0: only at the end, for the final and "
+                       "the best checkpoint); CH needs gradients at 448 px, the costliest part of an evaluation")
     checkpoint_every: int = _f(500, "also checkpoint every N optimizer steps (0: only at epoch ends)")
     log_every: int = _f(50, "log the running losses every N steps")
     knn_k: int = _f(20, "neighbours for the kNN evaluation")
@@ -80,6 +95,7 @@ class Config:
     max_eval_images: int | None = _f(None, "evaluate on at most this many validation images (quick checks)")
     overwrite: bool = _f(False, "replace a finished run in --run-dir instead of refusing")
     dry_run: bool = _f(False, "build splits, datasets, boxes and model, print a summary and exit")
+    recipe: str | None = _f(None, "the named preset this run started from (set by --recipe; a record, not a setting)", cli=False)
 
     @property
     def is_demo(self) -> bool:
@@ -95,6 +111,19 @@ class Config:
     def full_supervision(self) -> bool:
         return self.labeled_fraction >= 1.0
 
+    @property
+    def ce_mode(self) -> str:
+        """What a lambda-0 run trains (``ce_baseline`` with 'auto' resolved, see its help)."""
+        if self.ce_baseline != "auto":
+            return self.ce_baseline
+        return "plain" if self.full_supervision else "lambda0-script"
+
+    @property
+    def forwards_pairs(self) -> bool:
+        """Whether steps forward the view / augmented-view pair (unlabeled, or labeled under full
+        supervision): always with lambda > 0, and at lambda 0 when imitating the CGC script."""
+        return self.cgc_weight > 0 or self.ce_mode == "lambda0-script"
+
     def to_dict(self) -> dict:
         return {f.name: (list(v) if isinstance(v, tuple) else v) for f in dataclasses.fields(self) for v in [getattr(self, f.name)]}
 
@@ -105,14 +134,24 @@ class Config:
 # top-1 at cross-entropy's level with most of the CH gain (README, "Ablations").
 DEMO_PRESET = dict(
     arch="resnet_tiny", image_size=64, resize_size=64, ch_short_side=64, batch_labeled=32, batch_unlabeled=64,
-    epochs=60, lr_trunk=0.05, lr_head=0.05, lr_milestones=(40, 52), workers=0, eval_every=20,
-    checkpoint_every=100, log_every=20, crop_scale_min=0.25, cgc_weight=0.1,
+    epochs=60, lr_trunk=0.05, lr_head=0.05, lr_milestones=(40, 52), workers=0,
+    checkpoint_every=100, log_every=20, crop_scale_min=0.25, cgc_weight=0.1, eval_every=5,
 )
 
+# The L2 "GCC" loss is ~1e-5 of the CGC loss' scale (an MSE over 224^2 unit-vector entries): the
+# released GCC script's lambda default, used when --consistency l2 is given without --lambda.
+GCC_LAMBDA = 1000.0
+
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
 # Keys that do not change what a run computes: they may differ when resuming.
-RESUME_NEUTRAL = {"run_dir", "splits_dir", "workers", "overwrite", "dry_run", "eval_every", "checkpoint_every", "log_every",
+RESUME_NEUTRAL = {"run_dir", "splits_dir", "workers", "overwrite", "dry_run", "eval_every", "ch_every", "checkpoint_every", "log_every",
                   "gallery", "device", "demo_cache", "compile", "max_eval_images",
-                  "max_bad_fraction"}
+                  "max_bad_fraction", "recipe"}
 
 
 def _field_type(f: dataclasses.Field):
@@ -132,8 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Semi-supervised fine-tuning with Contrastive Grad-CAM Consistency (CGC). Defaults are the published "
                     "1%% ImageNet recipe; without --data the demo preset applies to settings not given explicitly.")
     parser.add_argument("--config", help="YAML file of settings (same names as the flags, with underscores)")
+    parser.add_argument("--recipe", choices=recipe_names(),
+                        help="a published row's settings (semisup/recipes/NAME.yaml): full-supervision, full-supervision-gcc, "
+                             "cub, aircraft, cars, flowers; flags and --config still override them")
     defaults = Config()
     for f in dataclasses.fields(Config):
+        if not f.metadata["cli"]:
+            continue
         flags = (f"--{f.name.replace('_', '-')}",) + tuple(f.metadata["flags"])
         kind = _field_type(f)
         default = getattr(defaults, f.name)
@@ -166,12 +210,15 @@ def load_yaml(path: str | Path) -> dict:
     return values
 
 
-def make_config(explicit: dict) -> Config:
-    """Resolve a Config from explicitly chosen values (flags and config-file entries)."""
-    values = {}
-    if explicit.get("data") is None:
-        values.update(DEMO_PRESET)
-    values.update(explicit)
+def make_config(explicit: dict, recipe: str | None = None) -> Config:
+    """Resolve a Config from explicitly chosen values (flags and config-file entries) over a
+    named recipe, over the demo preset (no --data), over the dataclass defaults."""
+    values = dict(DEMO_PRESET) if explicit.get("data") is None else {}
+    chosen = dict(load_yaml(RECIPES_DIR / f"{recipe}.yaml"), recipe=recipe) if recipe else {}
+    chosen.update(explicit)
+    if chosen.get("consistency") == "l2" and "cgc_weight" not in chosen:
+        values["cgc_weight"] = GCC_LAMBDA
+    values.update(chosen)
     if "lr_milestones" in values:
         values["lr_milestones"] = tuple(values["lr_milestones"])
     return Config(**values)
@@ -180,9 +227,10 @@ def make_config(explicit: dict) -> Config:
 def parse_config(argv: list[str] | None = None) -> Config:
     args = vars(build_parser().parse_args(sys.argv[1:] if argv is None else argv))
     config_file = args.pop("config", None)
+    recipe = args.pop("recipe", None)
     explicit = load_yaml(config_file) if config_file else {}
     explicit.update(args)
-    return make_config(explicit)
+    return make_config(explicit, recipe)
 
 
 def save_config(cfg: Config, path: Path) -> None:

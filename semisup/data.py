@@ -91,20 +91,23 @@ def load_good(source, index: int, min_side: int | None = None) -> tuple[torch.Te
 
 
 class TrainDataset(Dataset):
-    """Training samples for one stream, indexed by ``(index, seed)``.
+    """Training samples for one stream, indexed by ``(index, seed)``, as the released
+    ``datasets/imagefolder_cgc_ssl.py`` builds them from one decode of the file.
 
-    base='random': RandomResizedCrop(size) + flip (labeled images); base='center':
-    Resize(resize) + CenterCrop(size), the unlabeled "view". With ``pair``, also the CGC
-    augmented view of the base image and the box and flip relating them.
+    crop: ``image`` = RandomResizedCrop(size, scale) + flip, the cross-entropy input.
+    pair: ``view`` = Resize(resize) + CenterCrop(size), and ``aug`` = the CGC transform of the
+    view (RandomResizedCrop back to size + flip) with the ``box`` and ``flip`` relating them.
 
-    Each item: dict(image [3,S,S] uint8, label int, bad int, and with pair: aug [3,S,S] uint8,
-    box [4] float, flip bool).
+    Each item: dict(label int, bad int, and image [3,S,S] uint8 with crop; view, aug [3,S,S]
+    uint8, box [4] float, flip bool with pair).
     """
 
-    def __init__(self, source, indices: np.ndarray, size: int, resize: int, scale_min: float, base: str, pair: bool):
+    def __init__(self, source, indices: np.ndarray, size: int, resize: int, scale_min: float, crop: bool, pair: bool):
+        if not (crop or pair):
+            raise ValueError("a training stream needs the crop, the pair or both")
         self.source, self.indices = source, np.asarray(indices, dtype=np.int64)
         self.size, self.resize, self.scale = size, resize, (scale_min, 1.0)
-        self.base, self.pair = base, pair
+        self.crop, self.pair = crop, pair
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -112,37 +115,31 @@ class TrainDataset(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> dict:
         position, seed = key
         generator = torch.Generator().manual_seed(seed)
-        image, index, bad = self._load(int(self.indices[position]))
-        if self.base == "random":
-            image = T.random_crop_flip(image, self.size, self.scale, generator)
-        else:
-            image = T.center_view(image, self.resize, self.size)
-        item = dict(image=image, label=int(self.source.labels[index]), bad=bad)
+        # Only the resized view is needed without the random crop: the JPEG decoder may then
+        # shrink large files on the fly. Random crops need full resolution.
+        image, index, bad = load_good(self.source, int(self.indices[position]), min_side=None if self.crop else self.resize)
+        item = dict(label=int(self.source.labels[index]), bad=bad)
+        if self.crop:
+            item["image"] = T.random_crop_flip(image, self.size, self.scale, generator)
         if self.pair:
-            item["aug"], item["box"], item["flip"] = T.cgc_pair(image, self.scale, generator)
+            item["view"] = T.center_view(image, self.resize, self.size)
+            item["aug"], item["box"], item["flip"] = T.cgc_pair(item["view"], self.scale, generator)
         return item
 
-    def _load(self, index: int):
-        # Only the resized view is used for base='center': the JPEG decoder may shrink large
-        # files on the fly. Random crops need full resolution.
-        return load_good(self.source, index, min_side=self.resize if self.base == "center" else None)
+
+def _draw_seed(seed: int, stream: int, rank: int, position: int) -> int:
+    return (seed * 2_654_435_761 + stream * 97_531 + rank * 1_000_003 + position) % (2**63)
 
 
-class StreamSampler:
-    """Endless batches of ``(position, seed)`` for one process of one stream.
+class _Shards:
+    """Per pass over the data a fresh permutation seeded by (seed, stream, pass) — the
+    "set_epoch" reshuffle — split across processes ``rank::world``, padded by wrapping so all
+    shards have equal length (as DistributedSampler pads)."""
 
-    Each pass over the data is a fresh permutation seeded by (seed, stream, pass) — the
-    "set_epoch" reshuffle — split across processes (``rank::world``, padded by wrapping so all
-    shards have equal length). The stream never restarts: position ``start_batch * batch`` is
-    where a resumed run continues. Each draw's augmentation seed depends only on
-    (seed, stream, rank, position).
-    """
-
-    def __init__(self, num_samples: int, batch_size: int, seed: int, stream: int, rank: int = 0, world: int = 1, start_batch: int = 0):
+    def __init__(self, num_samples: int, seed: int, stream: int, rank: int, world: int):
         if num_samples == 0:
             raise ValueError("empty dataset")
-        self.n, self.batch_size, self.seed, self.stream = num_samples, batch_size, seed, stream
-        self.rank, self.world, self.start_batch = rank, world, start_batch
+        self.n, self.seed, self.stream, self.rank, self.world = num_samples, seed, stream, rank, world
         self.shard_len = math.ceil(num_samples / world)
         self._cached_pass, self._cached_shard = None, None
 
@@ -154,16 +151,50 @@ class StreamSampler:
             self._cached_pass, self._cached_shard = pass_index, perm[self.rank::self.world]
         return self._cached_shard
 
+
+class StreamSampler(_Shards):
+    """Endless batches of ``(position, seed)`` for one process of the unlabeled stream.
+
+    The stream never restarts: it walks through one permutation after another, position
+    ``start_batch * batch`` being where a resumed run continues (the released loop instead
+    re-created its shuffled loader each epoch: the same distribution of images). Each draw's
+    augmentation seed depends only on (seed, stream, rank, position).
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int, stream: int, rank: int = 0, world: int = 1, start_batch: int = 0):
+        super().__init__(num_samples, seed, stream, rank, world)
+        self.batch_size, self.start_batch = batch_size, start_batch
+
     def __iter__(self):
         position = self.start_batch * self.batch_size
         while True:
-            batch = []
-            for p in range(position, position + self.batch_size):
-                index = int(self.shard(p // self.shard_len)[p % self.shard_len])
-                draw_seed = (self.seed * 2_654_435_761 + self.stream * 97_531 + self.rank * 1_000_003 + p) % (2**63)
-                batch.append((index, draw_seed))
+            yield [(int(self.shard(p // self.shard_len)[p % self.shard_len]), _draw_seed(self.seed, self.stream, self.rank, p))
+                   for p in range(position, position + self.batch_size)]
             position += self.batch_size
-            yield batch
+
+
+class EpochSampler(_Shards):
+    """Batches of ``(position, seed)`` for one process of the labeled stream, epoch by epoch.
+
+    An epoch is one pass over this process' shard in batches of ``batch_size``, the last one
+    partial: ``len(train_loader)`` of the released loop (12,811 images at 128: 101 steps).
+    Endless; ``start_batch`` counts batches from the start of training, so a resumed run
+    continues mid-epoch.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int, stream: int, rank: int = 0, world: int = 1, start_batch: int = 0):
+        super().__init__(num_samples, seed, stream, rank, world)
+        self.batch_size, self.start_batch = batch_size, start_batch
+        self.batches_per_epoch = math.ceil(self.shard_len / batch_size)
+
+    def __iter__(self):
+        k = self.start_batch
+        while True:
+            epoch, j = divmod(k, self.batches_per_epoch)
+            shard = self.shard(epoch)
+            positions = range(j * self.batch_size, min((j + 1) * self.batch_size, self.shard_len))
+            yield [(int(shard[p]), _draw_seed(self.seed, self.stream, self.rank, epoch * self.shard_len + p)) for p in positions]
+            k += 1
 
 
 def make_loader(dataset: Dataset, sampler, workers: int, pin_memory: bool) -> DataLoader:
@@ -234,7 +265,7 @@ def build_demo_bundle(cfg) -> DataBundle:
     train = ArraySource(demo.train.images, demo.train.labels)
     labeled = _demo_labeled_indices(demo.train.labels, cfg.labeled_fraction)
     unlabeled = None
-    if not cfg.full_supervision and cfg.cgc_weight > 0:
+    if not cfg.full_supervision and cfg.forwards_pairs:
         unlabeled = np.arange(len(train)) if cfg.unlabeled == "all" else np.setdiff1d(np.arange(len(train)), labeled)
     val_source = ArraySource(demo.val.images, demo.val.labels)
     val = EvalSet(val_source, [b[None].astype(np.float32) for b in demo.val.boxes], [tuple(demo.val.images.shape[1:3])] * len(val_source))

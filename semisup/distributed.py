@@ -66,9 +66,10 @@ def gather_with_grad(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
     Returns (gathered [world * B, ...], offset of this process' rows)."""
     if not dist.is_initialized():
         return tensor, 0
-    from torch.distributed._functional_collectives import all_gather_tensor_autograd
+    from torch.distributed import _functional_collectives as fc
     # Backward sums each process' gradient into the rows it contributed (a reduce-scatter).
-    gathered = all_gather_tensor_autograd(tensor.contiguous(), gather_dim=0, group=dist.group.WORLD)
+    gather = getattr(fc, "all_gather_single_autograd", None) or fc.all_gather_tensor_autograd  # renamed in newer torch
+    gathered = gather(tensor.contiguous(), gather_dim=0, group=dist.group.WORLD)
     return gathered, dist.get_rank() * tensor.shape[0]
 
 
@@ -90,3 +91,27 @@ def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def bn_sync_processes(world: int, per_process: int, group_size: int) -> int:
+    """How many consecutive processes share BatchNorm statistics so that each normalises over
+    ``group_size`` images, as the released DataParallel replicas did (64 each).
+
+    1 when one process' batch is already the group or larger (on 1 GPU with 128 images, BN
+    then sees 128, a documented difference); the whole world when no whole number of processes
+    makes a group (the closest cheap choice)."""
+    if per_process >= group_size:
+        return 1
+    processes = group_size // per_process
+    if group_size % per_process == 0 and world % processes == 0:
+        return processes
+    return world
+
+
+def process_subgroup(size: int):
+    """This process' group among consecutive groups of ``size`` ranks (every rank creates all
+    of them, as torch.distributed requires)."""
+    if size >= dist.get_world_size():
+        return dist.group.WORLD
+    group, _ = dist.new_subgroups(group_size=size)
+    return group

@@ -2,10 +2,14 @@
 
     python semisup/evaluate.py --checkpoint runs/X/checkpoint.pt [--data D --val-boxes B]
 
-Content Heatmap, as in the paper: Grad-CAM of the ground-truth class (spatially pooled
-gradients, eval mode) at the last conv block, on the image resized so its shorter side is
-``ch_short_side``, without cropping; the heatmap is resized to the original image size,
-normalised to sum 1, and CH is its mass inside the union of that class's boxes.
+Content Heatmap, as the released TorchRay scripts compute it: Grad-CAM of the ground-truth
+class at the last conv block (eval mode), on the image resized so its shorter side is
+``ch_short_side``, without cropping; the map is normalised to sum 1 plus 1e-8 per cell, resized
+to the original image size and normalised again, and CH is its mass inside the union of that
+class's boxes. An all-zero Grad-CAM thus becomes uniform and scores the boxes' area fraction
+(``ch``, the published protocol); ``ch_strict`` counts it as 0 and ``ch_zero`` counts them.
+``ch_released_swav`` is what the released script for the SwAV-start (1 %) models computes: its
+model has no classification head, so the "Grad-CAM of class c" is layer4's feature channel c.
 """
 from __future__ import annotations
 
@@ -52,22 +56,40 @@ def scale_boxes(boxes: np.ndarray, from_hw: tuple[int, int], to_hw: tuple[int, i
     return np.asarray(boxes, dtype=np.float64).reshape(-1, 4) * np.array([sx, sy, sx, sy])
 
 
-def content_heatmap(cams: torch.Tensor, boxes: list[np.ndarray], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+# Added by the released CH scripts after normalising the Grad-CAM to sum 1 (``compute_gradcam``).
+CH_EPS = 1e-8
+
+
+def content_heatmap(cams: torch.Tensor, boxes: list[np.ndarray], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """CH of heatmaps whose images share one original size.
 
     Args:
         cams: [B, h, w] non-negative heatmaps.
-        boxes: B arrays [n_i, 4] in original-image pixels (may be empty: CH 0).
+        boxes: B arrays [n_i, 4] in original-image pixels (may be empty: nothing inside).
         size: original (H, W).
     Returns:
-        (ch [B] float64 fraction of mass inside the boxes, zero [B] bool heatmap all zero).
+        (ch [B], ch_strict [B], zero [B]): float64 fractions of mass inside the boxes under the
+        published protocol (map / (sum + 1e-8) + 1e-8 first, so an all-zero map is uniform)
+        and with all-zero maps counted as 0; bool, whether the map is all zero.
     """
-    up = F.interpolate(cams.float().unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1).double()
-    total = up.sum((1, 2))
-    zero = total <= 0
+    cams = cams.float()
+    total = cams.sum((1, 2), keepdim=True)
+    normalised = cams / (total + CH_EPS) + CH_EPS
+    up = F.interpolate(normalised.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1).double()
     masks = torch.stack([box_mask(b, *size) for b in boxes]).to(up.device)
-    inside = (up * masks).sum((1, 2))
-    return torch.where(zero, torch.zeros_like(total), inside / total.clamp_min(1e-300)), zero
+    ch = (up * masks).sum((1, 2)) / up.sum((1, 2))
+    zero = total.flatten() <= 0
+    return ch, torch.where(zero, torch.zeros_like(ch), ch), zero
+
+
+def released_swav_cams(features: torch.Tensor, classes: torch.Tensor) -> torch.Tensor | None:
+    """What ``evaluate_swav_imagenet_gradcam_energy_inside_bbox.py`` explains: its SwAV ResNet is
+    built without a head (output_dim=0), so "logit" c is pooled feature channel c and its
+    pooled-gradient Grad-CAM is relu(A_c), the c-th channel of layer4. [B, C, h, w] -> [B, h, w],
+    or None when a class index exceeds the channels (the script would fail)."""
+    if int(classes.max()) >= features.shape[1]:
+        return None
+    return features.float()[torch.arange(len(classes), device=features.device), classes].clamp_min(0)
 
 
 def size_grouped_batches(sizes: list[tuple[int, int]], batch_size: int) -> list[list[int]]:
@@ -99,19 +121,30 @@ class Evaluator:
         return items[self.dist.rank::self.dist.world]
 
     @torch.no_grad()
-    def run(self, model, progress: bool = True) -> dict:
-        """Returns dict of top1, top5 (percent), ch, ch_strict (percent), ch_zero (count),
-        ch_images, cgc_val_loss, knn_top1 (percent), bad_val_images."""
+    def run(self, model, progress: bool = True, full: bool = True) -> dict:
+        """Returns dict of top1, top5 (percent), bad_val_images, eval_seconds and, with ``full``,
+        ch, ch_strict, ch_released_swav (percent), ch_zero (count), ch_images, cgc_val_loss,
+        knn_top1 (percent)."""
         model.eval()
         start = time.time()
-        results = self.classify(model, progress)
-        results.update(self.content_heatmap(model, progress))
-        results["knn_top1"] = self.knn(model, results.pop("_features"), results.pop("_labels"), progress)
+        results = self.classify(model, progress, full)
+        features, labels = results.pop("_features"), results.pop("_labels")
+        if full:
+            results.update(self.content_heatmap(model, progress))
+            results["knn_top1"] = self.knn(model, features, labels, progress)
         results["eval_seconds"] = round(time.time() - start, 1)
         return results
 
-    def classify(self, model, progress: bool) -> dict:
-        """Top-1/top-5, features for kNN and the validation CGC loss, on Resize + CenterCrop."""
+    def _autocast(self):
+        """bf16/fp16 autocast for the forward passes on GPUs, as in training (heatmaps stay float32)."""
+        from contextlib import nullcontext
+        from semisup.train import amp_dtype
+        dtype = amp_dtype(self.cfg, self.device)
+        return torch.autocast(self.device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+    def classify(self, model, progress: bool, full: bool = True) -> dict:
+        """Top-1/top-5 on Resize + CenterCrop; with ``full`` also features for kNN and the
+        validation CGC loss."""
         cfg = self.cfg
         dataset = EvalDataset(self.bundle.val.source, cfg.resize_size, cfg.image_size, self.indices)
         batches = self._shard([list(range(i, min(i + VAL_CGC_BATCH, len(dataset)))) for i in range(0, len(dataset), VAL_CGC_BATCH)])
@@ -120,12 +153,16 @@ class Evaluator:
         for batch in tqdm(self._loader(dataset, batches), desc="eval top-1/top-5", disable=not (progress and self.dist.is_main), leave=False):
             images = batch["image"].to(self.device, non_blocking=True)
             target = batch["label"].to(self.device)
-            logits, features = model(T.normalize(images, channels_last=self._channels_last()))
+            with self._autocast():
+                logits, features = model(T.normalize(images, channels_last=self._channels_last()))
+            logits = logits.float()
             top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
             sums[0] += (top5[:, 0] == target).sum()
             sums[1] += (top5 == target[:, None]).any(1).sum()
             sums[2] += len(target)
             sums[5] += batch["bad"].sum().to(self.device)
+            if not full:
+                continue
             feats.append(F.normalize(features.float().mean((2, 3)), dim=1))
             labels.append(target)
             if len(target) > 1:
@@ -134,9 +171,11 @@ class Evaluator:
                 sums[4] += len(target)
         D.all_reduce_sum(sums)
         n = max(sums[2].item(), 1)
-        return dict(top1=100 * sums[0].item() / n, top5=100 * sums[1].item() / n, cgc_val_loss=sums[3].item() / max(sums[4].item(), 1),
-                    bad_val_images=int(sums[5].item()), _features=torch.cat(feats) if feats else None,
-                    _labels=torch.cat(labels) if labels else None)
+        out = dict(top1=100 * sums[0].item() / n, top5=100 * sums[1].item() / n, bad_val_images=int(sums[5].item()),
+                   _features=torch.cat(feats) if feats else None, _labels=torch.cat(labels) if labels else None)
+        if full:
+            out["cgc_val_loss"] = sums[3].item() / max(sums[4].item(), 1)
+        return out
 
     def _channels_last(self) -> bool:
         return self.cfg.channels_last and self.device.type == "cuda"
@@ -149,45 +188,53 @@ class Evaluator:
         for image, i in zip(images.cpu(), index.tolist()):
             aug, box, flip = T.cgc_pair(image, (self.cfg.crop_scale_min, 1.0), torch.Generator().manual_seed(int(i)))
             augs.append(aug), boxes.append(box), flips.append(flip)
-        aug_logits, aug_features = model(T.normalize(torch.stack(augs).to(self.device), channels_last=self._channels_last()))
+        with self._autocast():
+            aug_logits, aug_features = model(T.normalize(torch.stack(augs).to(self.device), channels_last=self._channels_last()))
         cam = raw.cam(logits, features, target)
         cam_aug = raw.cam(aug_logits, aug_features, target)
-        return cgc.cgc_loss(cam_aug, cam, torch.stack(boxes), torch.stack(flips), self.cfg.temperature, self.cfg.cam_size)
+        return cgc.cgc_loss(cam_aug, cam, torch.stack(boxes), torch.stack(flips), self.cfg.temperature, self.cfg.cam_size,
+                            self.cfg.group_size, self.cfg.cgc_negatives)
 
     def content_heatmap(self, model, progress: bool) -> dict:
-        """CH (published protocol: all-zero heatmaps excluded) and strict CH (they count as 0)."""
+        """CH (published protocol), strict CH, the count of all-zero heatmaps and the released
+        SwAV script's CH, in one pass (percent; NaN where undefined, e.g. no boxes)."""
         val = self.bundle.val
+        nan = float("nan")
         if val.boxes is None:
-            return dict(ch=float("nan"), ch_strict=float("nan"), ch_zero=0, ch_images=0)
+            return dict(ch=nan, ch_strict=nan, ch_released_swav=nan, ch_zero=0, ch_images=0)
         raw = _unwrap(model)
         indices = [i for i in self.indices if val.boxes[i] is not None]  # CH is defined where boxes exist
         dataset = EvalDataset(val.source, self.cfg.ch_short_side, None, indices)
         sizes = [val.sizes[i] for i in indices]
         batches = self._shard(size_grouped_batches(sizes, self.batch_size))
-        sums = torch.zeros(3, dtype=torch.float64)  # ch over nonzero, zero count, images
+        sums = torch.zeros(5, dtype=torch.float64)  # ch, ch strict, zero count, images, ch released-swav (nan if undefined)
         for batch in tqdm(self._loader(dataset, batches), desc="eval Content Heatmap", disable=not (progress and self.dist.is_main), leave=False):
             images = batch["image"].to(self.device, non_blocking=True)
             target = batch["label"].to(self.device)
             logits, features = model(T.normalize(images, channels_last=self._channels_last()))
-            cams = raw.cam(logits, features, target)  # equals pooled Grad-CAM for this head (tested)
             index = batch["index"].tolist()
-            ch, zero = content_heatmap(cams.cpu(), [val.boxes[i] for i in index], val.sizes[index[0]])
-            sums += torch.stack([ch.sum(), zero.sum().double(), torch.tensor(float(len(index)), dtype=torch.float64)])
+            boxes, size = [val.boxes[i] for i in index], val.sizes[index[0]]
+            ch, strict, zero = content_heatmap(raw.cam(logits, features, target).cpu(), boxes, size)  # = pooled Grad-CAM (tested)
+            swav = released_swav_cams(features, target)
+            swav_sum = content_heatmap(swav.cpu(), boxes, size)[0].sum() if swav is not None else torch.tensor(nan, dtype=torch.float64)
+            sums += torch.stack([ch.sum(), strict.sum(), zero.sum().double(), torch.tensor(float(len(index)), dtype=torch.float64), swav_sum])
         sums = D.all_reduce_sum(sums.to(self.device)).cpu()
-        images, zeros = sums[2].item(), sums[1].item()
-        return dict(ch=100 * sums[0].item() / max(images - zeros, 1), ch_strict=100 * sums[0].item() / max(images, 1),
-                    ch_zero=int(zeros), ch_images=int(images))
+        images = max(sums[3].item(), 1)
+        return dict(ch=100 * sums[0].item() / images, ch_strict=100 * sums[1].item() / images,
+                    ch_released_swav=100 * sums[4].item() / images, ch_zero=int(sums[2].item()), ch_images=int(sums[3].item()))
 
     def knn(self, model, val_features: torch.Tensor, val_labels: torch.Tensor, progress: bool) -> float:
         """kNN top-1 (percent) of pooled backbone features, the labeled subset as memory bank."""
         from semisup.knn import knn_classify
         bundle = self.bundle
-        dataset = EvalDataset(bundle.labeled, self.cfg.resize_size, self.cfg.image_size, bundle.labeled_indices)
+        bank_indices = bundle.labeled_indices[: self.cfg.max_eval_images] if self.cfg.max_eval_images else bundle.labeled_indices
+        dataset = EvalDataset(bundle.labeled, self.cfg.resize_size, self.cfg.image_size, bank_indices)
         positions = self._shard(list(range(len(dataset))))
         bank, bank_labels = [], []
         batches = [positions[i:i + self.batch_size] for i in range(0, len(positions), self.batch_size)]
         for batch in tqdm(self._loader(dataset, batches), desc="eval kNN bank", disable=not (progress and self.dist.is_main), leave=False):
-            _, features = model(T.normalize(batch["image"].to(self.device), channels_last=self._channels_last()))
+            with self._autocast():
+                _, features = model(T.normalize(batch["image"].to(self.device), channels_last=self._channels_last()))
             bank.append(F.normalize(features.float().mean((2, 3)), dim=1))
             bank_labels.append(batch["label"].to(self.device))
         width = _unwrap(model).fc.in_features
@@ -208,13 +255,22 @@ def _unwrap(model):
     return getattr(model, "_orig_mod", model)  # torch.compile
 
 
+def _cell(value, width: int, digits: int) -> str:
+    """A number, or '–' where a metric was not computed; a non-finite value stays visible as such."""
+    if value is None:
+        return f"{'–':>{width}}"
+    return f"{value:>{width}.{digits}f}"
+
+
 def format_results(rows: list[dict]) -> str:
-    """A small fixed-width table: method, top-1, top-5, CH, CGC loss, kNN."""
-    header = f"{'method':<22}{'top-1':>8}{'top-5':>8}{'CH':>8}{'CH strict':>11}{'CGC loss':>10}{'kNN':>8}"
+    """A small fixed-width table: method, top-1, top-5, CH (published, strict, released SwAV
+    script), CGC loss, kNN."""
+    columns = [("top-1", "top1", 8, 2), ("top-5", "top5", 8, 2), ("CH", "ch", 8, 2), ("CH strict", "ch_strict", 11, 2),
+               ("CH rel.SwAV", "ch_released_swav", 13, 2), ("CGC loss", "cgc_val_loss", 10, 4), ("kNN", "knn_top1", 8, 2)]
+    header = f"{'method':<26}" + "".join(f"{title:>{width}}" for title, _, width, _ in columns)
     lines = [header, "-" * len(header)]
     for r in rows:
-        lines.append(f"{r['method']:<22}{r['top1']:>8.2f}{r['top5']:>8.2f}{r['ch']:>8.2f}{r['ch_strict']:>11.2f}"
-                     f"{r['cgc_val_loss']:>10.4f}{r['knn_top1']:>8.2f}")
+        lines.append(f"{r['method']:<26}" + "".join(_cell(r.get(key), width, digits) for _, key, width, digits in columns))
     return "\n".join(lines)
 
 
@@ -249,6 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-boxes", help="validation boxes (VOC XML folder or CUB bounding_boxes.txt)")
     parser.add_argument("--val-labels", help="labels for a flat val/ folder")
     parser.add_argument("--ch-short-side", type=int, help="shorter side for Content Heatmap (published: 448)")
+    parser.add_argument("--ch-protocol", choices=["published", "released-swav", "both"], default="both",
+                        help="'published': the released CH scripts (all-zero maps count as uniform; strict CH and the zero "
+                             "count beside it); 'released-swav': evaluate_swav_imagenet_gradcam_energy_inside_bbox.py as "
+                             "released, which explains layer4 feature channel c instead of class c (FIDELITY.md); 'both'")
     parser.add_argument("--max-eval-images", type=int, help="evaluate at most this many validation images")
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -268,7 +328,9 @@ def main(argv: list[str] | None = None) -> int:
         bundle = bundle or build_data(cfg)
         model.to(device)
         result = Evaluator(cfg, bundle, device, batch_size=args.batch_size).run(model)
-        rows.append(dict(method=f"{cfg.method} {Path(path).parent.name}"[:21], checkpoint=str(path), step=step, **result))
+        dropped = {"published": ("ch_released_swav",), "released-swav": ("ch", "ch_strict", "ch_zero"), "both": ()}[args.ch_protocol]
+        result = {k: v for k, v in result.items() if k not in dropped}
+        rows.append(dict(method=f"{cfg.method} {Path(path).parent.name}"[:25], checkpoint=str(path), step=step, **result))
         models.append(model)
     print(format_results(rows))
     out = Path(args.out) if args.out else Path(args.checkpoint).parent

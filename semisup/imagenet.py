@@ -91,7 +91,7 @@ def read_sizes(paths: list[str], workers: int = 16, decode: bool = False) -> lis
 
 
 def build_validation(cfg, data: Path, classes: list[str]) -> tuple[EvalSet, dict]:
-    val_root = data / "val"
+    val_root = data / cfg.val_dir
     boxes_by_id = load_boxes(cfg.val_boxes) if cfg.val_boxes else None
     class_index = {c: i for i, c in enumerate(classes)}
     subdirs = [e.name for e in os.scandir(val_root) if e.is_dir()] if val_root.is_dir() else []
@@ -170,7 +170,7 @@ def build_folder_bundle(cfg) -> DataBundle:
         split, split_path = resolve_labeled(names, cfg, Path(cfg.splits_dir) if cfg.splits_dir else SPLITS_DIR)
         labeled = select_labeled(names, classes, split, split_path)
     unlabeled = None
-    if not cfg.full_supervision and cfg.cgc_weight > 0:
+    if not cfg.full_supervision and cfg.forwards_pairs:
         unlabeled = np.arange(len(paths)) if cfg.unlabeled == "all" else np.setdiff1d(np.arange(len(paths)), labeled)
     train = FileSource(paths, labels)
     val, val_summary = build_validation(cfg, data, classes)

@@ -90,7 +90,7 @@ def pretrain(steps: int, batch: int, lr: float, seed: int, demo_cache: str | Non
     torch.manual_seed(seed)
     demo = load_demo(demo_cache)
     source = ArraySource(demo.train.images, demo.train.labels)  # labels are never read
-    dataset = TrainDataset(source, np.arange(len(source)), demo.train.images.shape[1], demo.train.images.shape[1], crop_scale_min, "random", False)
+    dataset = TrainDataset(source, np.arange(len(source)), demo.train.images.shape[1], demo.train.images.shape[1], crop_scale_min, crop=True, pair=False)
     pairs = paired_views(dataset, StreamSampler(len(dataset), batch, seed, stream=10))
     model = build_model(arch, num_classes=1)
     head = SwAVHead(model.fc.in_features)

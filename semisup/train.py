@@ -25,7 +25,7 @@ from semisup import checkpoint as ckpt
 from semisup import distributed as D
 from semisup import transforms as T
 from semisup.config import Config, differing_keys, load_saved_config, save_config
-from semisup.data import DataBundle, StreamSampler, TrainDataset, build_demo_bundle, make_loader
+from semisup.data import DataBundle, EpochSampler, StreamSampler, TrainDataset, build_demo_bundle, make_loader
 from semisup.evaluate import Evaluator, format_results
 from semisup.models import build_model, load_pretrained
 
@@ -130,8 +130,21 @@ class Trainer:
         self.channels_last = cfg.channels_last and self.device.type == "cuda"
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        for name, value in (("batch_labeled", cfg.batch_labeled), ("batch_unlabeled", cfg.batch_unlabeled)):
+            if value % dist.world:
+                raise ValueError(f"--{name.replace('_', '-')} {value} is not divisible by the {dist.world} processes")
+        self.batch_l, self.batch_u = cfg.batch_labeled // dist.world, cfg.batch_unlabeled // dist.world
+        self.uses_unlabeled = bundle.unlabeled is not None
+        self.pair_on_labeled = cfg.full_supervision and cfg.forwards_pairs
+        self.bn_processes = 1
         if dist.enabled and self.device.type == "cuda":
-            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            # BatchNorm over groups of --group-size images, as the released DataParallel replicas
+            # normalised over 64 each, where whole processes make up a group.
+            per_process = self.batch_u if self.uses_unlabeled else self.batch_l
+            self.bn_processes = D.bn_sync_processes(dist.world, per_process, cfg.group_size)
+            if self.bn_processes > 1:
+                group = D.process_subgroup(self.bn_processes)
+                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model, process_group=group)
         head = list(self.model.fc.parameters())
         trunk = [p for n, p in self.model.named_parameters() if not n.startswith("fc.")]
         self.optimizer = torch.optim.SGD([dict(params=trunk, lr=cfg.lr_trunk), dict(params=head, lr=cfg.lr_head)],
@@ -139,31 +152,33 @@ class Trainer:
         self.base_lrs = [cfg.lr_trunk, cfg.lr_head]
         self.amp_dtype = amp_dtype(cfg, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        for name, value in (("batch_labeled", cfg.batch_labeled), ("batch_unlabeled", cfg.batch_unlabeled)):
-            if value % dist.world:
-                raise ValueError(f"--{name.replace('_', '-')} {value} is not divisible by the {dist.world} processes")
-        self.batch_l, self.batch_u = cfg.batch_labeled // dist.world, cfg.batch_unlabeled // dist.world
-        steps_per_epoch = max(1, len(bundle.labeled_indices) // cfg.batch_labeled)
+        # An epoch is one pass over the labeled set, its last batch partial (len(train_loader)).
+        steps_per_epoch = math.ceil(math.ceil(len(bundle.labeled_indices) / dist.world) / self.batch_l)
         total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
         self.schedule = Schedule(steps_per_epoch, total, tuple(cfg.lr_milestones), cfg.lr_gamma)
-        self.uses_unlabeled = bundle.unlabeled is not None
-        self.pair_on_labeled = cfg.full_supervision and cfg.cgc_weight > 0
         self.step = 0
         self.epoch_sums = torch.zeros(4, dtype=torch.float64)  # ce, consistency, total, steps
         self.bad_images = 0
-        self.best = None
+        self.labeled_seen = 0  # images: the last batch of an epoch is partial
+        self.best = None  # {epoch, step, top1, top5} of the best validation top-1 so far
         self.last_row: dict = {}
         self.ddp = self.model
 
     # ---- one optimisation step -------------------------------------------------------
+    def group_size(self, local_batch: int) -> int:
+        """Images per InfoNCE group in a global batch of ``local_batch`` per process."""
+        return min(self.cfg.group_size, local_batch * self.dist.world)
+
     def consistency(self, cam_aug: torch.Tensor, cam: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
         if cfg.consistency == "l2":
             return cgc.gcc_l2_loss(cam_aug, cam, boxes, flips, cfg.cam_size)
-        if cfg.global_negatives and self.dist.enabled:
+        group = self.group_size(cam.shape[0])
+        if self.dist.enabled and cam.shape[0] % group:
+            # A group spans processes: its negatives come from the others, with gradient.
             all_aug, offset = D.gather_with_grad(cam_aug)
-            return cgc.cgc_loss_global(cam_aug, cam, boxes, flips, all_aug, offset, cfg.temperature, cfg.cam_size)
-        return cgc.cgc_loss(cam_aug, cam, boxes, flips, cfg.temperature, cfg.cam_size)
+            return cgc.cgc_loss(cam_aug, cam, boxes, flips, cfg.temperature, cfg.cam_size, group, cfg.cgc_negatives, all_aug, offset)
+        return cgc.cgc_loss(cam_aug, cam, boxes, flips, cfg.temperature, cfg.cam_size, group, cfg.cgc_negatives)
 
     def consistency_weight(self) -> float:
         """Lambda at the current step, ramped linearly over --cgc-warmup-epochs (a Python
@@ -178,32 +193,41 @@ class Trainer:
         # Pinned by the loader, copied asynchronously: a blocking copy here would sync the GPU.
         return batch["box"].to(self.device, non_blocking=True), batch["flip"].to(self.device, non_blocking=True)
 
+    def explained_classes(self, view_logits: torch.Tensor, batch: dict) -> torch.Tensor:
+        """The model's own prediction on the view, chosen without gradient (the method), or as
+        a diagnostic the true label (which unlabeled images do not have)."""
+        if self.cfg.cam_class == "label":
+            return batch["label"].to(self.device, non_blocking=True)
+        return view_logits.detach().argmax(1)
+
     def training_step(self, labeled: dict, unlabeled: dict | None) -> dict[str, torch.Tensor]:
-        """One step; returns detached float32 losses (still on the device: no host sync here)."""
+        """One step; returns detached float32 losses (still on the device: no host sync here).
+
+        Limited labels: CE on the labeled crops + lambda * CGC on the unlabeled pair. Full
+        supervision (train_eval_cgc.py): CE summed over the crop, the view and its augmented
+        view, all with the true class, + lambda * CGC on the view pair."""
         cfg, model, raw = self.cfg, self.ddp, self.model
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
         labels = labeled["label"].to(self.device, non_blocking=True)
         consistency = torch.zeros((), device=self.device)
+        pair = labeled if self.pair_on_labeled else unlabeled
+        explain = cfg.cgc_weight > 0
         with autocast:
-            logits, features = model(self._images(labeled, "image"))
+            logits, _ = model(self._images(labeled, "image"))
             ce = F.cross_entropy(logits.float(), labels)
-            if self.pair_on_labeled:  # full supervision: CGC on the labeled images, true class
-                aug_logits, aug_features = model(self._images(labeled, "aug"))
-                cam = raw.cam(logits, features, labels)
-                cam_aug = raw.cam(aug_logits, aug_features, labels)
-                consistency = self.consistency(cam_aug, cam, *self._transform(labeled))
-            elif unlabeled is not None:
-                view_logits, view_features = model(self._images(unlabeled, "image"))
-                # The explained class is the model's own prediction, chosen without gradient
-                # (or, as a diagnostic, the true label the method is not given).
-                if cfg.cam_class == "label":
-                    classes = unlabeled["label"].to(self.device, non_blocking=True)
-                else:
-                    classes = view_logits.detach().argmax(1)
-                aug_logits, aug_features = model(self._images(unlabeled, "aug"))
-                cam = raw.cam(view_logits, view_features, classes)
-                cam_aug = raw.cam(aug_logits, aug_features, classes)
-                consistency = self.consistency(cam_aug, cam, *self._transform(unlabeled))
+            if pair is not None:
+                # At lambda 0 on unlabeled images (the CGC script run as its own baseline) the pair
+                # only moves BatchNorm's running statistics: no graph is kept for it.
+                with nullcontext() if explain or self.pair_on_labeled else torch.no_grad():
+                    view_logits, view_features = model(self._images(pair, "view"))
+                    aug_logits, aug_features = model(self._images(pair, "aug"))
+                if self.pair_on_labeled:
+                    ce = ce + F.cross_entropy(view_logits.float(), labels) + F.cross_entropy(aug_logits.float(), labels)
+                if explain:
+                    classes = self.explained_classes(view_logits, pair)
+                    cam = raw.cam(view_logits, view_features, classes)
+                    cam_aug = raw.cam(aug_logits, aug_features, classes)
+                    consistency = self.consistency(cam_aug, cam, *self._transform(pair))
         loss = ce + self.consistency_weight() * consistency
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -215,7 +239,7 @@ class Trainer:
     def state(self) -> dict:
         return dict(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
                     step=self.step, epoch=self.step // self.schedule.steps_per_epoch, epoch_sums=self.epoch_sums.cpu().clone(),
-                    last_row=self.last_row,
+                    last_row=self.last_row, labeled_seen=self.labeled_seen,
                     bad_images=self.bad_images, best=self.best, rng=ckpt.rng_state(), config=self.cfg.to_dict())
 
     def save(self) -> None:
@@ -233,6 +257,7 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch_sums, self.bad_images = state["step"], state["epoch_sums"], state["bad_images"]
         self.last_row = state.get("last_row") or {}
+        self.labeled_seen = state.get("labeled_seen", self.step * self.cfg.batch_labeled)
         self.best = state["best"]
         ckpt.set_rng_state(state["rng"])
         log.info("resumed from %s at step %d (epoch %d)", path, self.step, state["epoch"])
@@ -242,11 +267,11 @@ class Trainer:
     def loaders(self):
         cfg, b, dist = self.cfg, self.bundle, self.dist
         pin = self.device.type == "cuda"
-        labeled = TrainDataset(b.labeled, b.labeled_indices, cfg.image_size, cfg.resize_size, cfg.crop_scale_min, "random", self.pair_on_labeled)
-        sampler = StreamSampler(len(labeled), self.batch_l, cfg.seed, LABELED_STREAM, dist.rank, dist.world, start_batch=self.step)
+        labeled = TrainDataset(b.labeled, b.labeled_indices, cfg.image_size, cfg.resize_size, cfg.crop_scale_min, crop=True, pair=self.pair_on_labeled)
+        sampler = EpochSampler(len(labeled), self.batch_l, cfg.seed, LABELED_STREAM, dist.rank, dist.world, start_batch=self.step)
         streams = [iter(make_loader(labeled, sampler, cfg.workers, pin))]
         if self.uses_unlabeled:
-            unlabeled = TrainDataset(b.unlabeled, b.unlabeled_indices, cfg.image_size, cfg.resize_size, cfg.crop_scale_min, "center", True)
+            unlabeled = TrainDataset(b.unlabeled, b.unlabeled_indices, cfg.image_size, cfg.resize_size, cfg.crop_scale_min, crop=False, pair=True)
             sampler = StreamSampler(len(unlabeled), self.batch_u, cfg.seed, UNLABELED_STREAM, dist.rank, dist.world, start_batch=self.step)
             streams.append(iter(make_loader(unlabeled, sampler, cfg.workers, pin)))
         return streams
@@ -283,6 +308,7 @@ class Trainer:
                                                torch.full_like(self.first_nonfinite, self.step))
             # Bad-file counts come from the loader on the CPU: no device sync.
             self.bad_images += int(labeled["bad"].sum()) + (int(unlabeled["bad"].sum()) if unlabeled is not None else 0)
+            self.labeled_seen += len(labeled["label"]) * self.dist.world
             self.step += 1
             window_steps += 1
             bar.update(1)
@@ -308,13 +334,13 @@ class Trainer:
         if bad_step >= 0:
             raise NonFiniteLoss(f"non-finite loss at step {bad_step}; the last good checkpoint is {self.run_dir / 'checkpoint.pt'} "
                                 "(try a lower --lr-head/--lr-trunk or --amp bf16)")
-        seen = self.step * (self.cfg.batch_labeled + (self.cfg.batch_unlabeled if self.uses_unlabeled else 0))
+        seen = self.labeled_seen + (self.step * self.cfg.batch_unlabeled if self.uses_unlabeled else 0)
         if self.bad_images > self.cfg.max_bad_fraction * seen and self.bad_images > 0:
             raise RuntimeError(f"{self.bad_images} unreadable images among {seen} loaded (more than --max-bad-fraction "
                                f"{self.cfg.max_bad_fraction}); check the dataset (the warnings above name the files)")
 
     def images_seen(self) -> dict:
-        return dict(labeled_images=self.step * self.cfg.batch_labeled,
+        return dict(labeled_images=self.labeled_seen,
                     unlabeled_images=self.step * self.cfg.batch_unlabeled if self.uses_unlabeled else 0)
 
     def end_epoch(self, evaluator: Evaluator) -> None:
@@ -325,11 +351,14 @@ class Trainer:
                    train_loss=sums[2].item() / sums[3].item(), lr_trunk=self.optimizer.param_groups[0]["lr"],
                    lr_head=self.optimizer.param_groups[1]["lr"], bad_images=self.bad_images, **self.images_seen())
         last = self.step >= self.schedule.total_steps
-        if (cfg.eval_every and epoch % cfg.eval_every == 0) or last:
-            row.update(self.evaluate(evaluator))
+        full = last or bool(cfg.ch_every and epoch % cfg.ch_every == 0)
+        if full or (cfg.eval_every and epoch % cfg.eval_every == 0):
+            row.update(evaluator.run(self.model, progress=True, full=full))
             self.model.train()
+            # model_best by validation top-1, as the released scripts kept model_best.pth.tar.
             if self.best is None or row["top1"] > self.best["top1"]:
-                self.best = {k: v for k, v in row.items() if isinstance(v, (int, float))}
+                self.best = dict(epoch=epoch, step=self.step, top1=row["top1"], top5=row["top5"])
+                self.save_best()
         self.epoch_sums = torch.zeros(4, dtype=torch.float64)
         if self.dist.is_main:
             self.write_metrics(row)
@@ -337,8 +366,10 @@ class Trainer:
         self.last_row = row
         self.save()
 
-    def evaluate(self, evaluator: Evaluator) -> dict:
-        return evaluator.run(self.model, progress=True)
+    def save_best(self) -> None:
+        if self.dist.is_main:
+            ckpt.save_atomic(dict(model=self.model.state_dict(), config=self.cfg.to_dict(), **self.best), self.run_dir / "model_best.pt")
+        D.barrier()
 
     def write_metrics(self, row: dict) -> None:
         path = self.run_dir / "metrics.csv"
@@ -360,13 +391,32 @@ class Trainer:
                  cfg.batch_labeled, self.batch_l,
                  f"{cfg.batch_unlabeled} global / {self.batch_u} per process" if self.uses_unlabeled else "not used",
                  self.schedule.steps_per_epoch, cfg.epochs, self.schedule.total_steps)
+        if cfg.cgc_weight > 0 and cfg.consistency == "cgc":
+            per_process = self.batch_l if self.pair_on_labeled else self.batch_u
+            log.info("InfoNCE groups of %d images (%d negatives per anchor); BatchNorm over %d process(es)' batches",
+                     self.group_size(per_process), self.group_size(per_process) - 1, self.bn_processes)
+
+    def best_metrics(self, evaluator: Evaluator, final: dict) -> dict:
+        """The full evaluation of the best-top-1 checkpoint (the final one's when they coincide)."""
+        if self.best is None:
+            return {}
+        if self.best["epoch"] == final.get("epoch"):
+            return dict(final)
+        model = build_model(self.cfg.arch, len(self.bundle.classes)).to(self.device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        model.load_state_dict(ckpt.load(self.run_dir / "model_best.pt")["model"])
+        return dict(epoch=self.best["epoch"], step=self.best["step"], **evaluator.run(model, progress=True, full=True))
 
     def finish(self, evaluator: Evaluator) -> dict:
         final = {k: v for k, v in self.last_row.items() if isinstance(v, (int, float))}
+        best = self.best_metrics(evaluator, final)
         result = dict(method=self.cfg.method, labeled_fraction=self.cfg.labeled_fraction, seed=self.cfg.seed, arch=self.cfg.arch,
-                      pretrained=self.cfg.pretrained, steps=self.step, final=final, best=self.best,
+                      pretrained=self.cfg.pretrained, steps=self.step, final=final, best=best,
+                      ce_baseline=self.cfg.ce_mode if self.cfg.cgc_weight == 0 else None,
                       weights_sha256=weights_digest(self.model),
-                      note="'best' picks the epoch by validation top-1: selection on the test set; report 'final'.")
+                      note="'final' is the last epoch; 'best' is the epoch of highest validation top-1 (model_best.pt, as the "
+                           "released scripts kept): a selection on the validation set, reported beside 'final', never instead.")
         if self.dist.is_main:
             if self.cfg.gallery:
                 from semisup.gallery import save_gallery
@@ -409,11 +459,21 @@ def run_training(cfg: Config) -> tuple[dict, Trainer]:
         result = trainer.fit()
         if dist.is_main:
             print()
-            print(format_results([dict(method=f"{cfg.method} ({cfg.labeled_fraction:g} labeled)", **result["final"])]))
+            print(format_results(result_rows(cfg, result)))
+            print("* best: the epoch of highest validation top-1 (model_best.pt), a selection on the validation set")
             print(f"\nrun directory: {run_dir} (metrics.csv, final.json, gallery.png, tensorboard/)")
         return result, trainer
     finally:
         D.cleanup()
+
+
+def result_rows(cfg: Config, result: dict) -> list[dict]:
+    """The final and the best-epoch rows of a run's result table, each labelled."""
+    name = f"{cfg.method} {cfg.labeled_fraction:g}"
+    rows = [dict(method=f"{name} final ep{result['final'].get('epoch', '?')}", **result["final"])]
+    if result.get("best"):
+        rows.append(dict(method=f"{name} best* ep{result['best']['epoch']}", **result["best"]))
+    return rows
 
 
 def dry_run_summary(cfg: Config, bundle: DataBundle, trainer: Trainer) -> dict:
@@ -421,6 +481,9 @@ def dry_run_summary(cfg: Config, bundle: DataBundle, trainer: Trainer) -> dict:
     summary["model"] = cfg.arch
     summary["trunk_tensors_loaded"] = trainer.pretrained_report["loaded"] if trainer.pretrained_report else 0
     summary["steps_per_epoch"] = trainer.schedule.steps_per_epoch
+    if cfg.cgc_weight > 0 and cfg.consistency == "cgc":
+        per_process = trainer.batch_l if trainer.pair_on_labeled else trainer.batch_u
+        summary["negatives_per_anchor"] = trainer.group_size(per_process) - 1
     summary["total_steps"] = trainer.schedule.total_steps
     width = max(len(k) for k in summary)
     print("dry run: nothing was trained")

@@ -26,27 +26,37 @@ def _train_worker(rank, world, port, args, out_dir):
 
 
 def _loss_worker(rank, world, port, out_dir):
+    """Each process holds 4 of 8 rows; the loss with groups of 4 (inside a process) and of 8
+    (spanning both, negatives gathered with gradient), and its gradients."""
     import torch.distributed as dist
     from semisup import cgc
     from semisup import distributed as D
     set_env(rank, world, port)
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    cam, cam_aug, boxes, flips = loss_inputs()
+    cam, cam_aug, boxes, flips, _ = loss_inputs()
     rows = slice(rank * 4, rank * 4 + 4)
-    local_cam = cam[rows].clone().requires_grad_()
-    local_aug = cam_aug[rows].clone().requires_grad_()
-    all_aug, offset = D.gather_with_grad(local_aug)
-    loss = cgc.cgc_loss_global(local_aug, local_cam, boxes[rows], flips[rows], all_aug, offset)
-    loss.backward()
-    torch.save(dict(loss=loss.detach(), cam_grad=local_cam.grad, aug_grad=local_aug.grad), f"{out_dir}/loss{rank}.pt")
+    out = {}
+    for group in (4, 8):
+        local_cam = cam[rows].clone().requires_grad_()
+        local_aug = cam_aug[rows].clone().requires_grad_()
+        if group == 8:
+            all_aug, offset = D.gather_with_grad(local_aug)
+            loss = cgc.cgc_loss(local_aug, local_cam, boxes[rows], flips[rows], group_size=group, all_cam_aug=all_aug, offset=offset)
+        else:
+            loss = cgc.cgc_loss(local_aug, local_cam, boxes[rows], flips[rows], group_size=group)
+        loss.backward()
+        out[group] = dict(loss=loss.detach(), cam_grad=local_cam.grad, aug_grad=local_aug.grad)
+    torch.save(out, f"{out_dir}/loss{rank}.pt")
     dist.destroy_process_group()
 
 
 def loss_inputs():
+    """8 relu'd 7 x 7 heatmaps per view and integer-pixel boxes (224 view), as in training."""
+    from semisup.reference import pixel_boxes_and_flips
     g = torch.Generator().manual_seed(0)
-    cam, cam_aug = torch.rand(8, 4, 4, generator=g), torch.rand(8, 4, 4, generator=g)
-    boxes = torch.tensor([[0.1, 0.2, 0.5, 0.6]] * 8) + 0.05 * torch.rand(8, 4, generator=g)
-    return cam, cam_aug, boxes, torch.rand(8, generator=g) < 0.5
+    cam, cam_aug = (torch.rand(8, 7, 7, generator=g) - 0.2).relu(), (torch.rand(8, 7, 7, generator=g) - 0.2).relu()
+    pixel, boxes, flips = pixel_boxes_and_flips(8, g)
+    return cam, cam_aug, boxes, flips, pixel
 
 
 def spawn(fn, *args, world: int = 2) -> None:

@@ -11,7 +11,7 @@ from semisup import cgc
 from semisup import transforms as T
 from semisup.config import parse_config
 from semisup.data import DataBundle, EvalSet, FileSource
-from semisup.evaluate import Evaluator, content_heatmap
+from semisup.evaluate import Evaluator, content_heatmap, released_swav_cams
 from semisup.knn import knn_classify
 from semisup.models import build_model
 from semisup.report import ablation_table, full_supervision_table, limited_label_table, load_runs
@@ -22,20 +22,54 @@ def test_content_heatmap_known_answers():
     cam = torch.zeros(1, 10, 20)
     cam[0, 2:6, 4:10] = 1.0  # all mass in rows 2-5, columns 4-9
     inside = np.array([[4, 2, 10, 6]])  # (xmin, ymin, xmax, ymax), max exclusive
-    ch, zero = content_heatmap(cam, [inside], (10, 20))
-    assert ch.item() == pytest.approx(1.0) and not zero.any()
-    ch, _ = content_heatmap(cam, [np.array([[4, 2, 7, 6]])], (10, 20))  # left half of the mass
-    assert ch.item() == pytest.approx(0.5)
-    ch, _ = content_heatmap(cam, [np.zeros((0, 4))], (10, 20))  # no box: nothing inside
-    assert ch.item() == 0
+    ch, strict, zero = content_heatmap(cam, [inside], (10, 20))
+    # 1e-8 per cell outside the box (176 cells here) is what the published protocol adds.
+    assert ch.item() == pytest.approx(1.0, abs=2e-6) and strict.item() == ch.item() and not zero.any()
+    ch, _, _ = content_heatmap(cam, [np.array([[4, 2, 7, 6]])], (10, 20))  # left half of the mass
+    assert ch.item() == pytest.approx(0.5, abs=2e-6)
+    ch, _, _ = content_heatmap(cam, [np.zeros((0, 4))], (10, 20))  # no box: nothing inside
+    assert ch.item() == pytest.approx(0, abs=1e-6)
     # Overlapping boxes count their union once; a box beyond the border is clipped.
-    ch, _ = content_heatmap(cam, [np.array([[4, 2, 10, 6], [5, 3, 30, 40]])], (10, 20))
-    assert ch.item() == pytest.approx(1.0)
+    ch, _, _ = content_heatmap(cam, [np.array([[4, 2, 10, 6], [5, 3, 30, 40]])], (10, 20))
+    assert ch.item() == pytest.approx(1.0, abs=2e-6)
     # Uniform heatmap at feature resolution, image 40 x 60: CH = box area share.
-    ch, _ = content_heatmap(torch.ones(1, 4, 6), [np.array([[0, 0, 30, 40]])], (40, 60))
+    ch, _, _ = content_heatmap(torch.ones(1, 4, 6), [np.array([[0, 0, 30, 40]])], (40, 60))
     assert ch.item() == pytest.approx(0.5)
-    ch, zero = content_heatmap(torch.zeros(1, 4, 6), [inside], (10, 20))
-    assert zero.all() and ch.item() == 0
+
+
+def test_all_zero_heatmap_scores_the_box_area_under_the_published_protocol():
+    # The released scripts add 1e-8 after normalising: an all-zero map becomes uniform, its
+    # spatial sum is positive, the "zero" branch never fires and CH is the boxes' area share.
+    box = np.array([[10, 5, 40, 25]])  # 30 x 20 of a 60 x 40 image: 25 %
+    ch, strict, zero = content_heatmap(torch.zeros(2, 4, 6), [box, np.array([[0, 0, 60, 20]])], (40, 60))
+    assert zero.all()
+    assert ch.tolist() == pytest.approx([0.25, 0.5])
+    assert strict.tolist() == [0.0, 0.0]
+
+
+def test_released_swav_protocol_explains_a_feature_channel_not_the_class():
+    torch.manual_seed(0)
+    model = build_model("resnet_tiny", 3).eval()
+    image = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        logits, features = model(image)
+    box = np.array([[8, 8, 40, 48]])
+    label = 2
+    # By hand: channel `label` of layer4 (relu'd, already non-negative), normalised with 1e-8 as
+    # the released script does, bilinearly resized to the image, its mass inside the box.
+    channel = features[0, label].clamp_min(0)
+    hand_map = channel / (channel.sum() + 1e-8) + 1e-8
+    up = F.interpolate(hand_map[None, None], size=(64, 64), mode="bilinear", align_corners=False)[0, 0].double()
+    mask = torch.zeros(64, 64, dtype=torch.bool)
+    mask[8:48, 8:40] = True
+    hand = (up * mask).sum() / up.sum()
+    cams = released_swav_cams(features, torch.tensor([label]))
+    ours = content_heatmap(cams, [box], (64, 64))[0]
+    assert ours.item() == pytest.approx(hand.item(), rel=1e-9)
+    # It is not the Grad-CAM of the class (the released 1 % CH script's model has no head).
+    gradcam = content_heatmap(model.cam(logits, features, torch.tensor([label])), [box], (64, 64))[0]
+    assert abs(gradcam.item() - ours.item()) > 1e-3
+    assert released_swav_cams(features, torch.tensor([features.shape[1]])) is None  # no such channel
 
 
 def mixed_size_eval(tmp_path, n=10):
@@ -60,19 +94,18 @@ def test_batched_content_heatmap_equals_one_image_at_a_time(tmp_path):
     model = build_model("resnet_tiny", 3).eval()
     batched = Evaluator(cfg, bundle, torch.device("cpu"), batch_size=4).content_heatmap(model, progress=False)
     # Reference: each image alone, standard Grad-CAM by autograd (spatially pooled gradients).
-    values, zeros = [], 0
+    values, stricts, zeros = [], [], 0
     for i in range(len(bundle.val.source)):
         image = T.TF.resize(bundle.val.source.load(i), [64], antialias=True).unsqueeze(0)
         logits, features = model(T.normalize(image))
         cam = cgc.gradcam_pooled(logits, features, torch.tensor([bundle.val.source.labels[i]]))
-        ch, zero = content_heatmap(cam, [bundle.val.boxes[i]], bundle.val.sizes[i])
+        ch, strict, zero = content_heatmap(cam, [bundle.val.boxes[i]], bundle.val.sizes[i])
         zeros += int(zero)
-        if not zero:
-            values.append(ch.item())
+        values.append(ch.item()), stricts.append(strict.item())
     assert batched["ch_images"] == 10 and batched["ch_zero"] == zeros
     # Equal to 1e-6 as a fraction (1e-4 in percent): float32 closed form vs autograd.
     assert batched["ch"] == pytest.approx(100 * np.mean(values), abs=1e-4)
-    assert batched["ch_strict"] == pytest.approx(100 * np.sum(values) / 10, abs=1e-4)
+    assert batched["ch_strict"] == pytest.approx(100 * np.mean(stricts), abs=1e-4)
 
 
 def test_full_evaluation_runs_and_counts(tmp_path):

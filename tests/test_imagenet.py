@@ -75,20 +75,20 @@ def test_bad_and_odd_files_are_handled(tree):
         image = source.load(next(i for i, p in enumerate(paths) if p.endswith(odd)))
         assert image.shape[0] == 3 and image.dtype == torch.uint8
     truncated = paths.index(str(info["truncated"]))
-    dataset = TrainDataset(source, np.arange(len(paths)), 64, 72, 0.08, "center", pair=True)
+    dataset = TrainDataset(source, np.arange(len(paths)), 64, 72, 0.08, crop=False, pair=True)
     item = dataset[(truncated, 0)]
     assert item["bad"] == 1  # skipped, counted, replaced by the next readable image
-    assert item["image"].shape == (3, 64, 64) and item["aug"].shape == (3, 64, 64)
+    assert item["view"].shape == (3, 64, 64) and item["aug"].shape == (3, 64, 64)
 
 
 def test_pair_box_and_flip_reproduce_the_augmented_view(tree):
     root, _ = tree
     classes, paths, labels, _ = scan_class_folders(root / "train")
-    dataset = TrainDataset(FileSource(paths, labels), np.arange(1, len(paths)), 64, 72, 0.08, "center", pair=True)
+    dataset = TrainDataset(FileSource(paths, labels), np.arange(1, len(paths)), 64, 72, 0.08, crop=False, pair=True)
     flips = set()
     for seed in range(12):
         item = dataset[(seed % len(dataset), seed)]
-        view = item["image"].float()
+        view = item["view"].float()
         # transform_cam on each channel of the view, as if the view's pixels were a heatmap.
         warped = cgc.transform_cam(view, item["box"].expand(3, 4), item["flip"].expand(3), 64)
         diff = (warped - item["aug"].float()).abs()
@@ -107,7 +107,7 @@ def test_voc_boxes_are_zero_based_and_scale_with_the_image(tree):
     scaled = scale_boxes(boxes.of_class(wnid), (h, w), (2 * h, 2 * w))
     assert box_mask(scaled, 2 * h, 2 * w).sum() == 4 * (x1 - x0 + 1) * (y1 - y0 + 1)
     # A uniform heatmap computed at any resolution has CH = the box's share of the image.
-    ch, zero = content_heatmap(torch.ones(1, 3, 5), [boxes.of_class(wnid)], (h, w))
+    ch, _, zero = content_heatmap(torch.ones(1, 3, 5), [boxes.of_class(wnid)], (h, w))
     assert not zero.any()
     assert ch.item() == pytest.approx((x1 - x0 + 1) * (y1 - y0 + 1) / (h * w))
 
@@ -145,4 +145,4 @@ def test_dry_run_summary_and_a_short_run_on_the_folder(tree, tmp_path, capsys):
         main(folder_args(root, tmp_path, *run))
     assert main(folder_args(root, tmp_path, *run, "--max-bad-fraction", "0.1")) == 0
     out = capsys.readouterr().out
-    assert "cgc (0.5 labeled)" in out
+    assert "cgc 0.5 final ep2" in out and "cgc 0.5 best* ep" in out

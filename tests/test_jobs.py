@@ -92,7 +92,7 @@ def test_preempted_local_job_requeues_and_ends_like_an_uninterrupted_run(tmp_pat
     assert len(tasks) == 1
     os.kill(tasks[0], signal.SIGUSR2)  # what Slurm sends --signal-delay-s before preempting
     result = job.result()
-    assert result["steps"] == 18
+    assert result["steps"] == 20  # 2 epochs of ceil(290 / 32)
     log = (tmp_path / "runs" / "preempted" / "train.log").read_text()
     assert "resumed from" in log  # the requeued job continued from the checkpoint
     a = pd.read_csv(tmp_path / "runs" / "straight" / "metrics.csv").drop(columns="eval_seconds")

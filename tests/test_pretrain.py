@@ -40,7 +40,7 @@ def test_the_two_views_are_different_augmentations_of_the_same_images():
     images = np.zeros((n, size, size, 3), dtype=np.uint8)
     images[..., 0] = np.arange(n).reshape(n, 1, 1) * 5
     images[..., 1] = np.linspace(0, 255, size).astype(np.uint8).reshape(1, 1, size)
-    dataset = TrainDataset(ArraySource(images, np.zeros(n)), np.arange(n), size, size, 0.25, "random", False)
+    dataset = TrainDataset(ArraySource(images, np.zeros(n)), np.arange(n), size, size, 0.25, crop=True, pair=False)
     indices, view_a, view_b = next(paired_views(dataset, StreamSampler(n, 16, seed=0, stream=10)))
     assert torch.equal(view_a[:, 0, 0, 0], indices.to(torch.uint8) * 5) and torch.equal(view_b[:, 0, 0, 0], view_a[:, 0, 0, 0])
     assert (view_a[:, 1] != view_b[:, 1]).flatten(1).any(1).float().mean() > 0.8  # different crops / flips

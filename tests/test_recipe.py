@@ -27,7 +27,7 @@ def run_cmd(args):
 
 
 def test_run_killed_mid_epoch_resumes_to_the_same_result(tmp_path, demo_cache):
-    # 290 labeled images at 32 a step: 9 steps an epoch, 18 in all.
+    # 290 labeled images at 32 a step: 10 steps an epoch (the last of 2 images), 20 in all.
     args = SHORT + ["--demo-cache", demo_cache, "--checkpoint-every", "3", "--labeled-fraction", "0.02"]
     cmd, env = run_cmd(args + ["--run-dir", str(tmp_path / "straight")])
     subprocess.run(cmd, env=env, check=True, capture_output=True)
@@ -38,12 +38,12 @@ def test_run_killed_mid_epoch_resumes_to_the_same_result(tmp_path, demo_cache):
     proc.send_signal(signal.SIGKILL)  # no chance to clean up, as with a node failure
     proc.wait()
     step = checkpoint_step(tmp_path / "killed" / "checkpoint.pt")
-    assert 0 < step < 18 and not (tmp_path / "killed" / "final.json").exists(), step
+    assert 0 < step < 20 and not (tmp_path / "killed" / "final.json").exists(), step
     subprocess.run(cmd, env=env, check=True, capture_output=True)  # the same command resumes
 
     straight = pd.read_csv(tmp_path / "straight" / "metrics.csv").drop(columns="eval_seconds")
     resumed = pd.read_csv(tmp_path / "killed" / "metrics.csv").drop(columns="eval_seconds")
-    assert list(resumed["step"]) == [9, 18]
+    assert list(resumed["step"]) == [10, 20]
     pd.testing.assert_frame_equal(straight, resumed)
     assert "resumed from" in (tmp_path / "killed" / "train.log").read_text()
 
@@ -86,3 +86,56 @@ def test_cub_bounding_boxes(tmp_path):
     (tmp_path / "bounding_boxes.txt").write_text("1 60.0 27.0\n")
     with pytest.raises(ValueError, match="bounding_boxes.txt:1"):
         load_boxes(tmp_path / "bounding_boxes.txt")
+
+
+def test_full_supervision_sums_three_cross_entropies_and_explains_the_predicted_class(tmp_path, demo_cache):
+    import torch.nn.functional as F
+    from semisup.train import run_training
+    args = ["--labeled-fraction", "1.0", "--batch-labeled", "16", "--demo-cache", demo_cache, "--dry-run", "--lambda", "0.5"]
+    _, trainer = run_training(parse_config(args))
+    (labeled,) = (next(stream) for stream in trainer.loaders())
+    assert {"image", "view", "aug", "box", "flip"} <= set(labeled)
+    model, labels = trainer.model.train(), labeled["label"]
+    with torch.no_grad():  # train-mode forwards: BatchNorm uses batch statistics, as in the step
+        outputs = {key: model(trainer._images(labeled, key))[0] for key in ("image", "view", "aug")}
+    expected_ce = sum(F.cross_entropy(outputs[key], labels) for key in outputs)
+    explained = []
+    cam = model.cam
+    model.cam = lambda logits, features, classes: explained.append(classes) or cam(logits, features, classes)
+    losses = trainer.training_step(labeled, None)
+    assert float(losses["ce"]) == pytest.approx(float(expected_ce), rel=1e-4)
+    # The pair is the centre view and its augmentation, explained for the predicted class.
+    assert len(explained) == 2 and torch.equal(explained[0], outputs["view"].argmax(1)) and torch.equal(explained[1], explained[0])
+    assert float(losses["consistency"]) > 0
+
+
+def test_epochs_end_with_a_partial_batch_as_the_released_loader():
+    from semisup.data import EpochSampler
+    assert EpochSampler(12811, 128, seed=0, stream=0).batches_per_epoch == 101  # the released 1 % run
+    assert EpochSampler(12811, 16, seed=0, stream=0, rank=3, world=8).batches_per_epoch == 101  # 8 GPUs
+    sampler = iter(EpochSampler(50, 16, seed=0, stream=0))
+    epoch = [next(sampler) for _ in range(4)]
+    assert [len(b) for b in epoch] == [16, 16, 16, 2]
+    assert sorted(i for b in epoch for i, _ in b) == list(range(50))  # every image once per epoch
+    assert sorted(i for b in [next(sampler) for _ in range(4)] for i, _ in b) == list(range(50))
+    # Resuming mid-epoch continues with the same batches.
+    resumed = iter(EpochSampler(50, 16, seed=0, stream=0, start_batch=2))
+    assert next(resumed) == epoch[2]
+
+
+def test_recipes_and_the_gcc_lambda():
+    cfg = parse_config(["--data", "/imagenet", "--recipe", "full-supervision"])
+    assert (cfg.labeled_fraction, cfg.lr_trunk, cfg.lr_head, cfg.weight_decay, cfg.lr_milestones, cfg.lr_gamma, cfg.epochs,
+            cfg.batch_labeled, cfg.cgc_weight, cfg.temperature, cfg.recipe) == (1.0, 0.1, 0.1, 1e-4, (30, 60), 0.1, 90, 256, 0.5, 0.5,
+                                                                                "full-supervision")
+    assert parse_config(["--data", "/imagenet", "--recipe", "full-supervision", "--lambda", "0"]).ce_mode == "plain"
+    assert parse_config(["--data", "/imagenet", "--lambda", "0"]).ce_mode == "lambda0-script"
+    assert parse_config(["--data", "/imagenet", "--recipe", "full-supervision-gcc"]).cgc_weight == 1000
+    # --consistency l2 alone takes the released GCC script's lambda; an explicit one wins.
+    assert parse_config(["--consistency", "l2"]).cgc_weight == 1000
+    assert parse_config(["--consistency", "l2", "--lambda", "3"]).cgc_weight == 3
+    cub = parse_config(["--data", "/cub", "--recipe", "cub"])
+    assert (cub.num_classes, cub.val_dir, cub.weight_decay) == (200, "test", 1e-4)
+    # The default recipe is the released 1 % run: 63 negatives per anchor, MultiStepLR [12, 16] x0.2.
+    default = parse_config(["--data", "/imagenet"])
+    assert (default.group_size, default.cgc_negatives, default.eval_every, default.lr_milestones) == (64, "aug", 1, (12, 16))

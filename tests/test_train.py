@@ -35,13 +35,22 @@ def test_short_cgc_demo_run_beats_chance_and_writes_metrics(tmp_path, demo_cache
     assert main(QUICK + ["--demo-cache", demo_cache, "--run-dir", str(run_dir)]) == 2
 
 
-def test_lambda_zero_is_plain_cross_entropy(tmp_path, demo_cache):
+def test_lambda_zero_baselines(tmp_path, demo_cache):
     args = ["--epochs", "1", "--batch-labeled", "32", "--max-eval-images", "64", "--gallery", "0", "--labeled-fraction", "0.05",
-            "--lambda", "0", "--demo-cache", demo_cache, "--run-dir", str(tmp_path / "ce")]
-    result = train(parse_config(args))
-    assert result["method"] == "ce"
-    assert result["final"]["train_consistency"] == 0
-    assert result["final"]["unlabeled_images"] == 0  # the unlabeled stream is not even loaded
+            "--lambda", "0", "--demo-cache", demo_cache, "--max-steps", "4"]
+    plain, plain_trainer = run_training(parse_config(args + ["--ce-baseline", "plain", "--run-dir", str(tmp_path / "plain")]))
+    assert plain["method"] == "ce" and plain["ce_baseline"] == "plain"
+    assert plain["final"]["train_consistency"] == 0
+    assert plain["final"]["unlabeled_images"] == 0  # the unlabeled stream is not even loaded
+    # The CGC script at lambda 0 (the default for limited labels): same gradients, but the
+    # unlabeled pair passes through BatchNorm in train mode and moves its running statistics.
+    script, script_trainer = run_training(parse_config(args + ["--run-dir", str(tmp_path / "script")]))
+    assert script["ce_baseline"] == "lambda0-script" and script["final"]["unlabeled_images"] == 4 * 64
+    assert script["final"]["train_consistency"] == 0
+    bn_plain, bn_script = plain_trainer.model.bn1.running_mean, script_trainer.model.bn1.running_mean
+    assert not torch.allclose(bn_plain, bn_script)
+    assert plain_trainer.model.bn1.num_batches_tracked == 4 and script_trainer.model.bn1.num_batches_tracked == 12
+    assert torch.equal(plain_trainer.model.conv1.weight, script_trainer.model.conv1.weight)  # lambda 0: no gradient from the pair
 
 
 def test_evaluate_cli_reproduces_the_run_metrics_and_draws_the_gallery(tmp_path, demo_cache):
