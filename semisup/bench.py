@@ -5,6 +5,8 @@ one process so their ratio holds on a noisy machine.
     python -m semisup.bench loss   [--batch 128]
     python -m semisup.bench loader [--images 64]
     python -m semisup.bench eval   [--images 24]
+    python -m semisup.bench gpu    [--out gpu.json]      # on a GPU node: everything in one command
+    python -m semisup.bench plan   [--gpus 1 --cores 16 --gpu h100 --decode cpu]
 
 Numbers depend on the machine: report them with the command and the machine.
 """
@@ -158,39 +160,57 @@ def bench_loss(args):
 
 
 # ---- loader -------------------------------------------------------------------------------
-def make_jpegs(folder: Path, count: int, seed: int = 0) -> list[str]:
-    """ImageNet-like JPEGs (about 500 x 375, both orientations, smooth content plus noise)."""
+# ImageNet's training JPEGs: about 500 x 375 (both orientations), quality ~90, ~110 KB, a few
+# large ones. Photographic content from the two photographs scikit-learn ships, cropped,
+# resized and given sensor-like noise, so file sizes and decode work match real photos.
+PHOTO_SHAPES = [(500, 375), (375, 500), (500, 333), (500, 375), (500, 400), (333, 500), (500, 375), (1600, 1200)]
+
+
+def make_jpegs(folder: Path, count: int, seed: int = 0, noise: float = 7.0) -> list[str]:
+    """ImageNet-like photographic JPEGs (quality 90); one in eight is a large 1600 x 1200."""
     from PIL import Image
+    from sklearn.datasets import load_sample_images
+    photos = [np.asarray(p) for p in load_sample_images().images]
     rng = np.random.default_rng(seed)
     paths = []
     for i in range(count):
-        w, h = [(500, 375), (375, 500), (500, 333), (480, 360)][i % 4]
-        base = rng.integers(0, 255, size=(h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8)
-        image = Image.fromarray(base).resize((w, h), Image.BICUBIC)
-        noise = rng.integers(-12, 12, size=(h, w, 3))
-        image = Image.fromarray(np.clip(np.asarray(image, dtype=np.int16) + noise, 0, 255).astype(np.uint8))
+        w, h = PHOTO_SHAPES[i % len(PHOTO_SHAPES)]
+        photo = photos[i % len(photos)]
+        ph, pw = photo.shape[:2]
+        crop_w = int(rng.integers(pw // 2, pw + 1))
+        crop_h = min(ph, int(crop_w * h / w))
+        crop_w = int(crop_h * w / h)
+        top, left = int(rng.integers(0, ph - crop_h + 1)), int(rng.integers(0, pw - crop_w + 1))
+        image = Image.fromarray(photo[top:top + crop_h, left:left + crop_w]).resize((w, h), Image.BICUBIC)
+        noisy = np.asarray(image, dtype=np.float32) + rng.normal(0, noise, size=(h, w, 3))
         path = folder / f"img{i:05d}.JPEG"
-        image.save(path, quality=90)
+        Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(path, quality=90)
         paths.append(str(path))
     return paths
 
 
-def reference_three_tensors(paths):
-    """The reference pipeline: PIL decode, then view, augmented view and a third (unused)
-    augmented copy, each ToTensor + Normalize in the worker."""
+def plain_torchvision_samplers(paths):
+    """The plain pipeline (torchvision ImageFolder style: PIL decode, transforms on PIL images,
+    ToTensor + Normalize in the worker) producing the same tensors as our two streams:
+    unlabeled: the view (Resize 256 + CenterCrop 224) and its RandomResizedCrop + flip;
+    labeled: RandomResizedCrop 224 + flip."""
     import torchvision.transforms as TV
     from PIL import Image
-    normalize = TV.Normalize(T.IMAGENET_MEAN, T.IMAGENET_STD)
+    to_tensor = TV.Compose([TV.ToTensor(), TV.Normalize(T.IMAGENET_MEAN, T.IMAGENET_STD)])
     view_tf = TV.Compose([TV.Resize(256), TV.CenterCrop(224)])
-    aug_tf = TV.Compose([TV.RandomResizedCrop(224), TV.RandomHorizontalFlip()])
-    to_tensor = TV.Compose([TV.ToTensor(), normalize])
+    crop_tf = TV.Compose([TV.RandomResizedCrop(224), TV.RandomHorizontalFlip()])
 
-    def sample(path):
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-        view = view_tf(img)
-        return to_tensor(view), to_tensor(aug_tf(view)), to_tensor(aug_tf(img))
-    return sample
+    def load(path):
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+
+    def unlabeled(path):
+        view = view_tf(load(path))
+        return to_tensor(view), to_tensor(crop_tf(view))
+
+    def labeled(path):
+        return to_tensor(crop_tf(load(path)))
+    return unlabeled, labeled
 
 
 def bench_loader(args):
@@ -203,24 +223,177 @@ def bench_loader(args):
 
 
 def _bench_loader(args):
-    from semisup.data import FileSource, TrainDataset
+    """Images/s of one single-threaded worker, ours vs plain torchvision, per stream; and the
+    validation loaders' rates (top-1 view, CH at 448) that the planner needs."""
+    from semisup.data import EvalDataset, FileSource, TrainDataset
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_jpegs(Path(tmp), args.images)
-        dataset = TrainDataset(FileSource(paths, [0] * len(paths)), np.arange(len(paths)), 224, 256, 0.08, crop=False, pair=True)
-        reference = reference_three_tensors(paths)
+        kb = statistics.mean(Path(p).stat().st_size for p in paths) / 1024
+        source = FileSource(paths, [0] * len(paths))
+        streams = dict(unlabeled=TrainDataset(source, np.arange(len(paths)), 224, 256, 0.08, crop=False, pair=True),
+                       labeled=TrainDataset(source, np.arange(len(paths)), 224, 256, 0.08, crop=True, pair=False))
+        plain = dict(zip(("unlabeled", "labeled"), plain_torchvision_samplers(paths)))
+        rows = {}
+        for name, dataset in streams.items():
+            def ours():
+                for i in range(len(paths)):
+                    dataset[(i, i)]
 
-        def ours():
-            for i in range(len(paths)):
-                dataset[(i, i)]
+            def reference():
+                for path in paths:
+                    plain[name](path)
+            t_ours, t_ref = alternate(ours, reference, args.repeats)
+            rows[name] = (len(paths) / statistics.median(t_ours), len(paths) / statistics.median(t_ref))
+        evals = dict(val=EvalDataset(source, 256, 224), ch_val=EvalDataset(source, 448, None))
+        for name, dataset in evals.items():
+            def load_all():
+                for i in range(len(paths)):
+                    dataset[i]
+            rows[name] = (len(paths) / statistics.median(alternate(load_all, lambda: None, args.repeats)[0]), None)
+    return emit(bench="loader", images=len(paths), mean_kb=round(kb, 1), processes=1, threads=1,
+                val_per_s=rows["val"][0], ch_val_per_s=rows["ch_val"][0],
+                unlabeled_per_s=rows["unlabeled"][0], unlabeled_plain_per_s=rows["unlabeled"][1],
+                unlabeled_ours_over_plain=rows["unlabeled"][0] / rows["unlabeled"][1],
+                labeled_per_s=rows["labeled"][0], labeled_plain_per_s=rows["labeled"][1],
+                labeled_ours_over_plain=rows["labeled"][0] / rows["labeled"][1])
 
-        def plain():
-            for p in paths:
-                reference(p)
 
-        t_ours, t_ref = alternate(ours, plain, args.repeats)
-    n = len(paths)
-    return emit(bench="loader", images=n, ours_per_s=n / statistics.median(t_ours), reference_per_s=n / statistics.median(t_ref),
-                ours_over_reference=statistics.median(t_ref) / statistics.median(t_ours), processes=1, threads=1)
+# ---- gpu ----------------------------------------------------------------------------------
+def bench_gpu(args):
+    """Everything a GPU node must show, in one command (about 5 minutes on one H100):
+    1 %-recipe ResNet-50 step images/s in fp32 eager, bf16 + channels_last, and with
+    torch.compile; CGC step / floor in time and peak memory; nvJPEG vs CPU decode; evaluation
+    throughput; and the planner's estimate of the 1 % row on this node, from these numbers."""
+    from types import SimpleNamespace
+
+    from semisup import plan
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    results = dict(device=machine(), arch=args.arch, batch_per_stream=args.batch, image_size=args.image_size)
+
+    def setup(amp: str, channels_last: bool):
+        ns = SimpleNamespace(arch=args.arch, batch=args.batch, image_size=args.image_size, device=args.device, amp=amp,
+                             channels_last=channels_last)
+        return _step_setup(ns)
+
+    def rate(fn) -> float:
+        for _ in range(2):
+            fn()
+        sync()
+        times = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - start)
+        return 3 * args.batch / statistics.median(times)
+
+    variants = [("fp32_eager", "off", False, False), ("bf16_channels_last", "bf16", True, False)]
+    if args.compile:
+        variants.append(("bf16_channels_last_compile", "bf16", True, True))
+    for name, amp, channels_last, compiled in variants:
+        trainer = labeled = unlabeled = None
+        try:
+            trainer, labeled, unlabeled = setup(amp, channels_last)
+            if compiled:
+                trainer.ddp = torch.compile(trainer.model)
+            started = time.perf_counter()
+            results[f"step_images_per_s_{name}"] = rate(lambda: trainer.training_step(labeled, unlabeled))
+            results[f"seconds_{name}"] = round(time.perf_counter() - started, 1)
+        except Exception as err:  # a failing variant (e.g. compile) must not lose the others' numbers
+            results[f"step_images_per_s_{name}"] = None
+            results[f"error_{name}"] = f"{type(err).__name__}: {err}"[:300]
+        finally:
+            del trainer, labeled, unlabeled
+            if cuda:
+                torch.cuda.empty_cache()
+        emit(bench="gpu-progress", variant=name, images_per_s=results[f"step_images_per_s_{name}"])
+    results["bf16_cl_over_fp32"] = _ratio(results.get("step_images_per_s_bf16_channels_last"), results.get("step_images_per_s_fp32_eager"))
+
+    # CGC step vs its floor (same forwards + backward, no explanation work), time and memory.
+    trainer, labeled, unlabeled = setup("bf16" if cuda else "off", cuda)
+    step = lambda: trainer.training_step(labeled, unlabeled)
+    floor = lambda: floor_step(trainer, labeled, unlabeled)
+    t_step, t_floor = alternate(step, floor, args.repeats, sync)
+    results["step_over_floor"] = statistics.median(t_step) / statistics.median(t_floor)
+    if cuda:
+        peaks = []
+        for fn in (step, floor):
+            torch.cuda.reset_peak_memory_stats()
+            fn()
+            torch.cuda.synchronize()
+            peaks.append(torch.cuda.max_memory_allocated() / 2**20)
+        results.update(peak_mb_step=peaks[0], peak_mb_floor=peaks[1], memory_over_floor=peaks[0] / peaks[1])
+
+    # Evaluation throughput: top-1 forwards at 224 (bf16, inference mode), CH at 448.
+    model = trainer.model.eval()
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+        x = T.normalize(labeled["image"], channels_last=cuda)
+        results["infer_images_per_s"] = rate(lambda: model(x)) / 3
+        big = T.normalize(F.interpolate(labeled["image"][: max(1, args.batch // 4)].float(), size=(args.image_size * 2, args.image_size * 8 // 3)).to(torch.uint8),
+                          channels_last=cuda)
+        ch_fn = lambda: model.cam(*model(big), torch.zeros(big.shape[0], dtype=torch.long, device=device))
+        results["ch_images_per_s"] = rate(ch_fn) / 3 * big.shape[0] / args.batch
+    trainer = labeled = unlabeled = model = None
+
+    # JPEG decode: nvJPEG on this GPU vs one CPU core (libjpeg-turbo via torchvision, and PIL).
+    from semisup.gpu_decode import decode_rate
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = make_jpegs(Path(tmp), args.images)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            results["cpu_decode_per_core_per_s"] = decode_rate(paths, torch.device("cpu"), batch=16, repeats=2)
+        finally:
+            torch.set_num_threads(threads)
+        if cuda:
+            results["nvjpeg_per_s"] = decode_rate(paths, device, batch=min(128, len(paths)), repeats=3)
+            results["nvjpeg_over_cpu_core"] = results["nvjpeg_per_s"] / results["cpu_decode_per_core_per_s"]
+    loader = _bench_loader(SimpleNamespace(images=args.images, repeats=2))
+
+    # The planner's estimate of the 1 % row on this node, from the numbers just measured.
+    best_step = max(v for k, v in results.items() if k.startswith("step_images_per_s_") and v)
+    rates = plan.Rates(step_images_per_s=best_step, infer_images_per_s=results["infer_images_per_s"],
+                       ch_images_per_s=results["ch_images_per_s"], labeled_per_s=loader["labeled_per_s"],
+                       unlabeled_per_s=loader["unlabeled_per_s"], val_per_s=loader["val_per_s"], ch_val_per_s=loader["ch_val_per_s"],
+                       nvjpeg_images_per_s=results.get("nvjpeg_per_s"))
+    cores = os.cpu_count() or 1
+    for decode in ("cpu", "gpu") if cuda else ("cpu",):
+        estimate = plan.plan(plan.RunShape(), rates, gpus=1, cores=cores, decode=decode)
+        print(plan.format_plan(estimate), flush=True)
+        results[f"plan_1pct_hours_decode_{decode}"] = estimate["total_h"]
+        results[f"plan_1pct_bound_decode_{decode}"] = estimate["bounded_by"]
+    results["rates"] = {k: v for k, v in vars(rates).items()}
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2))
+    return emit(bench="gpu", **results)
+
+
+def _ratio(a, b):
+    return a / b if a and b else None
+
+
+# ---- plan ---------------------------------------------------------------------------------
+def bench_plan(args):
+    """Predicted wall time of a run on a described node, from measured rates (``--rates``: a
+    JSON written by ``bench gpu --out``, else the README's measured H100 numbers)."""
+    from semisup import plan
+    from semisup.config import make_config
+    if args.rates:
+        rates = plan.Rates(**json.loads(Path(args.rates).read_text())["rates"])
+    else:
+        rates = plan.measured_rates(args.gpu)
+    shape = plan.RunShape()
+    if args.config:
+        from semisup.config import load_yaml
+        cfg = make_config(dict(load_yaml(args.config), data="plan"))
+        shape = plan.RunShape(batch_labeled=cfg.batch_labeled, batch_unlabeled=cfg.batch_unlabeled, epochs=cfg.epochs,
+                              eval_every=cfg.eval_every, uses_unlabeled=not cfg.full_supervision and cfg.forwards_pairs,
+                              labeled=args.labeled or plan.RunShape.labeled)
+    result = plan.plan(shape, rates, gpus=args.gpus, cores=args.cores, decode=args.decode)
+    print(plan.format_plan(result))
+    return emit(bench="plan", **{k: v for k, v in result.items() if k != "parts"}, parts=result["parts"])
 
 
 # ---- eval ---------------------------------------------------------------------------------
@@ -264,7 +437,7 @@ def bench_eval(args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["step", "loss", "loader", "eval"])
+    parser.add_argument("what", choices=["step", "loss", "loader", "eval", "gpu", "plan"])
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--batch", type=int, help="per stream (step), heatmaps (loss), images per batch (eval)")
     parser.add_argument("--image-size", type=int, default=224)
@@ -276,12 +449,25 @@ def main(argv=None):
     parser.add_argument("--short-side", type=int, default=448)
     parser.add_argument("--group", type=int, default=64, help="loss: InfoNCE group size (the released 64)")
     parser.add_argument("--variant", choices=["cgc", "floor"], help=argparse.SUPPRESS)
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=torch.cuda.is_available(),
+                        help="gpu: also time the step under torch.compile (default on a GPU)")
+    parser.add_argument("--out", help="gpu: also write the results (and the planner's rates) to this JSON file")
+    parser.add_argument("--gpus", type=int, default=1, help="plan: GPUs of the node")
+    parser.add_argument("--gpu", default="h100", help="plan: GPU kind whose measured rates to use (see semisup/plan.py)")
+    parser.add_argument("--cores", type=int, default=16, help="plan: CPU cores of the node")
+    parser.add_argument("--decode", choices=["cpu", "gpu"], default="cpu", help="plan: where JPEGs are decoded")
+    parser.add_argument("--rates", help="plan: JSON written by `bench gpu --out` (rates measured on the target node)")
+    parser.add_argument("--config", help="plan: a run's YAML settings (default: the released 1 %% run)")
+    parser.add_argument("--labeled", type=int, help="plan: labeled images (default 12,811)")
     args = parser.parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
     args.passthrough = [a for a in argv[1:]]
-    defaults = dict(step=16, loss=128, loader=None, eval=16)
+    defaults = dict(step=16, loss=128, loader=None, eval=16, gpu=128, plan=None)
     args.batch = args.batch or defaults[args.what]
-    return dict(step=bench_step, loss=bench_loss, loader=bench_loader, eval=bench_eval)[args.what](args)
+    if args.what == "gpu" and "--arch" not in argv:
+        args.arch = "resnet50"
+    benches = dict(step=bench_step, loss=bench_loss, loader=bench_loader, eval=bench_eval, gpu=bench_gpu, plan=bench_plan)
+    return benches[args.what](args)
 
 
 if __name__ == "__main__":

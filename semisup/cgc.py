@@ -90,16 +90,18 @@ def linear_head_cam(features: torch.Tensor, weight: torch.Tensor, classes: torch
 MASK_EPS = 1e-8
 
 
-def _axis_resample(n_in: int, out_size: int, start: torch.Tensor, length: torch.Tensor, flips: torch.Tensor | None) -> torch.Tensor:
-    """[B, out_size, n_in] weights of a crop + bilinear resize (+ mirror) along one axis.
+def _axis_resample(base: torch.Tensor, out_size: int, start: torch.Tensor, length: torch.Tensor, flips: torch.Tensor | None) -> torch.Tensor:
+    """[B, out_size, m]: the rows of ``base`` [n_in, m] resampled by a crop + bilinear resize
+    (+ mirror) along an axis of n_in pixels. With ``base`` the identity these are the resampling
+    weights; with an upsampling matrix, the crop composed with the upsampling.
 
     The crop covers ``[start, start + length)`` (fractions of the axis); resizing follows
     ``F.interpolate(crop, out_size, mode='bilinear', align_corners=False)`` exactly: sample
     positions are clamped to the crop's own first and last pixel, as interpolating the cut-out
     crop does. With integer-pixel crops this equals slicing then interpolating (tested).
     """
-    device = start.device
-    k = torch.arange(out_size, device=device, dtype=torch.float32) + 0.5  # [out]
+    n_in = base.shape[0]
+    k = torch.arange(out_size, device=base.device, dtype=torch.float32) + 0.5  # [out]
     if flips is not None:  # mirror after resizing: output k reads position out_size - 1 - k
         k = torch.where(flips.view(-1, 1), out_size - k, k)  # [B, out]
     first = start.view(-1, 1) * n_in
@@ -107,17 +109,16 @@ def _axis_resample(n_in: int, out_size: int, start: torch.Tensor, length: torch.
     pos = first + k * (length.view(-1, 1) * n_in / out_size) - 0.5
     pos = torch.minimum(torch.maximum(pos, first), last).clamp(0, n_in - 1)
     lower = pos.floor()
-    frac = pos - lower
+    frac = (pos - lower).unsqueeze(-1)
     lower = lower.long()
     upper = (lower + 1).clamp(max=n_in - 1)
-    weights = torch.zeros(*pos.shape, n_in, device=device, dtype=torch.float32)
-    weights.scatter_add_(-1, lower.unsqueeze(-1), (1 - frac).unsqueeze(-1))
-    weights.scatter_add_(-1, upper.unsqueeze(-1), frac.unsqueeze(-1))
-    return weights
+    return base[lower] * (1 - frac) + base[upper] * frac
 
 
+@functools.lru_cache(maxsize=32)
 def _upsample_matrix(n: int, size: int, device: torch.device) -> torch.Tensor:
-    """[size, n] matrix U with U @ v == F.interpolate(v, size, mode='linear') for v of length n."""
+    """[size, n] matrix U with U @ v == F.interpolate(v, size, mode='linear') for v of length n
+    (cached: the same few shapes every step)."""
     basis = torch.eye(n, device=device).unsqueeze(1)  # [n, 1, n]
     return F.interpolate(basis, size=size, mode="linear", align_corners=False)[:, 0, :].T.contiguous()
 
@@ -136,8 +137,9 @@ def transform_cam(cam: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, s
         (slice the crop, ``F.interpolate`` bilinear, flip), differentiable.
     """
     boxes = boxes.to(cam.device, torch.float32)
-    rows = _axis_resample(cam.shape[-2], size, boxes[:, 0], boxes[:, 2], None)  # [B, S, H]
-    cols = _axis_resample(cam.shape[-1], size, boxes[:, 1], boxes[:, 3], flips.to(cam.device))  # [B, S, W]
+    eye_h, eye_w = torch.eye(cam.shape[-2], device=cam.device), torch.eye(cam.shape[-1], device=cam.device)
+    rows = _axis_resample(eye_h, size, boxes[:, 0], boxes[:, 2], None)  # [B, S, H]
+    cols = _axis_resample(eye_w, size, boxes[:, 1], boxes[:, 3], flips.to(cam.device))  # [B, S, W]
     return rows @ cam.float() @ cols.transpose(1, 2)
 
 
@@ -179,8 +181,8 @@ def _pair_factors(cam_aug: torch.Tensor, cam: torch.Tensor, boxes: torch.Tensor,
     a = _mass_normalised(cam_aug.float(), up_y, up_x)  # [N, h, w]
     g = _mass_normalised(cam.float(), up_y, up_x)  # [B, h, w]
     # Crop-resize(-mirror) of the upsampled axis, composed with the upsampling: [B, S, h] / [B, S, w].
-    crop_y = _axis_resample(size, size, boxes[:, 0], boxes[:, 2], None) @ up_y
-    crop_x = _axis_resample(size, size, boxes[:, 1], boxes[:, 3], flips.to(device)) @ up_x
+    crop_y = _axis_resample(up_y, size, boxes[:, 0], boxes[:, 2], None)
+    crop_x = _axis_resample(up_x, size, boxes[:, 1], boxes[:, 3], flips.to(device))
     gram_y, gram_x = up_y.T @ up_y, up_x.T @ up_x  # [h, h], [w, w]
     pixels = float(size * size)
 

@@ -39,6 +39,9 @@ class Config:
     crop_scale_min: float = _f(0.08, "lower bound of RandomResizedCrop's area scale (labeled crops and the CGC transform)")
     max_bad_fraction: float = _f(0.001, "stop the run if more than this fraction of decoded images are unreadable")
     workers: int = _f(8, "data loading worker processes per stream and process")
+    decode: str = _f("cpu", "where training JPEGs are decoded: 'cpu' (loader workers, PIL with DCT downscaling) or 'gpu' (workers "
+                     "only read bytes and draw crops; nvJPEG decodes and the GPU crops; for nodes with few cores per GPU, "
+                     "see README Performance)", choices=("cpu", "gpu"))
     demo_cache: str | None = _f(None, "where the embedded demo dataset is cached (default ~/.cache/semisup)")
     # --- model ---
     arch: str = _f("resnet50", "torchvision ResNet name (resnet18/34/50/101/152) or resnet_tiny (demo)")
@@ -149,7 +152,7 @@ def recipe_names() -> list[str]:
     return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
 
 # Keys that do not change what a run computes: they may differ when resuming.
-RESUME_NEUTRAL = {"run_dir", "splits_dir", "workers", "overwrite", "dry_run", "eval_every", "ch_every", "checkpoint_every", "log_every",
+RESUME_NEUTRAL = {"run_dir", "splits_dir", "workers", "decode", "overwrite", "dry_run", "eval_every", "ch_every", "checkpoint_every", "log_every",
                   "gallery", "device", "demo_cache", "compile", "max_eval_images",
                   "max_bad_fraction", "recipe"}
 
@@ -221,7 +224,10 @@ def make_config(explicit: dict, recipe: str | None = None) -> Config:
     values.update(chosen)
     if "lr_milestones" in values:
         values["lr_milestones"] = tuple(values["lr_milestones"])
-    return Config(**values)
+    cfg = Config(**values)
+    if cfg.decode == "gpu" and cfg.is_demo:
+        raise SystemExit("--decode gpu decodes image files: it needs --data (the demo dataset is held in memory)")
+    return cfg
 
 
 def parse_config(argv: list[str] | None = None) -> Config:

@@ -265,15 +265,22 @@ class Trainer:
 
     # ---- loop ------------------------------------------------------------------------
     def loaders(self):
+        """Iterators of ready batches: labeled, and unlabeled if used."""
         cfg, b, dist = self.cfg, self.bundle, self.dist
         pin = self.device.type == "cuda"
-        labeled = TrainDataset(b.labeled, b.labeled_indices, cfg.image_size, cfg.resize_size, cfg.crop_scale_min, crop=True, pair=self.pair_on_labeled)
+        if cfg.decode == "gpu":
+            from semisup.gpu_decode import EncodedTrainDataset, collate_encoded, decode_and_transform
+            dataset_type, collate = EncodedTrainDataset, collate_encoded
+            finish = lambda batch: decode_and_transform(batch, self.device, cfg.image_size, cfg.resize_size)
+        else:
+            dataset_type, collate, finish = TrainDataset, None, (lambda batch: batch)
+        labeled = dataset_type(b.labeled, b.labeled_indices, cfg.image_size, cfg.resize_size, cfg.crop_scale_min, crop=True, pair=self.pair_on_labeled)
         sampler = EpochSampler(len(labeled), self.batch_l, cfg.seed, LABELED_STREAM, dist.rank, dist.world, start_batch=self.step)
-        streams = [iter(make_loader(labeled, sampler, cfg.workers, pin))]
+        streams = [map(finish, make_loader(labeled, sampler, cfg.workers, pin, collate))]
         if self.uses_unlabeled:
-            unlabeled = TrainDataset(b.unlabeled, b.unlabeled_indices, cfg.image_size, cfg.resize_size, cfg.crop_scale_min, crop=False, pair=True)
+            unlabeled = dataset_type(b.unlabeled, b.unlabeled_indices, cfg.image_size, cfg.resize_size, cfg.crop_scale_min, crop=False, pair=True)
             sampler = StreamSampler(len(unlabeled), self.batch_u, cfg.seed, UNLABELED_STREAM, dist.rank, dist.world, start_batch=self.step)
-            streams.append(iter(make_loader(unlabeled, sampler, cfg.workers, pin)))
+            streams.append(map(finish, make_loader(unlabeled, sampler, cfg.workers, pin, collate)))
         return streams
 
     def set_lr(self) -> None:

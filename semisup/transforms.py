@@ -42,11 +42,23 @@ def sample_crop(height: int, width: int, scale: tuple[float, float], generator: 
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+def draw_crop_flip(height: int, width: int, scale: tuple[float, float], generator: torch.Generator) -> tuple[int, int, int, int, bool]:
+    """(top, left, h, w, flip): RandomResizedCrop's box and RandomHorizontalFlip's coin, drawn in
+    that order (the CPU and the GPU decode paths draw the same numbers from the same seed)."""
+    top, left, h, w = sample_crop(height, width, scale, generator)
+    return top, left, h, w, torch.rand(1, generator=generator).item() < 0.5
+
+
+def apply_crop_flip(image: torch.Tensor, params: tuple[int, int, int, int, bool], size: int) -> torch.Tensor:
+    """Crop [..., 3, H, W] to the box, resize to size x size (bilinear, antialiased), mirror."""
+    top, left, h, w, flip = params
+    out = TF.resized_crop(image, top, left, h, w, [size, size], antialias=True)
+    return TF.horizontal_flip(out) if flip else out
+
+
 def random_crop_flip(image: torch.Tensor, size: int, scale: tuple[float, float], generator: torch.Generator) -> torch.Tensor:
     """RandomResizedCrop(size, scale) + RandomHorizontalFlip on [3, H, W] uint8."""
-    top, left, h, w = sample_crop(image.shape[-2], image.shape[-1], scale, generator)
-    out = TF.resized_crop(image, top, left, h, w, [size, size], antialias=True)
-    return TF.horizontal_flip(out) if torch.rand(1, generator=generator).item() < 0.5 else out
+    return apply_crop_flip(image, draw_crop_flip(image.shape[-2], image.shape[-1], scale, generator), size)
 
 
 def center_view(image: torch.Tensor, resize: int, crop: int) -> torch.Tensor:
@@ -56,19 +68,21 @@ def center_view(image: torch.Tensor, resize: int, crop: int) -> torch.Tensor:
     return TF.center_crop(image, [crop, crop])
 
 
+def pair_box(params: tuple[int, int, int, int, bool], size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CGC transform's (box [4] float (top, left, height, width) as fractions of the square
+    view, flip bool []) from its drawn pixel parameters."""
+    top, left, h, w, flip = params
+    return torch.tensor([top / size, left / size, h / size, w / size], dtype=torch.float32), torch.tensor(flip)
+
+
 def cgc_pair(view: torch.Tensor, scale: tuple[float, float], generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The CGC transform T of a square view [3, S, S]: RandomResizedCrop back to S + random flip.
 
     Returns (augmented view [3, S, S] uint8, box float [4] (top, left, height, width) as
     fractions of the view, flip bool [])."""
     size = view.shape[-1]
-    top, left, h, w = sample_crop(view.shape[-2], size, scale, generator)
-    aug = TF.resized_crop(view, top, left, h, w, [size, size], antialias=True)
-    flip = torch.rand(1, generator=generator).item() < 0.5
-    if flip:
-        aug = TF.horizontal_flip(aug)
-    box = torch.tensor([top / view.shape[-2], left / size, h / view.shape[-2], w / size], dtype=torch.float32)
-    return aug, box, torch.tensor(flip)
+    params = draw_crop_flip(size, size, scale, generator)
+    return (apply_crop_flip(view, params, size), *pair_box(params, size))
 
 
 def normalize(images: torch.Tensor, dtype: torch.dtype = torch.float32, channels_last: bool = False) -> torch.Tensor:

@@ -9,6 +9,8 @@ from semisup import bench
     ["loss", "--batch", "8", "--repeats", "1"],
     ["loader", "--images", "4", "--repeats", "1"],
     ["eval", "--arch", "resnet_tiny", "--images", "4", "--batch", "2", "--short-side", "64", "--repeats", "1"],
+    ["gpu", "--device", "cpu", "--arch", "resnet_tiny", "--batch", "2", "--image-size", "64", "--repeats", "1", "--images", "4",
+     "--no-compile"],
 ])
 def test_benchmark_runs_and_reports(argv, capsys):
     row = bench.main(argv)
@@ -19,3 +21,25 @@ def test_benchmark_runs_and_reports(argv, capsys):
         assert row["ch_abs_difference"] < 1e-4  # percent: 1e-6 as a fraction
     if argv[0] == "step":
         assert row["step_s"] > 0 and row["floor_s"] > 0 and row["peak_mb"] > 0
+    if argv[0] == "loader":
+        assert row["unlabeled_per_s"] > 0 and row["labeled_plain_per_s"] > 0 and row["ch_val_per_s"] > 0
+    if argv[0] == "gpu":
+        assert row["step_images_per_s_fp32_eager"] > 0 and row["step_over_floor"] > 0 and row["plan_1pct_hours_decode_cpu"] > 0
+
+
+def test_planner_scales_with_the_node_and_names_the_bound(tmp_path, capsys):
+    from semisup import plan
+    rates = plan.Rates(step_images_per_s=1000, infer_images_per_s=5000, ch_images_per_s=800, labeled_per_s=150,
+                       unlabeled_per_s=120, val_per_s=300, ch_val_per_s=150, nvjpeg_images_per_s=4000)
+    shape = plan.RunShape()
+    one, eight = plan.plan(shape, rates, gpus=1, cores=16), plan.plan(shape, rates, gpus=8, cores=96)
+    assert eight["parts"]["train"]["gpu_s"] == pytest.approx(one["parts"]["train"]["gpu_s"] / 8)
+    # 5,050 steps x 384 images at 1000 images/s: 32 minutes of GPU work.
+    assert one["parts"]["train"]["gpu_s"] == pytest.approx(50 * 101 * 384 / 1000)
+    starved = plan.plan(shape, rates, gpus=1, cores=2)
+    assert starved["parts"]["train"]["bound"] == "decode" and starved["total_s"] > one["total_s"]
+    assert plan.plan(shape, rates, gpus=1, cores=2, decode="gpu")["parts"]["train"]["bound"] == "GPU"
+    # The CLI reads rates measured by `bench gpu --out`.
+    (tmp_path / "rates.json").write_text(__import__("json").dumps(dict(rates=vars(rates))))
+    row = bench.main(["plan", "--rates", str(tmp_path / "rates.json"), "--gpus", "8", "--cores", "96"])
+    assert row["total_s"] == pytest.approx(eight["total_s"]) and "longest part" in capsys.readouterr().out

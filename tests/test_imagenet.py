@@ -146,3 +146,25 @@ def test_dry_run_summary_and_a_short_run_on_the_folder(tree, tmp_path, capsys):
     assert main(folder_args(root, tmp_path, *run, "--max-bad-fraction", "0.1")) == 0
     out = capsys.readouterr().out
     assert "cgc 0.5 final ep2" in out and "cgc 0.5 best* ep" in out
+
+
+def test_gpu_decode_path_gives_the_cpu_path_crops(tree):
+    """The --decode gpu path, run on the CPU: same random parameters, same crops up to the two
+    JPEG decoders' rounding; odd and broken files handled as on the CPU path."""
+    from semisup.gpu_decode import EncodedTrainDataset, collate_encoded, decode_and_transform
+    root, info = tree
+    classes, paths, labels, _ = scan_class_folders(root / "train")
+    source = FileSource(paths, labels)
+    cpu = TrainDataset(source, np.arange(len(paths)), 64, 72, 0.08, crop=True, pair=True)
+    encoded = EncodedTrainDataset(source, np.arange(len(paths)), 64, 72, 0.08, crop=True, pair=True)
+    keys = [(i, 100 + i) for i in range(len(paths))]
+    batch = decode_and_transform(collate_encoded([encoded[k] for k in keys]), torch.device("cpu"), 64, 72)
+    reference = [cpu[k] for k in keys]
+    for n, item in enumerate(reference):
+        assert torch.equal(batch["box"][n], item["box"]) and bool(batch["flip"][n]) == bool(item["flip"])
+        assert batch["label"][n] == item["label"] and batch["bad"][n] == item["bad"]
+        for key in ("image", "view", "aug"):
+            diff = (batch[key][n].float() - item[key].float()).abs()
+            assert diff.mean() < 1.5, (paths[n], key, diff.mean())  # of 255: decoder rounding, not another crop
+    truncated = paths.index(str(info["truncated"]))
+    assert batch["bad"][truncated] == 1  # replaced by the next readable file, and counted

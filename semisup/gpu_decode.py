@@ -1,0 +1,167 @@
+"""JPEG decoding and the training transforms on the GPU (``--decode gpu``).
+
+With few CPU cores per GPU, decoding ~2,500 JPEGs a second (what a ResNet-50 CGC step eats on
+one H100) starves the GPU. Here the loader workers only read each file's bytes and draw the
+random crop parameters (from the same per-sample seed and in the same order as the CPU path,
+``semisup.data.TrainDataset``); the main process decodes the batch with nvJPEG
+(``torchvision.io.decode_jpeg(..., device='cuda')``) and crops, resizes and mirrors on the GPU.
+The outputs equal the CPU path's up to the decoders' rounding (tested on the CPU with this
+same code path, ``device='cpu'``).
+
+Files nvJPEG cannot take (PNG or CMYK inside a .JPEG, progressive oddities, truncated files)
+are decoded by PIL in the worker instead, so a bad file never stops a run; an unreadable one
+is replaced by the next readable file, as on the CPU path, and counted.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from semisup import transforms as T
+from semisup.data import DECODE_ERRORS
+
+log = logging.getLogger(__name__)
+
+
+def read_header(path: str) -> tuple[int, int, bool]:
+    """(H, W, nvJPEG can decode it): a baseline/progressive RGB or grayscale JPEG."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with Image.open(path) as img:
+            return img.size[1], img.size[0], img.format == "JPEG" and img.mode in ("RGB", "L")
+
+
+class EncodedTrainDataset(Dataset):
+    """The bytes of each file and its random parameters, indexed by ``(index, seed)`` like
+    :class:`semisup.data.TrainDataset` (same keys after :func:`decode_and_transform`).
+
+    Each item: dict(data uint8 [n] (the file, or for files decoded here the RGB pixels),
+    hw [2], encoded bool, label, bad, and with crop: crop [5] (top, left, h, w, flip) in
+    pixels of the original; with pair: box [4], flip, pair [5] pixel parameters on the view).
+    """
+
+    def __init__(self, source, indices: np.ndarray, size: int, resize: int, scale_min: float, crop: bool, pair: bool):
+        self.source, self.indices = source, np.asarray(indices, dtype=np.int64)
+        self.size, self.resize, self.scale = size, resize, (scale_min, 1.0)
+        self.crop, self.pair = crop, pair
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _read(self, index: int) -> tuple[torch.Tensor, int, int, bool, int, int]:
+        """(data, H, W, encoded, its index, skipped): the next readable file from ``index``."""
+        bad = 0
+        for attempt in range(len(self.source)):
+            i = (index + attempt) % len(self.source)
+            path = self.source.name(i)
+            try:
+                h, w, jpeg = read_header(path)
+                if jpeg:
+                    with open(path, "rb") as f:
+                        return torch.frombuffer(bytearray(f.read()), dtype=torch.uint8), h, w, True, i, bad
+                pixels = self.source.load(i)  # PIL: any format, any mode
+                return pixels.flatten(), h, w, False, i, bad
+            except DECODE_ERRORS as err:
+                bad += 1
+                log.warning("skipping unreadable image %s (%s)", path, err)
+        raise RuntimeError("no readable image in the dataset")
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        position, seed = key
+        generator = torch.Generator().manual_seed(seed)
+        data, h, w, encoded, index, bad = self._read(int(self.indices[position]))
+        item = dict(data=data, hw=torch.tensor([h, w]), encoded=encoded, label=int(self.source.labels[index]), bad=bad)
+        if self.crop:
+            item["crop"] = torch.tensor(T.draw_crop_flip(h, w, self.scale, generator), dtype=torch.long)
+        if self.pair:
+            params = T.draw_crop_flip(self.size, self.size, self.scale, generator)
+            item["pair"] = torch.tensor(params, dtype=torch.long)
+            item["box"], item["flip"] = T.pair_box(params, self.size)
+        return item
+
+
+def collate_encoded(items: list[dict]) -> dict:
+    """Stack the fixed-size fields; keep the variable-length file bytes as a list."""
+    out = {"data": [item["data"] for item in items]}
+    for key in items[0]:
+        if key != "data":
+            out[key] = torch.stack([torch.as_tensor(item[key]) for item in items])
+    return out
+
+
+def decode_and_transform(batch: dict, device: torch.device, size: int, resize: int) -> dict:
+    """Decode a batch of :class:`EncodedTrainDataset` items on ``device`` and apply the crops.
+
+    Returns the keys the training step reads: image [B, 3, S, S] uint8 (crop), view and aug
+    [B, 3, S, S] uint8, box [B, 4], flip [B] (pair), label, bad; all on ``device``.
+    """
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    encoded = [i for i, flag in enumerate(batch["encoded"].tolist()) if flag]
+    images: list[torch.Tensor | None] = [None] * len(batch["data"])
+    if encoded:
+        decoded = _decode_jpegs([batch["data"][i] for i in encoded], device, decode_jpeg, ImageReadMode.RGB)
+        for i, image in zip(encoded, decoded):
+            images[i] = image
+    for i, (h, w) in enumerate(batch["hw"].tolist()):
+        if images[i] is None:  # decoded by PIL in the worker
+            images[i] = batch["data"][i].view(3, h, w).to(device, non_blocking=True)
+    out = dict(label=batch["label"].to(device, non_blocking=True), bad=batch["bad"])
+    if "crop" in batch:
+        params = batch["crop"].tolist()
+        out["image"] = torch.stack([T.apply_crop_flip(img, tuple(p[:4]) + (bool(p[4]),), size) for img, p in zip(images, params)])
+    if "pair" in batch:
+        views = [T.center_view(img, resize, size) for img in images]
+        params = batch["pair"].tolist()
+        out["view"] = torch.stack(views)
+        out["aug"] = torch.stack([T.apply_crop_flip(v, tuple(p[:4]) + (bool(p[4]),), size) for v, p in zip(views, params)])
+        out["box"], out["flip"] = batch["box"].to(device, non_blocking=True), batch["flip"].to(device, non_blocking=True)
+    return out
+
+
+def _decode_jpegs(data: list[torch.Tensor], device: torch.device, decode_jpeg, mode) -> list[torch.Tensor]:
+    """Batched decode; if the batch call fails (one corrupt file), decode one by one and let
+    PIL take the ones the decoder refuses (their pixels stay as the file allows)."""
+    try:
+        return list(decode_jpeg(data, mode=mode, device=device))
+    except RuntimeError:
+        out = []
+        for raw in data:
+            try:
+                out.append(decode_jpeg(raw, mode=mode, device=device))
+            except RuntimeError as err:
+                log.warning("the JPEG decoder refused a file (%s); decoding it with PIL", err)
+                out.append(_pil_decode(raw).to(device))
+        return out
+
+
+def _pil_decode(raw: torch.Tensor) -> torch.Tensor:
+    import io
+    with Image.open(io.BytesIO(raw.numpy().tobytes())) as img:
+        array = np.asarray(img.convert("RGB"))
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def decode_rate(paths: list[str], device: torch.device, batch: int = 64, repeats: int = 3) -> float:
+    """Images per second decoding ``paths`` with torchvision's decoder on ``device``."""
+    import time
+
+    from torchvision.io import ImageReadMode, decode_jpeg
+    data = [torch.frombuffer(bytearray(open(p, "rb").read()), dtype=torch.uint8) for p in paths]
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    decode_jpeg(data[:batch], mode=ImageReadMode.RGB, device=device)
+    sync()
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for i in range(0, len(data), batch):
+            decode_jpeg(data[i:i + batch], mode=ImageReadMode.RGB, device=device)
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return len(data) / best

@@ -1,0 +1,108 @@
+"""Predict a run's wall time on a node before queueing it: ``python -m semisup.bench plan``.
+
+The run is split into what bounds each part: training steps are either GPU-bound (forwards and
+backward) or decode-bound (JPEGs decoded by the node's cores, or by nvJPEG with
+``--decode gpu``); each evaluation is the same race for its own images. Loading overlaps
+compute (prefetching workers), so each part takes the larger of the two; parts run one after
+another. Rates are measured: GPU rates by ``python -m semisup.bench gpu`` on the named card,
+CPU decode rates per core by ``python -m semisup.bench loader``; both can be overridden.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+# Measured rates: ResNet-50, images/s counted as in the benchmark (3 x 128 images per 1 %-recipe
+# step; inference at 224 and CH at 448 px), CPU rates per core on realistic ImageNet-like JPEGs.
+# GPU: `python -m semisup.bench gpu` on one H100 80GB HBM3 (torch 2.11, bf16 + channels_last +
+# torch.compile), results/perf/bench_gpu_h100.json. CPU: the same run's loader benchmark on that
+# node's cores (one single-threaded worker each).
+MEASURED_GPU = {
+    "h100": dict(step_images_per_s=4653, infer_images_per_s=12101, ch_images_per_s=2269,
+                 nvjpeg_images_per_s=10041),
+}
+MEASURED_CPU_PER_CORE = dict(labeled_per_s=371, unlabeled_per_s=348, val_per_s=358, ch_val_per_s=336)
+
+
+@dataclass
+class RunShape:
+    """What a run decodes and computes (defaults: the released 1 % CGC run on ImageNet)."""
+    labeled: int = 12_811
+    batch_labeled: int = 128
+    batch_unlabeled: int = 128
+    epochs: int = 50
+    val_images: int = 50_000
+    eval_every: int = 1
+    full_evals: int = 2  # CH + kNN + CGC loss at the end, for the final and the best checkpoint
+    uses_unlabeled: bool = True
+
+    @property
+    def steps(self) -> int:
+        return self.epochs * math.ceil(self.labeled / self.batch_labeled)
+
+
+@dataclass
+class Rates:
+    step_images_per_s: float  # per GPU, counted over the step's 3 forward streams
+    infer_images_per_s: float  # per GPU, 224 px forward only
+    ch_images_per_s: float  # per GPU, 448 px forward + closed-form Grad-CAM
+    labeled_per_s: float  # per core: decode + random crop
+    unlabeled_per_s: float  # per core: decode + view + augmented view
+    val_per_s: float  # per core: decode + resize + centre crop
+    ch_val_per_s: float  # per core: decode + resize to 448
+    nvjpeg_images_per_s: float | None = None  # per GPU, with --decode gpu
+
+
+def measured_rates(gpu: str) -> Rates:
+    """The rates measured for ``gpu`` (a key of MEASURED_GPU) and this project's CPU cores."""
+    if gpu not in MEASURED_GPU or any(v is None for v in MEASURED_GPU[gpu].values()):
+        raise SystemExit(f"no measured rates for GPU kind {gpu!r} (measured: "
+                         f"{[k for k, v in MEASURED_GPU.items() if None not in v.values()]}); run `python -m semisup.bench gpu "
+                         "--out rates.json` on that node and pass --rates rates.json")
+    if any(v is None for v in MEASURED_CPU_PER_CORE.values()):
+        raise SystemExit("no measured CPU decode rates: run `python -m semisup.bench gpu --out rates.json` on the node")
+    return Rates(**MEASURED_GPU[gpu], **MEASURED_CPU_PER_CORE)
+
+
+def plan(shape: RunShape, rates: Rates, gpus: int = 1, cores: int = 16, decode: str = "cpu") -> dict:
+    """Predicted seconds per part and in total, and the bounding stage of each part."""
+    loader_cores = max(1, cores - gpus)  # one core per GPU process drives it
+    images_per_step = shape.batch_labeled + (2 if shape.uses_unlabeled else 0) * shape.batch_unlabeled
+    compute = shape.steps * images_per_step / (rates.step_images_per_s * gpus)
+    if decode == "gpu" and rates.nvjpeg_images_per_s:
+        decoded = shape.steps * (shape.batch_labeled + (shape.batch_unlabeled if shape.uses_unlabeled else 0))
+        decode_s = decoded / (rates.nvjpeg_images_per_s * gpus)
+        compute += decode_s  # nvJPEG shares the GPU with the step
+        decode_s = 0.0
+    else:
+        decode_s = shape.steps * (shape.batch_labeled / rates.labeled_per_s
+                                  + (shape.batch_unlabeled / rates.unlabeled_per_s if shape.uses_unlabeled else 0)) / loader_cores
+    quick_evals = shape.epochs // shape.eval_every if shape.eval_every else 0
+    eval_compute = quick_evals * shape.val_images / (rates.infer_images_per_s * gpus)
+    eval_decode = quick_evals * shape.val_images / (rates.val_per_s * loader_cores)
+    # A full evaluation: top-1 + the validation CGC loss (2 forwards), CH at 448, kNN bank.
+    full_compute = shape.full_evals * ((2 * shape.val_images + shape.labeled) / rates.infer_images_per_s
+                                       + shape.val_images / rates.ch_images_per_s) / gpus
+    full_decode = shape.full_evals * ((shape.val_images + shape.labeled) / rates.val_per_s
+                                      + shape.val_images / rates.ch_val_per_s) / loader_cores
+    parts = {
+        "train": (compute, decode_s),
+        "per-epoch top-1": (eval_compute, eval_decode),
+        "final CH, kNN, CGC loss": (full_compute, full_decode),
+    }
+    rows = {name: dict(seconds=max(c, d), gpu_s=c, decode_s=d, bound="GPU" if c >= d else "decode")
+            for name, (c, d) in parts.items()}
+    total = sum(r["seconds"] for r in rows.values())
+    longest = max(rows, key=lambda k: rows[k]["seconds"])
+    return dict(node=dict(gpus=gpus, cores=cores, decode=decode), run=asdict(shape), parts=rows, total_s=total,
+                total_h=total / 3600, bounded_by=f"{longest} ({rows[longest]['bound']})")
+
+
+def format_plan(result: dict) -> str:
+    node = result["node"]
+    lines = [f"node: {node['gpus']} GPU(s), {node['cores']} cores, decode on {node['decode']}"]
+    lines.append(f"{'part':<26}{'GPU':>10}{'decode':>10}{'takes':>10}  bound by")
+    for name, r in result["parts"].items():
+        lines.append(f"{name:<26}{r['gpu_s'] / 60:>9.1f}m{r['decode_s'] / 60:>9.1f}m{r['seconds'] / 60:>9.1f}m  {r['bound']}")
+    lines.append(f"{'total':<46}{result['total_s'] / 60:>9.1f}m  ({result['total_h']:.2f} h); longest part: {result['bounded_by']}")
+    return "\n".join(lines)

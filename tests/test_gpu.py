@@ -1,0 +1,47 @@
+"""Checks that need a CUDA GPU (skipped elsewhere; run on a GPU node with `python -m pytest tests/test_gpu.py`)."""
+import numpy as np
+import pytest
+import torch
+
+from semisup.config import parse_config
+from semisup.data import FileSource, TrainDataset
+from semisup.train import train
+from tests.imagenet_tree import make_tree
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (this machine has none)")
+
+
+def test_nvjpeg_decode_path_gives_the_cpu_path_crops(tmp_path, capsys):
+    """On photographic JPEGs nvJPEG's pixels differ from libjpeg-turbo's only by its chroma
+    upsampling and IDCT rounding: the same crops, a mean difference of a few levels of 255."""
+    from semisup.bench import make_jpegs
+    from semisup.gpu_decode import EncodedTrainDataset, collate_encoded, decode_and_transform
+    paths = make_jpegs(tmp_path, 16)
+    source = FileSource(paths, [0] * len(paths))
+    cpu = TrainDataset(source, np.arange(len(paths)), 224, 256, 0.08, crop=True, pair=True)
+    encoded = EncodedTrainDataset(source, np.arange(len(paths)), 224, 256, 0.08, crop=True, pair=True)
+    keys = [(i, 7 + i) for i in range(len(paths))]
+    batch = decode_and_transform(collate_encoded([encoded[k] for k in keys]), torch.device("cuda"), 224, 256)
+    diffs = {key: [] for key in ("image", "view", "aug")}
+    for n, item in enumerate(cpu[k] for k in keys):
+        assert torch.equal(batch["box"][n].cpu(), item["box"])
+        for key in diffs:
+            assert batch[key].device.type == "cuda"
+            diffs[key].append((batch[key][n].cpu().float() - item[key].float()).abs().mean().item())
+    with capsys.disabled():
+        print("nvJPEG vs CPU path, mean |difference| of 255:", {k: round(float(np.mean(v)), 2) for k, v in diffs.items()})
+    assert all(np.mean(v) < 3.0 for v in diffs.values()), diffs
+
+
+@pytest.mark.parametrize("decode", ["cpu", "gpu"])
+def test_short_run_on_the_gpu_with_bf16_and_channels_last(tmp_path, decode):
+    root = tmp_path / "imagenet"
+    make_tree(root)
+    args = ["--data", str(root), "--val-boxes", str(root / "boxes"), "--arch", "resnet18", "--image-size", "64", "--resize-size", "72",
+            "--ch-short-side", "64", "--workers", "2", "--splits-dir", str(tmp_path / "splits"), "--batch-labeled", "8",
+            "--batch-unlabeled", "8", "--gallery", "2", "--labeled-fraction", "0.5", "--epochs", "2", "--max-bad-fraction", "0.2",
+            "--run-dir", str(tmp_path / "run"), "--decode", decode, "--device", "cuda", "--amp", "bf16"]
+    result = train(parse_config(args))
+    for key in ("top1", "ch", "ch_strict", "ch_released_swav", "cgc_val_loss", "train_consistency"):
+        assert np.isfinite(result["final"][key]), key
+    assert result["final"]["train_consistency"] > 0
