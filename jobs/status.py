@@ -25,7 +25,7 @@ def run_status(run_dir: Path) -> dict:
     final = run_dir / "final.json"
     if final.exists():
         result = json.loads(final.read_text())
-        row["state"] = "finished"
+        row["state"] = f"finished (truncated by --max-steps at step {result.get('steps')})" if result.get("truncated") else "finished"
         row.update({f"final_{k}": result["final"].get(k) for k in ("top1", "top5", "ch")})
     return row
 

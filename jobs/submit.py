@@ -9,7 +9,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from semisup.errors import cli  # noqa: E402
 from semisup.launch import main  # noqa: E402
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli(lambda argv: main(argv) and 0)())

@@ -471,4 +471,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from semisup.errors import cli
+    sys.exit(cli(lambda argv: main(argv) and 0)())

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from semisup.errors import UserError
 
-class BoxFileError(ValueError):
+
+class BoxFileError(UserError, ValueError):
     pass
 
 

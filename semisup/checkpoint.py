@@ -7,12 +7,25 @@ from pathlib import Path
 import torch
 
 
-def save_atomic(obj: dict, path: Path) -> None:
+def previous(path: Path) -> Path:
+    """Where the generation before ``path`` is kept (``checkpoint.prev.pt``)."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def save_atomic(obj: dict, path: Path, keep_previous: bool = False) -> None:
     """Write to a temporary file in the same folder, then rename: a run killed mid-write
-    leaves the previous checkpoint intact."""
+    leaves the previous checkpoint intact. With ``keep_previous`` the replaced file stays as
+    :func:`previous` (one generation), so a checkpoint damaged later on disk is not the only one;
+    ``path`` exists at every moment."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     torch.save(obj, tmp)
+    if keep_previous and path.exists():
+        link = path.with_name(f".{path.name}.prev{os.getpid()}")
+        link.unlink(missing_ok=True)
+        os.link(path, link)
+        os.replace(link, previous(path))
     os.replace(tmp, path)
 
 

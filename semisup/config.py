@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import os
 import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from semisup.errors import UsageError
 
 
 def _f(default, help: str, flags: tuple[str, ...] = (), choices=None, cli: bool = True):
@@ -157,6 +161,99 @@ RESUME_NEUTRAL = {"run_dir", "splits_dir", "workers", "decode", "overwrite", "dr
                   "max_bad_fraction", "recipe"}
 
 
+class ConfigError(UsageError, ValueError):
+    """A setting that cannot run as given: the message names the flag / YAML key, what it got
+    and what it accepts, in one line."""
+
+
+# Ranges of numeric settings: (test, what it must be). Checked for flags and YAML alike.
+_RANGES = {
+    "labeled_fraction": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "cgc_weight": (lambda v: v >= 0 and math.isfinite(v), ">= 0"),
+    "temperature": (lambda v: v > 0 and math.isfinite(v), "> 0"),
+    "batch_labeled": (lambda v: v > 0, "> 0"),
+    "batch_unlabeled": (lambda v: v > 0, "> 0"),
+    "epochs": (lambda v: v > 0, "> 0"),
+    "max_steps": (lambda v: v > 0, "> 0 (omit it to train the full schedule)"),
+    "group_size": (lambda v: v > 1, "> 1 (an anchor needs a negative)"),
+    "image_size": (lambda v: v >= 16, ">= 16"),
+    "resize_size": (lambda v: v >= 16, ">= 16"),
+    "ch_short_side": (lambda v: v >= 16, ">= 16"),
+    "cam_size": (lambda v: v >= 8, ">= 8"),
+    "crop_scale_min": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "lr_trunk": (lambda v: v >= 0, ">= 0"),
+    "lr_head": (lambda v: v >= 0, ">= 0"),
+    "lr_gamma": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "max_bad_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "workers": (lambda v: v >= 0, ">= 0"),
+    "num_classes": (lambda v: v > 1, "> 1"),
+    "eval_every": (lambda v: v >= 0, ">= 0 (0: only at the end)"),
+    "ch_every": (lambda v: v >= 0, ">= 0 (0: only at the end)"),
+    "checkpoint_every": (lambda v: v >= 0, ">= 0 (0: only at epoch ends)"),
+    "log_every": (lambda v: v > 0, "> 0"),
+    "knn_k": (lambda v: v > 0, "> 0"),
+    "knn_temperature": (lambda v: v > 0, "> 0"),
+    "gallery": (lambda v: v >= 0, ">= 0"),
+    "max_eval_images": (lambda v: v > 0, "> 0"),
+    "cgc_warmup_epochs": (lambda v: v >= 0, ">= 0"),
+}
+_ARCHS = ("resnet_tiny", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2", "wide_resnet101_2",
+          "resnext50_32x4d", "resnext101_32x8d")
+
+
+def _name(key: str) -> str:
+    """How a user wrote the setting: its flag(s) and its YAML key."""
+    aliases = Config.__dataclass_fields__[key].metadata["flags"]
+    return " / ".join([*aliases, f"--{key.replace('_', '-')}", key])
+
+
+def _check_type(key: str, value, kind) -> None:
+    origin = typing.get_origin(kind)
+    if origin is list:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value):
+            raise ConfigError(f"{_name(key)}: expected a list of numbers, got {value!r}")
+        return
+    ok = {bool: lambda v: isinstance(v, bool), int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), str: lambda v: isinstance(v, str)}[kind](value)
+    if not ok:
+        raise ConfigError(f"{_name(key)}: expected {kind.__name__}, got {value!r} ({type(value).__name__})")
+
+
+def validate(cfg: "Config", world: int | None = None) -> "Config":
+    """Refuse a config that cannot run as meant, before anything is created: types, choices and
+    ranges of every setting (flags, YAML and recipes alike), a known architecture, and batch
+    sizes divisible by the process count. Raises ConfigError naming the setting."""
+    world = int(os.environ.get("WORLD_SIZE", 1)) if world is None else world
+    hints = typing.get_type_hints(Config)
+    for f in dataclasses.fields(Config):
+        value = getattr(cfg, f.name)
+        if value is None:
+            if type(None) not in typing.get_args(hints[f.name]):
+                raise ConfigError(f"{_name(f.name)}: a value is required")
+            continue
+        _check_type(f.name, value, _field_type(f))
+        choices = f.metadata["choices"]
+        if choices and value not in choices:
+            raise ConfigError(f"{_name(f.name)}: {value!r} is not one of {', '.join(map(repr, choices))}")
+        rule = _RANGES.get(f.name)
+        if rule and not rule[0](value):
+            raise ConfigError(f"{_name(f.name)}: must be {rule[1]}, got {value!r}")
+    if cfg.arch not in _ARCHS:
+        raise ConfigError(f"{_name('arch')}: unknown architecture {cfg.arch!r}; one of {', '.join(_ARCHS)}")
+    if not (cfg.device in ("auto", "cpu", "cuda") or (cfg.device.startswith("cuda:") and cfg.device[5:].isdigit())):
+        raise ConfigError(f"{_name('device')}: {cfg.device!r} is not 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    if any(m < 0 for m in cfg.lr_milestones):
+        raise ConfigError(f"{_name('lr_milestones')}: epochs must be >= 0, got {list(cfg.lr_milestones)}")
+    for key in ("batch_labeled", "batch_unlabeled"):
+        if getattr(cfg, key) % world:
+            raise ConfigError(f"{_name(key)}: {getattr(cfg, key)} is not divisible by the {world} processes")
+    if cfg.decode == "gpu" and cfg.is_demo:
+        raise ConfigError("--decode gpu decodes image files: it needs --data (the demo dataset is held in memory)")
+    return cfg
+
+
 def _field_type(f: dataclasses.Field):
     hint = typing.get_type_hints(Config)[f.name]
     args = [a for a in typing.get_args(hint) if a is not type(None)]
@@ -201,14 +298,14 @@ def load_yaml(path: str | Path) -> dict:
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
-        raise SystemExit(f"config file {path}: {err}")
+        raise ConfigError(f"config file {path}: {str(err).splitlines()[0]} (a YAML mapping of setting: value)") from err
     if not isinstance(values, dict):
-        raise SystemExit(f"config file {path}: expected a mapping of setting: value")
+        raise ConfigError(f"config file {path}: expected a mapping of setting: value")
     known = {f.name for f in dataclasses.fields(Config)}
     values = {k.replace("-", "_"): v for k, v in values.items()}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise SystemExit(f"config file {path}: unknown keys {unknown}; valid keys are the flag names with underscores "
+        raise ConfigError(f"config file {path}: unknown keys {unknown}; valid keys are the flag names with underscores "
                          f"(see python semisup/run.py --help)")
     return values
 
@@ -224,10 +321,7 @@ def make_config(explicit: dict, recipe: str | None = None) -> Config:
     values.update(chosen)
     if "lr_milestones" in values:
         values["lr_milestones"] = tuple(values["lr_milestones"])
-    cfg = Config(**values)
-    if cfg.decode == "gpu" and cfg.is_demo:
-        raise SystemExit("--decode gpu decodes image files: it needs --data (the demo dataset is held in memory)")
-    return cfg
+    return validate(Config(**values))
 
 
 def parse_config(argv: list[str] | None = None) -> Config:

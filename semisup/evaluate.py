@@ -33,6 +33,7 @@ from semisup import cgc
 from semisup import distributed as D
 from semisup import transforms as T
 from semisup.data import EvalDataset
+from semisup.errors import UserError, cli
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class Evaluator:
     def _shard(self, items: list) -> list:
         return items[self.dist.rank::self.dist.world]
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def run(self, model, progress: bool = True, full: bool = True) -> dict:
         """Returns dict of top1, top5 (percent), bad_val_images, eval_seconds and, with ``full``,
         ch, ch_strict, ch_released_swav (percent), ch_zero (count), ch_images, cgc_val_loss,
@@ -259,6 +260,8 @@ def _cell(value, width: int, digits: int) -> str:
     """A number, or '–' where a metric was not computed; a non-finite value stays visible as such."""
     if value is None:
         return f"{'–':>{width}}"
+    if not np.isfinite(value):
+        return f"{'non-finite':>{width}}"
     return f"{value:>{width}.{digits}f}"
 
 
@@ -281,9 +284,19 @@ def load_run_model(checkpoint: str | Path, overrides: dict):
     from semisup.config import config_from_dict
     from semisup.models import build_model
 
-    state = ckpt.load(Path(checkpoint))
-    if "model" not in state or "config" not in state:
-        raise SystemExit(f"{checkpoint}: not a checkpoint written by semisup/run.py (no 'model' and 'config' entries)")
+    path = Path(checkpoint)
+    if path.is_dir():
+        hint = " (it holds no checkpoint.pt yet)" if not (path / "checkpoint.pt").exists() else f": pass {path / 'checkpoint.pt'}"
+        raise UserError(f"--checkpoint {path} is a folder{hint}; pass a run's checkpoint.pt or model_best.pt")
+    if not path.is_file():
+        raise UserError(f"--checkpoint {path}: no such file; pass a run's checkpoint.pt or model_best.pt")
+    try:
+        state = ckpt.load(path)
+    except Exception as err:  # torch raises several types for damaged files
+        raise UserError(f"--checkpoint {path}: not a readable checkpoint ({type(err).__name__}); truncated, or not written by "
+                        "semisup/run.py") from err
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise UserError(f"{checkpoint}: not a checkpoint written by semisup/run.py (no 'model' and 'config' entries)")
     values = dict(state["config"])
     values.update({k: v for k, v in overrides.items() if v is not None})
     cfg = config_from_dict(values)
@@ -293,6 +306,7 @@ def load_run_model(checkpoint: str | Path, overrides: dict):
     return model, cfg, state.get("step")
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     import argparse
 

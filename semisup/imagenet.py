@@ -17,13 +17,18 @@ from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from semisup.boxes import load_boxes
+from semisup.errors import UserError
 from semisup.data import DECODE_ERRORS, DataBundle, EvalSet, FileSource
 from semisup.splits import SPLITS_DIR, SplitError, resolve_labeled, synset_of
 
 log = logging.getLogger(__name__)
 
 
-class DatasetLayoutError(ValueError):
+# Unlabeled files the dry run decodes (a random sample): the rate of unreadable ones shows.
+DRY_RUN_UNLABELED_SAMPLE = 2000
+
+
+class DatasetLayoutError(UserError, ValueError):
     pass
 
 
@@ -178,7 +183,13 @@ def build_folder_bundle(cfg) -> DataBundle:
                    labeled=len(labeled), unlabeled=0 if unlabeled is None else len(unlabeled), **val_summary,
                    non_image_files_skipped=skipped)
     if cfg.dry_run:
-        # Decode the labeled and validation images now rather than hours into the run.
+        # Decode the labeled and validation images now rather than hours into the run, and a
+        # sample of the unlabeled stream (all of it would take as long as an epoch of ImageNet).
         sizes = read_sizes([paths[i] for i in labeled] + list(val.source.paths), decode=True)
         summary["bad_files_found"] = sum(s is None for s in sizes)
+        if unlabeled is not None:
+            sample = np.random.default_rng(0).choice(unlabeled, size=min(len(unlabeled), DRY_RUN_UNLABELED_SAMPLE), replace=False)
+            decoded = read_sizes([paths[i] for i in sample], decode=True)
+            summary["unlabeled_sample_decoded"] = len(decoded)
+            summary["unlabeled_sample_unreadable"] = sum(s is None for s in decoded)
     return DataBundle(classes, train, labeled, train if unlabeled is not None else None, unlabeled, val, summary)

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import yaml
 
+from semisup.errors import UsageError
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -69,7 +71,7 @@ def with_run_dir(argv: list[str], default: Path) -> list[str]:
 def check_not_finished(argv: list[str]) -> None:
     run_dir = Path(run_dir_of(argv))
     if (run_dir / "final.json").exists() and "--overwrite" not in argv:
-        raise SystemExit(f"{run_dir} already holds a finished run; pass --overwrite after -- or choose another --run-dir")
+        raise UsageError(f"{run_dir} already holds a finished run; pass --overwrite after -- or choose another --run-dir")
 
 
 @contextlib.contextmanager
@@ -115,9 +117,12 @@ def sweep_commands(path: Path, run_root: Path) -> list[tuple[str, list[str]]]:
     """(name, run.py flags) for each point of a sweep file's grid.
 
     Format: ``base: [flags...]`` and ``grid: {flag: [values...]}`` (flag names without dashes)."""
-    spec = yaml.safe_load(path.read_text())
-    if not isinstance(spec, dict) or "grid" not in spec:
-        raise SystemExit(f"{path}: a sweep needs 'grid: {{flag: [values]}}' (and optionally 'base: [flags]' and 'name')")
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise UsageError(f"--sweep {path}: {str(err).splitlines()[0]}") from err
+    if not isinstance(spec, dict) or not isinstance(spec.get("grid"), dict) or not all(isinstance(v, list) for v in spec["grid"].values()):
+        raise UsageError(f"{path}: a sweep needs 'grid: {{flag: [values]}}' (and optionally 'base: [flags]' and 'name')")
     base = [str(x) for x in spec.get("base", [])]
     keys = list(spec["grid"])
     commands = []

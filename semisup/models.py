@@ -14,6 +14,7 @@ import torchvision
 from torchvision.models.resnet import BasicBlock
 
 from semisup import cgc
+from semisup.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def build_model(arch: str, num_classes: int) -> CamResNet:
     return CamResNet(arch, num_classes)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A pretrained checkpoint that cannot initialise the chosen architecture."""
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from semisup.errors import UsageError
+
 # Measured rates: ResNet-50, images/s counted as in the benchmark (3 x 128 images per 1 %-recipe
 # step; inference at 224 and CH at 448 px), CPU rates per core on realistic ImageNet-like JPEGs.
 # GPU: `python -m semisup.bench gpu` on one H100 80GB HBM3 (torch 2.11, bf16 + channels_last +
@@ -56,11 +58,11 @@ class Rates:
 def measured_rates(gpu: str) -> Rates:
     """The rates measured for ``gpu`` (a key of MEASURED_GPU) and this project's CPU cores."""
     if gpu not in MEASURED_GPU or any(v is None for v in MEASURED_GPU[gpu].values()):
-        raise SystemExit(f"no measured rates for GPU kind {gpu!r} (measured: "
+        raise UsageError(f"no measured rates for GPU kind {gpu!r} (measured: "
                          f"{[k for k, v in MEASURED_GPU.items() if None not in v.values()]}); run `python -m semisup.bench gpu "
                          "--out rates.json` on that node and pass --rates rates.json")
     if any(v is None for v in MEASURED_CPU_PER_CORE.values()):
-        raise SystemExit("no measured CPU decode rates: run `python -m semisup.bench gpu --out rates.json` on the node")
+        raise UsageError("no measured CPU decode rates: run `python -m semisup.bench gpu --out rates.json` on the node")
     return Rates(**MEASURED_GPU[gpu], **MEASURED_CPU_PER_CORE)
 
 

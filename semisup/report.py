@@ -5,7 +5,8 @@
 Limited-label table: Method | Labeled | Start | Top-1 | Top-5 | CH (mean ± std over seeds).
 Full-supervision table: Architecture | Method | Top-1 | CH | CGC Loss.
 Each run directory needs final.json and config.yaml (written by semisup/run.py). Values are
-the final epoch's; picking the best epoch on validation would be selection on the test set.
+the final epoch's; the columns marked * are the epoch of best validation top-1 (model_best.pt,
+as the released scripts kept), a selection on the validation set, shown beside, never instead.
 """
 from __future__ import annotations
 
@@ -17,11 +18,19 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+import numpy as np
 import pandas as pd
 
 from semisup.config import Config, load_saved_config
+from semisup.errors import UsageError, cli
 
-METHOD_NAMES = {"ce": "Cross-entropy", "cgc": "CGC", "gcc": "GCC (L2)"}
+METHOD_NAMES = {"ce": "Cross-entropy", "ce-script": "Cross-entropy (CGC script, λ 0)", "cgc": "CGC", "gcc": "GCC (L2)"}
+
+
+def method_key(final: dict) -> str:
+    """'ce' for plain cross-entropy, 'ce-script' for the CGC script run at lambda 0 (which still
+    forwards the pairs: BatchNorm statistics, and under full supervision three CE terms)."""
+    return "ce-script" if final["method"] == "ce" and final.get("ce_baseline") == "lambda0-script" else final["method"]
 PUBLISHED_LIMITED = pd.DataFrame([
     dict(Method="Cross-entropy", Labeled="1%", Start="SwAV", **{"Top-1": "54.00", "Top-5": "78.69", "CH": "46.08"}),
     dict(Method="CGC", Labeled="1%", Start="SwAV", **{"Top-1": "55.18", "Top-5": "79.12", "CH": "46.76"}),
@@ -33,7 +42,7 @@ def load_runs(run_dirs: list[str | Path], settings: tuple[str, ...] = ()) -> pd.
     columns) and final metrics."""
     unknown = [k for k in settings if k not in Config.__dataclass_fields__]
     if unknown:
-        raise KeyError(f"no setting {unknown[0]!r}; settings are the flag names with underscores (see run.py --help)")
+        raise UsageError(f"no setting {unknown[0]!r}; settings are the flag names with underscores (see run.py --help)")
     rows = []
     for run_dir in map(Path, run_dirs):
         final_path, config_path = run_dir / "final.json", run_dir / "config.yaml"
@@ -42,15 +51,22 @@ def load_runs(run_dirs: list[str | Path], settings: tuple[str, ...] = ()) -> pd.
             continue
         final = json.loads(final_path.read_text())
         cfg = load_saved_config(config_path)
-        rows.append(dict(run=str(run_dir), method=final["method"], labeled_fraction=float(cfg.labeled_fraction),
+        if final.get("truncated"):
+            print(f"note: {run_dir} was stopped by --max-steps at step {final.get('steps')} of {final.get('scheduled_steps')}: "
+                  "marked 'truncated' in the tables", file=sys.stderr)
+        rows.append(dict(run=str(run_dir), method=method_key(final), truncated=bool(final.get("truncated")), labeled_fraction=float(cfg.labeled_fraction),
                          arch=cfg.arch, start=Path(cfg.pretrained).name.split(".")[0] if cfg.pretrained else "scratch",
                          dataset="demo" if cfg.is_demo else Path(cfg.data).name, seed=cfg.seed,
-                         **{k: final["final"].get(k) for k in ("top1", "top5", "ch", "ch_strict", "cgc_val_loss", "knn_top1")},
+                         **{k: final["final"].get(k) for k in ("top1", "top5", "ch", "ch_strict", "ch_released_swav", "cgc_val_loss", "knn_top1")},
+                         **{f"best_{k}": (final.get("best") or {}).get(k) for k in ("epoch", "top1", "top5", "ch")},
                          **{k: getattr(cfg, k) for k in settings}))
     return pd.DataFrame(rows)
 
 
 def _mean_std(values: pd.Series, digits: int) -> str:
+    values = pd.to_numeric(values, errors="coerce")
+    if values.notna().any() and not np.isfinite(values.dropna()).all():
+        return "non-finite"  # a metric that diverged is reported as such, never as a plain nan
     values = values.dropna()
     if values.empty:
         return "–"
@@ -65,7 +81,8 @@ def aggregate(runs: pd.DataFrame, keys: list[str], metrics: dict[str, tuple[str,
     for group, frame in runs.groupby(keys, sort=True, dropna=False):
         row = dict(zip(keys, group if isinstance(group, tuple) else (group,)))
         row.update({title: _mean_std(frame[col], digits) for title, (col, digits) in metrics.items()})
-        row["Seeds"] = len(frame)
+        truncated = int(frame["truncated"].sum()) if "truncated" in frame else 0
+        row["Seeds"] = f"{len(frame)} ({truncated} truncated)" if truncated else len(frame)
         out.append(row)
     return pd.DataFrame(out)
 
@@ -77,7 +94,8 @@ def limited_label_table(runs: pd.DataFrame) -> pd.DataFrame:
     runs["Labeled"] = runs["labeled_fraction"].map(lambda f: f"{100 * f:g}%")
     table = aggregate(runs, ["dataset", "Labeled", "start", "method"],
                       {"Top-1": ("top1", 2), "Top-5": ("top5", 2), "CH": ("ch", 2), "CH strict": ("ch_strict", 2),
-                       "CGC Loss": ("cgc_val_loss", 4), "kNN": ("knn_top1", 2)})
+                       "CH rel. SwAV": ("ch_released_swav", 2), "CGC Loss": ("cgc_val_loss", 4), "kNN": ("knn_top1", 2),
+                       "Top-1 best*": ("best_top1", 2), "CH best*": ("best_ch", 2)})
     table["method"] = table["method"].map(METHOD_NAMES)
     return table.rename(columns={"dataset": "Dataset", "start": "Start", "method": "Method"})
 
@@ -87,7 +105,7 @@ def full_supervision_table(runs: pd.DataFrame) -> pd.DataFrame:
     if runs.empty:
         return pd.DataFrame()
     table = aggregate(runs, ["dataset", "arch", "method"],
-                      {"Top-1": ("top1", 2), "CH": ("ch", 2), "CGC Loss": ("cgc_val_loss", 4)})
+                      {"Top-1": ("top1", 2), "CH": ("ch", 2), "CGC Loss": ("cgc_val_loss", 4), "Top-1 best*": ("best_top1", 2)})
     table["method"] = table["method"].map(METHOD_NAMES)
     return table.rename(columns={"dataset": "Dataset", "arch": "Architecture", "method": "Method"})
 
@@ -97,7 +115,7 @@ def ablation_table(runs: pd.DataFrame, setting: str) -> pd.DataFrame:
     entropy rows (which do not depend on the setting) show '–' in its column."""
     runs = runs.copy()
     runs["Labeled"] = runs["labeled_fraction"].map(lambda f: f"{100 * f:g}%")
-    runs[setting] = runs[setting].where(runs["method"] != "ce")  # NaN: grouped together, shown as '–'
+    runs[setting] = runs[setting].where(~runs["method"].isin(["ce", "ce-script"]))  # NaN: grouped together, shown as '–'
     table = aggregate(runs, ["Labeled", "start", "method", setting],
                       {"Top-1": ("top1", 2), "CH": ("ch", 2), "CH strict": ("ch_strict", 2), "kNN": ("knn_top1", 2)})
     table["method"] = table["method"].map(METHOD_NAMES)
@@ -105,6 +123,7 @@ def ablation_table(runs: pd.DataFrame, setting: str) -> pd.DataFrame:
     return table.rename(columns={"start": "Start", "method": "Method"})
 
 
+@cli
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dirs", nargs="+")
@@ -119,6 +138,8 @@ def main(argv=None) -> int:
     for title, table in sections:
         if not table.empty:
             text.append(f"### {title}\n\n{table.to_markdown(index=False, disable_numparse=True)}\n")
+    text.append("\\* best: the epoch of highest validation top-1 (model_best.pt), a selection on the validation set; "
+                "CH rel. SwAV: the released SwAV-start CH script's figure (layer4 channel = class id; FIDELITY.md).\n")
     text.append(f"### Published (ImageNet, ResNet-50)\n\n{PUBLISHED_LIMITED.to_markdown(index=False, disable_numparse=True)}\n")
     print("\n".join(text))
     if args.out:

@@ -11,16 +11,15 @@ if __package__ in (None, ""):  # `python semisup/run.py`: import the package, no
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from semisup.config import parse_config  # noqa: E402
-from semisup.train import RunDirError, train  # noqa: E402
+from semisup.errors import cli  # noqa: E402
+from semisup.train import train  # noqa: E402
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_config(argv)
-    try:
-        train(cfg)
-    except RunDirError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    """Exit 0 when the run finished, 2 for a setting or run directory that cannot be used, 1 when
+    the run failed on its inputs (one line on stderr; a bug keeps its traceback)."""
+    train(parse_config(argv))
     return 0
 
 

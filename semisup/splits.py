@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from semisup.errors import UserError, cli
+
 SPLITS_DIR = Path(__file__).resolve().parents[1] / "splits"
 _SOURCE = "https://raw.githubusercontent.com/google-research/simclr/master/imagenet_subsets/"
 STANDARD = {
@@ -22,7 +24,7 @@ STANDARD = {
 DOWNLOAD_COMMAND = "python -m semisup.splits download"
 
 
-class SplitError(ValueError):
+class SplitError(UserError, ValueError):
     pass
 
 
@@ -75,8 +77,14 @@ def stratified_split(names_by_class: dict[str, list[str]], fraction: float, seed
     return sorted(chosen)
 
 
-def custom_split_path(fraction: float, seed: int, splits_dir: Path = SPLITS_DIR) -> Path:
-    return splits_dir / f"{fraction:g}-seed{seed}.txt"
+def dataset_digest(names: list[str]) -> str:
+    """8 hex digits naming the set of training files, so a split built for one dataset is never
+    reused for another with the same fraction and seed."""
+    return hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()[:8]
+
+
+def custom_split_path(fraction: float, seed: int, names: list[str], splits_dir: Path = SPLITS_DIR) -> Path:
+    return splits_dir / f"{fraction:g}-seed{seed}-{dataset_digest(names)}.txt"
 
 
 def write_split(names: list[str], path: Path) -> None:
@@ -90,7 +98,8 @@ def resolve_labeled(names: list[str], cfg, splits_dir: Path = SPLITS_DIR) -> tup
     """The labeled file names for ``cfg`` and the split file they come from.
 
     ``names``: every training file name (basename) found. Standard fractions read the SimCLR
-    files; any other fraction builds a stratified subset once and writes it to ``splits/``.
+    files; any other fraction builds a stratified subset once and writes it to ``splits/``, named by
+    fraction, seed and a digest of the dataset's file names.
     """
     if cfg.split_file:
         path = Path(cfg.split_file)
@@ -100,7 +109,7 @@ def resolve_labeled(names: list[str], cfg, splits_dir: Path = SPLITS_DIR) -> tup
     path = standard_split_path(cfg.labeled_fraction, splits_dir)
     if path is not None:
         return read_split(path), path
-    path = custom_split_path(cfg.labeled_fraction, cfg.split_seed, splits_dir)
+    path = custom_split_path(cfg.labeled_fraction, cfg.split_seed, names, splits_dir)
     if not path.is_file():
         by_class = defaultdict(list)
         for name in names:
@@ -118,14 +127,19 @@ def download(dest: Path = SPLITS_DIR) -> None:
             continue
         tmp = path.with_suffix(".part")
         print(f"downloading {_SOURCE + name} -> {path}")
-        urllib.request.urlretrieve(_SOURCE + name, tmp)
+        try:
+            urllib.request.urlretrieve(_SOURCE + name, tmp)
+        except OSError as err:  # no network, DNS, HTTP errors
+            raise UserError(f"could not download {_SOURCE + name} ({err}); copy {name} into {dest} from a machine with "
+                            "network access (its sha256 is checked)") from err
         if sha256(tmp) != digest:
             tmp.unlink()
-            raise SystemExit(f"{name}: sha256 mismatch after download (expected {digest}); nothing was written")
+            raise UserError(f"{name}: sha256 mismatch after download (expected {digest}); nothing was written")
         tmp.replace(path)
         print(f"{path}: sha256 ok")
 
 
+@cli
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["download"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ from semisup import checkpoint as ckpt
 from semisup import distributed as D
 from semisup import transforms as T
 from semisup.config import Config, differing_keys, load_saved_config, save_config
+from semisup.errors import UserError
+from semisup.rundir import RunDirError, acquire_lock, archive_previous, prepare_run_dir, release_lock  # noqa: F401 (RunDirError: re-exported)
 from semisup.data import DataBundle, EpochSampler, StreamSampler, TrainDataset, build_demo_bundle, make_loader
 from semisup.evaluate import Evaluator, format_results
 from semisup.models import build_model, load_pretrained
@@ -34,12 +37,16 @@ log = logging.getLogger(__name__)
 LABELED_STREAM, UNLABELED_STREAM = 0, 1
 
 
-class NonFiniteLoss(RuntimeError):
-    pass
+class NonFiniteLoss(UserError, RuntimeError):
+    """The loss became NaN or infinite (too high a learning rate, fp16 overflow)."""
 
 
-class RunDirError(RuntimeError):
-    pass
+class BadDataError(UserError, RuntimeError):
+    """More unreadable images than --max-bad-fraction allows."""
+
+
+class UnreadableCheckpoint(UserError, RuntimeError):
+    """The checkpoint to resume from is truncated or damaged."""
 
 
 def build_data(cfg: Config) -> DataBundle:
@@ -49,52 +56,28 @@ def build_data(cfg: Config) -> DataBundle:
     return build_folder_bundle(cfg)
 
 
-def default_run_dir(cfg: Config) -> Path:
-    dataset = "demo" if cfg.is_demo else Path(cfg.data).name
-    return Path("runs") / f"{dataset}-{cfg.method}-frac{cfg.labeled_fraction:g}-seed{cfg.seed}"
+LOG_FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
 
 
-def prepare_run_dir(cfg: Config) -> Path:
-    """Pick the run directory: resume an unfinished run there, refuse to replace a finished
-    one (unless --overwrite), refuse to resume with different settings."""
-    explicit = cfg.run_dir is not None
-    run_dir = Path(cfg.run_dir) if explicit else default_run_dir(cfg)
-    if not explicit:  # the default name moves on to -2, -3, ... rather than touch a finished run
-        base, n = run_dir, 1
-        while (run_dir / "final.json").exists() and not cfg.overwrite:
-            n += 1
-            run_dir = base.with_name(f"{base.name}-{n}")
-    if (run_dir / "final.json").exists():
-        if not cfg.overwrite:
-            raise RunDirError(f"{run_dir} already holds a finished run (final.json); choose another --run-dir or pass --overwrite")
-        for name in ("final.json", "checkpoint.pt", "metrics.csv", "eval.jsonl"):
-            (run_dir / name).unlink(missing_ok=True)
-    saved = run_dir / "config.yaml"
-    if (run_dir / "checkpoint.pt").exists() and saved.exists():
-        previous = load_saved_config(saved)
-        changed = differing_keys(previous, cfg)
-        if changed:
-            raise RunDirError(f"{run_dir} holds an unfinished run with different settings ({', '.join(changed)}); "
-                              "resume it with the same flags, or choose another --run-dir")
-    return run_dir
-
-
-def setup_logging(run_dir: Path | None, is_main: bool) -> None:
+def setup_logging(is_main: bool) -> None:
+    """Console logging: only this package speaks at INFO, and only on rank 0."""
     root = logging.getLogger()
     if getattr(root, "_semisup_configured", False):
         return
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     handler = logging.StreamHandler()
-    handler.setFormatter(fmt)
+    handler.setFormatter(LOG_FORMAT)
     root.addHandler(handler)
-    if run_dir is not None and is_main:
-        file_handler = logging.FileHandler(run_dir / "train.log")
-        file_handler.setFormatter(fmt)
-        root.addHandler(file_handler)
-    # Only this package speaks at INFO, and only on rank 0; libraries keep to warnings.
     root.setLevel(logging.WARNING)
     logging.getLogger("semisup").setLevel(logging.INFO if is_main else logging.WARNING)
     root._semisup_configured = True
+
+
+def log_to_file(path: Path) -> logging.Handler:
+    """Also write the log to ``path`` (train.log), from the moment the run has started."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(LOG_FORMAT)
+    logging.getLogger().addHandler(handler)
+    return handler
 
 
 def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
@@ -130,9 +113,6 @@ class Trainer:
         self.channels_last = cfg.channels_last and self.device.type == "cuda"
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        for name, value in (("batch_labeled", cfg.batch_labeled), ("batch_unlabeled", cfg.batch_unlabeled)):
-            if value % dist.world:
-                raise ValueError(f"--{name.replace('_', '-')} {value} is not divisible by the {dist.world} processes")
         self.batch_l, self.batch_u = cfg.batch_labeled // dist.world, cfg.batch_unlabeled // dist.world
         self.uses_unlabeled = bundle.unlabeled is not None
         self.pair_on_labeled = cfg.full_supervision and cfg.forwards_pairs
@@ -244,14 +224,21 @@ class Trainer:
 
     def save(self) -> None:
         if self.dist.is_main:
-            ckpt.save_atomic(self.state(), self.run_dir / "checkpoint.pt")
+            ckpt.save_atomic(self.state(), self.run_dir / "checkpoint.pt", keep_previous=True)
         D.barrier()
 
     def resume(self) -> bool:
         path = self.run_dir / "checkpoint.pt"
         if not path.exists():
             return False
-        state = ckpt.load(path)
+        try:
+            state = ckpt.load(path)
+        except Exception as err:  # torch raises several types for a truncated or damaged file
+            prev = ckpt.previous(path)
+            what = (f"the previous checkpoint {prev} is kept: `mv {prev} {path}` resumes from it"
+                    if prev.exists() else "no earlier checkpoint exists")
+            raise UnreadableCheckpoint(f"{path} cannot be read, truncated or damaged ({type(err).__name__}); {what}; "
+                                       "--overwrite starts the run anew") from err
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
@@ -339,11 +326,13 @@ class Trainer:
         at log points only: the check is a host-device sync."""
         bad_step = int(self.first_nonfinite)
         if bad_step >= 0:
-            raise NonFiniteLoss(f"non-finite loss at step {bad_step}; the last good checkpoint is {self.run_dir / 'checkpoint.pt'} "
-                                "(try a lower --lr-head/--lr-trunk or --amp bf16)")
+            path = self.run_dir / "checkpoint.pt"
+            kept = (f"the last good checkpoint is {path} (step {ckpt.load(path)['step']})" if path.exists()
+                    else "no checkpoint was written before it")
+            raise NonFiniteLoss(f"non-finite loss at step {bad_step}; {kept} (try a lower --lr-head/--lr-trunk or --amp bf16)")
         seen = self.labeled_seen + (self.step * self.cfg.batch_unlabeled if self.uses_unlabeled else 0)
         if self.bad_images > self.cfg.max_bad_fraction * seen and self.bad_images > 0:
-            raise RuntimeError(f"{self.bad_images} unreadable images among {seen} loaded (more than --max-bad-fraction "
+            raise BadDataError(f"{self.bad_images} unreadable images among {seen} loaded (more than --max-bad-fraction "
                                f"{self.cfg.max_bad_fraction}); check the dataset (the warnings above name the files)")
 
     def images_seen(self) -> dict:
@@ -362,6 +351,9 @@ class Trainer:
         if full or (cfg.eval_every and epoch % cfg.eval_every == 0):
             row.update(evaluator.run(self.model, progress=True, full=full))
             self.model.train()
+            for key, value in row.items():
+                if isinstance(value, float) and not math.isfinite(value) and key != "ch_released_swav":
+                    log.warning("validation %s is %s at epoch %d: the model or its heatmaps diverged", key, value, epoch)
             # model_best by validation top-1, as the released scripts kept model_best.pth.tar.
             if self.best is None or row["top1"] > self.best["top1"]:
                 self.best = dict(epoch=epoch, step=self.step, top1=row["top1"], top5=row["top5"])
@@ -382,7 +374,9 @@ class Trainer:
         path = self.run_dir / "metrics.csv"
         frame = pd.read_csv(path) if path.exists() else pd.DataFrame()
         frame = frame[frame["epoch"] < row["epoch"]] if len(frame) else frame  # a resumed run rewrites its epoch once
-        pd.concat([frame, pd.DataFrame([row])], ignore_index=True).to_csv(path, index=False)
+        tmp = path.with_name(f".{path.name}.tmp")
+        pd.concat([frame, pd.DataFrame([row])], ignore_index=True).to_csv(tmp, index=False)
+        os.replace(tmp, path)  # a kill mid-write never leaves a half-written metrics.csv
         if not hasattr(self, "writer"):
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(self.run_dir / "tensorboard")
@@ -418,8 +412,11 @@ class Trainer:
     def finish(self, evaluator: Evaluator) -> dict:
         final = {k: v for k, v in self.last_row.items() if isinstance(v, (int, float))}
         best = self.best_metrics(evaluator, final)
+        scheduled = self.schedule.steps_per_epoch * self.cfg.epochs
         result = dict(method=self.cfg.method, labeled_fraction=self.cfg.labeled_fraction, seed=self.cfg.seed, arch=self.cfg.arch,
-                      pretrained=self.cfg.pretrained, steps=self.step, final=final, best=best,
+                      pretrained=self.cfg.pretrained, steps=self.step, scheduled_steps=scheduled,
+                      truncated=self.step < scheduled,  # stopped by --max-steps: not a result of the recipe
+                      final=final, best=best,
                       ce_baseline=self.cfg.ce_mode if self.cfg.cgc_weight == 0 else None,
                       weights_sha256=weights_digest(self.model),
                       note="'final' is the last epoch; 'best' is the epoch of highest validation top-1 (model_best.pt, as the "
@@ -450,27 +447,43 @@ def train(cfg: Config) -> dict:
 
 
 def run_training(cfg: Config) -> tuple[dict, Trainer]:
-    """As :func:`train`, also returning the Trainer (tests compare weights across processes)."""
+    """As :func:`train`, also returning the Trainer (tests compare weights across processes).
+
+    Order matters for trust: the run directory is checked and locked first, then the data and the
+    model are built (a bad --data or --pretrained stops here), and only then is anything in the
+    run directory written or, with --overwrite, a finished run's files moved aside."""
     dist = D.setup(cfg.device)
+    run, file_log = None, None
     try:
-        run_dir = prepare_run_dir(cfg) if not cfg.dry_run else None
-        if run_dir is not None and dist.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, run_dir / "config.yaml")
+        run = prepare_run_dir(cfg) if not cfg.dry_run else None
+        if run is not None and dist.is_main:
+            acquire_lock(run.path)
         D.barrier()
-        setup_logging(run_dir, dist.is_main)
+        setup_logging(dist.is_main)
         bundle = build_data(cfg)
-        trainer = Trainer(cfg, dist, run_dir, bundle)
+        trainer = Trainer(cfg, dist, run.path if run else None, bundle)
         if cfg.dry_run:
             return dry_run_summary(cfg, bundle, trainer), trainer
+        if dist.is_main:
+            archived = archive_previous(run.path) if run.replaces_finished else None
+            save_config(cfg, run.path / "config.yaml")
+            file_log = log_to_file(run.path / "train.log")
+            if archived:
+                log.info("--overwrite: the finished run's files were moved to %s", archived)
+        D.barrier()
         result = trainer.fit()
         if dist.is_main:
             print()
             print(format_results(result_rows(cfg, result)))
             print("* best: the epoch of highest validation top-1 (model_best.pt), a selection on the validation set")
-            print(f"\nrun directory: {run_dir} (metrics.csv, final.json, gallery.png, tensorboard/)")
+            print(f"\nrun directory: {run.path} (metrics.csv, final.json, gallery.png, tensorboard/)")
         return result, trainer
     finally:
+        if file_log is not None:
+            logging.getLogger().removeHandler(file_log)
+            file_log.close()
+        if run is not None and dist.is_main:
+            release_lock(run.path)
         D.cleanup()
 
 

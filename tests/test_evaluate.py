@@ -11,6 +11,7 @@ from semisup import cgc
 from semisup import transforms as T
 from semisup.config import parse_config
 from semisup.data import DataBundle, EvalSet, FileSource
+from semisup.errors import UsageError
 from semisup.evaluate import Evaluator, content_heatmap, released_swav_cams
 from semisup.knn import knn_classify
 from semisup.models import build_model
@@ -134,7 +135,8 @@ def fake_run(path, method, fraction, seed, top1, ch, arch="resnet50", pretrained
     (path / "config.yaml").write_text(yaml.safe_dump(dict(labeled_fraction=fraction, arch=arch, pretrained=pretrained,
                                                           data="/data/imagenet", seed=seed, cgc_weight=weight)))
     final = dict(top1=top1, top5=top1 + 20, ch=ch, ch_strict=ch - 1, cgc_val_loss=4.0, knn_top1=40.0)
-    (path / "final.json").write_text(json.dumps(dict(method=method, final=final)))
+    best = dict(final, epoch=7, top1=top1 + 1)
+    (path / "final.json").write_text(json.dumps(dict(method=method, final=final, best=best)))
 
 
 def test_report_builds_the_published_layouts(tmp_path):
@@ -150,6 +152,8 @@ def test_report_builds_the_published_layouts(tmp_path):
     assert limited.loc["CGC", "Top-1"] == "55.20 ± 0.20"
     assert limited.loc["Cross-entropy", "CH"] == "47.00 ± 1.00"
     assert limited.loc["CGC", "Start"] == "swav_800ep_pretrain" and limited.loc["CGC", "Seeds"] == 3
+    assert limited.loc["CGC", "Top-1 best*"] == "56.20 ± 0.20"  # the best epoch, beside the final one
+    assert limited.loc["CGC", "CH rel. SwAV"] == "–"  # not in these runs' results
     full = full_supervision_table(runs)
     assert full.iloc[0][["Architecture", "Method", "Top-1", "CH", "CGC Loss"]].tolist() == ["resnet50", "CGC", "74.40", "62.00", "4.0000"]
 
@@ -165,5 +169,5 @@ def test_ablation_table_groups_by_the_setting_and_fills_settings_older_runs_lack
     assert table[["Method", "cgc_weight", "Top-1", "Seeds"]].values.tolist() == [
         ["Cross-entropy", "–", "30.50 ± 0.71", 2], ["CGC", "0.1", "32.00 ± 1.41", 2], ["CGC", "0.25", "25.00 ± 0.00", 2]]
     assert table.set_index("cgc_weight").loc["0.25", "CH"] == "44.50 ± 0.71"
-    with pytest.raises(KeyError, match="no setting 'lamda'"):
+    with pytest.raises(UsageError, match="no setting 'lamda'"):
         load_runs([tmp_path / "ce0"], settings=("lamda",))

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from semisup import launch
+from semisup.errors import UsageError
 from tests.run_helpers import wait_for_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +51,7 @@ def test_debug_cluster_runs_in_process_and_refuses_a_finished_run(tmp_path, demo
     assert result["steps"] == 3
     status = subprocess.run([sys.executable, str(ROOT / "jobs" / "status.py"), str(tmp_path / "runs")], capture_output=True, text=True, check=True)
     assert "finished" in status.stdout and "dbg" in status.stdout
-    with pytest.raises(SystemExit, match="already holds a finished run"):
+    with pytest.raises(UsageError, match="already holds a finished run"):
         launch.main(submit_args(tmp_path, "--cluster", "debug", "--name", "dbg", "--") + QUICK + ["--demo-cache", demo_cache])
 
 

@@ -1,0 +1,149 @@
+"""The run directory: its name, what may happen to a run already there, and the lock that keeps
+two runs out of one directory.
+
+Nothing in a run directory is changed before the new run has proved it can start: with
+``--overwrite`` a finished run's files are moved to ``replaced-<time>/`` inside it only after the
+data and the model were built, never deleted.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from semisup.config import Config, differing_keys, load_saved_config
+from semisup.errors import UsageError
+
+# What a run writes; --overwrite moves these aside (config.yaml and train.log too).
+RUN_FILES = ("final.json", "checkpoint.pt", "checkpoint.prev.pt", "model_best.pt", "metrics.csv", "eval.jsonl", "gallery.png",
+             "config.yaml", "train.log", "tensorboard")
+LOCK = ".lock"
+
+
+class RunDirError(UsageError, RuntimeError):
+    """The run directory cannot be used as asked (finished, other settings, held by another run)."""
+
+
+def default_run_dir(cfg: Config) -> Path:
+    dataset = "demo" if cfg.is_demo else Path(cfg.data).name
+    return Path("runs") / f"{dataset}-{cfg.method}-frac{cfg.labeled_fraction:g}-seed{cfg.seed}"
+
+
+@dataclass
+class RunDir:
+    path: Path
+    replaces_finished: bool  # --overwrite of a finished run: its files move aside once the new run starts
+
+
+def prepare_run_dir(cfg: Config) -> RunDir:
+    """Pick the run directory and check it, changing nothing: resume an unfinished run there,
+    refuse to replace a finished one (unless --overwrite), refuse to resume with different
+    settings (compared with config.yaml, or with the checkpoint's own record where config.yaml is
+    missing), refuse a directory another live run holds."""
+    explicit = cfg.run_dir is not None
+    path = Path(cfg.run_dir) if explicit else default_run_dir(cfg)
+    if not explicit:  # the default name moves on to -2, -3, ... rather than touch a finished run
+        base, n = path, 1
+        while (path / "final.json").exists() and not cfg.overwrite:
+            n += 1
+            path = base.with_name(f"{base.name}-{n}")
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"--run-dir {path} is a file, not a folder")
+    check_lock(path)
+    finished = (path / "final.json").exists()
+    if finished and not cfg.overwrite:
+        raise RunDirError(f"{path} already holds a finished run (final.json); choose another --run-dir or pass --overwrite "
+                          "(the finished run's files are then moved to a replaced-<time>/ folder inside it, not deleted)")
+    if not finished and (path / "checkpoint.pt").exists():
+        previous = _saved_config(path)
+        changed = differing_keys(previous, cfg) if previous is not None else []
+        if changed:
+            raise RunDirError(f"{path} holds an unfinished run with different settings ({', '.join(changed)}); "
+                              "resume it with the same flags, or choose another --run-dir")
+    return RunDir(path, finished and cfg.overwrite)
+
+
+def _saved_config(path: Path) -> Config | None:
+    """The settings the run in ``path`` was started with: config.yaml, else the checkpoint's."""
+    from semisup import checkpoint as ckpt
+    from semisup.config import config_from_dict
+    if (path / "config.yaml").exists():
+        return load_saved_config(path / "config.yaml")
+    try:
+        state = ckpt.load(path / "checkpoint.pt")
+    except Exception:  # unreadable: reported by the resume itself
+        return None
+    return config_from_dict(state["config"]) if isinstance(state.get("config"), dict) else None
+
+
+def archive_previous(path: Path) -> Path | None:
+    """Move a replaced run's files to ``path/replaced-<time>/`` (never delete); returns it."""
+    present = [name for name in RUN_FILES if (path / name).exists()]
+    if not present:
+        return None
+    archive = path / time.strftime("replaced-%Y%m%d-%H%M%S")
+    archive.mkdir()
+    for name in present:
+        shutil.move(str(path / name), str(archive / name))
+    return archive
+
+
+def _holder(path: Path) -> dict | None:
+    try:
+        return json.loads((path / LOCK).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(holder: dict) -> bool:
+    """Whether the process that wrote the lock still runs. A lock from another host is taken as
+    alive unless it belongs to the same Slurm job (a requeued job finding its own folder)."""
+    if holder.get("job") and holder.get("job") == os.environ.get("SLURM_JOB_ID"):
+        return False
+    if holder.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, KeyError, ValueError, TypeError):
+        return True
+    return int(holder["pid"]) != os.getpid()
+
+
+def check_lock(path: Path) -> None:
+    """Refuse a directory that a live run holds, naming the holder."""
+    holder = _holder(path)
+    if holder is not None and _alive(holder):
+        raise RunDirError(f"{path} is in use by another run (pid {holder.get('pid')} on {holder.get('host')}, since "
+                          f"{holder.get('started')}); wait for it, choose another --run-dir, or delete {path / LOCK} if that run is gone")
+
+
+def acquire_lock(path: Path) -> None:
+    """Hold ``path`` for this run (a stale lock of a finished process is taken over)."""
+    path.mkdir(parents=True, exist_ok=True)
+    check_lock(path)
+    record = dict(pid=os.getpid(), host=socket.gethostname(), job=os.environ.get("SLURM_JOB_ID"),
+                  started=time.strftime("%Y-%m-%d %H:%M:%S"))
+    tmp = path / f"{LOCK}.{os.getpid()}"
+    tmp.write_text(json.dumps(record))
+    try:
+        os.link(tmp, path / LOCK)  # atomic: fails if another run created the lock meanwhile
+    except FileExistsError:
+        holder = _holder(path)
+        if holder is not None and _alive(holder):
+            tmp.unlink()
+            raise RunDirError(f"{path} is in use by another run (pid {holder.get('pid')} on {holder.get('host')})") from None
+        os.replace(tmp, path / LOCK)  # stale: take it over
+        return
+    tmp.unlink()
+
+
+def release_lock(path: Path) -> None:
+    holder = _holder(path)
+    if holder is not None and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+        (path / LOCK).unlink(missing_ok=True)
