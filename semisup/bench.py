@@ -416,7 +416,7 @@ def bench_eval(args):
 
         def batched():
             with torch.no_grad():
-                result["batched"] = evaluator.content_heatmap(model, progress=False)["ch"]
+                result["batched"] = evaluator.content_heatmap(model, progress=False, released_swav=False)["ch"]
 
         def one_at_a_time():  # the reference protocol: each image alone, Grad-CAM by autograd
             total = 0.0

@@ -36,6 +36,9 @@ class Config:
     val_boxes: str | None = _f(None, "bounding boxes for Content Heatmap: a folder of ImageNet val XML files, or CUB's bounding_boxes.txt")
     val_labels: str | None = _f(None, "for a flat val/ folder: a file of '<file name> <wnid>' lines")
     val_dir: str = _f("val", "validation folder under --data (CUB-200 as released: 'test')")
+    data_format: str = _f("imagefolder", "layout of --data: 'imagefolder' (train/<class>/, <val-dir>/) or 'fgvc-aircraft' (the "
+                          "FGVC-Aircraft 2013b archive as torchvision's FGVCAircraft reads it: trainval for training, test for "
+                          "validation, the 100 variants)", choices=("imagefolder", "fgvc-aircraft"))
     num_classes: int | None = _f(None, "number of classes (default: the number of class folders)")
     image_size: int = _f(224, "training crop size and the size of the unlabeled view")
     resize_size: int = _f(256, "shorter side before the center crop for the unlabeled view and top-1/top-5")
@@ -319,7 +322,7 @@ def make_config(explicit: dict, recipe: str | None = None) -> Config:
     if chosen.get("consistency") == "l2" and "cgc_weight" not in chosen:
         values["cgc_weight"] = GCC_LAMBDA
     values.update(chosen)
-    if "lr_milestones" in values:
+    if isinstance(values.get("lr_milestones"), list):
         values["lr_milestones"] = tuple(values["lr_milestones"])
     return validate(Config(**values))
 

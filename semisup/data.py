@@ -279,6 +279,26 @@ def _eval_load(source, index: int) -> tuple[torch.Tensor, int]:
         return torch.zeros(3, 32, 32, dtype=torch.uint8), 1
 
 
+def build_fgvc_aircraft_bundle(cfg) -> DataBundle:
+    """FGVC-Aircraft in its released layout, read by torchvision's ``FGVCAircraft`` (variants,
+    trainval / test), for full supervision; no boxes (the released code measures CH on CUB only)."""
+    from torchvision.datasets import FGVCAircraft
+    try:
+        train, test = (FGVCAircraft(cfg.data, split=split, annotation_level="variant") for split in ("trainval", "test"))
+    except (RuntimeError, OSError, KeyError, ValueError) as err:
+        from semisup.errors import UserError
+        raise UserError(f"--data {cfg.data}: not an FGVC-Aircraft tree (expected {cfg.data}/fgvc-aircraft-2013b/data/...: "
+                        f"{type(err).__name__}: {err})") from err
+    if not cfg.full_supervision:
+        from semisup.errors import UsageError
+        raise UsageError("--data-format fgvc-aircraft is a full-supervision dataset: use --labeled-fraction 1.0 (or --recipe aircraft)")
+    source = FileSource([str(p) for p in train._image_files], train._labels)
+    val_source = FileSource([str(p) for p in test._image_files], test._labels)
+    summary = dict(dataset=str(cfg.data), format="fgvc-aircraft", classes=len(train.classes), labeled=len(source), unlabeled=0,
+                   validation=len(val_source), validation_with_boxes=0)
+    return DataBundle(list(train.classes), source, np.arange(len(source)), None, None, EvalSet(val_source, None), summary)
+
+
 def build_demo_bundle(cfg) -> DataBundle:
     """The embedded demo, split into labeled and unlabeled streams like ImageNet."""
     from semisup.demo import load_demo

@@ -196,9 +196,10 @@ class Evaluator:
         return cgc.cgc_loss(cam_aug, cam, torch.stack(boxes), torch.stack(flips), self.cfg.temperature, self.cfg.cam_size,
                             self.cfg.group_size, self.cfg.cgc_negatives)
 
-    def content_heatmap(self, model, progress: bool) -> dict:
-        """CH (published protocol), strict CH, the count of all-zero heatmaps and the released
-        SwAV script's CH, in one pass (percent; NaN where undefined, e.g. no boxes)."""
+    def content_heatmap(self, model, progress: bool, released_swav: bool = True) -> dict:
+        """CH (published protocol), strict CH, the count of all-zero heatmaps and (with
+        ``released_swav``) the released SwAV script's CH, in one pass (percent; NaN where
+        undefined, e.g. no boxes). Heatmaps are resized and masked on the model's device."""
         val = self.bundle.val
         nan = float("nan")
         if val.boxes is None:
@@ -215,10 +216,11 @@ class Evaluator:
             logits, features = model(T.normalize(images, channels_last=self._channels_last()))
             index = batch["index"].tolist()
             boxes, size = [val.boxes[i] for i in index], val.sizes[index[0]]
-            ch, strict, zero = content_heatmap(raw.cam(logits, features, target).cpu(), boxes, size)  # = pooled Grad-CAM (tested)
-            swav = released_swav_cams(features, target)
-            swav_sum = content_heatmap(swav.cpu(), boxes, size)[0].sum() if swav is not None else torch.tensor(nan, dtype=torch.float64)
-            sums += torch.stack([ch.sum(), strict.sum(), zero.sum().double(), torch.tensor(float(len(index)), dtype=torch.float64), swav_sum])
+            ch, strict, zero = content_heatmap(raw.cam(logits, features, target), boxes, size)  # = pooled Grad-CAM (tested)
+            swav = released_swav_cams(features, target) if released_swav else None
+            swav_sum = content_heatmap(swav, boxes, size)[0].sum().cpu() if swav is not None else torch.tensor(nan, dtype=torch.float64)
+            sums += torch.stack([ch.sum().cpu(), strict.sum().cpu(), zero.sum().double().cpu(),
+                                 torch.tensor(float(len(index)), dtype=torch.float64), swav_sum])
         sums = D.all_reduce_sum(sums.to(self.device)).cpu()
         images = max(sums[3].item(), 1)
         return dict(ch=100 * sums[0].item() / images, ch_strict=100 * sums[1].item() / images,

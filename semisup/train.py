@@ -52,6 +52,9 @@ class UnreadableCheckpoint(UserError, RuntimeError):
 def build_data(cfg: Config) -> DataBundle:
     if cfg.is_demo:
         return build_demo_bundle(cfg)
+    if cfg.data_format == "fgvc-aircraft":
+        from semisup.data import build_fgvc_aircraft_bundle
+        return build_fgvc_aircraft_bundle(cfg)
     from semisup.imagenet import build_folder_bundle
     return build_folder_bundle(cfg)
 

@@ -128,6 +128,7 @@ def test_dry_run_summary_and_a_short_run_on_the_folder(tree, tmp_path, capsys):
     assert main(folder_args(root, tmp_path, "--labeled-fraction", "0.5", "--dry-run")) == 0
     out = " ".join(capsys.readouterr().out.split())
     for line in ("dry run", "classes 3", "labeled 12", "validation 9", "validation_with_boxes 9", "bad_files_found 0",
+                 "unlabeled_sample_decoded 24", "unlabeled_sample_unreadable 1",  # the truncated file, found before training
                  "negatives_per_anchor 3"):  # a global batch of 4 is one group: 3 negatives (the released 128 in 64s: 63)
         assert line in out, out
     (split,) = (tmp_path / "splits").glob("0.5-seed0-*.txt")  # named by fraction, seed and the dataset's digest

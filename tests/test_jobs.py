@@ -50,7 +50,7 @@ def test_debug_cluster_runs_in_process_and_refuses_a_finished_run(tmp_path, demo
     result = jobs[0].result()
     assert result["steps"] == 3
     status = subprocess.run([sys.executable, str(ROOT / "jobs" / "status.py"), str(tmp_path / "runs")], capture_output=True, text=True, check=True)
-    assert "finished" in status.stdout and "dbg" in status.stdout
+    assert "finished (truncated by --max-steps at step 3)" in status.stdout and "dbg" in status.stdout
     with pytest.raises(UsageError, match="already holds a finished run"):
         launch.main(submit_args(tmp_path, "--cluster", "debug", "--name", "dbg", "--") + QUICK + ["--demo-cache", demo_cache])
 

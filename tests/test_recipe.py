@@ -139,3 +139,32 @@ def test_recipes_and_the_gcc_lambda():
     # The default recipe is the released 1 % run: 63 negatives per anchor, MultiStepLR [12, 16] x0.2.
     default = parse_config(["--data", "/imagenet"])
     assert (default.group_size, default.cgc_negatives, default.eval_every, default.lr_milestones) == (64, "aug", 1, (12, 16))
+
+
+def test_fgvc_aircraft_in_its_released_layout(tmp_path, demo_cache):
+    """torchvision's FGVCAircraft reader on a generated fgvc-aircraft-2013b tree, trained for a few steps."""
+    from PIL import Image
+    from semisup.train import build_data
+    data = tmp_path / "fgvc-aircraft-2013b" / "data"
+    (data / "images").mkdir(parents=True)
+    variants = ["707-320", "A320", "DC-3"]
+    (data / "variants.txt").write_text("\n".join(variants) + "\n")
+    rng = np.random.default_rng(0)
+    for split, count in (("trainval", 4), ("test", 2)):
+        lines = []
+        for v, variant in enumerate(variants):
+            for k in range(count):
+                name = f"{split}{v}{k:03d}"
+                Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(data / "images" / f"{name}.jpg")
+                lines.append(f"{name} {variant}")
+        (data / f"images_variant_{split}.txt").write_text("\n".join(lines) + "\n")
+    args = ["--data", str(tmp_path), "--data-format", "fgvc-aircraft", "--labeled-fraction", "1.0", "--arch", "resnet_tiny",
+            "--image-size", "32", "--resize-size", "36", "--ch-short-side", "32", "--batch-labeled", "4", "--workers", "0",
+            "--gallery", "0", "--epochs", "1", "--lambda", "0.5", "--run-dir", str(tmp_path / "run")]
+    bundle = build_data(parse_config(args))
+    assert bundle.classes == variants and len(bundle.labeled_indices) == 12 and len(bundle.val.source) == 6
+    assert bundle.labeled.labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    result = train(parse_config(args))
+    assert result["steps"] == 3 and result["final"]["train_consistency"] > 0
+    with pytest.raises(Exception, match="not an FGVC-Aircraft tree"):
+        build_data(parse_config(args[:1] + [str(tmp_path / "elsewhere")] + args[2:]))

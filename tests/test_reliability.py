@@ -114,8 +114,8 @@ def test_a_second_run_into_a_running_directory_is_refused_naming_the_holder(tmp_
         proc.kill()
         proc.wait()
     # The killed run's lock is stale (its process is gone): the same command resumes.
-    result = train(parse_config(args + ["--max-steps", "12"]))
-    assert result["steps"] == 12 and result["truncated"] and not (run_dir / ".lock").exists()
+    result = train(parse_config(args))
+    assert result["steps"] == 30 and not result["truncated"] and not (run_dir / ".lock").exists()
 
 
 def test_truncated_checkpoint_is_reported_and_the_previous_generation_kept(tmp_path, demo_cache):
