@@ -37,6 +37,7 @@ def default_run_dir(cfg: Config) -> Path:
 class RunDir:
     path: Path
     replaces_finished: bool  # --overwrite of a finished run: its files move aside once the new run starts
+    note: str = ""  # what happens to the directory, said at the start of the run
 
 
 def prepare_run_dir(cfg: Config) -> RunDir:
@@ -46,11 +47,15 @@ def prepare_run_dir(cfg: Config) -> RunDir:
     missing), refuse a directory another live run holds."""
     explicit = cfg.run_dir is not None
     path = Path(cfg.run_dir) if explicit else default_run_dir(cfg)
+    note = ""
     if not explicit:  # the default name moves on to -2, -3, ... rather than touch a finished run
         base, n = path, 1
         while (path / "final.json").exists() and not cfg.overwrite:
             n += 1
             path = base.with_name(f"{base.name}-{n}")
+        if n > 1:
+            note = (f"{base} holds a finished run: this is a new run in {path} (rerun with --run-dir {base} --overwrite to "
+                    "replace it instead)")
     if path.exists() and not path.is_dir():
         raise RunDirError(f"--run-dir {path} is a file, not a folder")
     check_lock(path)
@@ -64,7 +69,10 @@ def prepare_run_dir(cfg: Config) -> RunDir:
         if changed:
             raise RunDirError(f"{path} holds an unfinished run with different settings ({', '.join(changed)}); "
                               "resume it with the same flags, or choose another --run-dir")
-    return RunDir(path, finished and cfg.overwrite)
+    if not note:
+        note = ("resuming the unfinished run in " if (path / "checkpoint.pt").exists() and not finished else
+                "replacing the finished run in " if finished else "new run in ") + str(path)
+    return RunDir(path, finished and cfg.overwrite, note)
 
 
 def _saved_config(path: Path) -> Config | None:

@@ -11,6 +11,8 @@ import json
 import logging
 import math
 import os
+import sys
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from semisup import cgc
 from semisup import checkpoint as ckpt
@@ -291,12 +294,23 @@ class Trainer:
         window = torch.zeros(3, device=self.device)  # losses since the last log line
         self.first_nonfinite = torch.full((), -1, dtype=torch.long, device=self.device)
         self.model.train()
-        bar = tqdm(total=sched.total_steps, initial=self.step, desc="train", disable=not self.dist.is_main, dynamic_ncols=True)
-        window_steps = 0
+        # The bar only where a person watches a terminal; Slurm logs get the step lines instead.
+        bar = tqdm(total=sched.total_steps, initial=self.step, desc="train", dynamic_ncols=True,
+                   disable=not (self.dist.is_main and sys.stderr.isatty()))
+        with logging_redirect_tqdm():  # log lines go through the bar, never glued onto it
+            result = self._loop(streams, evaluator, window, bar)
+        bar.close()
+        return result
+
+    def _loop(self, streams, evaluator: Evaluator, window: torch.Tensor, bar) -> dict:
+        cfg, sched = self.cfg, self.schedule
+        window_steps, window_start, data_wait = 0, time.perf_counter(), 0.0
         while self.step < sched.total_steps:
             self.set_lr()
+            waited = time.perf_counter()
             labeled = next(streams[0])
             unlabeled = next(streams[1]) if self.uses_unlabeled else None
+            data_wait += time.perf_counter() - waited
             losses = self.training_step(labeled, unlabeled)
             stacked = torch.stack([losses["ce"], losses["consistency"], losses["loss"]])
             window += stacked
@@ -311,18 +325,48 @@ class Trainer:
             bar.update(1)
             end_of_epoch = self.step % sched.steps_per_epoch == 0 or self.step == sched.total_steps
             if self.step % cfg.log_every == 0 or end_of_epoch:
-                self.check_health()
+                self.check_health()  # a host-device sync: the window's time below is real compute
                 mean = (window / window_steps).tolist()
                 bar.set_postfix(ce=f"{mean[0]:.3f}", cons=f"{mean[1]:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.3g}")
+                self.log_step(mean, window_steps, time.perf_counter() - window_start, data_wait)
                 window.zero_()
-                window_steps = 0
+                window_steps, window_start, data_wait = 0, time.perf_counter(), 0.0
             if end_of_epoch:
                 self.end_epoch(evaluator)
+                window_start = time.perf_counter()  # evaluation time is not training speed
             elif cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                 self.check_health()
                 self.save()
-        bar.close()
         return self.finish(evaluator)
+
+    def log_step(self, mean: list[float], steps: int, seconds: float, data_wait: float) -> None:
+        """One line every --log-every steps (DINO / timm style) to the console and train.log, and
+        the same numbers to TensorBoard: epoch/step, lr, losses, images/s, data-loading vs
+        compute time, peak GPU memory, the run's ETA."""
+        cfg, sched = self.cfg, self.schedule
+        images = steps * (cfg.batch_labeled + (2 * cfg.batch_unlabeled if self.uses_unlabeled else 0))
+        per_step = seconds / max(steps, 1)
+        eta = (sched.total_steps - self.step) * per_step
+        memory = torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else float("nan")
+        numbers = dict(ce=mean[0], consistency=mean[1], loss=mean[2], lr_trunk=self.optimizer.param_groups[0]["lr"],
+                       images_per_s=images / max(seconds, 1e-9), data_s_per_step=data_wait / max(steps, 1),
+                       compute_s_per_step=(seconds - data_wait) / max(steps, 1), peak_gpu_gib=memory)
+        log.info("epoch %d step %d/%d  lr %.3g  ce %.4f  cgc %.4f  loss %.4f  %.1f images/s  data %.3fs compute %.3fs per step  "
+                 "peak GPU %s  ETA %s", math.ceil(self.step / sched.steps_per_epoch), self.step, sched.total_steps,
+                 numbers["lr_trunk"], mean[0], mean[1], mean[2], numbers["images_per_s"], numbers["data_s_per_step"],
+                 numbers["compute_s_per_step"], f"{memory:.1f} GiB" if memory == memory else "-",
+                 time.strftime("%H:%M:%S", time.gmtime(eta)) if eta < 86400 else f"{eta / 3600:.1f} h")
+        if self.dist.is_main and self.run_dir is not None:
+            writer = self.tensorboard()
+            for key, value in numbers.items():
+                if math.isfinite(value):
+                    writer.add_scalar(f"step/{key}", value, self.step)
+
+    def tensorboard(self):
+        if not hasattr(self, "writer"):
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(self.run_dir / "tensorboard")
+        return self.writer
 
     def check_health(self) -> None:
         """Stop on a non-finite loss (naming the step) or too many unreadable images. Called
@@ -380,13 +424,11 @@ class Trainer:
         tmp = path.with_name(f".{path.name}.tmp")
         pd.concat([frame, pd.DataFrame([row])], ignore_index=True).to_csv(tmp, index=False)
         os.replace(tmp, path)  # a kill mid-write never leaves a half-written metrics.csv
-        if not hasattr(self, "writer"):
-            from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(self.run_dir / "tensorboard")
+        writer = self.tensorboard()
         for key, value in row.items():
             if isinstance(value, (int, float)) and key not in ("epoch", "step"):
-                self.writer.add_scalar(key, value, row["step"])
-        self.writer.flush()
+                writer.add_scalar(key, value, row["step"])
+        writer.flush()
 
     def log_start(self) -> None:
         cfg, d = self.cfg, self.dist
@@ -463,6 +505,8 @@ def run_training(cfg: Config) -> tuple[dict, Trainer]:
             acquire_lock(run.path)
         D.barrier()
         setup_logging(dist.is_main)
+        if run is not None:
+            log.info("%s", run.note)
         bundle = build_data(cfg)
         trainer = Trainer(cfg, dist, run.path if run else None, bundle)
         if cfg.dry_run:

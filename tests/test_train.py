@@ -24,6 +24,9 @@ def test_short_cgc_demo_run_beats_chance_and_writes_metrics(tmp_path, demo_cache
     assert final["train_consistency"] > 0 and result["method"] == "cgc"
     metrics = pd.read_csv(run_dir / "metrics.csv")
     assert list(metrics["epoch"]) == [1, 2, 3]
+    # Watchable from a log: a line every --log-every steps with speed, data vs compute time and ETA.
+    steps = [line for line in (run_dir / "train.log").read_text().splitlines() if " step " in line and "images/s" in line]
+    assert len(steps) >= result["steps"] // 20 and all("ETA" in line and "data" in line and "compute" in line for line in steps)
     assert metrics["unlabeled_images"].iloc[-1] == 32 * result["steps"]
     saved = json.loads((run_dir / "final.json").read_text())
     assert saved["final"]["top1"] == pytest.approx(final["top1"])
