@@ -105,6 +105,7 @@ def make_executor(args, folder: Path):
     tasks = args.tasks_per_node or max(1, args.gpus_per_node)
     params = dict(nodes=args.nodes, tasks_per_node=tasks, gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task,
                   timeout_min=args.timeout_min, name=args.name)
+    params = {k: v for k, v in params.items() if v is not None}
     slurm = dict(slurm_partition=args.partition, slurm_account=args.account, slurm_qos=args.qos, slurm_constraint=args.constraint,
                  slurm_mem=args.mem, slurm_comment=args.comment, slurm_signal_delay_s=args.signal_delay_s,
                  slurm_additional_parameters=dict(kv.split("=", 1) for kv in args.sbatch) or None)
@@ -141,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nodes", type=int, default=1)
     p.add_argument("--gpus-per-node", type=int, default=0)
     p.add_argument("--tasks-per-node", type=int, help="default: one per GPU (1 without GPUs)")
-    p.add_argument("--cpus-per-task", type=int, default=10)
+    p.add_argument("--cpus-per-task", type=int, help="default: two loader streams x --workers of the run, + 2")
     p.add_argument("--timeout-min", type=int, default=4320)
     p.add_argument("--partition")
     p.add_argument("--account")
@@ -151,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--comment")
     p.add_argument("--signal-delay-s", type=int, default=120, help="seconds between Slurm's USR2 and the kill (time to requeue)")
     p.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE", help="extra sbatch option, repeatable")
-    p.add_argument("--name", default="semisup")
+    p.add_argument("--name", help="job and run-folder name (default: run.py's own, e.g. imagenet-cgc-frac0.01-seed0)")
     p.add_argument("--log-dir", type=Path, default=Path("jobs/logs"), help="submitit logs and code snapshots")
     p.add_argument("--run-root", type=Path, default=Path("runs"), help="parent of run directories not given by --run-dir")
     p.add_argument("--sweep", type=Path, help="YAML grid: one job per point, submitted as an array")
@@ -167,9 +168,18 @@ def main(argv: list[str] | None = None) -> list:
     if args.sweep:
         commands = [(name, flags + run_flags) for name, flags in sweep_commands(args.sweep.resolve(), args.run_root.resolve())]
     else:
-        commands = [(args.name, with_run_dir(run_flags, args.run_root.resolve() / args.name))]
+        from semisup.config import parse_config
+        from semisup.rundir import default_run_dir
+        # The same name run.py gives the run (validating its flags now, before queueing), so two
+        # submissions never share a folder and a resubmitted job finds its own.
+        name = args.name or default_run_dir(parse_config(run_flags)).name
+        commands = [(name, with_run_dir(run_flags, args.run_root.resolve() / name))]
     for _, flags in commands:
         check_not_finished(flags)
+    if args.cpus_per_task is None:
+        from semisup.config import parse_config
+        args.cpus_per_task = 2 * parse_config(commands[0][1]).workers + 2  # two streams' workers + the training process
+    args.name = args.name or commands[0][0]
     stamp = time.strftime("%Y%m%d-%H%M%S")
     snapshot = contextlib.nullcontext() if args.no_snapshot or args.cluster == "debug" else code_snapshot(log_dir / "code" / stamp)
     with snapshot:
@@ -181,4 +191,8 @@ def main(argv: list[str] | None = None) -> list:
                 jobs = [executor.submit(TrainJob(flags)) for _, flags in commands]
     for (name, flags), job in zip(commands, jobs):
         print(f"submitted {name}: job {job.job_id}, logs {job.paths.folder}, run dir {run_dir_of(flags)}")
+    if args.cluster == "debug":  # submitit's DebugExecutor runs a job when its result is asked for: here, in this process
+        for (name, _), job in zip(commands, jobs):
+            result = job.result()
+            print(f"finished {name} in-process: {result.get('steps')} steps, final top-1 {result['final'].get('top1', float('nan')):.2f}")
     return jobs

@@ -26,7 +26,8 @@ def test_sbatch_script_has_the_requested_resources(tmp_path, monkeypatch):
     monkeypatch.setattr(slurm.SlurmExecutor, "affinity", classmethod(lambda cls: 1))  # no srun on this machine
     args = launch.build_parser().parse_args(["--nodes", "2", "--gpus-per-node", "8", "--partition", "learnlab", "--account", "vision",
                                              "--qos", "high", "--constraint", "volta32gb", "--mem", "480G", "--comment", "cgc",
-                                             "--sbatch", "reservation=cgc", "--cluster", "slurm", "--timeout-min", "4320"])
+                                             "--sbatch", "reservation=cgc", "--cluster", "slurm", "--timeout-min", "4320",
+                                             "--cpus-per-task", "10"])
     executor = launch.make_executor(args, tmp_path / "%j")
     script = executor._executor._make_submission_file_text("python -u -m submitit.core._submit x", "uid")
     for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=8", "#SBATCH --gpus-per-node=8", "#SBATCH --partition=learnlab",
@@ -46,13 +47,15 @@ def test_sweep_expands_the_grid_with_one_run_dir_each(tmp_path):
 
 
 def test_debug_cluster_runs_in_process_and_refuses_a_finished_run(tmp_path, demo_cache):
-    jobs = launch.main(submit_args(tmp_path, "--cluster", "debug", "--name", "dbg", "--") + QUICK + ["--demo-cache", demo_cache, "--max-steps", "3"])
+    jobs = launch.main(submit_args(tmp_path, "--cluster", "debug", "--") + QUICK + ["--demo-cache", demo_cache, "--max-steps", "3"])
+    # Run in this process by main itself; the run folder is named as run.py names it.
+    assert (tmp_path / "runs" / "demo-cgc-frac0.02-seed0" / "final.json").is_file()
     result = jobs[0].result()
     assert result["steps"] == 3
     status = subprocess.run([sys.executable, str(ROOT / "jobs" / "status.py"), str(tmp_path / "runs")], capture_output=True, text=True, check=True)
-    assert "finished (truncated by --max-steps at step 3)" in status.stdout and "dbg" in status.stdout
+    assert "finished (truncated by --max-steps at step 3)" in status.stdout and "demo-cgc-frac0.02-seed0" in status.stdout
     with pytest.raises(UsageError, match="already holds a finished run"):
-        launch.main(submit_args(tmp_path, "--cluster", "debug", "--name", "dbg", "--") + QUICK + ["--demo-cache", demo_cache])
+        launch.main(submit_args(tmp_path, "--cluster", "debug", "--") + QUICK + ["--demo-cache", demo_cache, "--max-steps", "3"])
 
 
 def test_local_executor_two_tasks_train_with_gloo_to_identical_weights(tmp_path, demo_cache):
