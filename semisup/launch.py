@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nodes", type=int, default=1)
     p.add_argument("--gpus-per-node", type=int, default=0)
     p.add_argument("--tasks-per-node", type=int, help="default: one per GPU (1 without GPUs)")
-    p.add_argument("--cpus-per-task", type=int, help="default: two loader streams x --workers of the run, + 2")
+    p.add_argument("--cpus-per-task", type=int, help="default: two loader streams x --workers of the run, + 2 (the training process and a spare)")
     p.add_argument("--timeout-min", type=int, default=4320)
     p.add_argument("--partition")
     p.add_argument("--account")
