@@ -46,7 +46,7 @@ class Config:
     crop_scale_min: float = _f(0.08, "lower bound of RandomResizedCrop's area scale (labeled crops and the CGC transform)")
     max_bad_fraction: float = _f(0.001, "stop the run if more than this fraction of decoded images are unreadable")
     workers: int = _f(8, "data loading worker processes per stream and process")
-    decode: str = _f("cpu", "where training JPEGs are decoded: 'cpu' (loader workers, PIL with DCT downscaling) or 'gpu' (workers "
+    decode: str = _f("cpu", "where training JPEGs are decoded: 'cpu' (loader workers: libjpeg-turbo, PIL's DCT downscaling for large files) or 'gpu' (workers "
                      "only read bytes and draw crops; nvJPEG decodes and the GPU crops; for nodes with few cores per GPU, "
                      "see README Performance)", choices=("cpu", "gpu"))
     demo_cache: str | None = _f(None, "where the embedded demo dataset is cached (default ~/.cache/semisup)")
@@ -96,7 +96,7 @@ class Config:
     eval_every: int = _f(1, "top-1/top-5 on validation every N epochs, keeping model_best.pt by top-1 as the released code "
                          "did (0: only at the end)")
     ch_every: int = _f(0, "Content Heatmap, validation CGC loss and kNN every N epochs (0: only at the end, for the final and "
-                       "the best checkpoint); CH needs gradients at 448 px, the costliest part of an evaluation")
+                       "the best checkpoint); CH runs at 448 px, the costliest part of an evaluation")
     checkpoint_every: int = _f(500, "also checkpoint every N optimizer steps (0: only at epoch ends)")
     log_every: int = _f(50, "log the running losses every N steps")
     knn_k: int = _f(20, "neighbours for the kNN evaluation")

@@ -98,14 +98,16 @@ def _decode_jpeg_file(path: str, hw: tuple[int, int]) -> torch.Tensor | None:
     return image if tuple(image.shape[-2:]) == tuple(hw) else None
 
 
-def load_good(source, index: int, min_side: int | None = None) -> tuple[torch.Tensor, int, int]:
+def load_good(source, index: int, min_side: int | None = None, read=None) -> tuple[object, int, int]:
     """Decode ``index``, or the next decodable image after it; returns (image, its index, how
-    many unreadable files were skipped). A long run never dies on one bad file."""
+    many unreadable files were skipped). A long run never dies on one bad file. ``read(i)``
+    replaces the decode (the GPU path reads bytes instead)."""
+    read = read or (lambda i: source.load(i, min_side=min_side))
     bad = 0
     for attempt in range(len(source)):
         i = (index + attempt) % len(source)
         try:
-            return source.load(i, min_side=min_side), i, bad
+            return read(i), i, bad
         except DECODE_ERRORS as err:
             bad += 1
             log.warning("skipping unreadable image %s (%s)", source.name(i), err)

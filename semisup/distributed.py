@@ -115,3 +115,15 @@ def process_subgroup(size: int):
         return dist.group.WORLD
     group, _ = dist.new_subgroups(group_size=size)
     return group
+
+
+def amp_dtype(cfg, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for ``cfg.amp`` on ``device`` (None: full precision), shared by training and
+    evaluation."""
+    if cfg.amp == "off" or (cfg.amp == "auto" and device.type != "cuda"):
+        return None
+    if cfg.amp == "fp16":
+        return torch.float16
+    if cfg.amp == "bf16" or (device.type == "cuda" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16

@@ -139,8 +139,7 @@ class Evaluator:
     def _autocast(self):
         """bf16/fp16 autocast for the forward passes on GPUs, as in training (heatmaps stay float32)."""
         from contextlib import nullcontext
-        from semisup.train import amp_dtype
-        dtype = amp_dtype(self.cfg, self.device)
+        dtype = D.amp_dtype(self.cfg, self.device)
         return torch.autocast(self.device.type, dtype=dtype) if dtype is not None else nullcontext()
 
     def classify(self, model, progress: bool, full: bool = True) -> dict:

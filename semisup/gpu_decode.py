@@ -24,7 +24,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from semisup import transforms as T
-from semisup.data import DECODE_ERRORS
+from semisup.data import load_good
 
 log = logging.getLogger(__name__)
 
@@ -54,28 +54,19 @@ class EncodedTrainDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def _read(self, index: int) -> tuple[torch.Tensor, int, int, bool, int, int]:
-        """(data, H, W, encoded, its index, skipped): the next readable file from ``index``."""
-        bad = 0
-        for attempt in range(len(self.source)):
-            i = (index + attempt) % len(self.source)
-            path = self.source.name(i)
-            try:
-                h, w, jpeg = read_header(path)
-                if jpeg:
-                    with open(path, "rb") as f:
-                        return torch.frombuffer(bytearray(f.read()), dtype=torch.uint8), h, w, True, i, bad
-                pixels = self.source.load(i)  # PIL: any format, any mode
-                return pixels.flatten(), h, w, False, i, bad
-            except DECODE_ERRORS as err:
-                bad += 1
-                log.warning("skipping unreadable image %s (%s)", path, err)
-        raise RuntimeError("no readable image in the dataset")
+    def _read(self, i: int) -> tuple[torch.Tensor, int, int, bool]:
+        """(data, H, W, encoded): the file's bytes, or PIL's pixels where nvJPEG cannot decode it."""
+        path = self.source.name(i)
+        h, w, jpeg = read_header(path)
+        if jpeg:
+            with open(path, "rb") as f:
+                return torch.frombuffer(bytearray(f.read()), dtype=torch.uint8), h, w, True
+        return self.source.load(i).flatten(), h, w, False  # PIL: any format, any mode
 
     def __getitem__(self, key: tuple[int, int]) -> dict:
         position, seed = key
         generator = torch.Generator().manual_seed(seed)
-        data, h, w, encoded, index, bad = self._read(int(self.indices[position]))
+        (data, h, w, encoded), index, bad = load_good(self.source, int(self.indices[position]), read=self._read)
         item = dict(data=data, hw=torch.tensor([h, w]), encoded=encoded, label=int(self.source.labels[index]), bad=bad)
         if self.crop:
             item["crop"] = torch.tensor(T.draw_crop_flip(h, w, self.scale, generator), dtype=torch.long)

@@ -27,6 +27,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from semisup import cgc
 from semisup import checkpoint as ckpt
 from semisup import distributed as D
+from semisup.distributed import amp_dtype
 from semisup import transforms as T
 from semisup.config import Config, differing_keys, load_saved_config, save_config
 from semisup.errors import UserError
@@ -84,16 +85,6 @@ def log_to_file(path: Path) -> logging.Handler:
     handler.setFormatter(LOG_FORMAT)
     logging.getLogger().addHandler(handler)
     return handler
-
-
-def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
-    if cfg.amp == "off" or (cfg.amp == "auto" and device.type != "cuda"):
-        return None
-    if cfg.amp == "fp16":
-        return torch.float16
-    if cfg.amp == "bf16" or (device.type == "cuda" and torch.cuda.is_bf16_supported()):
-        return torch.bfloat16
-    return torch.float16
 
 
 @dataclass
