@@ -68,7 +68,15 @@ def with_run_dir(argv: list[str], default: Path) -> list[str]:
     return [str(Path(a).resolve()) if a == given else a for a in argv]
 
 
-def check_not_finished(argv: list[str]) -> None:
+def check_before_queueing(argv: list[str]) -> None:
+    """Refuse, before anything is queued, a job that would fail at once: invalid flags, a path
+    it names that does not exist (as seen from here), or a finished run directory."""
+    from semisup.config import parse_config
+    cfg = parse_config(argv)  # raises ConfigError naming the setting
+    for flag, value in (("--data", cfg.data), ("--pretrained", cfg.pretrained), ("--val-boxes", cfg.val_boxes),
+                        ("--split-file", cfg.split_file), ("--val-labels", cfg.val_labels)):
+        if value is not None and not Path(value).exists():
+            raise UsageError(f"{flag} {value}: no such file or folder as seen from this machine; nothing was queued")
     run_dir = Path(run_dir_of(argv))
     if (run_dir / "final.json").exists() and "--overwrite" not in argv:
         raise UsageError(f"{run_dir} already holds a finished run; pass --overwrite after -- or choose another --run-dir")
@@ -175,7 +183,7 @@ def main(argv: list[str] | None = None) -> list:
         name = args.name or default_run_dir(parse_config(run_flags)).name
         commands = [(name, with_run_dir(run_flags, args.run_root.resolve() / name))]
     for _, flags in commands:
-        check_not_finished(flags)
+        check_before_queueing(flags)
     if args.cpus_per_task is None:
         from semisup.config import parse_config
         args.cpus_per_task = 2 * parse_config(commands[0][1]).workers + 2  # two streams' workers + the training process

@@ -81,6 +81,8 @@ def test_command_line_mistakes_end_in_one_line_and_an_exit_code(tmp_path, demo_c
     sweep.write_text("grid: [1, 2]\n")
     bad_sweep = run_cli("jobs/submit.py", "--sweep", str(sweep), "--log-dir", str(tmp_path / "logs"))
     assert bad_sweep.returncode == 2 and "a sweep needs" in bad_sweep.stderr and "Traceback" not in bad_sweep.stderr
+    no_data = run_cli("jobs/submit.py", "--cluster", "local", "--log-dir", str(tmp_path / "logs"), "--", "--data", str(tmp_path / "nowhere"))
+    assert no_data.returncode == 2 and "nothing was queued" in no_data.stderr and not (tmp_path / "logs").exists()
     report = run_cli("semisup/report.py", str(tmp_path))
     assert report.returncode == 1 and "Traceback" not in report.stderr
 
