@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from semisup.errors import UserError
 
@@ -100,3 +102,46 @@ def load_boxes(path: str | Path) -> dict[str, ImageBoxes]:
     if path.is_file() and path.name == "bounding_boxes.txt":
         return load_cub_boxes(path)
     return load_voc_folder(path)
+
+
+def box_mask(boxes: np.ndarray, height: int, width: int) -> torch.Tensor:
+    """Union of boxes [n, 4] (xmin, ymin, xmax, ymax; pixels, max exclusive) as bool [H, W].
+    A pixel is inside when its centre is; coordinates are clipped to the image."""
+    mask = torch.zeros(height, width, dtype=torch.bool)
+    ys = torch.arange(height) + 0.5
+    xs = torch.arange(width) + 0.5
+    for xmin, ymin, xmax, ymax in np.asarray(boxes, dtype=np.float64).reshape(-1, 4):
+        mask |= ((ys >= ymin) & (ys < ymax))[:, None] & ((xs >= xmin) & (xs < xmax))[None, :]
+    return mask
+
+
+def scale_boxes(boxes: np.ndarray, from_hw: tuple[int, int], to_hw: tuple[int, int]) -> np.ndarray:
+    """Boxes [n, 4] (xmin, ymin, xmax, ymax) in an image of size from_hw, mapped to to_hw."""
+    sy, sx = to_hw[0] / from_hw[0], to_hw[1] / from_hw[1]
+    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4) * np.array([sx, sy, sx, sy])
+
+
+# Added by the released CH scripts after normalising the Grad-CAM to sum 1 (``compute_gradcam``).
+CH_EPS = 1e-8
+
+
+def content_heatmap(cams: torch.Tensor, boxes: list[np.ndarray], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """CH of heatmaps whose images share one original size.
+
+    Args:
+        cams: [B, h, w] non-negative heatmaps.
+        boxes: B arrays [n_i, 4] in original-image pixels (may be empty: nothing inside).
+        size: original (H, W).
+    Returns:
+        (ch [B], ch_strict [B], zero [B]): float64 fractions of mass inside the boxes under the
+        published protocol (map / (sum + 1e-8) + 1e-8 first, so an all-zero map is uniform)
+        and with all-zero maps counted as 0; bool, whether the map is all zero.
+    """
+    cams = cams.float()
+    total = cams.sum((1, 2), keepdim=True)
+    normalised = cams / (total + CH_EPS) + CH_EPS
+    up = F.interpolate(normalised.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1).double()
+    masks = torch.stack([box_mask(b, *size) for b in boxes]).to(up.device)
+    ch = (up * masks).sum((1, 2)) / up.sum((1, 2))
+    zero = total.flatten() <= 0
+    return ch, torch.where(zero, torch.zeros_like(ch), ch), zero

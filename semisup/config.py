@@ -336,8 +336,13 @@ def parse_config(argv: list[str] | None = None) -> Config:
     return make_config(explicit, recipe)
 
 
-def save_config(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+def save_config(cfg: Config, path: Path, code: dict | None = None) -> None:
+    """config.yaml: every setting, then (``code``) the commit the run used and whether the tree
+    had uncommitted edits. Loading ignores ``code``: it records, it does not configure."""
+    values = cfg.to_dict()
+    if code is not None:
+        values["code"] = code
+    path.write_text(yaml.safe_dump(values, sort_keys=False))
 
 
 def load_saved_config(path: Path) -> Config:

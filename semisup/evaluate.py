@@ -32,55 +32,13 @@ from tqdm import tqdm
 from semisup import cgc
 from semisup import distributed as D
 from semisup import transforms as T
+from semisup.boxes import content_heatmap  # noqa: F401 (also part of this module's API)
 from semisup.data import EvalDataset
-from semisup.errors import UserError, cli
+from semisup.errors import cli
 
 log = logging.getLogger(__name__)
 
 VAL_CGC_BATCH = 128  # fixed, so the InfoNCE value is comparable between checkpoints
-
-
-def box_mask(boxes: np.ndarray, height: int, width: int) -> torch.Tensor:
-    """Union of boxes [n, 4] (xmin, ymin, xmax, ymax; pixels, max exclusive) as bool [H, W].
-    A pixel is inside when its centre is; coordinates are clipped to the image."""
-    mask = torch.zeros(height, width, dtype=torch.bool)
-    ys = torch.arange(height) + 0.5
-    xs = torch.arange(width) + 0.5
-    for xmin, ymin, xmax, ymax in np.asarray(boxes, dtype=np.float64).reshape(-1, 4):
-        mask |= ((ys >= ymin) & (ys < ymax))[:, None] & ((xs >= xmin) & (xs < xmax))[None, :]
-    return mask
-
-
-def scale_boxes(boxes: np.ndarray, from_hw: tuple[int, int], to_hw: tuple[int, int]) -> np.ndarray:
-    """Boxes [n, 4] (xmin, ymin, xmax, ymax) in an image of size from_hw, mapped to to_hw."""
-    sy, sx = to_hw[0] / from_hw[0], to_hw[1] / from_hw[1]
-    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4) * np.array([sx, sy, sx, sy])
-
-
-# Added by the released CH scripts after normalising the Grad-CAM to sum 1 (``compute_gradcam``).
-CH_EPS = 1e-8
-
-
-def content_heatmap(cams: torch.Tensor, boxes: list[np.ndarray], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """CH of heatmaps whose images share one original size.
-
-    Args:
-        cams: [B, h, w] non-negative heatmaps.
-        boxes: B arrays [n_i, 4] in original-image pixels (may be empty: nothing inside).
-        size: original (H, W).
-    Returns:
-        (ch [B], ch_strict [B], zero [B]): float64 fractions of mass inside the boxes under the
-        published protocol (map / (sum + 1e-8) + 1e-8 first, so an all-zero map is uniform)
-        and with all-zero maps counted as 0; bool, whether the map is all zero.
-    """
-    cams = cams.float()
-    total = cams.sum((1, 2), keepdim=True)
-    normalised = cams / (total + CH_EPS) + CH_EPS
-    up = F.interpolate(normalised.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1).double()
-    masks = torch.stack([box_mask(b, *size) for b in boxes]).to(up.device)
-    ch = (up * masks).sum((1, 2)) / up.sum((1, 2))
-    zero = total.flatten() <= 0
-    return ch, torch.where(zero, torch.zeros_like(ch), ch), zero
 
 
 def released_swav_cams(features: torch.Tensor, classes: torch.Tensor) -> torch.Tensor | None:
@@ -278,40 +236,9 @@ def format_results(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def load_run_model(checkpoint: str | Path, overrides: dict):
-    """(model, cfg) from a checkpoint saved by this project; ``overrides`` replace config values
-    (e.g. the data path on another machine)."""
-    from semisup import checkpoint as ckpt
-    from semisup.config import config_from_dict
-    from semisup.models import build_model
-
-    path = Path(checkpoint)
-    if path.is_dir():
-        hint = " (it holds no checkpoint.pt yet)" if not (path / "checkpoint.pt").exists() else f": pass {path / 'checkpoint.pt'}"
-        raise UserError(f"--checkpoint {path} is a folder{hint}; pass a run's checkpoint.pt or model_best.pt")
-    if not path.is_file():
-        raise UserError(f"--checkpoint {path}: no such file; pass a run's checkpoint.pt or model_best.pt")
-    try:
-        state = ckpt.load(path)
-    except Exception as err:  # torch raises several types for damaged files
-        raise UserError(f"--checkpoint {path}: not a readable checkpoint ({type(err).__name__}); truncated, or not written by "
-                        "semisup/run.py") from err
-    if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise UserError(f"{checkpoint}: not a checkpoint written by semisup/run.py (no 'model' and 'config' entries)")
-    values = dict(state["config"])
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    cfg = config_from_dict(values)
-    num_classes = state["model"]["fc.weight"].shape[0]
-    model = build_model(cfg.arch, num_classes)
-    model.load_state_dict(state["model"])
-    return model, cfg, state.get("step")
-
-
 @cli
 def main(argv: list[str] | None = None) -> int:
     import argparse
-
-    from semisup.train import build_data
 
     parser = argparse.ArgumentParser(description="Evaluate checkpoints: top-1/top-5, Content Heatmap, CGC loss, kNN; gallery PNG.")
     parser.add_argument("--checkpoint", required=True, help="checkpoint.pt written by semisup/run.py")
@@ -331,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="folder for eval.jsonl and gallery PNG (default: the first checkpoint's folder)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    from semisup.runs import build_data, load_run_model
 
     overrides = dict(data=args.data, val_boxes=args.val_boxes, val_labels=args.val_labels, ch_short_side=args.ch_short_side,
                      max_eval_images=args.max_eval_images, workers=args.workers)

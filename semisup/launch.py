@@ -11,8 +11,8 @@ import argparse
 import contextlib
 import itertools
 import os
+import json
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -68,11 +68,12 @@ def with_run_dir(argv: list[str], default: Path) -> list[str]:
     return [str(Path(a).resolve()) if a == given else a for a in argv]
 
 
-def check_before_queueing(argv: list[str]) -> None:
-    """Refuse, before anything is queued, a job that would fail at once: invalid flags, a path
-    it names that does not exist (as seen from here), or a finished run directory."""
-    from semisup.config import parse_config
-    cfg = parse_config(argv)  # raises ConfigError naming the setting
+def check_before_queueing(argv: list[str], tasks: int = 1) -> None:
+    """Refuse, before anything is queued, a job that would fail at once: invalid flags, batch
+    sizes not divisible by the job's ``tasks``, a path it names that does not exist (as seen
+    from here), or a finished run directory."""
+    from semisup.config import parse_config, validate
+    cfg = validate(parse_config(argv), world=tasks)  # raises ConfigError naming the setting
     for flag, value in (("--data", cfg.data), ("--pretrained", cfg.pretrained), ("--val-boxes", cfg.val_boxes),
                         ("--split-file", cfg.split_file), ("--val-labels", cfg.val_labels)):
         if value is not None and not Path(value).exists():
@@ -84,17 +85,15 @@ def check_before_queueing(argv: list[str]) -> None:
 
 @contextlib.contextmanager
 def code_snapshot(dest: Path):
-    """Copy the project's files (tracked and untracked, not ignored) to ``dest`` and submit from there, so jobs queued for a
+    """Submit from a snapshot of the tracked files (``semisup.snapshot``), so jobs queued for a
     week run the code as it was at submission, whatever happens to the checkout meanwhile."""
-    try:
-        files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, check=True).stdout.decode().split("\0")
-        files = [f for f in files if f and (REPO / f).is_file()]
-    except (OSError, subprocess.CalledProcessError):
-        files = [str(p.relative_to(REPO)) for folder in ("semisup", "jobs") for p in (REPO / folder).rglob("*.py")]
-    for rel in files:
-        target = dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / rel, target)
+    from semisup.snapshot import take_snapshot
+    info = take_snapshot(dest)
+    dirty = " with uncommitted edits to tracked files (recorded as dirty)" if info["dirty"] else ""
+    print(f"code snapshot {dest}: commit {info['commit'][:12]}{dirty}, {info['files']} files, {info['bytes'] / 1e6:.1f} MB")
+    if info["untracked"]:
+        print(f"not in the snapshot (untracked; `git add` them to include): {', '.join(info['untracked'][:8])}"
+              + (" ..." if len(info["untracked"]) > 8 else ""))
     previous_cwd, previous_path = Path.cwd(), list(sys.path)
     os.chdir(dest)
     sys.path.insert(0, str(dest))
@@ -165,7 +164,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-root", type=Path, default=Path("runs"), help="parent of run directories not given by --run-dir")
     p.add_argument("--sweep", type=Path, help="YAML grid: one job per point, submitted as an array")
     p.add_argument("--no-snapshot", action="store_true", help="run the live checkout instead of a snapshot")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the sbatch script and run run.py's --dry-run checks for every job; queue nothing")
     return p
+
+
+def total_tasks(args) -> int:
+    return args.nodes * (args.tasks_per_node or max(1, args.gpus_per_node))
+
+
+def record_job(run_dir: Path, job, cluster: str, name: str, **outcome) -> None:
+    """Append the job to ``run_dir/job.json`` (every submission of this run, newest last), where
+    ``jobs/status.py`` finds its id, scheduler and logs even if the job never started."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "job.json"
+    history = json.loads(path.read_text()) if path.is_file() else []
+    paths = job.paths
+    history.append(dict(job_id=str(job.job_id), cluster=cluster, name=name, folder=str(paths.folder), stdout=str(paths.stdout),
+                        stderr=str(paths.stderr), submitted=time.strftime("%Y-%m-%d %H:%M:%S"), **outcome))
+    tmp = path.with_name(".job.json.tmp")
+    tmp.write_text(json.dumps(history, indent=1))
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _slurm_preview():
+    """Let submitit write an sbatch script on a machine without ``srun`` (a preview only)."""
+    from unittest import mock
+
+    import submitit.slurm.slurm as slurm
+    with mock.patch.object(slurm.SlurmExecutor, "affinity", classmethod(lambda cls: 1)):
+        yield
+
+
+def preview(args, commands: list[tuple[str, list[str]]], log_dir: Path) -> None:
+    """--dry-run: the exact sbatch script, then run.py's own --dry-run for every job (data,
+    splits, boxes, pretrained weights, model), on the CPU here; nothing is queued."""
+    from semisup.config import parse_config
+    from semisup.train import train
+
+    slurm = args.cluster == "slurm" or (args.cluster == "auto" and shutil.which("sbatch"))
+    if slurm:
+        with _slurm_preview():
+            args.cluster = "slurm"
+            executor = make_executor(args, log_dir / "%j")._executor
+        print(f"# sbatch script of {'each job' if len(commands) == 1 else f'the array of {len(commands)} jobs (one per grid point)'}")
+        print(executor._make_submission_file_text(executor._submitit_command_str, "<uid>").rstrip())
+        print(f"# requeue: Slurm sends USR2 {args.signal_delay_s} s before the time limit or at preemption; the run writes "
+              "checkpoint.pt at the next step, submitit runs `scontrol requeue`, and the requeued job resumes in the same "
+              "run directory (up to 3 timeouts; preemptions requeue without limit).")
+    else:
+        print(f"# {args.cluster if args.cluster != 'auto' else 'local (no sbatch here)'}: {total_tasks(args)} task(s) on this "
+              f"machine, logs under {log_dir}")
+    for name, flags in commands:
+        print(f"\n== {name}: run dir {run_dir_of(flags)}")
+        train(parse_config(flags + ["--dry-run", "--device", "cpu"]))
+    print(f"\ndry run: {len(commands)} job(s) checked, nothing queued")
 
 
 def main(argv: list[str] | None = None) -> list:
@@ -183,11 +237,14 @@ def main(argv: list[str] | None = None) -> list:
         name = args.name or default_run_dir(parse_config(run_flags)).name
         commands = [(name, with_run_dir(run_flags, args.run_root.resolve() / name))]
     for _, flags in commands:
-        check_before_queueing(flags)
+        check_before_queueing(flags, total_tasks(args))
     if args.cpus_per_task is None:
         from semisup.config import parse_config
         args.cpus_per_task = 2 * parse_config(commands[0][1]).workers + 2  # two streams' workers + the training process
     args.name = args.name or commands[0][0]
+    if args.dry_run:
+        preview(args, commands, log_dir)
+        return []
     stamp = time.strftime("%Y%m%d-%H%M%S")
     snapshot = contextlib.nullcontext() if args.no_snapshot or args.cluster == "debug" else code_snapshot(log_dir / "code" / stamp)
     with snapshot:
@@ -198,9 +255,16 @@ def main(argv: list[str] | None = None) -> list:
             with executor.batch():
                 jobs = [executor.submit(TrainJob(flags)) for _, flags in commands]
     for (name, flags), job in zip(commands, jobs):
+        if executor.cluster != "debug":
+            record_job(Path(run_dir_of(flags)), job, executor.cluster, name)
         print(f"submitted {name}: job {job.job_id}, logs {job.paths.folder}, run dir {run_dir_of(flags)}")
-    if args.cluster == "debug":  # submitit's DebugExecutor runs a job when its result is asked for: here, in this process
-        for (name, _), job in zip(commands, jobs):
-            result = job.result()
+    if executor.cluster == "debug":  # submitit's DebugExecutor runs a job when its result is asked for: here, in this process
+        for (name, flags), job in zip(commands, jobs):
+            try:
+                result = job.result()
+            except Exception as err:
+                record_job(Path(run_dir_of(flags)), job, "debug", name, state="FAILED", error=f"{type(err).__name__}: {err}")
+                raise
+            record_job(Path(run_dir_of(flags)), job, "debug", name, state="COMPLETED")
             print(f"finished {name} in-process: {result.get('steps')} steps, final top-1 {result['final'].get('top1', float('nan')):.2f}")
     return jobs

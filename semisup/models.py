@@ -113,7 +113,8 @@ def load_pretrained(model: CamResNet, path: str | Path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for garbage files
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from err
+        first_line = (str(err).splitlines() or [""])[0]  # torch's messages run to paragraphs
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {first_line})") from err
     state = _extract_state_dict(obj, path)
     state = {_strip_prefixes(k): v for k, v in state.items()}
 

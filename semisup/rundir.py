@@ -40,11 +40,12 @@ class RunDir:
     note: str = ""  # what happens to the directory, said at the start of the run
 
 
-def prepare_run_dir(cfg: Config) -> RunDir:
+def prepare_run_dir(cfg: Config, check_holder: bool = True) -> RunDir:
     """Pick the run directory and check it, changing nothing: resume an unfinished run there,
     refuse to replace a finished one (unless --overwrite), refuse to resume with different
     settings (compared with config.yaml, or with the checkpoint's own record where config.yaml is
-    missing), refuse a directory another live run holds."""
+    missing), refuse a directory another live run holds (``check_holder``: the main process
+    only; the others of a multi-process run would find the lock their main process just took)."""
     explicit = cfg.run_dir is not None
     path = Path(cfg.run_dir) if explicit else default_run_dir(cfg)
     note = ""
@@ -58,7 +59,8 @@ def prepare_run_dir(cfg: Config) -> RunDir:
                     "replace it instead)")
     if path.exists() and not path.is_dir():
         raise RunDirError(f"--run-dir {path} is a file, not a folder")
-    check_lock(path)
+    if check_holder:
+        check_lock(path)
     finished = (path / "final.json").exists()
     if finished and not cfg.overwrite:
         raise RunDirError(f"{path} already holds a finished run (final.json); choose another --run-dir or pass --overwrite "
@@ -100,6 +102,11 @@ def archive_previous(path: Path) -> Path | None:
     return archive
 
 
+def _job_id() -> str | None:
+    """The scheduler job this process belongs to (Slurm's, or submitit's local job)."""
+    return os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID")
+
+
 def _holder(path: Path) -> dict | None:
     try:
         return json.loads((path / LOCK).read_text())
@@ -110,7 +117,7 @@ def _holder(path: Path) -> dict | None:
 def _alive(holder: dict) -> bool:
     """Whether the process that wrote the lock still runs. A lock from another host is taken as
     alive unless it belongs to the same Slurm job (a requeued job finding its own folder)."""
-    if holder.get("job") and holder.get("job") == os.environ.get("SLURM_JOB_ID"):
+    if holder.get("job") and holder.get("job") == _job_id():
         return False
     if holder.get("host") != socket.gethostname():
         return True
@@ -135,7 +142,7 @@ def acquire_lock(path: Path) -> None:
     """Hold ``path`` for this run (a stale lock of a finished process is taken over)."""
     path.mkdir(parents=True, exist_ok=True)
     check_lock(path)
-    record = dict(pid=os.getpid(), host=socket.gethostname(), job=os.environ.get("SLURM_JOB_ID"),
+    record = dict(pid=os.getpid(), host=socket.gethostname(), job=_job_id(),
                   started=time.strftime("%Y-%m-%d %H:%M:%S"))
     tmp = path / f"{LOCK}.{os.getpid()}"
     tmp.write_text(json.dumps(record))

@@ -10,14 +10,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -29,12 +27,16 @@ from semisup import checkpoint as ckpt
 from semisup import distributed as D
 from semisup.distributed import amp_dtype
 from semisup import transforms as T
-from semisup.config import Config, differing_keys, load_saved_config, save_config
+from semisup.config import Config, save_config
 from semisup.errors import UserError
 from semisup.rundir import RunDirError, acquire_lock, archive_previous, prepare_run_dir, release_lock  # noqa: F401 (RunDirError: re-exported)
-from semisup.data import DataBundle, EpochSampler, StreamSampler, TrainDataset, build_demo_bundle, make_loader
+from semisup.data import DataBundle, EpochSampler, StreamSampler, TrainDataset, make_loader
 from semisup.evaluate import Evaluator, format_results
 from semisup.models import build_model, load_pretrained
+from semisup.preemption import SignalCheckpoint
+from semisup.runlog import RunLog
+from semisup.runs import build_data
+from semisup.snapshot import code_version
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +53,6 @@ class BadDataError(UserError, RuntimeError):
 
 class UnreadableCheckpoint(UserError, RuntimeError):
     """The checkpoint to resume from is truncated or damaged."""
-
-
-def build_data(cfg: Config) -> DataBundle:
-    if cfg.is_demo:
-        return build_demo_bundle(cfg)
-    if cfg.data_format == "fgvc-aircraft":
-        from semisup.data import build_fgvc_aircraft_bundle
-        return build_fgvc_aircraft_bundle(cfg)
-    from semisup.imagenet import build_folder_bundle
-    return build_folder_bundle(cfg)
 
 
 LOG_FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
@@ -140,6 +132,7 @@ class Trainer:
         self.best = None  # {epoch, step, top1, top5} of the best validation top-1 so far
         self.last_row: dict = {}
         self.ddp = self.model
+        self.runlog = RunLog(run_dir, dist.is_main)
 
     # ---- one optimisation step -------------------------------------------------------
     def group_size(self, local_batch: int) -> int:
@@ -280,17 +273,19 @@ class Trainer:
         if cfg.compile:
             self.ddp = torch.compile(self.ddp)
         self.log_start()
-        streams = self.loaders()
-        evaluator = Evaluator(cfg, self.bundle, self.device, self.dist)
-        window = torch.zeros(3, device=self.device)  # losses since the last log line
-        self.first_nonfinite = torch.full((), -1, dtype=torch.long, device=self.device)
-        self.model.train()
-        # The bar only where a person watches a terminal; Slurm logs get the step lines instead.
-        bar = tqdm(total=sched.total_steps, initial=self.step, desc="train", dynamic_ncols=True,
-                   disable=not (self.dist.is_main and sys.stderr.isatty()))
-        with logging_redirect_tqdm():  # log lines go through the bar, never glued onto it
-            result = self._loop(streams, evaluator, window, bar)
-        bar.close()
+        # SIGUSR2 (preemption / time limit) is caught from here on, before the loader workers fork.
+        with SignalCheckpoint() as self.preemption:
+            streams = self.loaders()
+            evaluator = Evaluator(cfg, self.bundle, self.device, self.dist)
+            window = torch.zeros(3, device=self.device)  # losses since the last log line
+            self.first_nonfinite = torch.full((), -1, dtype=torch.long, device=self.device)
+            self.model.train()
+            # The bar only where a person watches a terminal; Slurm logs get the step lines instead.
+            bar = tqdm(total=sched.total_steps, initial=self.step, desc="train", dynamic_ncols=True,
+                       disable=not (self.dist.is_main and sys.stderr.isatty()))
+            with logging_redirect_tqdm():  # log lines go through the bar, never glued onto it
+                result = self._loop(streams, evaluator, window, bar)
+            bar.close()
         return result
 
     def _loop(self, streams, evaluator: Evaluator, window: torch.Tensor, bar) -> dict:
@@ -315,7 +310,8 @@ class Trainer:
             window_steps += 1
             bar.update(1)
             end_of_epoch = self.step % sched.steps_per_epoch == 0 or self.step == sched.total_steps
-            if self.step % cfg.log_every == 0 or end_of_epoch:
+            logged = self.step % cfg.log_every == 0 or end_of_epoch
+            if logged:
                 self.check_health()  # a host-device sync: the window's time below is real compute
                 mean = (window / window_steps).tolist()
                 bar.set_postfix(ce=f"{mean[0]:.3f}", cons=f"{mean[1]:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.3g}")
@@ -328,36 +324,25 @@ class Trainer:
             elif cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                 self.check_health()
                 self.save()
+            if self.preemption.requested(self.dist, sync_point=logged) and self.step < sched.total_steps:
+                self.check_health()
+                self.save()
+                log.warning("SIGUSR2 at step %d: checkpoint.pt written; handing over to the scheduler's requeue", self.step)
+                self.preemption.hand_over(self.step)
         return self.finish(evaluator)
 
     def log_step(self, mean: list[float], steps: int, seconds: float, data_wait: float) -> None:
-        """One line every --log-every steps (DINO / timm style) to the console and train.log, and
-        the same numbers to TensorBoard: epoch/step, lr, losses, images/s, data-loading vs
-        compute time, peak GPU memory, the run's ETA."""
+        """The numbers of the last ``steps`` steps (``seconds`` of wall time, ``data_wait`` of it
+        waiting for batches) for the step line, TensorBoard and progress.json."""
         cfg, sched = self.cfg, self.schedule
         images = steps * (cfg.batch_labeled + (2 * cfg.batch_unlabeled if self.uses_unlabeled else 0))
         per_step = seconds / max(steps, 1)
-        eta = (sched.total_steps - self.step) * per_step
         memory = torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else float("nan")
         numbers = dict(ce=mean[0], consistency=mean[1], loss=mean[2], lr_trunk=self.optimizer.param_groups[0]["lr"],
                        images_per_s=images / max(seconds, 1e-9), data_s_per_step=data_wait / max(steps, 1),
-                       compute_s_per_step=(seconds - data_wait) / max(steps, 1), peak_gpu_gib=memory)
-        log.info("epoch %d step %d/%d  lr %.3g  ce %.4f  cgc %.4f  loss %.4f  %.1f images/s  data %.3fs compute %.3fs per step  "
-                 "peak GPU %s  ETA %s", math.ceil(self.step / sched.steps_per_epoch), self.step, sched.total_steps,
-                 numbers["lr_trunk"], mean[0], mean[1], mean[2], numbers["images_per_s"], numbers["data_s_per_step"],
-                 numbers["compute_s_per_step"], f"{memory:.1f} GiB" if memory == memory else "-",
-                 time.strftime("%H:%M:%S", time.gmtime(eta)) if eta < 86400 else f"{eta / 3600:.1f} h")
-        if self.dist.is_main and self.run_dir is not None:
-            writer = self.tensorboard()
-            for key, value in numbers.items():
-                if math.isfinite(value):
-                    writer.add_scalar(f"step/{key}", value, self.step)
-
-    def tensorboard(self):
-        if not hasattr(self, "writer"):
-            from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(self.run_dir / "tensorboard")
-        return self.writer
+                       compute_s_per_step=(seconds - data_wait) / max(steps, 1), peak_gpu_gib=memory,
+                       eta_s=(sched.total_steps - self.step) * per_step)
+        self.runlog.step(math.ceil(self.step / sched.steps_per_epoch), self.step, sched.total_steps, numbers)
 
     def check_health(self) -> None:
         """Stop on a non-finite loss (naming the step) or too many unreadable images. Called
@@ -388,6 +373,7 @@ class Trainer:
         full = last or bool(cfg.ch_every and epoch % cfg.ch_every == 0)
         if full or (cfg.eval_every and epoch % cfg.eval_every == 0):
             row.update(evaluator.run(self.model, progress=True, full=full))
+            self.gallery_to_tensorboard()
             self.model.train()
             for key, value in row.items():
                 if isinstance(value, float) and not math.isfinite(value) and key != "ch_released_swav":
@@ -398,28 +384,22 @@ class Trainer:
                 self.save_best()
         self.epoch_sums = torch.zeros(4, dtype=torch.float64)
         if self.dist.is_main:
-            self.write_metrics(row)
+            self.runlog.epoch(row)
         log.info("epoch %d: %s", epoch, json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}))
         self.last_row = row
         self.save()
+
+    def gallery_to_tensorboard(self) -> None:
+        """The evaluation's Grad-CAM gallery as a TensorBoard image (main process; --gallery 0: none)."""
+        if self.dist.is_main and self.cfg.gallery and self.runlog.writes:
+            from semisup.gallery import gallery_figure
+            figure = gallery_figure([self.model], [self.cfg.method], self.bundle, self.cfg, self.device)
+            self.runlog.figure("gallery", figure, self.step)
 
     def save_best(self) -> None:
         if self.dist.is_main:
             ckpt.save_atomic(dict(model=self.model.state_dict(), config=self.cfg.to_dict(), **self.best), self.run_dir / "model_best.pt")
         D.barrier()
-
-    def write_metrics(self, row: dict) -> None:
-        path = self.run_dir / "metrics.csv"
-        frame = pd.read_csv(path) if path.exists() else pd.DataFrame()
-        frame = frame[frame["epoch"] < row["epoch"]] if len(frame) else frame  # a resumed run rewrites its epoch once
-        tmp = path.with_name(f".{path.name}.tmp")
-        pd.concat([frame, pd.DataFrame([row])], ignore_index=True).to_csv(tmp, index=False)
-        os.replace(tmp, path)  # a kill mid-write never leaves a half-written metrics.csv
-        writer = self.tensorboard()
-        for key, value in row.items():
-            if isinstance(value, (int, float)) and key not in ("epoch", "step"):
-                writer.add_scalar(key, value, row["step"])
-        writer.flush()
 
     def log_start(self) -> None:
         cfg, d = self.cfg, self.dist
@@ -462,8 +442,8 @@ class Trainer:
                 from semisup.gallery import save_gallery
                 save_gallery([self.model], [self.cfg.method], self.bundle, self.cfg, self.device, self.run_dir / "gallery.png")
             (self.run_dir / "final.json").write_text(json.dumps(result, indent=2))
-            if hasattr(self, "writer"):
-                self.writer.close()
+            self.runlog.hparams(self.cfg.to_dict(), result)
+            self.runlog.close()
         return result
 
 
@@ -491,7 +471,7 @@ def run_training(cfg: Config) -> tuple[dict, Trainer]:
     dist = D.setup(cfg.device)
     run, file_log = None, None
     try:
-        run = prepare_run_dir(cfg) if not cfg.dry_run else None
+        run = prepare_run_dir(cfg, check_holder=dist.is_main) if not cfg.dry_run else None
         if run is not None and dist.is_main:
             acquire_lock(run.path)
         D.barrier()
@@ -504,7 +484,7 @@ def run_training(cfg: Config) -> tuple[dict, Trainer]:
             return dry_run_summary(cfg, bundle, trainer), trainer
         if dist.is_main:
             archived = archive_previous(run.path) if run.replaces_finished else None
-            save_config(cfg, run.path / "config.yaml")
+            save_config(cfg, run.path / "config.yaml", code=code_version())
             file_log = log_to_file(run.path / "train.log")
             if archived:
                 log.info("--overwrite: the finished run's files were moved to %s", archived)

@@ -10,7 +10,8 @@ from semisup import cgc
 from semisup.boxes import parse_voc_xml
 from semisup.config import parse_config
 from semisup.data import FileSource, TrainDataset
-from semisup.evaluate import box_mask, content_heatmap, scale_boxes
+from semisup.boxes import box_mask, scale_boxes
+from semisup.evaluate import content_heatmap
 from semisup.imagenet import build_folder_bundle, scan_class_folders
 from semisup.run import main
 from semisup.splits import STANDARD, SplitError, read_split, standard_split_path, stratified_split, synset_of

@@ -1,8 +1,11 @@
 """Cluster jobs through submitit's own executors (local and debug; Slurm's sbatch inspected)."""
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -10,7 +13,6 @@ import pytest
 
 from semisup import launch
 from semisup.errors import UsageError
-from tests.run_helpers import wait_for_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--labeled-fraction", "0.02", "--epochs", "2", "--batch-labeled", "32", "--batch-unlabeled", "32", "--max-eval-images", "64",
@@ -84,24 +86,46 @@ def child_pids(pid: int) -> list[int]:
 
 
 
+def wait_for_step(run_dir: Path, step: int, timeout_s: float = 180) -> int:
+    """Poll the run's progress.json until it has logged ``step``; returns the step it shows."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            shown = json.loads((run_dir / "progress.json").read_text())["step"]
+            if shown >= step:
+                return shown
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.02)
+    raise TimeoutError(f"{run_dir} did not reach step {step}")
+
+
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the task process through /proc")
-def test_preempted_local_job_requeues_and_ends_like_an_uninterrupted_run(tmp_path, demo_cache):
-    flags = QUICK + ["--demo-cache", demo_cache, "--checkpoint-every", "2", "--workers", "0"]
+def test_sigusr2_checkpoints_at_once_and_the_requeued_job_resumes_from_that_step(tmp_path, demo_cache):
+    # Periodic checkpoints off, long epochs: only the signal can write the checkpoint mid-epoch.
+    flags = QUICK + ["--demo-cache", demo_cache, "--checkpoint-every", "0", "--log-every", "1", "--workers", "0",
+                     "--labeled-fraction", "0.1", "--max-steps", "30"]
     straight = launch.main(submit_args(tmp_path, "--cluster", "local", "--name", "straight", "--") + flags)[0]
     straight.result()
     job = launch.main(submit_args(tmp_path, "--cluster", "local", "--name", "preempted", "--") + flags)[0]
-    checkpoint = tmp_path / "runs" / "preempted" / "checkpoint.pt"
-    wait_for_checkpoint(checkpoint, 2)
+    run_dir = tmp_path / "runs" / "preempted"
+    wait_for_step(run_dir, 3)
     tasks = child_pids(job._process.pid)
     assert len(tasks) == 1
     os.kill(tasks[0], signal.SIGUSR2)  # what Slurm sends --signal-delay-s before preempting
     result = job.result()
-    assert result["steps"] == 20  # 2 epochs of ceil(290 / 32)
-    log = (tmp_path / "runs" / "preempted" / "train.log").read_text()
-    assert "resumed from" in log  # the requeued job continued from the checkpoint
-    a = pd.read_csv(tmp_path / "runs" / "straight" / "metrics.csv").drop(columns="eval_seconds")
-    b = pd.read_csv(tmp_path / "runs" / "preempted" / "metrics.csv").drop(columns="eval_seconds")
-    pd.testing.assert_frame_equal(a, b)
+    assert result["steps"] == 30
+    log = (run_dir / "train.log").read_text()
+    signalled = int(re.search(r"SIGUSR2 at step (\d+): checkpoint.pt written", log).group(1))
+    resumed = int(re.search(r"resumed from .* at step (\d+)", log).group(1))
+    assert 3 <= signalled == resumed < 30  # nothing lost: the requeued job starts where the signal came
+    # ... and ends as the uninterrupted run did.
+    a = json.loads((tmp_path / "runs" / "straight" / "final.json").read_text())
+    b = json.loads((run_dir / "final.json").read_text())
+    assert a["weights_sha256"] == b["weights_sha256"]
+    drop = ["eval_seconds"]
+    a_rows = pd.read_csv(tmp_path / "runs" / "straight" / "metrics.csv").drop(columns=drop)
+    pd.testing.assert_frame_equal(a_rows, pd.read_csv(run_dir / "metrics.csv").drop(columns=drop))
 
 
 def test_demo_reproduction_reuses_only_runs_with_the_same_settings(tmp_path, monkeypatch):

@@ -144,7 +144,7 @@ def test_recipes_and_the_gcc_lambda():
 def test_fgvc_aircraft_in_its_released_layout(tmp_path, demo_cache):
     """torchvision's FGVCAircraft reader on a generated fgvc-aircraft-2013b tree, trained for a few steps."""
     from PIL import Image
-    from semisup.train import build_data
+    from semisup.runs import build_data
     data = tmp_path / "fgvc-aircraft-2013b" / "data"
     (data / "images").mkdir(parents=True)
     variants = ["707-320", "A320", "DC-3"]

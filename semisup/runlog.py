@@ -1,0 +1,100 @@
+"""What a run writes while it trains, for a person watching it: step lines, TensorBoard,
+metrics.csv, progress.json.
+
+Every ``--log-every`` steps one line goes to the console and train.log (epoch/step, lr, each
+loss, images/s, data-loading vs compute time, peak GPU memory, ETA: a Slurm log is readable
+without TensorBoard) and the same numbers to TensorBoard under ``step/``; ``progress.json``
+holds the latest of them for ``jobs/status.py``. Each epoch's row goes to metrics.csv and
+TensorBoard; each evaluation's gallery to TensorBoard's images; the run's settings with its final
+metrics to TensorBoard's hyper-parameter table. Only the main process writes files.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+
+log = logging.getLogger("semisup.train")
+
+# Settings shown in TensorBoard's hyper-parameter table beside the final metrics.
+HPARAMS = ("method", "labeled_fraction", "seed", "arch", "pretrained", "cgc_weight", "temperature", "consistency", "group_size",
+           "lr_trunk", "lr_head", "epochs", "batch_labeled", "batch_unlabeled", "crop_scale_min", "cam_class")
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)  # a kill mid-write never leaves a half-written file
+
+
+class RunLog:
+    def __init__(self, run_dir: Path | None, is_main: bool):
+        self.run_dir = run_dir
+        self.writes = is_main and run_dir is not None
+        self._writer = None
+
+    @property
+    def writer(self):
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+            self._writer = SummaryWriter(self.run_dir / "tensorboard")
+        return self._writer
+
+    def step(self, epoch: int, step: int, total_steps: int, numbers: dict) -> None:
+        """numbers: ce, consistency, loss, lr_trunk, images_per_s, data_s_per_step,
+        compute_s_per_step, peak_gpu_gib (nan off GPU), eta_s."""
+        eta = numbers["eta_s"]
+        memory = numbers["peak_gpu_gib"]
+        log.info("epoch %d step %d/%d  lr %.3g  ce %.4f  cgc %.4f  loss %.4f  %.1f images/s  data %.3fs compute %.3fs per step  "
+                 "peak GPU %s  ETA %s", epoch, step, total_steps, numbers["lr_trunk"], numbers["ce"], numbers["consistency"],
+                 numbers["loss"], numbers["images_per_s"], numbers["data_s_per_step"], numbers["compute_s_per_step"],
+                 f"{memory:.1f} GiB" if math.isfinite(memory) else "-",
+                 time.strftime("%H:%M:%S", time.gmtime(eta)) if eta < 86400 else f"{eta / 3600:.1f} h")
+        if not self.writes:
+            return
+        for key, value in numbers.items():
+            if math.isfinite(value):
+                self.writer.add_scalar(f"step/{key}", value, step)
+        progress = dict(epoch=epoch, step=step, total_steps=total_steps, updated=time.strftime("%Y-%m-%d %H:%M:%S"),
+                        **{k: (round(v, 4) if math.isfinite(v) else None) for k, v in numbers.items()})
+        _atomic_write(self.run_dir / "progress.json", lambda p: p.write_text(json.dumps(progress)))
+
+    def epoch(self, row: dict) -> None:
+        """Append (or, after a resume, replace) the epoch's row of metrics.csv; scalars to TensorBoard."""
+        if not self.writes:
+            return
+        path = self.run_dir / "metrics.csv"
+        frame = pd.read_csv(path) if path.exists() else pd.DataFrame()
+        frame = frame[frame["epoch"] < row["epoch"]] if len(frame) else frame  # a resumed run rewrites its epoch once
+        _atomic_write(path, lambda p: pd.concat([frame, pd.DataFrame([row])], ignore_index=True).to_csv(p, index=False))
+        for key, value in row.items():
+            if isinstance(value, (int, float)) and key not in ("epoch", "step"):
+                self.writer.add_scalar(key, value, row["step"])
+        self.writer.flush()
+
+    def figure(self, tag: str, figure, step: int) -> None:
+        """A matplotlib figure (the gallery) into TensorBoard's images; closes it."""
+        import matplotlib.pyplot as plt
+        if self.writes:
+            self.writer.add_figure(tag, figure, step, close=False)
+            self.writer.flush()
+        plt.close(figure)
+
+    def hparams(self, settings: dict, result: dict) -> None:
+        """The run's settings with its final (and best) metrics, in TensorBoard's HPARAMS tab."""
+        if not self.writes:
+            return
+        hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in settings.items() if k in HPARAMS}
+        metrics = {f"hparam/{which}_{k}": v for which in ("final", "best") for k, v in (result.get(which) or {}).items()
+                   if k in ("top1", "top5", "ch", "knn_top1") and isinstance(v, (int, float)) and math.isfinite(v)}
+        self.writer.add_hparams(hparams, metrics, run_name=".")
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()

@@ -1,0 +1,77 @@
+"""The code a run used: snapshots for queued jobs, and the version every run records.
+
+A job queued today may start next week; it must run the code as it was at submission. The
+snapshot is exactly git's tracked files as they are in the working tree (the commit plus any
+uncommitted edits to tracked files), as submitit's ``RsyncSnapshot`` takes it, copied without
+rsync. Never in it: logs, runs, results (earlier snapshots live under ``jobs/logs``), untracked
+files. Its ``SNAPSHOT.json`` holds the commit and whether the tree was dirty; a run started from
+the snapshot reads it there (the snapshot has no ``.git``), a run from a checkout asks git.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from semisup.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+MARKER = "SNAPSHOT.json"
+# Folders never copied, tracked or not: they grow with every run and submission.
+EXCLUDED = ("jobs/logs/", "runs/", "results/")
+
+
+def _git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout
+
+
+def tracked_files(root: Path = REPO) -> list[str]:
+    """Paths (relative to ``root``) of the files git tracks that exist in the working tree,
+    outside :data:`EXCLUDED`."""
+    names = _git(root, "ls-files", "-z", "--cached").split("\0")
+    return sorted(n for n in names if n and not n.startswith(EXCLUDED) and (root / n).is_file())
+
+
+def code_version(root: Path = REPO) -> dict:
+    """{commit, dirty, snapshot} of the code under ``root``: read from a snapshot's marker, else
+    from git (commit 'unknown' outside a git checkout)."""
+    marker = root / MARKER
+    if marker.is_file():
+        info = json.loads(marker.read_text())
+        return dict(commit=info["commit"], dirty=info["dirty"], snapshot=str(root))
+    try:
+        commit = _git(root, "rev-parse", "HEAD").strip()
+        dirty = bool(_git(root, "status", "--porcelain", "--untracked-files=no").strip())
+    except (OSError, subprocess.CalledProcessError):
+        return dict(commit="unknown", dirty=None, snapshot=None)
+    return dict(commit=commit, dirty=dirty, snapshot=None)
+
+
+def take_snapshot(dest: Path, root: Path = REPO) -> dict:
+    """Copy the tracked files of ``root`` to ``dest`` and write ``dest/SNAPSHOT.json``.
+
+    Returns the marker's content: commit, dirty, files, bytes, untracked (source files left out
+    because git does not track them, so the caller can warn)."""
+    try:
+        files = tracked_files(root)
+        untracked = [n for n in _git(root, "ls-files", "-z", "--others", "--exclude-standard").split("\0")
+                     if n.endswith((".py", ".yaml")) and not n.startswith(EXCLUDED)]
+    except (OSError, subprocess.CalledProcessError) as err:
+        raise UsageError(f"{root} is not a git checkout ({err}); the code snapshot copies git's tracked files: submit from a "
+                         "clone, or pass --no-snapshot to run the live folder") from err
+    size = 0
+    for name in files:
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / name, target)
+        size += target.stat().st_size
+    info = dict(code_version(root), files=len(files), bytes=size, untracked=sorted(untracked),
+                taken=time.strftime("%Y-%m-%d %H:%M:%S"), source=str(root))
+    info.pop("snapshot")
+    (dest / MARKER).write_text(json.dumps(info, indent=1))
+    return info
