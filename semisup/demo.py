@@ -26,6 +26,8 @@ CUE_COLOURS = np.array([
     [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
     [145, 30, 180], [70, 240, 240], [240, 50, 230], [250, 190, 212], [0, 128, 128]], dtype=np.float32)
 CUE_OPACITY = 0.35  # a faint tint: a real shortcut, but not so easy that the digit is never learned
+PHOTO_CONTRAST = 0.5  # the photo patch is scaled by this around mid-grey, so the digit stays legible
+DIGIT_SCALE = (0.35, 0.6)  # the digit's side as a fraction of the image side
 CLASS_NAMES = [f"digit_{i}" for i in range(10)]
 
 
@@ -54,7 +56,7 @@ def load_demo(cache_dir: str | Path | None = None, size: int = 64, seed: int = 0
               train_renders: int = 10, val_renders: int = 2) -> DemoData:
     """Build (or read from the cache) the demo dataset. Deterministic in all arguments."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    name = f"demo-v{VERSION}-o{CUE_OPACITY}-s{size}-seed{seed}-cue{cue_probability}-r{train_renders}x{val_renders}.npz"
+    name = f"demo-v{VERSION}-o{CUE_OPACITY}-p{PHOTO_CONTRAST}-d{DIGIT_SCALE[0]}-{DIGIT_SCALE[1]}-s{size}-seed{seed}-cue{cue_probability}-r{train_renders}x{val_renders}.npz"
     path = cache_dir / name
     if path.is_file():
         try:
@@ -102,9 +104,9 @@ def _render(digit: np.ndarray, label: int, photos: list[np.ndarray], size: int, 
     top, left = rng.integers(photo.shape[0] - side), rng.integers(photo.shape[1] - side)
     patch = Image.fromarray(photo[top:top + side, left:left + side]).resize((size, size), Image.BILINEAR)
     # Halve the photo's contrast so the digit stays legible on busy patches (flower petals).
-    image = 0.5 * np.asarray(patch, dtype=np.float32) + 64.0
+    image = PHOTO_CONTRAST * np.asarray(patch, dtype=np.float32) + 128.0 * (1 - PHOTO_CONTRAST)
 
-    digit_side = int(rng.integers(int(0.35 * size), int(0.6 * size) + 1))
+    digit_side = int(rng.integers(int(DIGIT_SCALE[0] * size), int(DIGIT_SCALE[1] * size) + 1))
     alpha = np.asarray(Image.fromarray((digit / 16.0 * 255).astype(np.uint8)).resize((digit_side, digit_side), Image.BILINEAR),
                        dtype=np.float32) / 255.0
     y0, x0 = rng.integers(size - digit_side + 1), rng.integers(size - digit_side + 1)
