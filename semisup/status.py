@@ -112,6 +112,9 @@ def status_table(root: Path) -> pd.DataFrame:
             row["submissions"] = len(history)
         rows.append(row)
     table = pd.DataFrame(rows)
+    for column in ("epoch", "step", "best_epoch", "submissions"):  # counts stay integers where some rows lack them
+        if column in table:
+            table[column] = table[column].astype("Int64")
     first = [c for c in ("run", "state", "job", "scheduler", "exit", "epoch", "step", "eta") if c in table]
     return table[first + [c for c in table if c not in first and c not in ("error", "log")] + [c for c in ("error", "log") if c in table]]
 
@@ -125,13 +128,20 @@ def main(argv=None) -> int:
         raise UserError(f"no run directories (with config.yaml or job.json) under {args.run_root}")
     table = status_table(args.run_root)
     table = table.drop(columns=[c for c in table if table[c].isna().all()])  # e.g. exit codes, known only from sacct
-    with pd.option_context("display.max_colwidth", 120, "display.width", 250):
-        print(table.drop(columns=[c for c in ("error", "log") if c in table]).to_string(index=False, float_format=lambda v: f"{v:.2f}", na_rep="-"))
-    for row in table.to_dict("records"):
-        if row.get("error") or (row.get("scheduler") or "").startswith(("FAILED", "DIED", "CANCELLED", "TIMEOUT", "OUT_OF")):
-            print(f"\n{row['run']}: job {row.get('job')} {row.get('scheduler')}: {row.get('error') or 'no error recorded'}\n  log: {row.get('log')}")
-    if "log" in table:
-        print("\nlogs:" + "".join(f"\n  {r['run']}: {r['log']}" for r in table.to_dict("records") if isinstance(r.get("log"), str)))
+    shown = table.drop(columns=[c for c in ("error", "log") if c in table])
+    for column in shown:
+        fmt = (lambda v: f"{v:.2f}") if pd.api.types.is_float_dtype(shown[column]) else str
+        shown[column] = [("-" if pd.isna(v) else fmt(v)) if not isinstance(v, str) else v for v in shown[column]]
+    print(shown.to_string(index=False))
+    records = table.to_dict("records")
+    for row in records:  # failed jobs: what they raised and where their log is
+        scheduler = row.get("scheduler") if isinstance(row.get("scheduler"), str) else ""
+        if isinstance(row.get("error"), str) or scheduler.startswith(("FAILED", "DIED", "CANCELLED", "TIMEOUT", "OUT_OF", "NODE_FAIL")):
+            error = row["error"] if isinstance(row.get("error"), str) else "no error recorded"
+            print(f"\n{row['run']}: job {row.get('job')} {scheduler}: {error[:200]}{'...' if len(error) > 200 else ''}\n  log: {row.get('log')}")
+    logs = [f"\n  {r['run']}: {r['log']}" for r in records if isinstance(r.get("log"), str)]
+    if logs:
+        print("\nlogs:" + "".join(logs))
     return 0
 
 
