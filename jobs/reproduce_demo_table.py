@@ -2,15 +2,16 @@
 
     python jobs/reproduce_demo_table.py                         # everything: 3 seeds, all rows
     python jobs/reproduce_demo_table.py --rows limited --fractions 0.1 --seeds 3 4 5   # more seeds for one row
-    python jobs/reproduce_demo_table.py --rows limited --start swav    # from the demo's SwAV-style pretraining
+    python jobs/reproduce_demo_table.py --rows limited --starts shipped  # only from the shipped SwAV-style start
     python jobs/reproduce_demo_table.py --ablations lambda --seeds 0 1 2  # one setting varied, table per ablation
 
-Runs each row with semisup/run.py (one process per run), then writes results/demo/results.md
-(mean ± std over seeds, via semisup/report.py) and, per limited-label fraction, the CE vs
-CGC gallery results/demo/compare-frac<f>/gallery_compare.png (with eval.jsonl). Runs
+Runs each row with semisup/run.py (one process per run), from both starts (the shipped
+SwAV-style weights, run names prefixed 'swav-', and random initialisation), then writes
+results/demo/results.md (mean ± std over seeds) and the pictures (tradeoff.png, curves.png,
+gallery_*.png: CE vs CGC on the same validation images) via semisup/report.py. Runs
 that already finished with the same settings are reused, so an interrupted reproduction
-continues where it stopped; one that finished with other settings (a default changed since)
-stops the script unless --rerun-stale is given.
+continues where it stopped; one that finished with other settings (a default or the demo
+dataset's version changed since) stops the script unless --rerun-stale is given.
 """
 import argparse
 import subprocess
@@ -55,15 +56,24 @@ ABLATIONS = {
 }
 
 
+# Per labeled fraction: how often top-1 and CH are evaluated, for the training curves (the
+# demo's validation split is small: an evaluation costs seconds).
+EVALUATIONS = {0.01: ["--eval-every", "10", "--ch-every", "10"], 0.1: ["--eval-every", "1", "--ch-every", "2"],
+               1.0: ["--eval-every", "1", "--ch-every", "1"]}
+# The two starts of the demo tables: the shipped SwAV-style weights (the demo default, as the
+# published pipeline starts from SwAV), and random initialisation.
+STARTS = {"shipped": [], "scratch": ["--pretrained", "none"]}
+
+
 def start_prefix(extra: list[str]) -> str:
-    """Run names from the SwAV-style start carry a 'swav-' prefix."""
-    return "swav-" if "--pretrained" in extra else ""
+    """Run names from the shipped SwAV-style start carry a 'swav-' prefix."""
+    return "" if "--pretrained" in extra and extra[extra.index("--pretrained") + 1] == "none" else "swav-"
 
 
 def run(fraction: float, name: str, flags: list[str], seed: int, out: Path, extra: list[str], run_dir: Path | None = None,
         rerun_stale: bool = False) -> Path:
     run_dir = run_dir or out / "runs" / f"{start_prefix(extra)}{name}-frac{fraction:g}-seed{seed}"
-    args = ["--labeled-fraction", str(fraction), "--seed", str(seed), "--run-dir", str(run_dir), "--eval-every", "0",
+    args = ["--labeled-fraction", str(fraction), "--seed", str(seed), "--run-dir", str(run_dir), *EVALUATIONS[fraction],
             *SCHEDULES[fraction], *flags, *extra]
     if (run_dir / "final.json").exists():
         stale = differing_keys(load_saved_config(run_dir / "config.yaml"), parse_config(args))
@@ -114,8 +124,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", nargs="+", choices=sorted(ROWS), default=sorted(ROWS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "demo")
-    parser.add_argument("--start", choices=["scratch", "swav"], default="scratch",
-                        help="swav: start from the demo's SwAV-style pretraining (run first if pretrained/ lacks it)")
+    parser.add_argument("--starts", nargs="+", choices=sorted(STARTS), default=["scratch", "shipped"],
+                        help="shipped: the demo's SwAV-style weights in pretrained/ (the demo default); scratch: --pretrained none")
     parser.add_argument("--fractions", nargs="+", type=float, help="run only the rows of these labeled fractions (e.g. 0.1)")
     parser.add_argument("--ablations", nargs="+", choices=sorted(ABLATIONS),
                         help="run these ablations (see ABLATIONS) instead of the table; --seeds applies")
@@ -123,35 +133,20 @@ def main(argv=None) -> int:
                         help="replace finished runs whose settings differ from what this command asks for")
     parser.add_argument("extra", nargs="*", help="more run.py flags, after --")
     args = parser.parse_args(argv)
-    if args.start == "swav":
-        weights = ROOT / "pretrained" / "demo_swav_resnet_tiny.pth"
-        if not weights.exists():
-            cache = [x for a, x in zip(args.extra, args.extra[1:]) if a == "--demo-cache"]
-            subprocess.run([sys.executable, "-m", "semisup.pretrain", "--out", str(weights), *(["--demo-cache", *cache[:1]] if cache else [])],
-                           check=True, cwd=ROOT)
-        args.extra += ["--pretrained", str(weights)]
     if args.ablations:
         for name in args.ablations:
-            run_ablation(name, args.seeds, args.out, args.extra, args.rerun_stale)
+            run_ablation(name, args.seeds, args.out, args.extra + STARTS[args.starts[0]], args.rerun_stale)
         return 0
-    for rows in args.rows:
-        for fraction, name, flags in ROWS[rows]:
-            if args.fractions and fraction not in args.fractions:
-                continue
-            for seed in args.seeds:
-                run(fraction, name, flags, seed, args.out, args.extra, rerun_stale=args.rerun_stale)
+    for start in args.starts:
+        for rows in args.rows:
+            for fraction, name, flags in ROWS[rows]:
+                if args.fractions and fraction not in args.fractions:
+                    continue
+                for seed in args.seeds:
+                    run(fraction, name, flags, seed, args.out, args.extra + STARTS[start], rerun_stale=args.rerun_stale)
     # The table covers every finished run under out/runs (both starts, all rows run so far).
     report_dirs = sorted(p for p in (args.out / "runs").iterdir() if (p / "final.json").exists())
     subprocess.run([sys.executable, str(ROOT / "semisup" / "report.py"), *map(str, report_dirs), "--out", str(args.out)], check=True)
-    # CE vs CGC heatmaps on the same validation images, first seed, per limited-label fraction.
-    start = start_prefix(args.extra)
-    for fraction in (0.01, 0.1):
-        ce, cgc = (args.out / "runs" / f"{start}{name}-frac{fraction:g}-seed{args.seeds[0]}" / "checkpoint.pt" for name in ("ce", "cgc"))
-        if ce.exists() and cgc.exists():
-            compare = args.out / f"{start}compare-frac{fraction:g}"
-            (compare / "eval.jsonl").unlink(missing_ok=True)  # evaluate.py appends; this folder holds one comparison
-            subprocess.run([sys.executable, str(ROOT / "semisup" / "evaluate.py"), "--checkpoint", str(cgc), "--compare", str(ce),
-                            "--gallery", "16", "--workers", "0", "--out", str(compare)], check=True)
     return 0
 
 

@@ -16,18 +16,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
 log = logging.getLogger(__name__)
 
-VERSION = 2
+VERSION = 3
 # Ten well-separated colours, one per class, for the context cue.
 CUE_COLOURS = np.array([
     [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
     [145, 30, 180], [70, 240, 240], [240, 50, 230], [250, 190, 212], [0, 128, 128]], dtype=np.float32)
 CUE_OPACITY = 0.35  # a faint tint: a real shortcut, but not so easy that the digit is never learned
 PHOTO_CONTRAST = 0.5  # the photo patch is scaled by this around mid-grey, so the digit stays legible
-DIGIT_SCALE = (0.35, 0.6)  # the digit's side as a fraction of the image side
+DIGIT_SCALE = (0.5, 0.8)  # the digit's side as a fraction of the image side
+BACKGROUND_BLUR = 1.5  # Gaussian radius (pixels of the 64 px image) applied to the photo patch
+COLOUR_CAST = 0.35  # per-image lighting: channel gains drawn from 1 +- this, and a brightness shift
 CLASS_NAMES = [f"digit_{i}" for i in range(10)]
 
 
@@ -56,7 +58,7 @@ def load_demo(cache_dir: str | Path | None = None, size: int = 64, seed: int = 0
               train_renders: int = 10, val_renders: int = 2) -> DemoData:
     """Build (or read from the cache) the demo dataset. Deterministic in all arguments."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    name = f"demo-v{VERSION}-o{CUE_OPACITY}-p{PHOTO_CONTRAST}-d{DIGIT_SCALE[0]}-{DIGIT_SCALE[1]}-s{size}-seed{seed}-cue{cue_probability}-r{train_renders}x{val_renders}.npz"
+    name = f"demo-v{VERSION}-o{CUE_OPACITY}-p{PHOTO_CONTRAST}-d{DIGIT_SCALE[0]}-{DIGIT_SCALE[1]}-b{BACKGROUND_BLUR}-c{COLOUR_CAST}-s{size}-seed{seed}-cue{cue_probability}-r{train_renders}x{val_renders}.npz"
     path = cache_dir / name
     if path.is_file():
         try:
@@ -103,6 +105,8 @@ def _render(digit: np.ndarray, label: int, photos: list[np.ndarray], size: int, 
     side = int(rng.integers(size, min(photo.shape[:2]) // 2))
     top, left = rng.integers(photo.shape[0] - side), rng.integers(photo.shape[1] - side)
     patch = Image.fromarray(photo[top:top + side, left:left + side]).resize((size, size), Image.BILINEAR)
+    if BACKGROUND_BLUR:
+        patch = patch.filter(ImageFilter.GaussianBlur(BACKGROUND_BLUR))
     # Halve the photo's contrast so the digit stays legible on busy patches (flower petals).
     image = PHOTO_CONTRAST * np.asarray(patch, dtype=np.float32) + 128.0 * (1 - PHOTO_CONTRAST)
 
@@ -126,4 +130,7 @@ def _render(digit: np.ndarray, label: int, photos: list[np.ndarray], size: int, 
             break
     cue = image[cy:cy + cue_side, cx:cx + cue_side]
     cue[:] = (1 - CUE_OPACITY) * cue + CUE_OPACITY * colour
+    if COLOUR_CAST:  # lighting varies between photos; the label does not
+        gains = 1 + COLOUR_CAST * (2 * rng.random(3) - 1)
+        image = image * gains + 64 * COLOUR_CAST * (2 * rng.random() - 1)
     return image.clip(0, 255).astype(np.uint8), box, bool(matches)

@@ -94,6 +94,11 @@ class Evaluator:
         results["eval_seconds"] = round(time.time() - start, 1)
         return results
 
+    def _bars(self, progress: bool) -> bool:
+        """Progress bars on the main process, and only where a person watches a terminal (a Slurm
+        log gets the step lines instead)."""
+        return progress and self.dist.is_main and sys.stderr.isatty()
+
     def _autocast(self):
         """bf16/fp16 autocast for the forward passes on GPUs, as in training (heatmaps stay float32)."""
         from contextlib import nullcontext
@@ -108,7 +113,7 @@ class Evaluator:
         batches = self._shard([list(range(i, min(i + VAL_CGC_BATCH, len(dataset)))) for i in range(0, len(dataset), VAL_CGC_BATCH)])
         sums = torch.zeros(6, dtype=torch.float64, device=self.device)  # correct1, correct5, n, loss*n, n_loss, bad
         feats, labels = [], []
-        for batch in tqdm(self._loader(dataset, batches), desc="eval top-1/top-5", disable=not (progress and self.dist.is_main), leave=False):
+        for batch in tqdm(self._loader(dataset, batches), desc="eval top-1/top-5", disable=not self._bars(progress), leave=False):
             images = batch["image"].to(self.device, non_blocking=True)
             target = batch["label"].to(self.device)
             with self._autocast():
@@ -167,7 +172,7 @@ class Evaluator:
         sizes = [val.sizes[i] for i in indices]
         batches = self._shard(size_grouped_batches(sizes, self.batch_size))
         sums = torch.zeros(5, dtype=torch.float64)  # ch, ch strict, zero count, images, ch released-swav (nan if undefined)
-        for batch in tqdm(self._loader(dataset, batches), desc="eval Content Heatmap", disable=not (progress and self.dist.is_main), leave=False):
+        for batch in tqdm(self._loader(dataset, batches), desc="eval Content Heatmap", disable=not self._bars(progress), leave=False):
             images = batch["image"].to(self.device, non_blocking=True)
             target = batch["label"].to(self.device)
             logits, features = model(T.normalize(images, channels_last=self._channels_last()))
@@ -192,7 +197,7 @@ class Evaluator:
         positions = self._shard(list(range(len(dataset))))
         bank, bank_labels = [], []
         batches = [positions[i:i + self.batch_size] for i in range(0, len(positions), self.batch_size)]
-        for batch in tqdm(self._loader(dataset, batches), desc="eval kNN bank", disable=not (progress and self.dist.is_main), leave=False):
+        for batch in tqdm(self._loader(dataset, batches), desc="eval kNN bank", disable=not self._bars(progress), leave=False):
             with self._autocast():
                 _, features = model(T.normalize(batch["image"].to(self.device), channels_last=self._channels_last()))
             bank.append(F.normalize(features.float().mean((2, 3)), dim=1))

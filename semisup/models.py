@@ -110,6 +110,7 @@ def load_pretrained(model: CamResNet, path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file (see pretrained/README.md for the download command)")
+    manifest = verify_manifest(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for garbage files
@@ -139,11 +140,29 @@ def load_pretrained(model: CamResNet, path: str | Path) -> dict:
         raise CheckpointError(
             f"{path}: {len(missing)} of {len(weights)} trunk tensors not found (e.g. {missing[:3]}); "
             f"checkpoint keys look like {list(state)[:3]}. Is this a {model.arch} checkpoint?")
-    model.load_state_dict(loaded, strict=False)
-    report = dict(loaded=len(loaded), missing=len(missing), unused=len(unused), unused_keys=unused)
+    model.load_state_dict({k: v.to(target[k].dtype) for k, v in loaded.items()}, strict=False)  # shipped fp16 -> fp32
+    report = dict(loaded=len(loaded), missing=len(missing), unused=len(unused), unused_keys=unused, manifest=manifest)
     log.info("loaded %d trunk tensors from %s; %d unused checkpoint entries (%s)", len(loaded), path,
              len(unused), ", ".join(sorted({k.split(".")[0] for k in unused})) or "none")
     return report
+
+
+def verify_manifest(path: Path) -> dict | None:
+    """Weights shipped with a manifest ``<file>.json`` (the demo's SwAV-style start) must match
+    its sha256: a changed or damaged file is refused, never trained from. Returns the manifest
+    (with its command and kNN numbers), or None for files without one."""
+    import hashlib
+    import json
+    sidecar = path.with_name(path.name + ".json")
+    if not sidecar.is_file():
+        return None
+    manifest = json.loads(sidecar.read_text())
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != manifest["sha256"]:
+        raise CheckpointError(f"{path}: sha256 {digest[:16]}... does not match {sidecar.name} ({manifest['sha256'][:16]}...); the "
+                              f"file was changed or damaged: `git checkout -- {path}` restores it, or remake it with "
+                              f"`{manifest.get('command', 'python -m semisup.pretrain')}`")
+    return manifest
 
 
 def _extract_state_dict(obj, path: Path) -> dict[str, torch.Tensor]:

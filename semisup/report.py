@@ -127,7 +127,10 @@ def ablation_table(runs: pd.DataFrame, setting: str) -> pd.DataFrame:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dirs", nargs="+")
-    parser.add_argument("--out", type=Path, help="write results.md and results_*.csv here")
+    parser.add_argument("--out", type=Path, help="write results.md, results_*.csv and the plots (tradeoff.png, curves.png, "
+                                                   "gallery_*.png) here")
+    parser.add_argument("--galleries", action=argparse.BooleanOptionalAction, default=True,
+                        help="CE vs CGC galleries from the runs' checkpoints (default: on where they exist)")
     args = parser.parse_args(argv)
     runs = load_runs(args.run_dirs)
     if runs.empty:
@@ -149,7 +152,52 @@ def main(argv=None) -> int:
             if not table.empty:
                 table.to_csv(args.out / f"results_{title.split()[0].lower()}.csv", index=False)
         runs.to_csv(args.out / "runs.csv", index=False)
+        for png in write_pictures(args.run_dirs, args.out, galleries=args.galleries):
+            print(f"wrote {png}")
     return 0
+
+
+def write_pictures(run_dirs: list[str], out: Path, galleries: bool = True) -> list[Path]:
+    """The trade-off plot, the training curves and (where checkpoints exist) one CE vs CGC
+    gallery per labeled fraction and start, into ``out``."""
+    from semisup.plots import curves_plot, tradeoff_plot
+    runs = load_runs(run_dirs, settings=("cgc_weight", "temperature"))
+    limited = runs[runs["labeled_fraction"] < 1.0]
+    written = [tradeoff_plot(runs, out / "tradeoff.png"), curves_plot(runs, out / "curves.png")] if len(limited) or len(runs) else []
+    if galleries:
+        written += compare_galleries(runs, out)
+    return written
+
+
+def compare_galleries(runs: pd.DataFrame, out: Path, count: int = 8) -> list[Path]:
+    """Per (labeled fraction, start): the lowest seed's cross-entropy and CGC runs side by side
+    (same validation images), from their checkpoint.pt; skipped where a checkpoint is missing."""
+    import torch
+
+    from semisup.gallery import save_gallery
+    from semisup.runs import build_data, load_run_model
+    written = []
+    for (fraction, start), frame in runs.groupby(["labeled_fraction", "start"], sort=True):
+        # The cross-entropy control of the same script where there is one (limited labels: the CGC
+        # script at lambda 0), else plain cross-entropy.
+        baseline = "ce-script" if (frame["method"] == "ce-script").any() else "ce"
+        methods = (baseline, "cgc")
+        pair = [frame[frame["method"] == m].sort_values("seed") for m in methods]
+        if any(p.empty for p in pair):
+            continue
+        chosen = [Path(p["run"].iloc[0]) for p in pair]
+        if not all((d / "checkpoint.pt").is_file() for d in chosen):
+            print(f"no gallery for {100 * fraction:g} % from {start}: checkpoint.pt missing in {' or '.join(map(str, chosen))}",
+                  file=sys.stderr)
+            continue
+        models, cfg = [], None
+        for run_dir in chosen:
+            model, cfg, _ = load_run_model(run_dir / "checkpoint.pt", {})
+            models.append(model)
+        names = [f"{METHOD_NAMES[m]} (seed {p['seed'].iloc[0]})" for m, p in zip(methods, pair)]
+        path = out / f"gallery_frac{fraction:g}_{start}.png"
+        written.append(save_gallery(models, names, build_data(cfg), cfg, torch.device("cpu"), path, count=count))
+    return written
 
 
 if __name__ == "__main__":

@@ -30,7 +30,9 @@ class RunDirError(UsageError, RuntimeError):
 
 def default_run_dir(cfg: Config) -> Path:
     dataset = "demo" if cfg.is_demo else Path(cfg.data).name
-    return Path("runs") / f"{dataset}-{cfg.method}-frac{cfg.labeled_fraction:g}-seed{cfg.seed}"
+    # The demo starts from its shipped SwAV-style weights; a run from scratch is named apart.
+    start = "-scratch" if cfg.is_demo and cfg.pretrained is None else ""
+    return Path("runs") / f"{dataset}-{cfg.method}-frac{cfg.labeled_fraction:g}-seed{cfg.seed}{start}"
 
 
 @dataclass

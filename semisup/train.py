@@ -404,6 +404,7 @@ class Trainer:
     def log_start(self) -> None:
         cfg, d = self.cfg, self.dist
         log.info("run dir %s; %d process(es) on %s; amp %s", self.run_dir, d.world, self.device, self.amp_dtype or "off")
+        log.info("trunk: %s", describe_start(cfg, self.pretrained_report))
         log.info("batch: labeled %d global / %d per process, unlabeled %s; %d steps per epoch, %d epochs, %d steps",
                  cfg.batch_labeled, self.batch_l,
                  f"{cfg.batch_unlabeled} global / {self.batch_u} per process" if self.uses_unlabeled else "not used",
@@ -445,6 +446,17 @@ class Trainer:
             self.runlog.hparams(self.cfg.to_dict(), result)
             self.runlog.close()
         return result
+
+
+def describe_start(cfg: Config, report: dict | None) -> str:
+    """Where the trunk's weights came from, said at the start of every run."""
+    if report is None:
+        return "random initialisation (--pretrained none)" if cfg.is_demo else "random initialisation"
+    manifest = report.get("manifest")
+    if manifest:
+        return (f"{cfg.pretrained}: {manifest['what']} (sha256 {manifest['sha256'][:12]} verified; made by "
+                f"`{manifest['command']}`); --pretrained none trains from scratch")
+    return f"{cfg.pretrained} ({report['loaded']} tensors)"
 
 
 def weights_digest(model: nn.Module) -> str:

@@ -136,14 +136,22 @@ def test_demo_reproduction_reuses_only_runs_with_the_same_settings(tmp_path, mon
     spec.loader.exec_module(script)
     launched = []
     monkeypatch.setattr(script.subprocess, "run", lambda cmd, check: launched.append(cmd))
-    run_dir = tmp_path / "runs" / "cgc-frac0.1-seed0"
+    run_dir = tmp_path / "runs" / "cgc-frac0.1-seed0"  # from scratch: no 'swav-' prefix
     run_dir.mkdir(parents=True)
-    save_config(parse_config(["--labeled-fraction", "0.1", "--run-dir", str(run_dir), *script.SCHEDULES[0.1]]), run_dir / "config.yaml")
+    scratch = script.STARTS["scratch"]
+    save_config(parse_config(["--labeled-fraction", "0.1", "--run-dir", str(run_dir), *script.SCHEDULES[0.1], *script.EVALUATIONS[0.1],
+                              *scratch]), run_dir / "config.yaml")
     (run_dir / "final.json").write_text("{}")
 
-    assert script.run(0.1, "cgc", [], 0, tmp_path, ["--workers", "2"]) == run_dir and not launched  # same settings: reused
+    assert script.run(0.1, "cgc", [], 0, tmp_path, ["--workers", "2", *scratch]) == run_dir and not launched  # same settings: reused
     with pytest.raises(SystemExit, match=r"other settings \(cgc_weight\).*--rerun-stale"):
-        script.run(0.1, "cgc", ["--lambda", "0.5"], 0, tmp_path, [])
+        script.run(0.1, "cgc", ["--lambda", "0.5"], 0, tmp_path, scratch)
     assert not launched
-    script.run(0.1, "cgc", ["--lambda", "0.5"], 0, tmp_path, [], rerun_stale=True)
+    script.run(0.1, "cgc", ["--lambda", "0.5"], 0, tmp_path, scratch, rerun_stale=True)
     assert "--overwrite" in launched[0] and launched[0][launched[0].index("--lambda") + 1] == "0.5"
+    # A run made on another version of the demo dataset is not this one's result.
+    import yaml
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(dict(saved, demo_version=saved["demo_version"] - 1)))
+    with pytest.raises(SystemExit, match=r"other settings \(demo_version\)"):
+        script.run(0.1, "cgc", [], 0, tmp_path, ["--workers", "2", *scratch])

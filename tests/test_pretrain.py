@@ -1,10 +1,11 @@
-"""The demo's SwAV-style pretraining."""
+"""The demo's self-supervised pretraining (semisup/pretrain.py)."""
 import numpy as np
+import pytest
 import torch
 
 from semisup.data import ArraySource, StreamSampler, TrainDataset
 from semisup.models import build_model, load_pretrained
-from semisup.pretrain import colour_jitter, paired_views, pretrain, save_swav_layout, sinkhorn
+from semisup.pretrain import colour_jitter, contrastive_loss, paired_views, pretrain, rotate_hue, save_swav_layout, sinkhorn
 
 
 def test_sinkhorn_codes_are_equipartitioned_distributions():
@@ -23,15 +24,34 @@ def test_colour_jitter_keeps_range_and_changes_colour():
     assert not torch.allclose(out, images)
 
 
-def test_pretraining_writes_a_swav_layout_checkpoint_that_loads(tmp_path, demo_cache):
-    model, head = pretrain(steps=2, batch=8, lr=0.05, seed=0, demo_cache=demo_cache)
+@pytest.mark.parametrize("objective", ["contrastive", "swav"])
+def test_pretraining_writes_a_swav_layout_checkpoint_that_loads(tmp_path, demo_cache, objective):
+    model, head, probes = pretrain(steps=2, batch=8, lr=0.05, seed=0, demo_cache=demo_cache, objective=objective, probe_every=2)
+    assert [step for step, _ in probes] == [2] and 0 <= probes[0][1] <= 100
     save_swav_layout(model, head, tmp_path / "swav.pth")
     keys = torch.load(tmp_path / "swav.pth", weights_only=True).keys()
-    assert all(k.startswith("module.") for k in keys) and any(".prototypes." in f".{k}" for k in keys)
+    assert all(k.startswith("module.") for k in keys) and any(k.startswith("module.projection_head.") for k in keys)
+    assert any(k.startswith("module.prototypes.") for k in keys) == (objective == "swav")
     target = build_model("resnet_tiny", 10)
     report = load_pretrained(target, tmp_path / "swav.pth")
-    assert report["loaded"] == len(target.trunk_keys())
+    assert report["loaded"] == len(target.trunk_keys()) and report["manifest"] is None
     assert torch.equal(target.layer4[0].conv1.weight, model.layer4[0].conv1.weight)
+
+
+def test_contrastive_loss_rewards_matching_views():
+    z = torch.nn.functional.normalize(torch.randn(16, 8), dim=1)
+    matched = contrastive_loss(torch.cat([z, z]), 0.2)
+    shuffled = contrastive_loss(torch.cat([z, z.roll(1, 0)]), 0.2)
+    assert matched < shuffled and matched < torch.log(torch.tensor(31.0))
+
+
+def test_hue_rotation_keeps_brightness_and_turns_colours():
+    images = torch.rand(4, 3, 8, 8)
+    luma = lambda x: (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1)
+    turned = rotate_hue(images, torch.full((4,), 2.0))
+    torch.testing.assert_close(luma(turned), luma(images), rtol=1e-4, atol=1e-4)
+    assert (turned - images).abs().mean() > 0.05
+    torch.testing.assert_close(rotate_hue(turned, torch.full((4,), -2.0)), images, rtol=1e-4, atol=1e-4)
 
 
 def test_the_two_views_are_different_augmentations_of_the_same_images():
