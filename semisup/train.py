@@ -212,7 +212,18 @@ class Trainer:
                     last_row=self.last_row, labeled_seen=self.labeled_seen,
                     bad_images=self.bad_images, best=self.best, rng=ckpt.rng_state(), config=self.cfg.to_dict())
 
+    def stop_non_finite(self, what: str, step: int) -> None:
+        path = self.run_dir / "checkpoint.pt"
+        kept = (f"the last good checkpoint is {path} (step {ckpt.load(path)['step']})" if path.exists()
+                else "no checkpoint was written before it")
+        raise NonFiniteLoss(f"non-finite {what} at step {step}; {kept} (try a lower --lr-head/--lr-trunk or --amp bf16)")
+
     def save(self) -> None:
+        # An update can overflow the weights while the loss that produced it was finite: such a
+        # state is never written over the last good checkpoint.
+        tensors = [t for t in self.model.state_dict().values() if t.is_floating_point()]  # weights and BatchNorm statistics
+        if not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+            self.stop_non_finite("weights", self.step)
         if self.dist.is_main:
             ckpt.save_atomic(self.state(), self.run_dir / "checkpoint.pt", keep_previous=True)
         D.barrier()
@@ -349,10 +360,7 @@ class Trainer:
         at log points only: the check is a host-device sync."""
         bad_step = int(self.first_nonfinite)
         if bad_step >= 0:
-            path = self.run_dir / "checkpoint.pt"
-            kept = (f"the last good checkpoint is {path} (step {ckpt.load(path)['step']})" if path.exists()
-                    else "no checkpoint was written before it")
-            raise NonFiniteLoss(f"non-finite loss at step {bad_step}; {kept} (try a lower --lr-head/--lr-trunk or --amp bf16)")
+            self.stop_non_finite("loss", bad_step)
         seen = self.labeled_seen + (self.step * self.cfg.batch_unlabeled if self.uses_unlabeled else 0)
         if self.bad_images > self.cfg.max_bad_fraction * seen and self.bad_images > 0:
             raise BadDataError(f"{self.bad_images} unreadable images among {seen} loaded (more than --max-bad-fraction "

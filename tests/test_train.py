@@ -40,7 +40,7 @@ def test_short_cgc_demo_run_beats_chance_and_writes_metrics(tmp_path, demo_cache
 
 def test_lambda_zero_baselines(tmp_path, demo_cache):
     args = ["--epochs", "1", "--batch-labeled", "32", "--max-eval-images", "64", "--gallery", "0", "--labeled-fraction", "0.05",
-            "--lambda", "0", "--demo-cache", demo_cache, "--max-steps", "4"]
+            "--lambda", "0", "--demo-cache", demo_cache, "--max-steps", "4", "--pretrained", "none"]  # BN counts from zero
     plain, plain_trainer = run_training(parse_config(args + ["--ce-baseline", "plain", "--run-dir", str(tmp_path / "plain")]))
     assert plain["method"] == "ce" and plain["ce_baseline"] == "plain"
     assert plain["final"]["train_consistency"] == 0
