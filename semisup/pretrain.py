@@ -191,11 +191,18 @@ def save_swav_layout(model: nn.Module, head: SwAVHead, path: Path) -> None:
     torch.save(state, path)
 
 
+def at_least_two(text: str) -> int:
+    value = int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2, got {value}")
+    return value
+
+
 @cli
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=at_least_two, default=3000)
+    parser.add_argument("--batch", type=at_least_two, default=128, help="images per step (at least 2: the others are the negatives)")
     parser.add_argument("--lr", type=float, default=0.3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--objective", choices=["contrastive", "swav"], default="contrastive")

@@ -522,6 +522,8 @@ def run_training(cfg: Config) -> tuple[dict, Trainer]:
             file_log.close()
         if run is not None and dist.is_main:
             release_lock(run.path)
+            if run.path.is_dir() and not any(run.path.iterdir()):
+                run.path.rmdir()  # a run that failed before writing anything leaves no empty folder behind
         D.cleanup()
 
 
