@@ -20,21 +20,23 @@ import yaml
 from semisup.errors import UsageError
 
 
-def _f(default, help: str, flags: tuple[str, ...] = (), choices=None, cli: bool = True):
-    return field(default=default, metadata=dict(help=help, flags=flags, choices=choices, cli=cli))
+def _f(default, help: str, flags: tuple[str, ...] = (), choices=None, cli: bool = True, path: bool = False):
+    """A setting: its help, extra flag spellings, allowed values, whether it is a command-line flag,
+    and whether it names a file or folder (``path``: made absolute for a job that runs elsewhere)."""
+    return field(default=default, metadata=dict(help=help, flags=flags, choices=choices, cli=cli, path=path))
 
 
 @dataclass
 class Config:
     # --- data ---
-    data: str | None = _f(None, "ImageNet-style root with train/ and val/ class folders; omit to use the embedded demo dataset")
+    data: str | None = _f(None, "ImageNet-style root with train/ and val/ class folders; omit to use the embedded demo dataset", path=True)
     labeled_fraction: float = _f(0.01, "fraction of train/ that is labeled: 0.01 and 0.1 use the standard SimCLR split files in splits/, 1.0 is full supervision (CGC on the labeled images with the true class)")
-    split_file: str | None = _f(None, "labeled subset as a file of train file names (overrides --labeled-fraction's lookup)")
-    splits_dir: str | None = _f(None, "folder of split files (default: the project's splits/)")
+    split_file: str | None = _f(None, "labeled subset as a file of train file names (overrides --labeled-fraction's lookup)", path=True)
+    splits_dir: str | None = _f(None, "folder of split files (default: the project's splits/)", path=True)
     split_seed: int = _f(0, "seed of the stratified subset built for fractions other than 0.01 / 0.1 (kept fixed across --seed, like the standard files)")
     unlabeled: str = _f("all", "unlabeled stream: 'all' training images (published run) or the 'rest' not in the labeled split", choices=("all", "rest"))
-    val_boxes: str | None = _f(None, "bounding boxes for Content Heatmap: a folder of ImageNet val XML files, or CUB's bounding_boxes.txt")
-    val_labels: str | None = _f(None, "for a flat val/ folder: a file of '<file name> <wnid>' lines")
+    val_boxes: str | None = _f(None, "bounding boxes for Content Heatmap: a folder of ImageNet val XML files, or CUB's bounding_boxes.txt", path=True)
+    val_labels: str | None = _f(None, "for a flat val/ folder: a file of '<file name> <wnid>' lines", path=True)
     val_dir: str = _f("val", "validation folder under --data (CUB-200 as released: 'test')")
     data_format: str = _f("imagefolder", "layout of --data: 'imagefolder' (train/<class>/, <val-dir>/) or 'fgvc-aircraft' (the "
                           "FGVC-Aircraft 2013b archive as torchvision's FGVCAircraft reads it: trainval for training, test for "
@@ -49,11 +51,11 @@ class Config:
     decode: str = _f("cpu", "where training JPEGs are decoded: 'cpu' (loader workers: libjpeg-turbo, PIL's DCT downscaling for large files) or 'gpu' (workers "
                      "only read bytes and draw crops; nvJPEG decodes and the GPU crops; for nodes with few cores per GPU, "
                      "see README Performance)", choices=("cpu", "gpu"))
-    demo_cache: str | None = _f(None, "where the embedded demo dataset is cached (default ~/.cache/semisup)")
+    demo_cache: str | None = _f(None, "where the embedded demo dataset is cached (default ~/.cache/semisup)", path=True)
     # --- model ---
     arch: str = _f("resnet50", "torchvision ResNet name (resnet18/34/50/101/152) or resnet_tiny (demo)")
     pretrained: str | None = _f(None, "SwAV/DeepCluster-v2, torchvision or own checkpoint for the trunk (the head starts fresh); "
-                                      "'none': random initialisation")
+                                      "'none': random initialisation", path=True)
     # --- optimisation (defaults: the published 1% CGC recipe) ---
     batch_labeled: int = _f(128, "global labeled batch (split evenly across processes)")
     batch_unlabeled: int = _f(128, "global unlabeled batch (split evenly across processes)")
@@ -88,7 +90,7 @@ class Config:
     cgc_warmup_epochs: float = _f(0.0, "ramp lambda linearly from 0 over this many epochs (0: full weight from the first step), "
                                   "so early, noisy predicted classes weigh less")
     # --- run ---
-    run_dir: str | None = _f(None, "run directory (default runs/<dataset>-<method>-<fraction>-seed<seed>); an unfinished run there is resumed")
+    run_dir: str | None = _f(None, "run directory (default runs/<dataset>-<method>-<fraction>-seed<seed>); an unfinished run there is resumed", path=True)
     seed: int = _f(0, "seed of sampling, augmentation and initialisation")
     device: str = _f("auto", "'auto', 'cpu' or 'cuda'")
     amp: str = _f("auto", "mixed precision: 'auto' (bf16 on GPUs that support it, else fp16; off on CPU), 'bf16', 'fp16', 'off'", choices=("auto", "bf16", "fp16", "off"))
@@ -244,6 +246,9 @@ def validate(cfg: "Config", world: int | None = None) -> "Config":
                 raise ConfigError(f"{_name(f.name)}: a value is required")
             continue
         _check_type(f.name, value, _field_type(f))
+        numbers = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(x, float) and not math.isfinite(x) for x in numbers):
+            raise ConfigError(f"{_name(f.name)}: must be a finite number, got {value!r}")
         choices = f.metadata["choices"]
         if choices and value not in choices:
             raise ConfigError(f"{_name(f.name)}: {value!r} is not one of {', '.join(map(repr, choices))}")
@@ -276,55 +281,120 @@ def _number(text: str) -> int | float:
     return int(value) if value.is_integer() else value
 
 
+# --help sections: every command-line setting belongs to one (a test checks none is left out).
+HELP_GROUPS = {
+    "data": ("data", "labeled_fraction", "split_file", "splits_dir", "split_seed", "unlabeled", "val_boxes", "val_labels", "val_dir",
+             "data_format", "num_classes", "image_size", "resize_size", "crop_scale_min", "max_bad_fraction", "demo_cache"),
+    "model": ("arch", "pretrained"),
+    "loss (the method)": ("cgc_weight", "temperature", "consistency", "group_size", "cgc_negatives", "ce_baseline", "cam_size",
+                          "cam_class", "cgc_warmup_epochs"),
+    "optimisation": ("batch_labeled", "batch_unlabeled", "epochs", "max_steps", "lr_trunk", "lr_head", "lr_milestones", "lr_gamma",
+                     "momentum", "weight_decay", "seed"),
+    "evaluation": ("eval_every", "ch_every", "ch_short_side", "knn_k", "knn_temperature", "gallery", "max_eval_images"),
+    "run directory": ("run_dir", "checkpoint_every", "log_every", "overwrite", "dry_run"),
+    "system": ("device", "amp", "channels_last", "compile", "workers", "decode"),
+}
+
+
+def path_fields() -> list[str]:
+    """Settings that name a file or folder."""
+    return [f.name for f in dataclasses.fields(Config) if f.metadata["path"]]
+
+
+def flag_spellings(key: str) -> tuple[str, ...]:
+    """Every command-line spelling of a setting: its aliases (``--lambda``, shown first) and ``--name-with-dashes``."""
+    return tuple(Config.__dataclass_fields__[key].metadata["flags"]) + (f"--{key.replace('_', '-')}",)
+
+
+def canonical_key(name: str) -> str | None:
+    """The setting a YAML key, a sweep grid key or a flag names (``lambda``, ``--lambda``,
+    ``cgc-weight`` and ``cgc_weight`` are one setting), or None for an unknown name."""
+    bare = name.lstrip("-").replace("-", "_")
+    fields = Config.__dataclass_fields__
+    if bare in fields:
+        return bare
+    for key, f in fields.items():
+        if any(alias.lstrip("-").replace("-", "_") == bare for alias in f.metadata["flags"]):
+            return key
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Semi-supervised fine-tuning with Contrastive Grad-CAM Consistency (CGC). Defaults are the published "
-                    "1%% ImageNet recipe; without --data the demo preset applies to settings not given explicitly.")
-    parser.add_argument("--config", help="YAML file of settings (same names as the flags, with underscores)")
-    parser.add_argument("--recipe", choices=recipe_names(),
-                        help="a published row's settings (semisup/recipes/NAME.yaml): full-supervision, full-supervision-gcc, "
-                             "cub, aircraft, cars, flowers; flags and --config still override them")
+                    "1 % ImageNet recipe; without --data the demo preset applies to settings not given explicitly.")
+    files = parser.add_argument_group("settings files")
+    files.add_argument("--config", help="YAML file of settings (the flag names, with dashes or underscores; aliases such as "
+                                        "'lambda' too); flags given on the command line override it")
+    files.add_argument("--recipe", choices=recipe_names(),
+                       help="a published row's settings (semisup/recipes/NAME.yaml; needs --data): " + ", ".join(recipe_names())
+                            + "; --config and flags still override them")
     defaults = Config()
+    groups = {name: parser.add_argument_group(name) for name in HELP_GROUPS}
+    group_of = {key: groups[name] for name, keys in HELP_GROUPS.items() for key in keys}
     for f in dataclasses.fields(Config):
         if not f.metadata["cli"]:
             continue
-        flags = (f"--{f.name.replace('_', '-')}",) + tuple(f.metadata["flags"])
         kind = _field_type(f)
         default = getattr(defaults, f.name)
         demo = f"; demo: {DEMO_PRESET[f.name]}" if f.name in DEMO_PRESET else ""
         shown = "" if default is None and not demo else f" (default: {default}{demo})"
         kwargs = dict(dest=f.name, default=argparse.SUPPRESS, help=f.metadata["help"].replace("%", "%%") + shown)
+        target = group_of[f.name]
         if kind is bool:
-            parser.add_argument(*flags, action=argparse.BooleanOptionalAction, **kwargs)
+            target.add_argument(*flag_spellings(f.name), action=argparse.BooleanOptionalAction, **kwargs)
         elif typing.get_origin(kind) is list:
-            parser.add_argument(*flags, type=_number, nargs="*", **kwargs)
+            target.add_argument(*flag_spellings(f.name), type=_number, nargs="*", **kwargs)
         else:
-            parser.add_argument(*flags, type=kind, choices=f.metadata["choices"], **kwargs)
+            target.add_argument(*flag_spellings(f.name), type=kind, choices=f.metadata["choices"], **kwargs)
     return parser
 
 
 def load_yaml(path: str | Path) -> dict:
+    """Settings from a YAML mapping, keyed by setting name (flag names and aliases accepted)."""
     path = Path(path)
     try:
         values = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise ConfigError(f"config file {path}: {str(err).splitlines()[0]} (a YAML mapping of setting: value)") from err
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path}: expected a mapping of setting: value")
-    known = {f.name for f in dataclasses.fields(Config)}
-    values = {k.replace("-", "_"): v for k, v in values.items()}
-    unknown = sorted(set(values) - known)
+    resolved, unknown = {}, []
+    for name, value in values.items():
+        key = canonical_key(str(name))
+        if key is None:
+            unknown.append(name)
+        else:
+            resolved[key] = value
     if unknown:
-        raise ConfigError(f"config file {path}: unknown keys {unknown}; valid keys are the flag names with underscores "
-                         f"(see python semisup/run.py --help)")
-    return values
+        raise ConfigError(f"config file {path}: unknown keys {unknown}; valid keys are the flag names (with dashes or underscores, "
+                          f"aliases such as 'lambda' too; see python semisup/run.py --help)")
+    return resolved
+
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_recipe(name: str) -> dict:
+    """A recipe's settings. Its relative paths (``pretrained: pretrained/resnet50-19c8e357.pth``)
+    name the project's own folders, where the download commands put the files, so they are
+    taken relative to the project root, whatever the working directory."""
+    values = load_yaml(RECIPES_DIR / f"{name}.yaml")
+    for key in path_fields():
+        value = values.get(key)
+        if isinstance(value, str) and value.lower() != "none" and not Path(value).expanduser().is_absolute():
+            values[key] = str(PROJECT_ROOT / value)
+    return dict(values, recipe=name)
 
 
 def make_config(explicit: dict, recipe: str | None = None) -> Config:
     """Resolve a Config from explicitly chosen values (flags and config-file entries) over a
     named recipe, over the demo preset (no --data), over the dataclass defaults."""
+    if recipe and explicit.get("data") is None:
+        raise ConfigError(f"--recipe {recipe}: a recipe reproduces a published row on its dataset; pass --data (without --data "
+                          "the run would train on the embedded demo)")
     values = dict(DEMO_PRESET) if explicit.get("data") is None else {}
-    chosen = dict(load_yaml(RECIPES_DIR / f"{recipe}.yaml"), recipe=recipe) if recipe else {}
+    chosen = load_recipe(recipe) if recipe else {}
     chosen.update(explicit)
     if chosen.get("consistency") == "l2" and "cgc_weight" not in chosen:
         values["cgc_weight"] = GCC_LAMBDA
@@ -358,14 +428,26 @@ def save_config(cfg: Config, path: Path, code: dict | None = None) -> None:
 
 
 def load_saved_config(path: Path) -> Config:
-    """The config a run saved (settings added since it ran take their defaults)."""
-    return config_from_dict(yaml.safe_load(Path(path).read_text()) or {})
+    """The config a run saved (settings added since it ran take their defaults); RunFileError
+    naming the file when it is not YAML, not a mapping, or holds values no run could have had."""
+    from semisup.files import RunFileError
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise RunFileError(f"{path}: unreadable or not YAML ({type(err).__name__}); it is the run's record of its settings") from err
+    if not isinstance(values, dict):
+        raise RunFileError(f"{path}: expected a mapping of setting: value, got {type(values).__name__}")
+    try:
+        return validate(config_from_dict(values), world=1)
+    except (TypeError, ValueError) as err:
+        raise RunFileError(f"{path}: {err} (edited by hand?)") from err
 
 
 def config_from_dict(values: dict) -> Config:
     known = {f.name for f in dataclasses.fields(Config)}
     values = {k: v for k, v in values.items() if k in known}
-    if "lr_milestones" in values:
+    if isinstance(values.get("lr_milestones"), list):
         values["lr_milestones"] = tuple(values["lr_milestones"])
     return Config(**values)
 

@@ -53,13 +53,24 @@ def gallery_panels(model, dataset: EvalDataset, boxes: list, sizes: list, positi
     return panels
 
 
+HEATMAP_CMAP = "inferno"  # perceptually uniform: equal steps of the map look like equal steps of heat
+
+
 def _short(name: str, width: int = 16) -> str:
     return name if len(name) <= width else name[: width - 1] + "…"
 
 
-def gallery_figure(models: list, names: list[str], bundle, cfg, device: torch.device, count: int | None = None, seed: int = 0):
+def _wrapped(name: str, width: int = 24) -> list[str]:
+    """A model's label over as many lines as it needs: never cut (it names what is compared)."""
+    import textwrap
+    return textwrap.wrap(name, width) or [name]
+
+
+def gallery_figure(models: list, names: list[str], bundle, cfg, device: torch.device, count: int | None = None, seed: int = 0,
+                   class_names: dict[str, str] | None = None):
     """A matplotlib figure: ``count`` validation images (the same ones for every call with this
-    seed), one panel per model side by side for each image."""
+    seed), one panel per model side by side for each image. ``class_names`` maps class folder
+    names (wnids) to readable names for the titles."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -75,11 +86,13 @@ def gallery_figure(models: list, names: list[str], bundle, cfg, device: torch.de
     images_per_row = max(1, 4 // len(models))
     per_row = images_per_row * len(models)  # panels per figure row
     rows = int(np.ceil(count / images_per_row))
-    # Room for three title lines above each panel: titles never run into the panel above.
-    fig, axes = plt.subplots(rows, per_row, figsize=(2.1 * per_row + 0.9, 2.75 * rows), squeeze=False, layout="constrained")
+    name_lines = max(len(_wrapped(n)) for n in names) if len(models) > 1 else 0
+    # Room for every title line above each panel: titles never run into the panel above.
+    fig, axes = plt.subplots(rows, per_row, figsize=(2.1 * per_row + 0.9, (2.45 + 0.15 * name_lines) * rows), squeeze=False,
+                             layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
-    classes = bundle.classes
+    classes = [(class_names or {}).get(c, c) for c in bundle.classes]
     for n, pos in enumerate(positions):
         for m, (name, column) in enumerate(zip(names, columns)):
             panel = column[n]
@@ -89,24 +102,25 @@ def gallery_figure(models: list, names: list[str], bundle, cfg, device: torch.de
                 ax.text(0.5, 0.5, "all-zero\nheatmap", transform=ax.transAxes, ha="center", va="center", fontsize=8,
                         color="black", bbox=dict(facecolor="orange", alpha=0.85, edgecolor="none"))
             else:
-                ax.imshow(panel.heatmap, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+                ax.imshow(panel.heatmap, cmap=HEATMAP_CMAP, alpha=0.5, vmin=0, vmax=1)
             if val.boxes is not None and val.boxes[pos] is not None:
                 for x0, y0, x1, y1 in scale_boxes(val.boxes[pos], val.sizes[pos], panel.image.shape[:2]):
                     ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="white", linewidth=1.5))
             right = panel.predicted == panel.label
             ch = "CH –" if panel.ch != panel.ch else f"CH {panel.ch:.0f} %"
-            lines = ([_short(name, 22)] if len(models) > 1 else []) + [
+            lines = (_wrapped(name) if len(models) > 1 else []) + [
                 f"true {_short(classes[panel.label])}", f"pred {_short(classes[panel.predicted])} · {ch}"]
             ax.set_title("\n".join(lines), fontsize=7, color="black" if right else "red", loc="center")
-    fig.colorbar(ScalarMappable(Normalize(0, 1), cmap="jet"), ax=axes, shrink=0.6, label="Grad-CAM of the true class (max = 1)")
+    fig.colorbar(ScalarMappable(Normalize(0, 1), cmap=HEATMAP_CMAP), ax=axes, shrink=0.6, label="Grad-CAM of the true class (max = 1)")
     fig.suptitle("Grad-CAM of the true class; ground-truth boxes in white; red title: wrong prediction", fontsize=9)
     return fig
 
 
-def save_gallery(models: list, names: list[str], bundle, cfg, device: torch.device, path: Path, count: int | None = None, seed: int = 0) -> Path:
+def save_gallery(models: list, names: list[str], bundle, cfg, device: torch.device, path: Path, count: int | None = None, seed: int = 0,
+                 class_names: dict[str, str] | None = None) -> Path:
     """:func:`gallery_figure` written to ``path`` as PNG."""
     import matplotlib.pyplot as plt
-    fig = gallery_figure(models, names, bundle, cfg, device, count, seed)
+    fig = gallery_figure(models, names, bundle, cfg, device, count, seed, class_names)
     path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)

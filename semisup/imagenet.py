@@ -7,6 +7,8 @@ the XML ``<name>``), never from the devkit's numeric labels, whose order differs
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -32,10 +34,41 @@ class DatasetLayoutError(UserError, ValueError):
     pass
 
 
+_memo: dict | None = None
+
+
+@contextlib.contextmanager
+def shared_scans():
+    """Inside this block folder scans, box files and decode checks are done once per argument:
+    the checks before queueing a sweep build the same dataset for every grid point."""
+    global _memo
+    previous, _memo = _memo, {}
+    try:
+        yield
+    finally:
+        _memo = previous
+
+
+def _memoized(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if _memo is None:
+            return fn(*args, **kwargs)
+        key = (fn.__name__, tuple(tuple(a) if isinstance(a, list) else a for a in args), tuple(sorted(kwargs.items())))
+        if key not in _memo:
+            _memo[key] = fn(*args, **kwargs)
+        return _memo[key]
+    return wrapper
+
+
+_load_boxes = _memoized(load_boxes)
+
+
 def is_image_file(name: str) -> bool:
     return name.lower().endswith(IMG_EXTENSIONS)
 
 
+@_memoized
 def scan_class_folders(root: Path) -> tuple[list[str], list[str], list[int], int]:
     """(classes, paths, labels, skipped non-image files) of ``root/<class>/<file>``, in
     ImageFolder's order. Empty class folders are an error, as in ImageFolder."""
@@ -77,6 +110,7 @@ def select_labeled(names: list[str], classes: list[str], split: list[str], split
     return np.array(sorted(position[n] for n in split), dtype=np.int64)
 
 
+@_memoized
 def read_sizes(paths: list[str], workers: int = 16, decode: bool = False) -> list[tuple[int, int] | None]:
     """(H, W) of each file, None for unreadable ones. From the header alone, or with ``decode``
     by decoding the whole file (at 1/8 scale for JPEGs: every byte is still read, so
@@ -97,7 +131,7 @@ def read_sizes(paths: list[str], workers: int = 16, decode: bool = False) -> lis
 
 def build_validation(cfg, data: Path, classes: list[str]) -> tuple[EvalSet, dict]:
     val_root = data / cfg.val_dir
-    boxes_by_id = load_boxes(cfg.val_boxes) if cfg.val_boxes else None
+    boxes_by_id = _load_boxes(cfg.val_boxes) if cfg.val_boxes else None
     class_index = {c: i for i, c in enumerate(classes)}
     subdirs = [e.name for e in os.scandir(val_root) if e.is_dir()] if val_root.is_dir() else []
     if subdirs:  # val/<wnid>/<file>
@@ -163,7 +197,7 @@ def _flat_val_labels(cfg, files: list[str], boxes_by_id, val_root: Path) -> list
                              "or sort val/ into class folders")
 
 
-def build_folder_bundle(cfg) -> DataBundle:
+def build_folder_bundle(cfg, decode_check: bool = False) -> DataBundle:
     data = Path(cfg.data)
     classes, paths, labels, skipped = scan_class_folders(data / "train")
     if cfg.num_classes is not None and cfg.num_classes != len(classes):
@@ -182,7 +216,7 @@ def build_folder_bundle(cfg) -> DataBundle:
     summary = dict(dataset=str(data), classes=len(classes), split_file=str(split_path) if split_path else "all of train/",
                    labeled=len(labeled), unlabeled=0 if unlabeled is None else len(unlabeled), **val_summary,
                    non_image_files_skipped=skipped)
-    if cfg.dry_run:
+    if decode_check:
         # Decode the labeled and validation images now rather than hours into the run, and a
         # sample of the unlabeled stream (all of it would take as long as an epoch of ImageNet).
         sizes = read_sizes([paths[i] for i in labeled] + list(val.source.paths), decode=True)

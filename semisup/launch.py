@@ -4,24 +4,38 @@ Used by ``jobs/submit.py``. One task per GPU; torch.distributed is set up from s
 environment (``TorchDistributedEnvironment``), never by nesting torchrun. The job object is
 checkpointable: on preemption or timeout submitit calls ``checkpoint()``, which resubmits the
 same command; the run resumes from its last atomic checkpoint in the same run directory.
+
+A job runs elsewhere than the command that queued it: in a snapshot of the code, from the
+snapshot's folder, perhaps on another node a week later. So every path a job reads is made
+absolute against the folder the user submitted from (``pin_paths``: flags, sweep values,
+recipes and the default ``splits/`` and ``pretrained/`` folders of the submitting checkout), and
+the checks before queueing (``semisup.preflight``) run with the job's own code and working
+directory: a check that passes means the job starts.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import itertools
-import os
 import json
+import math
+import os
+import re
 import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
-from semisup.errors import UsageError
+from semisup.errors import UsageError, UserError
+from semisup.files import read_json, write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
+OUTCOME = "job-outcome.json"  # written by the job itself: what jobs/status.py reads instead of submitit's pickles
+LOCAL_TIMEOUT_MIN = 24 * 60  # local jobs are killed by submitit at their time limit: a day is never the binding limit
 
 
 class TrainJob:
@@ -41,7 +55,15 @@ class TrainJob:
             # Exports RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT for env:// init;
             # semisup.distributed.setup then calls torch.cuda.set_device(LOCAL_RANK) first thing.
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        return train(parse_config(self.argv))
+        try:
+            result = train(parse_config(self.argv))
+        except Exception as err:
+            if env.global_rank == 0:
+                record_outcome(self.argv, str(env.job_id), "FAILED", f"{type(err).__module__}.{type(err).__name__}: {err}")
+            raise
+        if env.global_rank == 0:
+            record_outcome(self.argv, str(env.job_id), "COMPLETED")
+        return result
 
     def checkpoint(self, *args, **kwargs):
         """Preempted or timed out: resubmit the same command. The weights are not pickled here:
@@ -51,57 +73,263 @@ class TrainJob:
         return submitit.helpers.DelayedSubmission(TrainJob(self.argv))
 
 
+def record_outcome(argv: list[str], job_id: str, state: str, error: str | None = None) -> None:
+    """The job's own account of how it ended, as JSON in its run directory (jobs/status.py reads
+    this, never submitit's pickled result: a runs folder received from someone else must not run
+    their code)."""
+    run_dir = run_dir_of(argv)
+    if run_dir and Path(run_dir).is_dir():
+        with contextlib.suppress(OSError):  # a full disk must not hide the run's own error
+            write_json_atomic(Path(run_dir) / OUTCOME, dict(job_id=job_id, state=state, error=error,
+                                                            ended=time.strftime("%Y-%m-%d %H:%M:%S")))
+
+
+# ---- the job's flags ------------------------------------------------------------------------
 def run_dir_of(argv: list[str]) -> str | None:
-    for i, arg in enumerate(argv):
+    value = None
+    for i, arg in enumerate(argv):  # the last occurrence wins, as in argparse
         if arg == "--run-dir" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--run-dir="):
-            return arg.split("=", 1)[1]
-    return None
+            value = argv[i + 1]
+        elif arg.startswith("--run-dir="):
+            value = arg.split("=", 1)[1]
+    return value
 
 
 def with_run_dir(argv: list[str], default: Path) -> list[str]:
-    """Every job gets an explicit absolute run directory, so a requeued job resumes in it."""
-    given = run_dir_of(argv)
-    if given is None:
-        return argv + ["--run-dir", str(default.resolve())]
-    return [str(Path(a).resolve()) if a == given else a for a in argv]
+    """Every job gets an explicit run directory, so a requeued job resumes in it."""
+    return argv if run_dir_of(argv) is not None else argv + ["--run-dir", str(default)]
 
 
-def check_before_queueing(argv: list[str], tasks: int = 1) -> None:
-    """Refuse, before anything is queued, a job that would fail at once: invalid flags, batch
-    sizes not divisible by the job's ``tasks``, a path it names that does not exist (as seen
-    from here), or a finished run directory."""
-    from semisup.config import parse_config, validate
-    cfg = validate(parse_config(argv), world=tasks)  # raises ConfigError naming the setting
-    for flag, value in (("--data", cfg.data), ("--pretrained", cfg.pretrained), ("--val-boxes", cfg.val_boxes),
-                        ("--split-file", cfg.split_file), ("--val-labels", cfg.val_labels)):
-        if value is not None and not Path(value).exists():
-            raise UsageError(f"{flag} {value}: no such file or folder as seen from this machine; nothing was queued")
-    run_dir = Path(run_dir_of(argv))
-    if (run_dir / "final.json").exists() and "--overwrite" not in argv:
-        raise UsageError(f"{run_dir} already holds a finished run; pass --overwrite after -- or choose another --run-dir")
+def _without(argv: list[str], spellings: tuple[str, ...]) -> list[str]:
+    """``argv`` less every occurrence of the one-value flags in ``spellings``."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in spellings:
+            skip = True
+        elif not arg.startswith(tuple(f"{s}=" for s in spellings)):
+            out.append(arg)
+    return out
 
 
-@contextlib.contextmanager
-def code_snapshot(dest: Path):
-    """Submit from a snapshot of the tracked files (``semisup.snapshot``), so jobs queued for a
-    week run the code as it was at submission, whatever happens to the checkout meanwhile."""
-    from semisup.snapshot import take_snapshot
-    info = take_snapshot(dest)
-    dirty = " with uncommitted edits to tracked files (recorded as dirty)" if info["dirty"] else ""
-    print(f"code snapshot {dest}: commit {info['commit'][:12]}{dirty}, {info['files']} files, {info['bytes'] / 1e6:.1f} MB")
-    if info["untracked"]:
-        print(f"not in the snapshot (untracked; `git add` them to include): {', '.join(info['untracked'][:8])}"
-              + (" ..." if len(info["untracked"]) > 8 else ""))
-    previous_cwd, previous_path = Path.cwd(), list(sys.path)
-    os.chdir(dest)
-    sys.path.insert(0, str(dest))
+def _absolute(value: str, base: Path) -> str:
+    """``value`` as an absolute path seen from ``base`` (symlinks kept: a user's /datasets link stays)."""
+    return os.path.normpath(os.path.join(base, os.path.expanduser(value)))
+
+
+def pin_paths(argv: list[str], base: Path) -> tuple[list[str], dict]:
+    """The job's flags with every path it reads absolute as seen from ``base`` (where the user
+    submitted from), and what it reads: {setting: absolute path}.
+
+    Paths given by flag, by ``--config`` file or by a recipe, and the submitting checkout's
+    default ``splits/`` folder, become explicit ``--flag /absolute/path`` arguments: in the
+    snapshot (a copy of the tracked files only, without the downloaded split files and weights)
+    the job then reads exactly the files the submitting checkout sees."""
+    from semisup.config import flag_spellings, parse_config, path_fields
+    from semisup.splits import SPLITS_DIR
+
+    config_flags = ("--config",)
+    pinned = list(argv)
+    for i, arg in enumerate(pinned):
+        if arg in config_flags and i + 1 < len(pinned):
+            pinned[i + 1] = _absolute(pinned[i + 1], base)
+        elif arg.startswith("--config="):
+            pinned[i] = "--config=" + _absolute(arg.split("=", 1)[1], base)
+    cfg = parse_config(pinned)
+    reads = {}
+    for key in path_fields():
+        value = getattr(cfg, key)
+        if key == "splits_dir" and value is None and not cfg.is_demo and not cfg.split_file:
+            value = str(SPLITS_DIR)  # the submitting checkout's splits/, where `python -m semisup.splits download` puts them
+        if value is None:
+            continue
+        reads[key] = _absolute(value, base)
+        pinned = _without(pinned, flag_spellings(key)) + [flag_spellings(key)[0], reads[key]]
+    return pinned, reads
+
+
+# ---- names and values that reach the sbatch script ------------------------------------------------
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]{0,127}$")
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f'\"`$\\;]")
+
+
+def check_name(name: str, what: str) -> str:
+    """Job and run-folder names: letters, digits and ``. _ + = -`` only (they become a Slurm job
+    name, a folder and part of the sbatch script)."""
+    if not _NAME.match(name):
+        raise UsageError(f"{what} {name!r}: use letters, digits and . _ + = - only (at most 128 characters); nothing was written")
+    return name
+
+
+def check_sbatch_value(value, what: str) -> None:
+    """A value that goes into the sbatch script: no newline or other control character, quote,
+    backslash, ``$``, backtick or ``;`` (a newline would start a new shell line in the script)."""
+    if value is not None and _UNSAFE.search(str(value)):
+        raise UsageError(f"{what} {str(value)!r}: newlines, quotes, backslashes, $, ` and ; are not allowed in values that reach "
+                         "the sbatch script; nothing was written")
+
+
+def _value_name(value) -> str:
+    """How a sweep value appears in a run-folder name: a path by its file name without extensions."""
+    text = str(value)
+    if "/" in text:
+        text = Path(text).name.split(".")[0]
+    return text
+
+
+def sweep_commands(path: Path, run_root: Path) -> tuple[str, list[tuple[str, list[str]]]]:
+    """(sweep name, [(name, run.py flags) for each point of the grid]).
+
+    Format: ``name``, ``base: [flags...]`` and ``grid: {setting: [values...]}``; grid keys are the
+    settings' names as in flags and YAML (``lambda``, ``seed``, ``cgc_weight``, ``--lr-head``)."""
+    from semisup.config import canonical_key, flag_spellings
     try:
-        yield dest
-    finally:
-        os.chdir(previous_cwd)
-        sys.path[:] = previous_path
+        spec = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise UsageError(f"--sweep {path}: {str(err).splitlines()[0]}") from err
+    if (not isinstance(spec, dict) or not isinstance(spec.get("grid"), dict) or not spec["grid"]
+            or not all(isinstance(v, list) and v for v in spec["grid"].values()) or not isinstance(spec.get("base", []), list)):
+        raise UsageError(f"{path}: a sweep needs 'grid: {{setting: [values]}}' (and optionally 'base: [flags]' and 'name')")
+    sweep_name = check_name(str(spec.get("name", path.stem)), f"{path}: sweep name")
+    base = [str(x) for x in spec.get("base", [])]
+    keys = list(spec["grid"])
+    for key in keys:
+        if canonical_key(str(key)) is None:
+            raise UsageError(f"{path}: grid key {key!r} is not a setting (see python semisup/run.py --help)")
+    commands = []
+    for values in itertools.product(*(spec["grid"][k] for k in keys)):
+        name = "_".join(f"{str(k).lstrip('-').replace('_', '-')}{_value_name(v)}" for k, v in zip(keys, values))
+        check_name(name, f"{path}: the run name of grid point")
+        flags = list(base)
+        for key, value in zip(keys, values):
+            flag = flag_spellings(canonical_key(str(key)))[0]
+            if isinstance(value, bool):
+                flags.append(flag if value else "--no-" + flag[2:])
+            elif isinstance(value, list):
+                flags += [flag, *map(str, value)]
+            else:
+                flags += [flag, str(value)]
+        commands.append((name, with_run_dir(flags, run_root / sweep_name / name)))
+    return sweep_name, commands
+
+
+# ---- submission -------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Submit semisup/run.py as a submitit job (Slurm, local or in-process debug).",
+                                usage="python jobs/submit.py [options] -- <run.py flags>")
+    where = p.add_argument_group("where the job runs")
+    where.add_argument("--cluster", default="auto", choices=["auto", "slurm", "local", "debug"],
+                       help="auto: Slurm when sbatch is here or Slurm options (--partition, --gpus-per-node, --nodes > 1, ...) are "
+                            "given, else local; debug runs in this process (pdb works)")
+    where.add_argument("--nodes", type=int, default=1)
+    where.add_argument("--gpus-per-node", type=int, default=0)
+    where.add_argument("--tasks-per-node", type=int, help="default: one per GPU (1 without GPUs)")
+    where.add_argument("--cpus-per-node", type=int,
+                       help="the node's CPUs the job may take (default: 64 on Slurm, this machine's cores locally); "
+                            "--cpus-per-task and the run's --workers are fitted inside it")
+    where.add_argument("--cpus-per-task", type=int,
+                       help="default: two loader streams x --workers of the run + 2, within --cpus-per-node (the run's "
+                            "--workers is lowered to fit unless given)")
+    where.add_argument("--timeout-min", type=int,
+                       help="time limit (default on Slurm: twice the planner's estimate for this run on this many GPUs, with "
+                            "H100 rates, + 30 min; a job that reaches it checkpoints and is requeued)")
+    sbatch = p.add_argument_group("Slurm")
+    sbatch.add_argument("--partition")
+    sbatch.add_argument("--account")
+    sbatch.add_argument("--qos")
+    sbatch.add_argument("--constraint")
+    sbatch.add_argument("--mem", help="memory per node, e.g. 480G")
+    sbatch.add_argument("--comment")
+    sbatch.add_argument("--wckey", help="Slurm workload characterisation key (default: none; submitit's default 'submitit' is "
+                                        "refused by clusters that enforce wckeys)")
+    sbatch.add_argument("--signal-delay-s", type=int, default=120, help="seconds between Slurm's USR2 and the kill (time to requeue)")
+    sbatch.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE", help="extra sbatch option, repeatable")
+    what = p.add_argument_group("what is submitted")
+    what.add_argument("--name", help="job and run-folder name (default: run.py's own, e.g. imagenet-cgc-frac0.01-seed0)")
+    what.add_argument("--log-dir", type=Path, default=Path("jobs/logs"), help="submitit logs and code snapshots")
+    what.add_argument("--run-root", type=Path, default=Path("runs"), help="parent of run directories not given by --run-dir")
+    what.add_argument("--sweep", type=Path, help="YAML grid: one job per point, submitted as an array")
+    what.add_argument("--no-snapshot", action="store_true", help="run the live checkout instead of a snapshot")
+    what.add_argument("--dry-run", action="store_true",
+                      help="print the sbatch script and run run.py's --dry-run checks for every job, in a snapshot as the job "
+                           "would; queue nothing, create nothing")
+    return p
+
+
+SLURM_ONLY = ("partition", "account", "qos", "constraint", "mem", "comment", "wckey")
+
+
+def slurm_meant(args) -> bool:
+    """Whether the user asked for Slurm: --cluster slurm, or auto with sbatch here or with options
+    only Slurm has (a partition, GPUs, several nodes, sbatch extras)."""
+    if args.cluster in ("local", "debug"):
+        return False
+    return (args.cluster == "slurm" or bool(shutil.which("sbatch")) or args.nodes > 1 or args.gpus_per_node > 0 or bool(args.sbatch)
+            or any(getattr(args, k) is not None for k in SLURM_ONLY))
+
+
+def total_tasks(args) -> int:
+    return args.nodes * tasks_per_node(args)
+
+
+def tasks_per_node(args) -> int:
+    return args.tasks_per_node or max(1, args.gpus_per_node)
+
+
+def check_args(args) -> None:
+    """Refuse numbers that cannot make a job and values that would break the sbatch script."""
+    for key in ("nodes", "tasks_per_node", "cpus_per_node", "cpus_per_task", "timeout_min", "signal_delay_s"):
+        value = getattr(args, key)
+        if value is not None and value < 1:
+            raise UsageError(f"--{key.replace('_', '-')}: must be >= 1, got {value}")
+    if args.gpus_per_node < 0:
+        raise UsageError(f"--gpus-per-node: must be >= 0, got {args.gpus_per_node}")
+    if args.name is not None:
+        check_name(args.name, "--name")
+    for key in SLURM_ONLY:
+        check_sbatch_value(getattr(args, key), f"--{key}")
+    for item in args.sbatch:
+        key, sep, value = item.partition("=")
+        if not sep or not re.match(r"^[a-z][a-z0-9-]*$", key):
+            raise UsageError(f"--sbatch {item!r}: expected KEY=VALUE with an sbatch option name as KEY (e.g. reservation=cgc)")
+        check_sbatch_value(value, f"--sbatch {key}")
+    for key in ("log_dir", "run_root"):
+        check_sbatch_value(str(getattr(args, key)), f"--{key.replace('_', '-')}")
+
+
+def fit_cpus(args, run_flags_workers: int | None, default_workers: int, slurm: bool) -> tuple[int, int | None, str]:
+    """(cpus per task, --workers to give the job or None to keep its own, a line saying why):
+    two loader streams of --workers each plus the training process and a spare, within the
+    node's CPU budget."""
+    budget = args.cpus_per_node or (64 if slurm else (os.cpu_count() or 1))
+    per_task = max(1, budget // tasks_per_node(args))
+    if args.cpus_per_task:
+        return args.cpus_per_task, None, f"cpus per task {args.cpus_per_task} (--cpus-per-task)"
+    workers = default_workers if run_flags_workers is None else run_flags_workers
+    wanted = 2 * workers + 2
+    if wanted <= per_task:
+        return wanted, None, f"cpus per task {wanted} (2 streams x {workers} workers + 2), {wanted * tasks_per_node(args)} of --cpus-per-node {budget}"
+    if run_flags_workers is not None:
+        return per_task, None, (f"cpus per task {per_task} (--cpus-per-node {budget} / {tasks_per_node(args)} tasks); the run's --workers "
+                                f"{workers} wants {wanted}: its loaders will share them")
+    fitted = max(0, (per_task - 2) // 2)
+    return per_task, fitted, f"cpus per task {per_task} (--cpus-per-node {budget} / {tasks_per_node(args)} tasks): --workers {fitted} per stream"
+
+
+def default_timeout(args, checked: list[dict], slurm: bool) -> tuple[int, str]:
+    """(minutes, how they were chosen): on Slurm with GPUs, twice the planner's estimate of the
+    longest job of the submission on its GPUs and CPUs (H100 rates) plus 30 minutes."""
+    if args.timeout_min:
+        return args.timeout_min, f"time limit {args.timeout_min} min (--timeout-min)"
+    if not slurm or args.gpus_per_node == 0:
+        return LOCAL_TIMEOUT_MIN, f"time limit {LOCAL_TIMEOUT_MIN} min (no GPU: the planner's rates do not apply; --timeout-min sets it)"
+    from semisup import plan
+    longest = max(plan.plan(plan.shape_of(job["settings"], job["summary"]), plan.measured_rates("h100"), gpus=total_tasks(args),
+                            cores=args.nodes * args.cpus_per_task * tasks_per_node(args))["total_s"] for job in checked)
+    minutes = math.ceil(2 * longest / 60 + 30)
+    return minutes, (f"time limit {minutes} min = 2 x the planner's {longest / 60:.1f} min for {total_tasks(args)} GPU(s) at H100 rates "
+                     "+ 30 min (python -m semisup.bench plan; --timeout-min sets it)")
 
 
 def make_executor(args, folder: Path):
@@ -109,82 +337,36 @@ def make_executor(args, folder: Path):
 
     cluster = None if args.cluster == "auto" else args.cluster
     executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
-    tasks = args.tasks_per_node or max(1, args.gpus_per_node)
-    params = dict(nodes=args.nodes, tasks_per_node=tasks, gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task,
-                  timeout_min=args.timeout_min, name=args.name)
+    params = dict(nodes=args.nodes, tasks_per_node=tasks_per_node(args), gpus_per_node=args.gpus_per_node,
+                  cpus_per_task=args.cpus_per_task, timeout_min=args.timeout_min, name=args.name)
     params = {k: v for k, v in params.items() if v is not None}
-    slurm = dict(slurm_partition=args.partition, slurm_account=args.account, slurm_qos=args.qos, slurm_constraint=args.constraint,
-                 slurm_mem=args.mem, slurm_comment=args.comment, slurm_signal_delay_s=args.signal_delay_s,
-                 slurm_additional_parameters=dict(kv.split("=", 1) for kv in args.sbatch) or None)
-    params.update({k: v for k, v in slurm.items() if v is not None})
+    if executor.cluster == "slurm":
+        slurm = dict(slurm_partition=args.partition, slurm_account=args.account, slurm_qos=args.qos, slurm_constraint=args.constraint,
+                     slurm_mem=args.mem, slurm_comment=args.comment, slurm_signal_delay_s=args.signal_delay_s,
+                     slurm_additional_parameters=dict(kv.split("=", 1) for kv in args.sbatch) or None)
+        params.update({k: v for k, v in slurm.items() if v is not None})
+        params["slurm_wckey"] = args.wckey
     executor.update_parameters(**params)
+    if executor.cluster == "slurm" and args.wckey is None:
+        # submitit writes `--wckey=submitit` unless told otherwise, and AutoExecutor drops None values:
+        # a None in the Slurm executor's own parameters leaves the line out of the script.
+        executor._executor.parameters["wckey"] = None
     return executor
 
 
-def sweep_commands(path: Path, run_root: Path) -> list[tuple[str, list[str]]]:
-    """(name, run.py flags) for each point of a sweep file's grid.
-
-    Format: ``base: [flags...]`` and ``grid: {flag: [values...]}`` (flag names without dashes)."""
-    try:
-        spec = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise UsageError(f"--sweep {path}: {str(err).splitlines()[0]}") from err
-    if not isinstance(spec, dict) or not isinstance(spec.get("grid"), dict) or not all(isinstance(v, list) for v in spec["grid"].values()):
-        raise UsageError(f"{path}: a sweep needs 'grid: {{flag: [values]}}' (and optionally 'base: [flags]' and 'name')")
-    base = [str(x) for x in spec.get("base", [])]
-    keys = list(spec["grid"])
-    commands = []
-    for values in itertools.product(*(spec["grid"][k] for k in keys)):
-        name = "_".join(f"{k.replace('_', '-')}{v}" for k, v in zip(keys, values))
-        flags = base + [x for k, v in zip(keys, values) for x in (f"--{k.replace('_', '-')}", str(v))]
-        commands.append((name, with_run_dir(flags, run_root / spec.get("name", path.stem) / name)))
-    return commands
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Submit semisup/run.py as a submitit job (Slurm, local or in-process debug).",
-                                usage="python jobs/submit.py [options] -- <run.py flags>")
-    p.add_argument("--cluster", default="auto", choices=["auto", "slurm", "local", "debug"],
-                   help="auto: Slurm when sbatch is present, else local; debug runs in this process (pdb works)")
-    p.add_argument("--nodes", type=int, default=1)
-    p.add_argument("--gpus-per-node", type=int, default=0)
-    p.add_argument("--tasks-per-node", type=int, help="default: one per GPU (1 without GPUs)")
-    p.add_argument("--cpus-per-task", type=int, help="default: two loader streams x --workers of the run, + 2 (the training process and a spare)")
-    p.add_argument("--timeout-min", type=int, default=4320)
-    p.add_argument("--partition")
-    p.add_argument("--account")
-    p.add_argument("--qos")
-    p.add_argument("--constraint")
-    p.add_argument("--mem", help="memory per node, e.g. 480G")
-    p.add_argument("--comment")
-    p.add_argument("--signal-delay-s", type=int, default=120, help="seconds between Slurm's USR2 and the kill (time to requeue)")
-    p.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE", help="extra sbatch option, repeatable")
-    p.add_argument("--name", help="job and run-folder name (default: run.py's own, e.g. imagenet-cgc-frac0.01-seed0)")
-    p.add_argument("--log-dir", type=Path, default=Path("jobs/logs"), help="submitit logs and code snapshots")
-    p.add_argument("--run-root", type=Path, default=Path("runs"), help="parent of run directories not given by --run-dir")
-    p.add_argument("--sweep", type=Path, help="YAML grid: one job per point, submitted as an array")
-    p.add_argument("--no-snapshot", action="store_true", help="run the live checkout instead of a snapshot")
-    p.add_argument("--dry-run", action="store_true",
-                   help="print the sbatch script and run run.py's --dry-run checks for every job; queue nothing")
-    return p
-
-
-def total_tasks(args) -> int:
-    return args.nodes * (args.tasks_per_node or max(1, args.gpus_per_node))
-
-
-def record_job(run_dir: Path, job, cluster: str, name: str, **outcome) -> None:
+def record_job(run_dir: Path, job, cluster: str, name: str, **details) -> None:
     """Append the job to ``run_dir/job.json`` (every submission of this run, newest last), where
-    ``jobs/status.py`` finds its id, scheduler and logs even if the job never started."""
+    ``jobs/status.py`` finds its id, scheduler, logs and the files it reads, even if it never started."""
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "job.json"
-    history = json.loads(path.read_text()) if path.is_file() else []
+    try:
+        history = read_json(path, list) if path.is_file() else []
+    except UserError:
+        history = []  # a damaged record is replaced by this submission's, never a reason to refuse it
     paths = job.paths
     history.append(dict(job_id=str(job.job_id), cluster=cluster, name=name, folder=str(paths.folder), stdout=str(paths.stdout),
-                        stderr=str(paths.stderr), submitted=time.strftime("%Y-%m-%d %H:%M:%S"), **outcome))
-    tmp = path.with_name(".job.json.tmp")
-    tmp.write_text(json.dumps(history, indent=1))
-    os.replace(tmp, path)
+                        stderr=str(paths.stderr), submitted=time.strftime("%Y-%m-%d %H:%M:%S"), **details))
+    write_json_atomic(path, history)
 
 
 @contextlib.contextmanager
@@ -197,74 +379,164 @@ def _slurm_preview():
         yield
 
 
-def preview(args, commands: list[tuple[str, list[str]]], log_dir: Path) -> None:
-    """--dry-run: the exact sbatch script, then run.py's own --dry-run for every job (data,
-    splits, boxes, pretrained weights, model), on the CPU here; nothing is queued."""
-    from semisup.config import parse_config
-    from semisup.train import train
+def sbatch_script(args, log_dir: Path) -> str:
+    with _slurm_preview():
+        executor = make_executor(argparse.Namespace(**dict(vars(args), cluster="slurm")), log_dir / "%j")._executor
+        return executor._make_submission_file_text(executor._submitit_command_str, "<uid>").rstrip()
 
-    slurm = args.cluster == "slurm" or (args.cluster == "auto" and shutil.which("sbatch"))
+
+def preflight(commands: list[tuple[str, list[str]]], tasks: int, code: Path, cwd: Path, decode_check: bool) -> tuple[list[dict], str]:
+    """Run the checks of ``semisup.preflight`` for every job with the job's own code (``code`` on
+    the import path) from the job's working directory (``cwd``); returns each job's
+    {name, summary, settings} and what the checks printed. A failing check raises its one line,
+    naming the job."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "checked.json"
+        request = dict(jobs=[dict(name=n, argv=f) for n, f in commands], tasks=tasks, decode_check=decode_check, out=str(out))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(code), os.environ.get("PYTHONPATH", "")) if p))
+        for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+            env.pop(key, None)
+        proc = subprocess.run([sys.executable, "-m", "semisup.preflight"], cwd=cwd, env=env, input=json.dumps(request),
+                              capture_output=True, text=True)
+        errors = [line[len("error: "):] for line in proc.stderr.splitlines() if line.startswith("error: ")]
+        other = [line for line in proc.stderr.splitlines() if not line.startswith("error: ")]
+        if proc.returncode:
+            print(proc.stdout, end="")
+            if errors:
+                raise (UsageError if proc.returncode == UsageError.exit_code else UserError)(f"{errors[-1]}; nothing was queued")
+            sys.stderr.write("\n".join(other[-30:]) + "\n")
+            raise UserError(f"the checks before queueing crashed in {code} (exit {proc.returncode}; its output is above); nothing was queued")
+        if other:
+            sys.stderr.write("\n".join(other) + "\n")
+        return read_json(out, list), proc.stdout
+
+
+@contextlib.contextmanager
+def job_code(args, log_dir: Path):
+    """The code and working directory jobs run with: a snapshot of the tracked files (a temporary
+    one for --dry-run), or with --no-snapshot / --cluster debug the live checkout. Yields (code, cwd)."""
+    from semisup.snapshot import take_snapshot
+    if args.no_snapshot or args.cluster == "debug":
+        yield REPO, Path.cwd()
+        return
+    with contextlib.ExitStack() as stack:
+        dest = (Path(stack.enter_context(tempfile.TemporaryDirectory())) / "code" if args.dry_run
+                else log_dir / "code" / time.strftime("%Y%m%d-%H%M%S"))
+        created = next(p for p in [*reversed(dest.parents), dest] if not p.exists())  # removed again if nothing is queued
+        info = take_snapshot(dest)
+        dirty = " with uncommitted edits to tracked files (recorded as dirty)" if info["dirty"] else ""
+        kind = "temporary code snapshot for the checks" if args.dry_run else "code snapshot"
+        print(f"{kind} {dest}: commit {info['commit'][:12]}{dirty}, {info['files']} files, {info['bytes'] / 1e6:.1f} MB")
+        if info["untracked"]:
+            print(f"not in the snapshot (untracked; `git add` them to include): {', '.join(info['untracked'][:8])}"
+                  + (" ..." if len(info["untracked"]) > 8 else ""))
+        try:
+            yield dest, dest
+        except BaseException:
+            if not args.dry_run:
+                shutil.rmtree(created, ignore_errors=True)  # nothing was queued from it: leave no folder behind
+            raise
+
+
+@contextlib.contextmanager
+def _job_environment(code: Path, cwd: Path):
+    """Submit from the job's working directory with its code importable: submitit starts local
+    jobs, and sbatch starts Slurm jobs, in the submitting process's folder and environment."""
+    previous_cwd, previous_path = Path.cwd(), os.environ.get("PYTHONPATH")
+    os.chdir(cwd)
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(code), previous_path) if p)
+    try:
+        yield
+    finally:
+        os.chdir(previous_cwd)
+        if previous_path is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = previous_path
+
+
+def job_commands(args, run_flags: list[str]) -> tuple[str, list[tuple[str, list[str]]]]:
+    """(job name, [(run name, flags)]) with run directories given and absolute."""
+    if args.sweep:
+        sweep_name, commands = sweep_commands(args.sweep.resolve(), args.run_root.resolve())
+        return args.name or sweep_name, [(name, flags + run_flags) for name, flags in commands]
+    from semisup.config import parse_config
+    from semisup.rundir import default_run_dir
+    # The same name run.py gives the run (validating its flags now, before queueing), so two
+    # submissions never share a folder and a resubmitted job finds its own.
+    name = args.name or default_run_dir(parse_config(run_flags)).name
+    return name, [(name, with_run_dir(run_flags, args.run_root.resolve() / name))]
+
+
+def main(argv: list[str] | None = None) -> list:
+    from semisup.config import parse_config
+    argv = sys.argv[1:] if argv is None else list(argv)
+    run_flags = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = build_parser().parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    check_args(args)
+    slurm = slurm_meant(args)
+    if slurm and not args.dry_run and args.cluster != "slurm" and not shutil.which("sbatch"):
+        raise UsageError("the options given mean Slurm (--partition, --gpus-per-node, --nodes, ...) but sbatch is not on this "
+                         "machine's PATH: submit from a Slurm login node, add --dry-run to preview, or pass --cluster local")
+    log_dir = args.log_dir.resolve()
+    args.name, commands = job_commands(args, run_flags)
+    base = Path.cwd()
+    pinned, reads = [], []
+    for name, flags in commands:
+        flags, read = pin_paths(flags, base)
+        pinned.append((name, flags))
+        reads.append(read)
+    explicit_workers = parse_config(pinned[0][1]).workers if any(a == "--workers" or a.startswith("--workers=") for a in pinned[0][1]) else None
+    args.cpus_per_task, workers, cpus_note = fit_cpus(args, explicit_workers, parse_config(pinned[0][1]).workers, slurm)
+    if workers is not None:
+        pinned = [(name, flags + ["--workers", str(workers)]) for name, flags in pinned]
+    with job_code(args, log_dir) as (code, cwd):
+        checked, report = preflight(pinned, total_tasks(args), code, cwd, decode_check=args.dry_run)
+        args.timeout_min, time_note = default_timeout(args, checked, slurm)
+        if args.dry_run:
+            preview(args, pinned, log_dir, slurm, [cpus_note, time_note], report)
+            return []
+        print(report, end="")
+        print(f"{cpus_note}; {time_note}")
+        with _job_environment(code, cwd):
+            executor = make_executor(argparse.Namespace(**dict(vars(args), cluster="slurm" if slurm else args.cluster)), log_dir / "%j")
+            if len(pinned) == 1:
+                jobs = [executor.submit(TrainJob(pinned[0][1]))]
+            else:
+                with executor.batch():
+                    jobs = [executor.submit(TrainJob(flags)) for _, flags in pinned]
+    for (name, flags), job, read, check in zip(pinned, jobs, reads, checked):
+        files = dict(read, split_file=check["summary"].get("split_file", read.get("split_file")), code=str(code), cwd=str(cwd))
+        files = {k: v for k, v in files.items() if v is not None}
+        if executor.cluster != "debug":
+            record_job(Path(run_dir_of(flags)), job, executor.cluster, name, reads=files)
+        print(f"submitted {name}: job {job.job_id}, logs {job.paths.folder}, run dir {run_dir_of(flags)}")
+    if executor.cluster == "debug":  # submitit's DebugExecutor runs a job when its result is asked for: here, in this process
+        for (name, flags), job, read in zip(pinned, jobs, reads):
+            try:
+                result = job.result()
+            except Exception as err:
+                record_job(Path(run_dir_of(flags)), job, "debug", name, reads=read, state="FAILED", error=f"{type(err).__name__}: {err}")
+                raise
+            record_job(Path(run_dir_of(flags)), job, "debug", name, reads=read, state="COMPLETED")
+            print(f"finished {name} in-process: {result.get('steps')} steps, final top-1 {result['final'].get('top1', float('nan')):.2f}")
+    return jobs
+
+
+def preview(args, commands: list[tuple[str, list[str]]], log_dir: Path, slurm: bool, notes: list[str], report: str) -> None:
+    """--dry-run: the exact sbatch script (whenever Slurm is meant, sbatch here or not), how CPUs
+    and time were chosen, and each job's flags as it will receive them."""
     if slurm:
-        with _slurm_preview():
-            args.cluster = "slurm"
-            executor = make_executor(args, log_dir / "%j")._executor
         print(f"# sbatch script of {'each job' if len(commands) == 1 else f'the array of {len(commands)} jobs (one per grid point)'}")
-        print(executor._make_submission_file_text(executor._submitit_command_str, "<uid>").rstrip())
+        print(sbatch_script(args, log_dir))
         print(f"# requeue: Slurm sends USR2 {args.signal_delay_s} s before the time limit or at preemption; the run writes "
               "checkpoint.pt at the next step, submitit runs `scontrol requeue`, and the requeued job resumes in the same "
               "run directory (up to 3 timeouts; preemptions requeue without limit).")
     else:
-        print(f"# {args.cluster if args.cluster != 'auto' else 'local (no sbatch here)'}: {total_tasks(args)} task(s) on this "
-              f"machine, logs under {log_dir}")
+        print(f"# {args.cluster if args.cluster != 'auto' else 'local'}: {total_tasks(args)} task(s) on this machine, logs under {log_dir}")
+    for note in notes:
+        print(f"# {note}")
     for name, flags in commands:
-        print(f"\n== {name}: run dir {run_dir_of(flags)}")
-        train(parse_config(flags + ["--dry-run", "--device", "cpu"]))
-    print(f"\ndry run: {len(commands)} job(s) checked, nothing queued")
-
-
-def main(argv: list[str] | None = None) -> list:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    run_flags = argv[argv.index("--") + 1:] if "--" in argv else []
-    args = build_parser().parse_args(argv[: argv.index("--")] if "--" in argv else argv)
-    log_dir = args.log_dir.resolve()
-    if args.sweep:
-        commands = [(name, flags + run_flags) for name, flags in sweep_commands(args.sweep.resolve(), args.run_root.resolve())]
-    else:
-        from semisup.config import parse_config
-        from semisup.rundir import default_run_dir
-        # The same name run.py gives the run (validating its flags now, before queueing), so two
-        # submissions never share a folder and a resubmitted job finds its own.
-        name = args.name or default_run_dir(parse_config(run_flags)).name
-        commands = [(name, with_run_dir(run_flags, args.run_root.resolve() / name))]
-    for _, flags in commands:
-        check_before_queueing(flags, total_tasks(args))
-    if args.cpus_per_task is None:
-        from semisup.config import parse_config
-        args.cpus_per_task = 2 * parse_config(commands[0][1]).workers + 2  # two streams' workers + the training process
-    args.name = args.name or commands[0][0]
-    if args.dry_run:
-        preview(args, commands, log_dir)
-        return []
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    snapshot = contextlib.nullcontext() if args.no_snapshot or args.cluster == "debug" else code_snapshot(log_dir / "code" / stamp)
-    with snapshot:
-        executor = make_executor(args, log_dir / "%j")
-        if len(commands) == 1:
-            jobs = [executor.submit(TrainJob(commands[0][1]))]
-        else:
-            with executor.batch():
-                jobs = [executor.submit(TrainJob(flags)) for _, flags in commands]
-    for (name, flags), job in zip(commands, jobs):
-        if executor.cluster != "debug":
-            record_job(Path(run_dir_of(flags)), job, executor.cluster, name)
-        print(f"submitted {name}: job {job.job_id}, logs {job.paths.folder}, run dir {run_dir_of(flags)}")
-    if executor.cluster == "debug":  # submitit's DebugExecutor runs a job when its result is asked for: here, in this process
-        for (name, flags), job in zip(commands, jobs):
-            try:
-                result = job.result()
-            except Exception as err:
-                record_job(Path(run_dir_of(flags)), job, "debug", name, state="FAILED", error=f"{type(err).__name__}: {err}")
-                raise
-            record_job(Path(run_dir_of(flags)), job, "debug", name, state="COMPLETED")
-            print(f"finished {name} in-process: {result.get('steps')} steps, final top-1 {result['final'].get('top1', float('nan')):.2f}")
-    return jobs
+        print(f"# {name}: run.py {' '.join(flags)}")
+    print(report, end="")
+    print(f"\ndry run: {len(commands)} job(s) checked in a snapshot of the code, from its folder, as each job will start; nothing queued")

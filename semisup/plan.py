@@ -37,10 +37,21 @@ class RunShape:
     eval_every: int = 1
     full_evals: int = 2  # CH + kNN + CGC loss at the end, for the final and the best checkpoint
     uses_unlabeled: bool = True
+    max_steps: int | None = None
 
     @property
     def steps(self) -> int:
-        return self.epochs * math.ceil(self.labeled / self.batch_labeled)
+        scheduled = self.epochs * math.ceil(self.labeled / self.batch_labeled)
+        return scheduled if self.max_steps is None else min(scheduled, self.max_steps)
+
+
+def shape_of(settings: dict, summary: dict) -> RunShape:
+    """The shape of a configured run: ``settings`` a config's ``to_dict()``, ``summary`` its
+    dry-run summary (image counts of the dataset it names)."""
+    val = summary["validation"] if not settings.get("max_eval_images") else min(summary["validation"], settings["max_eval_images"])
+    return RunShape(labeled=summary["labeled"], batch_labeled=settings["batch_labeled"], batch_unlabeled=settings["batch_unlabeled"],
+                    epochs=settings["epochs"], val_images=val, eval_every=settings["eval_every"],
+                    uses_unlabeled=summary["unlabeled"] > 0, max_steps=settings.get("max_steps"))
 
 
 @dataclass

@@ -34,6 +34,17 @@ def _title(key: tuple) -> str:
 
 
 def tradeoff_plot(runs: pd.DataFrame, path: Path) -> Path:
+    """:func:`tradeoff_figure` written to ``path``."""
+    return _save(tradeoff_figure(runs), path, dpi=110)
+
+
+def _save(fig, path: Path, dpi: int) -> Path:
+    fig.savefig(path, dpi=dpi)
+    _plt().close(fig)
+    return Path(path)
+
+
+def tradeoff_figure(runs: pd.DataFrame):
     """runs: one row per run with columns labeled_fraction, start, method, seed, top1, ch,
     cgc_weight, temperature (``report.load_runs`` with those settings)."""
     plt = _plt()
@@ -43,6 +54,7 @@ def tradeoff_plot(runs: pd.DataFrame, path: Path) -> Path:
     consistency = runs[~runs["method"].isin(["ce", "ce-script"])]
     weights = consistency["cgc_weight"][consistency["cgc_weight"] > 0]
     norm = LogNorm(weights.min(), max(weights.max(), weights.min() * 1.01)) if len(weights) else None
+    several_weights = weights.nunique() > 1  # a colour scale only says something when lambda varies
     scatter = None
     for ax, (key, frame) in zip(axes[0], panels):
         ce = frame[frame["method"].isin(["ce", "ce-script"])]
@@ -53,9 +65,11 @@ def tradeoff_plot(runs: pd.DataFrame, path: Path) -> Path:
         cgc = frame[~frame["method"].isin(["ce", "ce-script"])]
         for n, ((method, temperature), part) in enumerate(cgc.groupby(["method", "temperature"], sort=True)):
             if len(part):
-                scatter = ax.scatter(part["top1"], part["ch"], c=part["cgc_weight"], cmap="viridis", norm=norm,
+                single = "" if several_weights else f", λ {part['cgc_weight'].iloc[0]:g}"
+                scatter = ax.scatter(part["top1"], part["ch"], c=part["cgc_weight"] if several_weights else "tab:red",
+                                     cmap="viridis" if several_weights else None, norm=norm if several_weights else None,
                                      marker=MARKERS[n % len(MARKERS)], s=45, edgecolor="black", linewidth=0.4,
-                                     label=f"{method.upper()}, T {temperature:g}", zorder=2)
+                                     label=f"{method.upper()}, T {temperature:g}{single}", zorder=2)
         for _, run in frame.iterrows():  # each seed visible
             ax.annotate(f"s{run['seed']}", (run["top1"], run["ch"]), fontsize=6, xytext=(3, 2), textcoords="offset points", color="dimgray")
         ax.set_title(_title(key), fontsize=10)
@@ -63,12 +77,10 @@ def tradeoff_plot(runs: pd.DataFrame, path: Path) -> Path:
         ax.set_ylabel("Content Heatmap (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
-    if scatter is not None:
+    if scatter is not None and several_weights:
         fig.colorbar(scatter, ax=axes, shrink=0.8, label="λ (CGC weight)")
     fig.suptitle("CH vs top-1: each point a run (s = seed); dotted: cross-entropy mean", fontsize=10)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return fig
 
 
 CURVES = [("train_ce", "training cross-entropy"), ("train_consistency", "training consistency loss"),
@@ -76,6 +88,11 @@ CURVES = [("train_ce", "training cross-entropy"), ("train_consistency", "trainin
 
 
 def curves_plot(runs: pd.DataFrame, path: Path) -> Path:
+    """:func:`curves_figure` written to ``path``."""
+    return _save(curves_figure(runs), path, dpi=100)
+
+
+def curves_figure(runs: pd.DataFrame):
     """runs: rows with a 'run' directory (holding metrics.csv), method, labeled_fraction, start.
     One row of four panels per (labeled fraction, start); CE and CGC-type runs in two colours."""
     plt = _plt()
@@ -88,9 +105,13 @@ def curves_plot(runs: pd.DataFrame, path: Path) -> Path:
             for run_dir in group["run"]:
                 metrics = Path(run_dir) / "metrics.csv"
                 if metrics.is_file():
-                    histories.append(pd.read_csv(metrics).set_index("epoch"))
+                    # Epochs in order, each once (a resumed run rewrote its last epoch).
+                    history = pd.read_csv(metrics).drop_duplicates("epoch", keep="last").set_index("epoch").sort_index()
+                    histories.append(history)
             for col, (metric, label) in enumerate(CURVES):
                 ax = axes[row, col]
+                if metric == "train_consistency" and method in ("ce", "ce-script"):
+                    continue  # cross-entropy trains no consistency loss: no flat zero line
                 series = [h[metric].dropna() for h in histories if metric in h and h[metric].notna().any()]
                 for s in series:
                     ax.plot(s.index, s.values, color=colours.get(method, "tab:green"), alpha=0.3, lw=0.8,
@@ -106,6 +127,4 @@ def curves_plot(runs: pd.DataFrame, path: Path) -> Path:
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)
     fig.suptitle("Training curves: thin lines are seeds, thick their mean (CH where it was evaluated)", fontsize=10)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return fig

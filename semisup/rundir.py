@@ -20,7 +20,7 @@ from semisup.errors import UsageError
 
 # What a run writes; --overwrite moves these aside (config.yaml and train.log too).
 RUN_FILES = ("final.json", "checkpoint.pt", "checkpoint.prev.pt", "model_best.pt", "metrics.csv", "eval.jsonl", "gallery.png",
-             "config.yaml", "train.log", "tensorboard")
+             "config.yaml", "train.log", "tensorboard", "progress.json", "job-outcome.json")
 LOCK = ".lock"
 
 

@@ -3,7 +3,8 @@ metrics.csv, progress.json.
 
 Every ``--log-every`` steps one line goes to the console and train.log (epoch/step, lr, each
 loss, images/s, data-loading vs compute time, peak GPU memory, ETA: a Slurm log is readable
-without TensorBoard) and the same numbers to TensorBoard under ``step/``; ``progress.json``
+without TensorBoard) and the same numbers to TensorBoard (tags under ``train/``, ``lr/``, ``data/``,
+``system/``; evaluations under ``val/``); ``progress.json``
 holds the latest of them for ``jobs/status.py``. Each epoch's row goes to metrics.csv and
 TensorBoard; each evaluation's gallery to TensorBoard's images; the run's settings with its final
 metrics to TensorBoard's hyper-parameter table. Only the main process writes files.
@@ -25,6 +26,21 @@ log = logging.getLogger("semisup.train")
 HPARAMS = ("method", "labeled_fraction", "seed", "arch", "pretrained", "cgc_weight", "temperature", "consistency", "group_size",
            "lr_trunk", "lr_head", "epochs", "batch_labeled", "batch_unlabeled", "crop_scale_min", "cam_class")
 
+# TensorBoard tag of each number, in namespaces a reader can fold: train/ (losses), lr/, data/
+# (loading and bad files), system/ (speed, memory, time), val/ (evaluation). Epoch means of the
+# losses are train/epoch_*, a different value from the step windows' train/*.
+_STEP_TAGS = dict(ce="train/ce", consistency="train/consistency", loss="train/loss", lr_trunk="lr/trunk", lr_head="lr/head",
+                  images_per_s="system/images_per_s", data_s_per_step="data/wait_s_per_step",
+                  compute_s_per_step="system/compute_s_per_step", peak_gpu_gib="system/peak_gpu_gib", eta_s="system/eta_s")
+_EPOCH_TAGS = dict(train_ce="train/epoch_ce", train_consistency="train/epoch_consistency", train_loss="train/epoch_loss",
+                   bad_images="data/bad_images", labeled_images="data/labeled_images", unlabeled_images="data/unlabeled_images",
+                   eval_seconds="system/eval_seconds")
+_NOT_LOGGED_AT_EPOCHS = ("epoch", "step", "lr_trunk", "lr_head")  # the step lines log the learning rates already
+
+
+def epoch_tag(key: str) -> str:
+    return _EPOCH_TAGS.get(key, f"val/{key}")
+
 
 def _atomic_write(path: Path, write) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
@@ -37,16 +53,20 @@ class RunLog:
         self.run_dir = run_dir
         self.writes = is_main and run_dir is not None
         self._writer = None
+        self.purge_after: int | None = None  # set on resume: events logged after the checkpoint's step are dropped
 
     @property
     def writer(self):
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
-            self._writer = SummaryWriter(self.run_dir / "tensorboard")
+            # A resumed run repeats the steps after its checkpoint: TensorBoard drops what the
+            # stopped run logged from purge_step on, so each step is shown once.
+            purge = None if self.purge_after is None else self.purge_after + 1
+            self._writer = SummaryWriter(self.run_dir / "tensorboard", purge_step=purge)
         return self._writer
 
     def step(self, epoch: int, step: int, total_steps: int, numbers: dict) -> None:
-        """numbers: ce, consistency, loss, lr_trunk, images_per_s, data_s_per_step,
+        """numbers: ce, consistency, loss, lr_trunk, lr_head, images_per_s, data_s_per_step,
         compute_s_per_step, peak_gpu_gib (nan off GPU), eta_s."""
         eta = numbers["eta_s"]
         memory = numbers["peak_gpu_gib"]
@@ -59,7 +79,8 @@ class RunLog:
             return
         for key, value in numbers.items():
             if math.isfinite(value):
-                self.writer.add_scalar(f"step/{key}", value, step)
+                self.writer.add_scalar(_STEP_TAGS[key], value, step)
+        self.writer.flush()  # what a person watching sees is current (and a resumed run purges it)
         progress = dict(epoch=epoch, step=step, total_steps=total_steps, updated=time.strftime("%Y-%m-%d %H:%M:%S"),
                         **{k: (round(v, 4) if math.isfinite(v) else None) for k, v in numbers.items()})
         _atomic_write(self.run_dir / "progress.json", lambda p: p.write_text(json.dumps(progress)))
@@ -73,8 +94,8 @@ class RunLog:
         frame = frame[frame["epoch"] < row["epoch"]] if len(frame) else frame  # a resumed run rewrites its epoch once
         _atomic_write(path, lambda p: pd.concat([frame, pd.DataFrame([row])], ignore_index=True).to_csv(p, index=False))
         for key, value in row.items():
-            if isinstance(value, (int, float)) and key not in ("epoch", "step"):
-                self.writer.add_scalar(key, value, row["step"])
+            if isinstance(value, (int, float)) and key not in _NOT_LOGGED_AT_EPOCHS:
+                self.writer.add_scalar(epoch_tag(key), value, row["step"])
         self.writer.flush()
 
     def figure(self, tag: str, figure, step: int) -> None:
@@ -90,6 +111,7 @@ class RunLog:
         if not self.writes:
             return
         hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in settings.items() if k in HPARAMS}
+        hparams["method"] = result.get("method", "")
         metrics = {f"hparam/{which}_{k}": v for which in ("final", "best") for k, v in (result.get(which) or {}).items()
                    if k in ("top1", "top5", "ch", "knn_top1") and isinstance(v, (int, float)) and math.isfinite(v)}
         self.writer.add_hparams(hparams, metrics, run_name=".")

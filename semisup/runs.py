@@ -14,16 +14,17 @@ from semisup.errors import UserError
 from semisup.models import build_model
 
 
-def build_data(cfg: Config) -> DataBundle:
+def build_data(cfg: Config, decode_check: bool | None = None) -> DataBundle:
     """The labeled/unlabeled/validation bundle a config names: the embedded demo, FGVC-Aircraft
-    in its released layout, or an ImageNet-style folder."""
+    in its released layout, or an ImageNet-style folder. ``decode_check`` (default: a dry run's)
+    decodes the folder's labeled and validation images and a sample of the unlabeled ones."""
     if cfg.is_demo:
         return build_demo_bundle(cfg)
     if cfg.data_format == "fgvc-aircraft":
         from semisup.data import build_fgvc_aircraft_bundle
         return build_fgvc_aircraft_bundle(cfg)
     from semisup.imagenet import build_folder_bundle
-    return build_folder_bundle(cfg)
+    return build_folder_bundle(cfg, cfg.dry_run if decode_check is None else decode_check)
 
 
 def load_run_model(checkpoint: str | Path, overrides: dict):

@@ -11,7 +11,6 @@ process lives), the error a failed job raised, and the log to read.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -20,33 +19,50 @@ from pathlib import Path
 import pandas as pd
 
 from semisup.errors import UserError, cli
+from semisup.files import RunFileError, read_json
 
 
 def run_state(run_dir: Path) -> dict:
-    """The run's own files: state, epoch, step, ETA, best and final metrics."""
+    """The run's own files: state, epoch, step, ETA, best and final metrics. A damaged file is
+    reported in the row (``problem``), never a reason for the table to fail."""
     row = dict(state="not started", epoch=0, step=0)
+    problems = []
     metrics = run_dir / "metrics.csv"
     if (run_dir / "checkpoint.pt").exists() or metrics.exists() or (run_dir / "progress.json").exists():
         row["state"] = "in progress / stopped"
     if metrics.exists():
-        frame = pd.read_csv(metrics)
-        if len(frame):
-            row.update(epoch=int(frame["epoch"].iloc[-1]), step=int(frame["step"].iloc[-1]))
-            if "top1" in frame and frame["top1"].notna().any():
-                best = frame.loc[frame["top1"].idxmax()]
-                row.update(best_epoch=int(best["epoch"]), best_top1=best["top1"])
+        try:
+            frame = pd.read_csv(metrics)
+            if len(frame):
+                row.update(epoch=int(frame["epoch"].iloc[-1]), step=int(frame["step"].iloc[-1]))
+                if "top1" in frame and frame["top1"].notna().any():
+                    best = frame.loc[frame["top1"].idxmax()]
+                    row.update(best_epoch=int(best["epoch"]), best_top1=best["top1"])
+        except (OSError, ValueError, KeyError, pd.errors.ParserError) as err:
+            problems.append(f"{metrics}: unreadable ({type(err).__name__})")
     progress = run_dir / "progress.json"
     if progress.exists():
-        latest = json.loads(progress.read_text())
-        if latest["step"] >= row["step"]:
-            row.update(epoch=latest["epoch"], step=latest["step"])
-            row["eta"] = f"{latest['eta_s'] / 60:.0f} min" if latest.get("eta_s") is not None else None
+        try:
+            latest = read_json(progress)
+            if int(latest["step"]) >= row["step"]:
+                row.update(epoch=int(latest["epoch"]), step=int(latest["step"]))
+                row["eta"] = f"{latest['eta_s'] / 60:.0f} min" if isinstance(latest.get("eta_s"), (int, float)) else None
+        except (UserError, KeyError, TypeError, ValueError) as err:
+            problems.append(str(err) if isinstance(err, UserError) else f"{progress}: missing or odd entries ({err})")
     final = run_dir / "final.json"
     if final.exists():
-        result = json.loads(final.read_text())
-        row["state"] = f"finished (truncated by --max-steps at step {result.get('steps')})" if result.get("truncated") else "finished"
-        row["eta"] = None
-        row.update({f"final_{k}": result["final"].get(k) for k in ("top1", "top5", "ch")})
+        try:
+            result = read_json(final)
+            metrics_final = result.get("final") if isinstance(result.get("final"), dict) else {}
+            row["state"] = (f"finished (truncated by --max-steps at step {result.get('steps')})" if result.get("truncated")
+                            else "finished")
+            row["eta"] = None
+            row.update({f"final_{k}": metrics_final.get(k) for k in ("top1", "top5", "ch")})
+        except UserError as err:
+            row["state"] = "damaged final.json"
+            problems.append(f"{err}; move it aside and rerun the same command to finish the run again from its checkpoint")
+    if problems:
+        row["problem"] = "; ".join(problems)
     return row
 
 
@@ -60,38 +76,60 @@ def exception_line(trace: str) -> str:
     return lines[-1][:300] if lines else ""
 
 
-def job_state(record: dict) -> dict:
-    """Scheduler view of one submitted job: scheduler state, exit code, error, log path."""
-    import submitit
-    from submitit.core.utils import JobPaths, pickle_load
+def _log_error(log_path: str | None) -> str | None:
+    """The last exception line of a job's stderr log (plain text), if it has one."""
+    if not log_path:
+        return None
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 64_000))
+            tail = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    line = exception_line(tail)
+    return line if re.match(r"^[A-Za-z_][\w.]*(Error|Exception)\b", line) else None
 
-    paths = JobPaths(record["folder"], record["job_id"], 0)
-    out = dict(job=record["job_id"], scheduler="UNKNOWN", exit=None, error=None, log=record.get("stderr") or str(paths.stderr))
+
+def job_state(record: dict, run_dir: Path) -> dict:
+    """Scheduler view of one submitted job: scheduler state, exit code, error, log path.
+
+    Read from files in formats that cannot run code: the job's own ``job-outcome.json`` (written
+    by the job when it ends), Slurm's ``sacct``, whether a local job's process lives, and the last
+    exception line of its text log. submitit's pickled result files are never opened: a runs folder
+    received from someone else must not execute their code."""
+    from semisup.launch import OUTCOME
+    job_id = str(record.get("job_id"))
+    log_path = record.get("stderr")
+    out = dict(job=job_id, scheduler="UNKNOWN", exit=None, error=None, log=log_path)
     if record.get("state"):  # --cluster debug: the outcome was recorded in-process
         return dict(out, scheduler=record["state"], error=record.get("error"))
-    if paths.result_pickle.exists():
+    outcome_path = run_dir / OUTCOME
+    if outcome_path.is_file():
         try:
-            outcome, value = pickle_load(paths.result_pickle)
-        except Exception as err:  # a half-written result: report, never crash the table
-            return dict(out, scheduler="UNKNOWN", error=f"unreadable {paths.result_pickle.name} ({type(err).__name__})")
-        if outcome == "success":
-            return dict(out, scheduler="COMPLETED")
-        return dict(out, scheduler="FAILED", error=exception_line(value))
-    if record["cluster"] == "slurm":
+            outcome = read_json(outcome_path)
+            if str(outcome.get("job_id")) == job_id and outcome.get("state") in ("COMPLETED", "FAILED"):
+                return dict(out, scheduler=outcome["state"], error=outcome.get("error"))
+        except UserError as err:
+            out["error"] = str(err)
+    if record.get("cluster") == "slurm":
         try:
-            info = submitit.SlurmJob(record["folder"], record["job_id"]).get_info(mode="force")  # sacct
+            import submitit
+            info = submitit.SlurmJob(record["folder"], job_id).get_info(mode="force")  # sacct
         except Exception:  # sacct missing or failing: say so, keep the table
             info = {}
         return dict(out, scheduler=info.get("State") or "UNKNOWN (no answer from sacct)", exit=info.get("ExitCode"))
-    # Local: the job id is the controller's pid; no result file and no process means it was killed.
+    # Local: the job id is the controller's pid; no outcome and no process means it died early or was killed.
     try:
-        os.kill(int(record["job_id"]), 0)
+        os.kill(int(job_id), 0)
         alive = True
-    except (ProcessLookupError, ValueError):
+    except (ProcessLookupError, ValueError, OverflowError):
         alive = False
     except PermissionError:
         alive = True
-    return dict(out, scheduler="RUNNING" if alive else "DIED (no result: killed?)")
+    if alive:
+        return dict(out, scheduler="RUNNING")
+    return dict(out, scheduler="DIED", error=out["error"] or _log_error(log_path) or "no outcome recorded (killed?)")
 
 
 def run_dirs(root: Path) -> list[Path]:
@@ -107,16 +145,22 @@ def status_table(root: Path) -> pd.DataFrame:
         row = dict(run=str(run_dir.relative_to(root)) if run_dir != root else run_dir.name, **run_state(run_dir))
         jobs = run_dir / "job.json"
         if jobs.exists():
-            history = json.loads(jobs.read_text())
-            row.update(job_state(history[-1]))
-            row["submissions"] = len(history)
+            try:
+                history = read_json(jobs, list)
+                if not history or not all(isinstance(h, dict) and "job_id" in h for h in history):
+                    raise RunFileError(f"{jobs}: expected a list of job records with job_id")
+                row.update(job_state(history[-1], run_dir))
+                row["submissions"] = len(history)
+            except UserError as err:
+                row.update(scheduler="UNKNOWN", error=str(err))
         rows.append(row)
     table = pd.DataFrame(rows)
     for column in ("epoch", "step", "best_epoch", "submissions"):  # counts stay integers where some rows lack them
         if column in table:
             table[column] = table[column].astype("Int64")
     first = [c for c in ("run", "state", "job", "scheduler", "exit", "epoch", "step", "eta") if c in table]
-    return table[first + [c for c in table if c not in first and c not in ("error", "log")] + [c for c in ("error", "log") if c in table]]
+    last = [c for c in ("problem", "error", "log") if c in table]
+    return table[first + [c for c in table if c not in first and c not in last] + last]
 
 
 @cli
@@ -128,7 +172,7 @@ def main(argv=None) -> int:
         raise UserError(f"no run directories (with config.yaml or job.json) under {args.run_root}")
     table = status_table(args.run_root)
     table = table.drop(columns=[c for c in table if table[c].isna().all()])  # e.g. exit codes, known only from sacct
-    shown = table.drop(columns=[c for c in ("error", "log") if c in table])
+    shown = table.drop(columns=[c for c in ("problem", "error", "log") if c in table])
     for column in shown:
         fmt = (lambda v: f"{v:.2f}") if pd.api.types.is_float_dtype(shown[column]) else str
         shown[column] = [("-" if pd.isna(v) else fmt(v)) if not isinstance(v, str) else v for v in shown[column]]
@@ -139,6 +183,9 @@ def main(argv=None) -> int:
         if isinstance(row.get("error"), str) or scheduler.startswith(("FAILED", "DIED", "CANCELLED", "TIMEOUT", "OUT_OF", "NODE_FAIL")):
             error = row["error"] if isinstance(row.get("error"), str) else "no error recorded"
             print(f"\n{row['run']}: job {row.get('job')} {scheduler}: {error[:200]}{'...' if len(error) > 200 else ''}\n  log: {row.get('log')}")
+    for row in records:  # damaged run files: what is wrong and what to do
+        if isinstance(row.get("problem"), str):
+            print(f"\n{row['run']}: {row['problem']}")
     logs = [f"\n  {r['run']}: {r['log']}" for r in records if isinstance(r.get("log"), str)]
     if logs:
         print("\nlogs:" + "".join(logs))

@@ -29,6 +29,7 @@ from semisup.distributed import amp_dtype
 from semisup import transforms as T
 from semisup.config import Config, save_config
 from semisup.errors import UserError
+from semisup.files import write_json_atomic
 from semisup.rundir import RunDirError, acquire_lock, archive_previous, prepare_run_dir, release_lock  # noqa: F401 (RunDirError: re-exported)
 from semisup.data import DataBundle, EpochSampler, StreamSampler, TrainDataset, make_loader
 from semisup.evaluate import Evaluator, format_results
@@ -248,6 +249,7 @@ class Trainer:
         self.labeled_seen = state.get("labeled_seen", self.step * self.cfg.batch_labeled)
         self.best = state["best"]
         ckpt.set_rng_state(state["rng"])
+        self.runlog.purge_after = self.step
         log.info("resumed from %s at step %d (epoch %d)", path, self.step, state["epoch"])
         return True
 
@@ -350,6 +352,7 @@ class Trainer:
         per_step = seconds / max(steps, 1)
         memory = torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else float("nan")
         numbers = dict(ce=mean[0], consistency=mean[1], loss=mean[2], lr_trunk=self.optimizer.param_groups[0]["lr"],
+                       lr_head=self.optimizer.param_groups[1]["lr"],
                        images_per_s=images / max(seconds, 1e-9), data_s_per_step=data_wait / max(steps, 1),
                        compute_s_per_step=(seconds - data_wait) / max(steps, 1), peak_gpu_gib=memory,
                        eta_s=(sched.total_steps - self.step) * per_step)
@@ -411,6 +414,8 @@ class Trainer:
 
     def log_start(self) -> None:
         cfg, d = self.cfg, self.dist
+        if random_start_warning(cfg):
+            log.warning("%s", random_start_warning(cfg))
         log.info("run dir %s; %d process(es) on %s; amp %s", self.run_dir, d.world, self.device, self.amp_dtype or "off")
         log.info("trunk: %s", describe_start(cfg, self.pretrained_report))
         log.info("batch: labeled %d global / %d per process, unlabeled %s; %d steps per epoch, %d epochs, %d steps",
@@ -450,16 +455,27 @@ class Trainer:
             if self.cfg.gallery:
                 from semisup.gallery import save_gallery
                 save_gallery([self.model], [self.cfg.method], self.bundle, self.cfg, self.device, self.run_dir / "gallery.png")
-            (self.run_dir / "final.json").write_text(json.dumps(result, indent=2))
+            write_json_atomic(self.run_dir / "final.json", result)  # a kill here must not leave a half-written "finished" run
             self.runlog.hparams(self.cfg.to_dict(), result)
             self.runlog.close()
         return result
 
 
+def random_start_warning(cfg: Config) -> str | None:
+    """Said first when a limited-label run on a dataset starts from random weights: its recipe's
+    learning rates (head 5) are those of fine-tuning a self-supervised trunk."""
+    if cfg.pretrained is not None or cfg.is_demo or cfg.full_supervision:
+        return None
+    return ("the trunk starts from random weights, but the limited-label recipe (trunk lr 0.02, head lr 5) fine-tunes a "
+            "self-supervised one: pass --pretrained pretrained/swav_800ep_pretrain.pth.tar (`python -m semisup.pretrained "
+            "download`); if random weights are meant, this is only a reminder")
+
+
 def describe_start(cfg: Config, report: dict | None) -> str:
     """Where the trunk's weights came from, said at the start of every run."""
     if report is None:
-        return "random initialisation (--pretrained none)" if cfg.is_demo else "random initialisation"
+        warning = random_start_warning(cfg)
+        return ("random initialisation (--pretrained none)" if cfg.is_demo else "random initialisation") + (f"; WARNING: {warning}" if warning else "")
     manifest = report.get("manifest")
     if manifest:
         return (f"{cfg.pretrained}: {manifest['what']} (sha256 {manifest['sha256'][:12]} verified; made by "
@@ -488,20 +504,22 @@ def run_training(cfg: Config) -> tuple[dict, Trainer]:
     Order matters for trust: the run directory is checked and locked first, then the data and the
     model are built (a bad --data or --pretrained stops here), and only then is anything in the
     run directory written or, with --overwrite, a finished run's files moved aside."""
+    if cfg.dry_run:
+        setup_logging(True)
+        summary, trainer = check_start(cfg, decode_check=True)
+        print_summary(summary)
+        return summary, trainer
     dist = D.setup(cfg.device)
     run, file_log = None, None
     try:
-        run = prepare_run_dir(cfg, check_holder=dist.is_main) if not cfg.dry_run else None
-        if run is not None and dist.is_main:
+        run = prepare_run_dir(cfg, check_holder=dist.is_main)
+        if dist.is_main:
             acquire_lock(run.path)
         D.barrier()
         setup_logging(dist.is_main)
-        if run is not None:
-            log.info("%s", run.note)
+        log.info("%s", run.note)
         bundle = build_data(cfg)
-        trainer = Trainer(cfg, dist, run.path if run else None, bundle)
-        if cfg.dry_run:
-            return dry_run_summary(cfg, bundle, trainer), trainer
+        trainer = Trainer(cfg, dist, run.path, bundle)
         if dist.is_main:
             archived = archive_previous(run.path) if run.replaces_finished else None
             save_config(cfg, run.path / "config.yaml", code=code_version())
@@ -514,7 +532,7 @@ def run_training(cfg: Config) -> tuple[dict, Trainer]:
             print()
             print(format_results(result_rows(cfg, result)))
             print("* best: the epoch of highest validation top-1 (model_best.pt), a selection on the validation set")
-            print(f"\nrun directory: {run.path} (metrics.csv, final.json, gallery.png, tensorboard/)")
+            print(next_commands(run.path))
         return result, trainer
     finally:
         if file_log is not None:
@@ -527,6 +545,43 @@ def run_training(cfg: Config) -> tuple[dict, Trainer]:
         D.cleanup()
 
 
+def check_start(cfg: Config, decode_check: bool) -> tuple[dict, Trainer]:
+    """Everything a run does before its first step, writing nothing: the run directory's state
+    (finished, held, other settings), the dataset, split and boxes, the model and its pretrained
+    trunk; with ``decode_check`` also the labeled and validation images and a sample of the
+    unlabeled stream are decoded. Returns the dry-run summary and the (CPU) Trainer. The same
+    function runs ``run.py --dry-run`` and the checks ``jobs/submit.py`` makes before queueing."""
+    prepare_run_dir(cfg)
+    bundle = build_data(cfg, decode_check=decode_check)
+    trainer = Trainer(cfg, D.Dist(device=torch.device("cpu")), None, bundle)
+    summary = dict(bundle.summary)
+    summary["model"] = cfg.arch
+    summary["trunk"] = describe_start(cfg, trainer.pretrained_report)
+    summary["trunk_tensors_loaded"] = trainer.pretrained_report["loaded"] if trainer.pretrained_report else 0
+    summary["steps_per_epoch"] = trainer.schedule.steps_per_epoch
+    if cfg.cgc_weight > 0 and cfg.consistency == "cgc":
+        per_process = trainer.batch_l if trainer.pair_on_labeled else trainer.batch_u
+        summary["negatives_per_anchor"] = trainer.group_size(per_process) - 1
+    summary["total_steps"] = trainer.schedule.total_steps
+    return summary, trainer
+
+
+def print_summary(summary: dict) -> None:
+    width = max(len(k) for k in summary)
+    print("dry run: nothing was trained")
+    for key, value in summary.items():
+        print(f"  {key:<{width}}  {value}")
+
+
+def next_commands(run_dir: Path) -> str:
+    """What to run after a finished run: the table, TensorBoard, the status of its folder."""
+    parent = run_dir.parent
+    return (f"\nrun directory: {run_dir} (metrics.csv, final.json, gallery.png, tensorboard/)\nnext:\n"
+            f"  python semisup/report.py {parent}/* --out results/        # tables over seeds, plots, galleries\n"
+            f"  tensorboard --logdir {parent}                              # curves, galleries, hyper-parameters\n"
+            f"  python semisup/evaluate.py --checkpoint {run_dir / 'model_best.pt'}   # re-evaluate, e.g. on other boxes")
+
+
 def result_rows(cfg: Config, result: dict) -> list[dict]:
     """The final and the best-epoch rows of a run's result table, each labelled."""
     name = f"{cfg.method} {cfg.labeled_fraction:g}"
@@ -534,19 +589,3 @@ def result_rows(cfg: Config, result: dict) -> list[dict]:
     if result.get("best"):
         rows.append(dict(method=f"{name} best* ep{result['best']['epoch']}", **result["best"]))
     return rows
-
-
-def dry_run_summary(cfg: Config, bundle: DataBundle, trainer: Trainer) -> dict:
-    summary = dict(bundle.summary)
-    summary["model"] = cfg.arch
-    summary["trunk_tensors_loaded"] = trainer.pretrained_report["loaded"] if trainer.pretrained_report else 0
-    summary["steps_per_epoch"] = trainer.schedule.steps_per_epoch
-    if cfg.cgc_weight > 0 and cfg.consistency == "cgc":
-        per_process = trainer.batch_l if trainer.pair_on_labeled else trainer.batch_u
-        summary["negatives_per_anchor"] = trainer.group_size(per_process) - 1
-    summary["total_steps"] = trainer.schedule.total_steps
-    width = max(len(k) for k in summary)
-    print("dry run: nothing was trained")
-    for key, value in summary.items():
-        print(f"  {key:<{width}}  {value}")
-    return summary

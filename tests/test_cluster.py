@@ -1,5 +1,6 @@
 """What a Slurm user relies on: code snapshots, job status, the sbatch preview, a watchable run."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +9,7 @@ import pytest
 import yaml
 
 from semisup import launch, snapshot
-from semisup.errors import UsageError
+from semisup.errors import UsageError, UserError
 from semisup.status import main as status_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,38 +63,81 @@ def test_the_projects_own_snapshot_leaves_out_logs_runs_and_results(tmp_path):
     assert not [f for f in files if f.startswith(("jobs/logs/", "runs/", "results/"))]
 
 
-def test_crashing_local_job_shows_failed_with_its_error_and_log(tmp_path, demo_cache, capsys):
-    broken = tmp_path / "broken.pth"
-    broken.write_bytes(b"not a checkpoint")  # exists, so it passes the pre-flight; fails when loaded
+def test_crashing_local_job_shows_failed_with_its_error_and_log(tmp_path, capsys):
+    from tests.imagenet_tree import make_tree
+    root = tmp_path / "imagenet"
+    make_tree(root)  # holds a truncated training JPEG: found by training, not by the checks before queueing
+    flags = ["--data", str(root), "--val-boxes", str(root / "boxes"), "--arch", "resnet_tiny", "--image-size", "32", "--resize-size", "36", "--ch-short-side", "32",
+             "--workers", "0", "--labeled-fraction", "1.0", "--lambda", "0", "--batch-labeled", "24", "--epochs", "1",
+             "--max-bad-fraction", "0", "--gallery", "0", "--log-every", "1"]
     job = launch.main(["--cluster", "local", "--log-dir", str(tmp_path / "logs"), "--run-root", str(tmp_path / "runs"),
-                       "--name", "crash", "--no-snapshot", "--"] + QUICK + ["--demo-cache", demo_cache, "--pretrained", str(broken)])[0]
+                       "--name", "crash", "--no-snapshot", "--"] + flags)[0]
     assert job.exception() is not None
     capsys.readouterr()
     assert status_main([str(tmp_path / "runs")]) == 0
     out = capsys.readouterr().out
     table = out.split("\n\n")[0]
     assert "crash" in table and "FAILED" in table and str(job.job_id) in table
-    assert "not a readable PyTorch checkpoint" in out and str(job.paths.stderr) in out
+    assert "BadDataError" in out and "unreadable images" in out and str(job.paths.stderr) in out
     assert Path(job.paths.stderr).is_file()
+    # The status came from the job's own JSON record, not from submitit's pickled result.
+    outcome = json.loads((tmp_path / "runs" / "crash" / launch.OUTCOME).read_text())
+    assert outcome["job_id"] == str(job.job_id) and outcome["state"] == "FAILED"
 
 
-def test_dry_run_prints_the_sbatch_script_and_checks_every_job_without_queueing(tmp_path, demo_cache, capsys):
-    args = ["--cluster", "slurm", "--nodes", "2", "--gpus-per-node", "8", "--timeout-min", "600", "--partition", "gpu",
+def test_dry_run_prints_the_sbatch_script_and_checks_every_job_without_queueing(tmp_path, demo_cache, capsys, monkeypatch):
+    # No sbatch on this machine: Slurm options alone say Slurm is meant, and the preview shows its script.
+    monkeypatch.setattr(launch.shutil, "which", lambda name: None)
+    args = ["--nodes", "2", "--gpus-per-node", "8", "--partition", "gpu",
             "--log-dir", str(tmp_path / "logs"), "--run-root", str(tmp_path / "runs"), "--dry-run", "--"]
-    assert launch.main(args + QUICK + ["--demo-cache", demo_cache, "--batch-labeled", "64", "--batch-unlabeled", "64", "--workers", "4"]) == []
+    from tests.imagenet_tree import make_tree
+    root = tmp_path / "imagenet"
+    make_tree(root, bad=False)
+    folder = ["--data", str(root), "--val-boxes", str(root / "boxes"), "--arch", "resnet_tiny", "--image-size", "32",
+              "--resize-size", "36", "--ch-short-side", "32", "--labeled-fraction", "0.5", "--splits-dir", str(tmp_path / "splits"),
+              "--batch-labeled", "64", "--batch-unlabeled", "64", "--epochs", "2"]
+    assert launch.main(args + folder) == []
     out = capsys.readouterr().out
-    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=8", "#SBATCH --gpus-per-node=8", "#SBATCH --cpus-per-task=10",
-                 "#SBATCH --signal=USR2@120", "#SBATCH --time=600", "#SBATCH --open-mode=append", "scontrol requeue"):
+    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=8", "#SBATCH --gpus-per-node=8", "#SBATCH --partition=gpu",
+                 "#SBATCH --signal=USR2@120", "#SBATCH --open-mode=append", "scontrol requeue"):
         assert line in out, line
+    assert "--wckey" not in out  # off unless asked for: "Invalid wckey specification" on clusters that check them
+    # CPUs within the node's budget (64 by default): 8 tasks get 8 each, the run's workers fitted to them.
+    assert "#SBATCH --cpus-per-task=8" in out and "--workers 3" in out
+    # The time limit comes from the planner for this run, not a fixed 72 hours.
+    minutes = int(re.search(r"#SBATCH --time=(\d+)", out).group(1))
+    assert re.search(rf"time limit {minutes} min = 2 x the planner's [\d.]+ min for 16 GPU\(s\)", out) and 30 <= minutes < 120
     assert "dry run: nothing was trained" in out and "steps_per_epoch" in out  # run.py's own --dry-run, for the job
+    assert "checked in a snapshot of the code" in out
     assert not (tmp_path / "logs").exists() and not (tmp_path / "runs").exists()  # nothing queued, nothing created
+    assert "bad_files_found" in out  # the dry run decoded the images, as run.py --dry-run does
+    # A stated budget and explicit workers.
+    launch.main(args[:-1] + ["--cpus-per-node", "96", "--timeout-min", "600", "--wckey", "cgc", "--"] + QUICK
+                + ["--demo-cache", demo_cache, "--batch-labeled", "64", "--batch-unlabeled", "64", "--workers", "4"])
+    out = capsys.readouterr().out
+    assert "#SBATCH --cpus-per-task=10" in out and "#SBATCH --time=600" in out and "#SBATCH --wckey=cgc" in out
     # The same checks as run.py --dry-run, before anything is queued: a missing dataset, a batch
     # the 16 tasks cannot share.
-    with pytest.raises(UsageError, match="--data .*no such file"):
-        launch.main(args + ["--data", str(tmp_path / "imagenet")])
+    with pytest.raises(UserError, match="nowhere/train: no such folder.*nothing was queued"):
+        launch.main(args + ["--data", str(tmp_path / "nowhere")])
     with pytest.raises(UsageError, match="not divisible by the 16 processes"):
         launch.main(args + QUICK + ["--demo-cache", demo_cache, "--batch-labeled", "40"])
     assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize("where, value", [("--name", "a\nsrun rm -rf ~"), ("--name", "it's"), ("--partition", "gpu\n#SBATCH --x"),
+                                          ("--sbatch", "reservation=a;b"), ("sweep", "0.1'\necho owned")])
+def test_values_that_would_break_the_sbatch_script_are_refused_before_anything_is_written(tmp_path, where, value, demo_cache):
+    common = ["--log-dir", str(tmp_path / "logs"), "--run-root", str(tmp_path / "runs"), "--cluster", "slurm"]
+    if where == "sweep":
+        sweep = tmp_path / "sweep.yaml"
+        sweep.write_text(yaml.safe_dump(dict(name="s", grid=dict(lr_head=[value]))))
+        argv = common + ["--sweep", str(sweep), "--"]
+    else:
+        argv = common + [where, value, "--"]
+    with pytest.raises(UsageError, match="nothing was written|use letters"):
+        launch.main(argv + QUICK + ["--demo-cache", demo_cache])
+    assert not (tmp_path / "logs").exists() and not (tmp_path / "runs").exists()
 
 
 def test_a_run_is_watchable_in_tensorboard_and_records_its_code(tmp_path, demo_cache):
@@ -114,7 +158,7 @@ def test_a_run_is_watchable_in_tensorboard_and_records_its_code(tmp_path, demo_c
     assert images == ["gallery"]
     gallery_steps = [e.step for name in runs for e in (events.Images(name, "gallery") if "gallery" in runs[name].get("images", []) else [])]
     assert gallery_steps == [result["steps"] // 2, result["steps"]]  # one per evaluation (each epoch here)
-    assert "step/images_per_s" in [tag for run in runs.values() for tag in run.get("scalars", [])]
+    assert "system/images_per_s" in [tag for run in runs.values() for tag in run.get("scalars", [])]
     hparams = events.PluginRunToTagToContent("hparams")
     assert hparams, "the hyper-parameters with their final metrics"
     metric_tags = [tag for run in runs.values() for tag in run.get("scalars", []) if tag.startswith("hparam/")]
@@ -125,3 +169,37 @@ def test_status_script_runs_as_a_command(tmp_path):
     (tmp_path / "empty").mkdir()
     out = subprocess.run([sys.executable, str(ROOT / "jobs" / "status.py"), str(tmp_path / "empty")], capture_output=True, text=True)
     assert out.returncode == 1 and "no run directories" in out.stderr and "Traceback" not in out.stderr
+
+
+class _Exploit:
+    """A pickle that creates a file when loaded: what a hostile result file would do."""
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_status_never_unpickles_and_reports_damaged_run_files_in_one_line(tmp_path, capsys):
+    import pickle
+    run = tmp_path / "runs" / "received"
+    (tmp_path / "logs" / "4242").mkdir(parents=True)
+    run.mkdir(parents=True)
+    marker = tmp_path / "code-ran"
+    for name in ("4242_0_result.pkl", "4242_submitted.pkl"):
+        (tmp_path / "logs" / "4242" / name).write_bytes(pickle.dumps(_Exploit(marker)))
+    (run / "job.json").write_text(json.dumps([dict(job_id="4242", cluster="local", folder=str(tmp_path / "logs" / "4242"),
+                                                    stderr=str(tmp_path / "logs" / "4242" / "4242_0_log.err"))]))
+    (run / "config.yaml").write_text("seed: 0\n")
+    (run / "final.json").write_text("")  # a kill or a full disk while it was written (before it was atomic)
+    broken = tmp_path / "runs" / "broken-record"
+    broken.mkdir()
+    (broken / "job.json").write_text('{"not": "a list"}')
+    assert status_main([str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert not marker.exists()  # nothing from the received folder ran
+    assert "damaged final.json" in out and "final.json: unreadable or not JSON" in out
+    assert "broken-record" in out and "expected a JSON list" in out
+    from semisup.report import main as report_main
+    assert report_main([str(run)]) == 1  # "no finished runs": the damaged one is skipped with its reason
+    assert "final.json: unreadable or not JSON" in capsys.readouterr().err

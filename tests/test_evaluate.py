@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -129,11 +130,12 @@ def test_knn_recovers_labels_of_well_separated_features():
     assert (knn_classify(bank, shuffled, queries, k=20) == query_labels).float().mean() < 0.6
 
 
-def fake_run(path, method, fraction, seed, top1, ch, arch="resnet50", pretrained="pretrained/swav_800ep_pretrain.pth.tar", weight=0.25):
+def fake_run(path, method, fraction, seed, top1, ch, arch="resnet50", pretrained="pretrained/swav_800ep_pretrain.pth.tar", weight=0.25,
+             **settings):
     path.mkdir(parents=True)
     weight = 0 if method == "ce" else weight
     (path / "config.yaml").write_text(yaml.safe_dump(dict(labeled_fraction=fraction, arch=arch, pretrained=pretrained,
-                                                          data="/data/imagenet", seed=seed, cgc_weight=weight)))
+                                                          data="/data/imagenet", seed=seed, cgc_weight=weight, **settings)))
     final = dict(top1=top1, top5=top1 + 20, ch=ch, ch_strict=ch - 1, cgc_val_loss=4.0, knn_top1=40.0)
     best = dict(final, epoch=7, top1=top1 + 1)
     (path / "final.json").write_text(json.dumps(dict(method=method, final=final, best=best)))
@@ -171,3 +173,47 @@ def test_ablation_table_groups_by_the_setting_and_fills_settings_older_runs_lack
     assert table.set_index("cgc_weight").loc["0.25", "CH"] == "44.50 ± 0.71"
     with pytest.raises(UsageError, match="no setting 'lamda'"):
         load_runs([tmp_path / "ce0"], settings=("lamda",))
+
+
+def test_report_never_averages_different_settings_and_counts_distinct_seeds(tmp_path, capsys):
+    # Three seeds at lambda 0.1 for 50 epochs, one at lambda 0.5, one of 2 epochs, a rerun of seed 0,
+    # and one evaluated on a subset of the validation set.
+    for seed in range(3):
+        fake_run(tmp_path / f"a{seed}", "cgc", 0.01, seed, 55.0 + seed, 47.0, weight=0.1)
+    fake_run(tmp_path / "b0", "cgc", 0.01, 0, 40.0, 50.0, weight=0.5)
+    fake_run(tmp_path / "c0", "cgc", 0.01, 0, 30.0, 40.0, weight=0.1, epochs=2)
+    fake_run(tmp_path / "a0-2", "cgc", 0.01, 0, 56.0, 47.0, weight=0.1)  # run.py's folder for a rerun of the same seed
+    fake_run(tmp_path / "d0", "cgc", 0.01, 1, 20.0, 30.0, weight=0.1, max_eval_images=64)
+    table = limited_label_table(load_runs(sorted(tmp_path.iterdir())))
+    assert "same settings and seed 0" in capsys.readouterr().err
+    rows = {row["Settings"]: row for row in table.to_dict("records")}
+    assert set(rows) == {"lambda 0.1, epochs 50, max-eval-images none", "lambda 0.5, epochs 50, max-eval-images none",
+                         "lambda 0.1, epochs 2, max-eval-images none", "lambda 0.1, epochs 50, max-eval-images 64"}, table
+    a = rows["lambda 0.1, epochs 50, max-eval-images none"]
+    assert a["Seeds"] == 3 and a["Top-1"] == "56.33 ± 0.58"  # seeds 0 (the newer run), 1, 2: never the 2-epoch or 0.5 run
+    assert rows["lambda 0.5, epochs 50, max-eval-images none"]["Top-1"] == "40.00"
+    assert rows["lambda 0.1, epochs 2, max-eval-images none"]["Top-1"] == "30.00"
+    assert rows["lambda 0.1, epochs 50, max-eval-images 64"]["Seeds"] == "1 (evaluated on ≤ 64 val images)"
+
+
+def test_report_plots_say_what_varies(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    from semisup import plots
+    for seed in range(2):
+        fake_run(tmp_path / f"ce{seed}", "ce", 0.01, seed, 50.0, 40.0)
+        fake_run(tmp_path / f"cgc{seed}", "cgc", 0.01, seed, 51.0, 45.0, weight=0.1)
+        pd.DataFrame(dict(epoch=[2, 1], step=[20, 10], train_ce=[1.0, 2.0], train_consistency=[0.0, 0.0],
+                          top1=[50.0, 40.0])).to_csv(tmp_path / f"ce{seed}" / "metrics.csv", index=False)
+        pd.DataFrame(dict(epoch=[1, 2], step=[10, 20], train_ce=[2.0, 1.0], train_consistency=[3.5, 3.0],
+                          top1=[41.0, 51.0])).to_csv(tmp_path / f"cgc{seed}" / "metrics.csv", index=False)
+    runs = load_runs(sorted(tmp_path.iterdir()), settings=("cgc_weight", "temperature"))
+    figure = plots.tradeoff_figure(runs)
+    assert len(figure.axes) == 1  # one lambda: no colour bar, the lambda is in the legend
+    assert any("λ 0.1" in t.get_text() for t in figure.axes[0].get_legend().get_texts())
+    figure = plots.curves_figure(runs)
+    consistency = figure.axes[1]
+    assert consistency.get_title().startswith("training consistency loss")
+    assert all(list(line.get_xdata()) == [1, 2] for ax in figure.axes for line in ax.get_lines())  # epochs in order
+    labels = [line.get_label() for line in consistency.get_lines()]
+    assert labels and not any(label.startswith("ce") for label in labels)  # no flat zero line for cross-entropy

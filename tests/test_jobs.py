@@ -39,12 +39,12 @@ def test_sbatch_script_has_the_requested_resources(tmp_path, monkeypatch):
 
 
 def test_sweep_expands_the_grid_with_one_run_dir_each(tmp_path):
-    commands = launch.sweep_commands(ROOT / "jobs" / "sweep_1percent.yaml", tmp_path)
-    assert len(commands) == 6
+    name, commands = launch.sweep_commands(ROOT / "jobs" / "sweep_1percent.yaml", tmp_path)
+    assert name == "imagenet-1pct" and len(commands) == 6
     dirs = {launch.run_dir_of(flags) for _, flags in commands}
     assert len(dirs) == 6 and all(d.startswith(str(tmp_path / "imagenet-1pct")) for d in dirs)
     name, flags = commands[0]
-    assert name == "lambda0_seed0" and flags[flags.index("--lambda") + 1] == "0"
+    assert name == "lambda0_seed0" and flags[flags.index("--lambda") + 1] == "0"  # grid keys are setting names or aliases
     assert "--pretrained" in flags and flags[flags.index("--labeled-fraction") + 1] == "0.01"
 
 

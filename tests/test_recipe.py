@@ -28,24 +28,55 @@ def run_cmd(args):
 
 def test_run_killed_mid_epoch_resumes_to_the_same_result(tmp_path, demo_cache):
     # 290 labeled images at 32 a step: 10 steps an epoch (the last of 2 images), 20 in all.
-    args = SHORT + ["--demo-cache", demo_cache, "--checkpoint-every", "3", "--labeled-fraction", "0.02"]
+    args = SHORT + ["--demo-cache", demo_cache, "--checkpoint-every", "3", "--labeled-fraction", "0.02", "--log-every", "1"]
     cmd, env = run_cmd(args + ["--run-dir", str(tmp_path / "straight")])
     subprocess.run(cmd, env=env, check=True, capture_output=True)
 
     cmd, env = run_cmd(args + ["--run-dir", str(tmp_path / "killed")])
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_checkpoint(tmp_path / "killed" / "checkpoint.pt", 3)
+    # Killed after it logged steps its checkpoint does not hold: the resumed run logs them again.
+    wait_for_progress_beyond_checkpoint(tmp_path / "killed")
     proc.send_signal(signal.SIGKILL)  # no chance to clean up, as with a node failure
     proc.wait()
     step = checkpoint_step(tmp_path / "killed" / "checkpoint.pt")
     assert 0 < step < 20 and not (tmp_path / "killed" / "final.json").exists(), step
+    logged_before = max(scalar_steps(tmp_path / "killed")["train/ce"])
     subprocess.run(cmd, env=env, check=True, capture_output=True)  # the same command resumes
+    # TensorBoard shows every step once: what the killed run logged after its checkpoint is purged.
+    steps = scalar_steps(tmp_path / "killed")
+    assert logged_before > step  # the killed run had logged past its checkpoint
+    assert steps["train/ce"] == list(range(1, 21)) and steps["val/top1"] == [10, 20]
+    assert all(len(v) == len(set(v)) for v in steps.values()), steps
+    assert all(tag.split("/")[0] in ("train", "lr", "data", "system", "val", "hparam") for tag in steps), sorted(steps)
 
     straight = pd.read_csv(tmp_path / "straight" / "metrics.csv").drop(columns="eval_seconds")
     resumed = pd.read_csv(tmp_path / "killed" / "metrics.csv").drop(columns="eval_seconds")
     assert list(resumed["step"]) == [10, 20]
     pd.testing.assert_frame_equal(straight, resumed)
     assert "resumed from" in (tmp_path / "killed" / "train.log").read_text()
+
+
+def wait_for_progress_beyond_checkpoint(run_dir: Path, timeout_s: float = 120) -> None:
+    import json
+    import time
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            if json.loads((run_dir / "progress.json").read_text())["step"] > checkpoint_step(run_dir / "checkpoint.pt") >= 3:
+                return
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.005)
+    raise TimeoutError(f"{run_dir} did not log past its checkpoint")
+
+
+def scalar_steps(run_dir: Path) -> dict[str, list[int]]:
+    """{tag: steps} of the scalars TensorBoard shows for a run (its purge rules applied)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [e.step for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
 def test_resume_with_other_settings_is_refused(tmp_path, demo_cache):

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from semisup import checkpoint as ckpt
+from semisup import launch
 from semisup.config import ConfigError, make_config, parse_config
+from semisup.errors import UsageError
 from semisup.run import main
 from semisup.train import RunDirError, UnreadableCheckpoint, run_training, train
 from tests.run_helpers import wait_for_checkpoint
@@ -82,7 +84,8 @@ def test_command_line_mistakes_end_in_one_line_and_an_exit_code(tmp_path, demo_c
     bad_sweep = run_cli("jobs/submit.py", "--sweep", str(sweep), "--log-dir", str(tmp_path / "logs"))
     assert bad_sweep.returncode == 2 and "a sweep needs" in bad_sweep.stderr and "Traceback" not in bad_sweep.stderr
     no_data = run_cli("jobs/submit.py", "--cluster", "local", "--log-dir", str(tmp_path / "logs"), "--", "--data", str(tmp_path / "nowhere"))
-    assert no_data.returncode == 2 and "nothing was queued" in no_data.stderr and not (tmp_path / "logs").exists()
+    assert no_data.returncode == 1 and "nothing was queued" in no_data.stderr and not (tmp_path / "logs").exists()
+    assert no_data.stderr.strip().count("\n") == 0 and "Traceback" not in no_data.stderr
     report = run_cli("semisup/report.py", str(tmp_path))
     assert report.returncode == 1 and "Traceback" not in report.stderr
 
@@ -174,3 +177,44 @@ def test_report_and_table_show_non_finite_metrics_as_such():
     from semisup.evaluate import format_results
     table = format_results([dict(method="cgc", top1=10.0, top5=20.0, ch=float("nan"), ch_strict=1.0, cgc_val_loss=float("inf"))])
     assert table.count("non-finite") == 2 and "nan" not in table.lower().replace("non-finite", "")
+
+
+def test_one_key_vocabulary_for_flags_yaml_and_sweeps(tmp_path):
+    from semisup.config import canonical_key
+    config = tmp_path / "c.yaml"
+    config.write_text("lambda: 0.3\nlr-head: 2\ncgc_warmup_epochs: 1\n")
+    cfg = parse_config(["--config", str(config)])
+    assert (cfg.cgc_weight, cfg.lr_head, cfg.cgc_warmup_epochs) == (0.3, 2, 1)
+    assert parse_config(["--lambda", "0.3"]).cgc_weight == parse_config(["--cgc-weight", "0.3"]).cgc_weight == 0.3
+    assert canonical_key("lambda") == canonical_key("--cgc-weight") == canonical_key("cgc_weight") == "cgc_weight"
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("grid: {cgc_weight: [0.2], --lr-head: [1]}\n")
+    (name, flags), = launch.sweep_commands(sweep, tmp_path)[1]
+    assert parse_config(flags).cgc_weight == 0.2 and parse_config(flags).lr_head == 1
+    sweep.write_text("grid: {lamda: [0.2]}\n")
+    with pytest.raises(UsageError, match="grid key 'lamda' is not a setting"):
+        launch.sweep_commands(sweep, tmp_path)
+
+
+def test_help_is_grouped_and_every_setting_is_in_a_group():
+    import dataclasses
+
+    from semisup.config import HELP_GROUPS, Config, build_parser
+    grouped = [k for keys in HELP_GROUPS.values() for k in keys]
+    assert sorted(grouped) == sorted(f.name for f in dataclasses.fields(Config) if f.metadata["cli"])
+    text = build_parser().format_help()
+    assert "%%" not in text and all(f"\n{group}:" in text for group in HELP_GROUPS)
+
+
+@pytest.mark.parametrize("argv, named", [(["--recipe", "cub"], "--recipe cub: .*pass --data"),
+                                         (["--cgc-warmup-epochs", "inf"], "cgc_warmup_epochs: must be a finite number"),
+                                         (["--lr-head", "nan"], "lr_head: must be a finite number")])
+def test_settings_that_would_train_something_else_are_refused(argv, named):
+    with pytest.raises(UsageError, match=named):
+        parse_config(argv)
+
+
+def test_recipe_paths_name_the_projects_folders_whatever_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = parse_config(["--recipe", "cub", "--data", str(tmp_path)])
+    assert cfg.pretrained == str(ROOT / "pretrained" / "resnet50-19c8e357.pth")

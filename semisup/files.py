@@ -1,0 +1,49 @@
+"""Small files a run or a job writes and later reads back: written atomically, checked when read.
+
+A kill or a full disk in the middle of a write must never leave a half-written ``final.json`` or
+``job.json`` that later reads as a finished run or crashes a status table: writes go to a
+temporary file in the same folder and are renamed over the target. A file read back that is
+missing its content, is not JSON, or has the wrong shape is reported in one line naming it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from semisup.errors import UserError
+
+
+class RunFileError(UserError, ValueError):
+    """A file a run wrote that cannot be read back (damaged, truncated, edited by hand)."""
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename; on failure (a full disk)
+    the temporary file is removed and ``path`` keeps its previous content."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, value) -> None:
+    write_text_atomic(path, json.dumps(value, indent=1))
+
+
+def read_json(path: Path, kind: type | tuple[type, ...] = dict, what: str = "") -> object:
+    """The JSON value in ``path``, which must be of ``kind``; RunFileError naming the file otherwise."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunFileError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise RunFileError(f"{path}: unreadable or not JSON ({type(err).__name__}){what}") from err
+    if not isinstance(value, kind):
+        raise RunFileError(f"{path}: expected a JSON {getattr(kind, '__name__', 'value')}, got {type(value).__name__}{what}")
+    return value
