@@ -282,7 +282,9 @@ def compare_galleries(runs: pd.DataFrame, out: Path, count: int = 8, class_names
         variants = frame[frame["method"] == "cgc"].groupby("signature", sort=True)
         if ce.empty or not len(variants):
             continue
-        labels = dict(zip(frame["signature"], settings_column(frame.reset_index(drop=True), ["labeled_fraction", "start"])))
+        cgc_runs = frame[frame["method"] == "cgc"].reset_index(drop=True)
+        labels = dict(zip(cgc_runs["signature"], settings_column(cgc_runs, ["labeled_fraction", "start"])))  # what tells the CGC runs apart
+        labels.update({sig: "" for sig in ce["signature"]})
         for n, (signature, cgc) in enumerate(variants):
             chosen = [ce.iloc[0], cgc.sort_values("seed").iloc[0]]
             dirs = [Path(r["run"]) for r in chosen]
