@@ -100,7 +100,9 @@ def test_gallery_titles_never_overlap_and_zero_heatmaps_are_marked(demo_cache):
     torch.manual_seed(0)
     trained, silent = build_model(cfg.arch, 10), build_model(cfg.arch, 10)
     torch.nn.init.zeros_(silent.fc.weight)  # every Grad-CAM all zero
-    fig = gallery_figure([trained, silent], ["a model with a long name", "zero"], bundle, cfg, torch.device("cpu"), count=6)
+    long_name = "Cross-entropy (CGC script, λ 0) (seed 0, lambda 0.1, temperature 0.5)"
+    fig = gallery_figure([trained, silent], [long_name, "zero"], bundle, cfg, torch.device("cpu"), count=6,
+                         class_names={f"digit_{i}": f"number{i}" for i in range(10)})
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     panels = [ax for ax in fig.axes if ax.images]
@@ -111,7 +113,9 @@ def test_gallery_titles_never_overlap_and_zero_heatmaps_are_marked(demo_cache):
         assert not any(title.overlaps(other) for j, other in enumerate(titles) if j != i), ax.title.get_text()
         assert not any(title.overlaps(box) for box in boxes), "a title runs into a panel"
     text = [ax.title.get_text() for ax in panels]
-    assert all("true digit_" in t and "pred digit_" in t and "CH " in t for t in text)
+    assert all("true " in t and "pred " in t and "CH " in t for t in text)
+    assert all("true number" in t for t in text) and not any("digit_" in t for t in text)  # --class-names
+    assert text[0].split("\ntrue")[0].replace("\n", " ") == long_name  # every word of the label, in order
     marked = [ax for ax in panels if any("all-zero" in t.get_text() for t in ax.texts)]
     assert all(ax in marked for ax in panels[1::2])  # every panel of the zero model (a random one may have some too)
     assert all(len(ax.images) == (1 if ax in marked else 2) for ax in panels)  # marked panels carry no overlay

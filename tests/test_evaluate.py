@@ -217,3 +217,13 @@ def test_report_plots_say_what_varies(tmp_path):
     assert all(list(line.get_xdata()) == [1, 2] for ax in figure.axes for line in ax.get_lines())  # epochs in order
     labels = [line.get_label() for line in consistency.get_lines()]
     assert labels and not any(label.startswith("ce") for label in labels)  # no flat zero line for cross-entropy
+
+
+def test_class_names_file_is_read_and_a_bad_line_named(tmp_path):
+    from semisup.report import read_class_names
+    names = tmp_path / "LOC_synset_mapping.txt"
+    names.write_text("n01440764 tench, Tinca tinca\nn01443537 goldfish, Carassius auratus\n")
+    assert read_class_names(names) == {"n01440764": "tench", "n01443537": "goldfish"}
+    names.write_text("n01440764 tench\njustone\n")
+    with pytest.raises(UsageError, match=r"LOC_synset_mapping.txt:2: expected '<class folder> <name>'"):
+        read_class_names(names)

@@ -74,16 +74,25 @@ def wait_for(condition, timeout_s: float, what: str):
     raise TimeoutError(what)
 
 
-def test_a_sweep_submitted_from_a_fresh_clone_with_downloaded_files_runs_and_reports(tmp_path, shared_splits):
+@pytest.mark.parametrize("split", ["standard", "own"])
+def test_a_sweep_submitted_from_a_fresh_clone_with_downloaded_files_runs_and_reports(tmp_path, split, request):
     clone = fresh_clone(tmp_path / "clone")
-    # Where `python -m semisup.splits download` and `python -m semisup.pretrained download` put them (git-ignored).
-    shutil.copy(shared_splits / "1percent.txt", clone / "splits" / "1percent.txt")
+    # Where `python -m semisup.splits download` and `python -m semisup.pretrained download` put them (git-ignored);
+    # or a split file of the user's own beside them, named by a relative path.
+    if split == "standard":
+        shared_splits = request.getfixturevalue("shared_splits")
+        shutil.copy(shared_splits / "1percent.txt", clone / "splits" / "1percent.txt")
+        names, split_flags = (shared_splits / "1percent.txt").read_text().split(), ["--labeled-fraction", "0.01"]
+    else:
+        names = [f"n{c:08d}_{k}.JPEG" for c in range(4) for k in range(8)]
+        (clone / "splits" / "mine.txt").write_text("\n".join(names[::2]) + "\n")
+        split_flags = ["--split-file", "splits/mine.txt"]
     fake_swav_checkpoint(clone / "pretrained" / "swav_800ep_pretrain.pth.tar")
-    assert "splits/1percent.txt" not in subprocess.run(["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True).stdout
+    assert "splits/" not in subprocess.run(["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True).stdout
     data = tmp_path / "imagenet"
-    imagenet_for_split(data, (shared_splits / "1percent.txt").read_text().split())
+    imagenet_for_split(data, names)
     # The published sweep's shape, with its relative pretrained path, at toy size.
-    sweep = dict(name="imagenet-1pct", base=["--data", str(data), "--val-boxes", str(data / "boxes"), "--labeled-fraction", "0.01",
+    sweep = dict(name="imagenet-1pct", base=["--data", str(data), "--val-boxes", str(data / "boxes"), *split_flags,
                                              "--pretrained", "pretrained/swav_800ep_pretrain.pth.tar", "--arch", "resnet_tiny",
                                              "--image-size", "16", "--resize-size", "20", "--ch-short-side", "16",
                                              "--batch-labeled", "16", "--batch-unlabeled", "16", "--max-steps", "2",
@@ -104,7 +113,7 @@ def test_a_sweep_submitted_from_a_fresh_clone_with_downloaded_files_runs_and_rep
     assert "lambda0_seed0" in table and "lambda0.1_seed0" in table and "finished" in table
     # The jobs read the submitting checkout's downloaded files, by absolute path.
     record = json.loads((runs / "lambda0.1_seed0" / "job.json").read_text())[-1]
-    assert record["reads"]["split_file"] == str(clone / "splits" / "1percent.txt")
+    assert record["reads"]["split_file"] == str(clone / "splits" / ("1percent.txt" if split == "standard" else "mine.txt"))
     assert record["reads"]["pretrained"] == str(clone / "pretrained" / "swav_800ep_pretrain.pth.tar")
     assert record["reads"]["code"] != str(clone) and Path(record["reads"]["code"], "semisup", "train.py").is_file()  # the snapshot
     log = (runs / "lambda0.1_seed0" / "train.log").read_text()
