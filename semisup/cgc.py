@@ -202,8 +202,13 @@ def _pair_factors(cam_aug: torch.Tensor, cam: torch.Tensor, boxes: torch.Tensor,
     return dict(pos=pos, cross=cross, aug_gram=aug_gram, aug_sq=aug_sq, target_sq=target_sq)
 
 
-def _group_ids(n: int, group_size: int | None, device) -> torch.Tensor:
-    """[n] contiguous group index of each row (the last group may be smaller)."""
+def _group_ids(n: int, group_size: int | None, device, replicas: int | None = None) -> torch.Tensor:
+    """[n] contiguous group index of each row: groups of ``group_size`` (the last may be
+    smaller), or with ``replicas`` the pieces ``torch.chunk`` cuts (DataParallel's scatter)."""
+    if replicas is not None:
+        from semisup.replicas import replica_sizes
+        sizes = replica_sizes(n, replicas)
+        return torch.repeat_interleave(torch.arange(len(sizes), device=device), torch.tensor(sizes, device=device))
     size = n if not group_size or group_size >= n else group_size
     return torch.arange(n, device=device) // size
 
@@ -211,7 +216,7 @@ def _group_ids(n: int, group_size: int | None, device) -> torch.Tensor:
 @_float32
 def cgc_loss(cam_aug: torch.Tensor, cam: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor,
              temperature: float = 0.5, size: int = 224, group_size: int | None = None, negatives: str = "aug",
-             all_cam_aug: torch.Tensor | None = None, offset: int = 0) -> torch.Tensor:
+             all_cam_aug: torch.Tensor | None = None, offset: int = 0, replicas: int | None = None) -> torch.Tensor:
     """Contrastive Grad-CAM Consistency: InfoNCE between normalised heatmaps.
 
     Default (``negatives='aug'``, the released code): anchor n(a_i) (augmented view's map),
@@ -221,8 +226,10 @@ def cgc_loss(cam_aug: torch.Tensor, cam: torch.Tensor, boxes: torch.Tensor, flip
 
     Groups: the rows of the (global) augmented batch in contiguous groups of ``group_size``
     (the released run: one DataParallel replica of 64 images, 63 negatives per anchor); None
-    or a size >= the batch makes one group. The loss is the mean over groups of the mean over
-    each group's anchors, as DataParallel averaged the replicas' losses.
+    or a size >= the batch makes one group; ``replicas`` instead cuts the batch as
+    ``torch.chunk(batch, replicas)`` (DataParallel's scatter: a partial batch of 11 over 2
+    replicas is 6 + 5). The loss is the mean over groups of the mean over each group's anchors,
+    as DataParallel averaged the replicas' losses.
 
     Args:
         cam_aug: [B, h, w] raw heatmaps of this process' augmented views.
@@ -243,7 +250,7 @@ def cgc_loss(cam_aug: torch.Tensor, cam: torch.Tensor, boxes: torch.Tensor, flip
     f = _pair_factors(rows, cam, boxes, flips, size, local)
     norm_a = f["aug_sq"].clamp_min(1e-30).sqrt()  # [N]
     norm_t = f["target_sq"].clamp_min(1e-30).sqrt()  # [B]
-    groups = _group_ids(n, group_size, cam.device)
+    groups = _group_ids(n, group_size, cam.device, replicas)
     same_group = groups[local].view(-1, 1) == groups.view(1, -1)  # [B, N]
     index = torch.arange(b, device=cam.device) + offset
     if negatives == "aug":
@@ -261,13 +268,18 @@ def cgc_loss(cam_aug: torch.Tensor, cam: torch.Tensor, boxes: torch.Tensor, flip
 
 
 @_float32
+def gcc_l2_per_sample(cam_aug: torch.Tensor, cam: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, size: int = 224) -> torch.Tensor:
+    """[B] per-sample terms of :func:`gcc_l2_loss`: (2 - 2 cos_i) / S^2."""
+    f = _pair_factors(cam_aug, cam, boxes, flips, size, slice(0, cam.shape[0]))
+    cosine = f["pos"] / (f["aug_sq"].clamp_min(1e-30).sqrt() * f["target_sq"].clamp_min(1e-30).sqrt())
+    return (2 - 2 * cosine) / (size * size)
+
+
 def gcc_l2_loss(cam_aug: torch.Tensor, cam: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, size: int = 224) -> torch.Tensor:
     """The earlier L2 "GCC" baseline as released (``disable_contrast``): no negatives,
     ``mse_loss`` between the L2-normalised flattened masks n(a_i) and T_i(n(g_i)), i.e.
     mean over the batch of (2 - 2 cos_i) / S^2. Args as :func:`cgc_loss`."""
-    f = _pair_factors(cam_aug, cam, boxes, flips, size, slice(0, cam.shape[0]))
-    cosine = f["pos"] / (f["aug_sq"].clamp_min(1e-30).sqrt() * f["target_sq"].clamp_min(1e-30).sqrt())
-    return ((2 - 2 * cosine) / (size * size)).mean()
+    return gcc_l2_per_sample(cam_aug, cam, boxes, flips, size).mean()
 
 
 def normalized_heatmaps(cam: torch.Tensor, size: int) -> torch.Tensor:

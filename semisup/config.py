@@ -48,9 +48,11 @@ class Config:
     crop_scale_min: float = _f(0.08, "lower bound of RandomResizedCrop's area scale (labeled crops and the CGC transform)")
     max_bad_fraction: float = _f(0.001, "stop the run if more than this fraction of decoded images are unreadable")
     workers: int = _f(8, "data loading worker processes per stream and process")
-    decode: str = _f("cpu", "where training JPEGs are decoded: 'cpu' (loader workers: libjpeg-turbo, PIL's DCT downscaling for large files) or 'gpu' (workers "
-                     "only read bytes and draw crops; nvJPEG decodes and the GPU crops; for nodes with few cores per GPU, "
-                     "see README Performance)", choices=("cpu", "gpu"))
+    decode: str = _f("cpu", "where training JPEGs are decoded: 'cpu' (loader workers, the full image as PIL decodes it, by "
+                     "libjpeg-turbo), 'cpu-draft' (as cpu, but files at least twice the view are decoded at 1/2-1/8 scale by "
+                     "libjpeg's DCT scaling for the unlabeled view: faster, pixels differ from the released full decode, README "
+                     "Performance) or 'gpu' (workers only read bytes and draw crops; nvJPEG decodes and the GPU crops; for nodes "
+                     "with few cores per GPU)", choices=("cpu", "cpu-draft", "gpu"))
     demo_cache: str | None = _f(None, "where the embedded demo dataset is cached (default ~/.cache/semisup)", path=True)
     # --- model ---
     arch: str = _f("resnet50", "torchvision ResNet name (resnet18/34/50/101/152) or resnet_tiny (demo)")
@@ -83,6 +85,14 @@ class Config:
                           "BatchNorm running statistics see them; full supervision: the three CE terms); 'auto' = what the "
                           "released code did for the row (limited labels: lambda0-script, full supervision: plain, as "
                           "baseline_train_eval.py)", choices=("auto", "plain", "lambda0-script"))
+    flip_protocol: str = _f("released", "how the CGC pair's mirror is drawn: 'released' as the released dataset draws it (a flag "
+                            "for half the pairs, but RandomHorizontalFlip mirrors only half of those: a quarter of all pairs "
+                            "train against a mirrored target, FIDELITY.md) or 'consistent' (the loss mirrors exactly the "
+                            "pairs whose augmented view is mirrored: what the method means)", choices=("released", "consistent"))
+    bn_geometry: str = _f("replicas", "BatchNorm statistics: 'replicas' as the released DataParallel run computed them (each forward "
+                          "normalised over contiguous replicas of --group-size images, running statistics from the first, "
+                          "losses averaged over replicas; SyncBatchNorm where a replica spans processes) or 'batch' (over each "
+                          "process' whole batch)", choices=("replicas", "batch"))
     cam_size: int = _f(224, "side the heatmaps are upsampled to inside the loss")
     cam_class: str = _f("predicted", "class explained on unlabeled images: the model's 'predicted' class (the method), or the "
                         "image's true 'label' (a diagnostic upper bound: it uses labels the limited-label setting does not have)",
@@ -264,8 +274,8 @@ def validate(cfg: "Config", world: int | None = None) -> "Config":
     for key in ("batch_labeled", "batch_unlabeled"):
         if getattr(cfg, key) % world:
             raise ConfigError(f"{_name(key)}: {getattr(cfg, key)} is not divisible by the {world} processes")
-    if cfg.decode == "gpu" and cfg.is_demo:
-        raise ConfigError("--decode gpu decodes image files: it needs --data (the demo dataset is held in memory)")
+    if cfg.decode in ("gpu", "cpu-draft") and cfg.is_demo:
+        raise ConfigError(f"--decode {cfg.decode} decodes image files: it needs --data (the demo dataset is held in memory)")
     return cfg
 
 
@@ -287,7 +297,7 @@ HELP_GROUPS = {
              "data_format", "num_classes", "image_size", "resize_size", "crop_scale_min", "max_bad_fraction", "demo_cache"),
     "model": ("arch", "pretrained"),
     "loss (the method)": ("cgc_weight", "temperature", "consistency", "group_size", "cgc_negatives", "ce_baseline", "cam_size",
-                          "cam_class", "cgc_warmup_epochs"),
+                          "cam_class", "cgc_warmup_epochs", "flip_protocol", "bn_geometry"),
     "optimisation": ("batch_labeled", "batch_unlabeled", "epochs", "max_steps", "lr_trunk", "lr_head", "lr_milestones", "lr_gamma",
                      "momentum", "weight_decay", "seed"),
     "evaluation": ("eval_every", "ch_every", "ch_short_side", "knn_k", "knn_temperature", "gallery", "max_eval_images"),
@@ -444,9 +454,14 @@ def load_saved_config(path: Path) -> Config:
         raise RunFileError(f"{path}: {err} (edited by hand?)") from err
 
 
+# What a run saved before a setting existed computed: a saved config without the key gets this
+# value, not today's default (runs made before the released flip protocol and BatchNorm replicas).
+LEGACY_VALUES = {"flip_protocol": "consistent", "bn_geometry": "batch"}
+
+
 def config_from_dict(values: dict) -> Config:
     known = {f.name for f in dataclasses.fields(Config)}
-    values = {k: v for k, v in values.items() if k in known}
+    values = {**LEGACY_VALUES, **{k: v for k, v in values.items() if k in known}}
     if isinstance(values.get("lr_milestones"), list):
         values["lr_milestones"] = tuple(values["lr_milestones"])
     return Config(**values)

@@ -123,15 +123,19 @@ class TrainDataset(Dataset):
     view (RandomResizedCrop back to size + flip) with the ``box`` and ``flip`` relating them.
 
     Each item: dict(label int, bad int, and image [3,S,S] uint8 with crop; view, aug [3,S,S]
-    uint8, box [4] float, flip bool with pair).
+    uint8, box [4] float, flip bool (whether the loss mirrors the view's heatmap) with pair).
+    ``flip_protocol``: how the pair's mirror is drawn (``transforms.draw_pair``); ``draft``: decode
+    large JPEGs at a reduced scale for the view (faster; pixels differ from the full decode).
     """
 
-    def __init__(self, source, indices: np.ndarray, size: int, resize: int, scale_min: float, crop: bool, pair: bool):
+    def __init__(self, source, indices: np.ndarray, size: int, resize: int, scale_min: float, crop: bool, pair: bool,
+                 flip_protocol: str = "consistent", draft: bool = False):
         if not (crop or pair):
             raise ValueError("a training stream needs the crop, the pair or both")
         self.source, self.indices = source, np.asarray(indices, dtype=np.int64)
         self.size, self.resize, self.scale = size, resize, (scale_min, 1.0)
         self.crop, self.pair = crop, pair
+        self.flip_protocol, self.draft = flip_protocol, draft
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -139,15 +143,16 @@ class TrainDataset(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> dict:
         position, seed = key
         generator = torch.Generator().manual_seed(seed)
-        # Only the resized view is needed without the random crop: the JPEG decoder may then
-        # shrink large files on the fly. Random crops need full resolution.
-        image, index, bad = load_good(self.source, int(self.indices[position]), min_side=None if self.crop else self.resize)
+        # With --decode cpu-draft, where only the resized view is needed (no random crop), the JPEG
+        # decoder may shrink large files on the fly. Random crops need full resolution.
+        draft = self.draft and not self.crop
+        image, index, bad = load_good(self.source, int(self.indices[position]), min_side=self.resize if draft else None)
         item = dict(label=int(self.source.labels[index]), bad=bad)
         if self.crop:
             item["image"] = T.random_crop_flip(image, self.size, self.scale, generator)
         if self.pair:
             item["view"] = T.center_view(image, self.resize, self.size)
-            item["aug"], item["box"], item["flip"] = T.cgc_pair(item["view"], self.scale, generator)
+            item["aug"], item["box"], item["flip"] = T.cgc_pair(item["view"], self.scale, generator, self.flip_protocol)
         return item
 
 

@@ -93,21 +93,6 @@ def barrier() -> None:
         dist.barrier()
 
 
-def bn_sync_processes(world: int, per_process: int, group_size: int) -> int:
-    """How many consecutive processes share BatchNorm statistics so that each normalises over
-    ``group_size`` images, as the released DataParallel replicas did (64 each).
-
-    1 when one process' batch is already the group or larger (on 1 GPU with 128 images, BN
-    then sees 128, a documented difference); the whole world when no whole number of processes
-    makes a group (the closest cheap choice)."""
-    if per_process >= group_size:
-        return 1
-    processes = group_size // per_process
-    if group_size % per_process == 0 and world % processes == 0:
-        return processes
-    return world
-
-
 def process_subgroup(size: int):
     """This process' group among consecutive groups of ``size`` ranks (every rank creates all
     of them, as torch.distributed requires)."""

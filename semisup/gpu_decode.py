@@ -46,10 +46,12 @@ class EncodedTrainDataset(Dataset):
     pixels of the original; with pair: box [4], flip, pair [5] pixel parameters on the view).
     """
 
-    def __init__(self, source, indices: np.ndarray, size: int, resize: int, scale_min: float, crop: bool, pair: bool):
+    def __init__(self, source, indices: np.ndarray, size: int, resize: int, scale_min: float, crop: bool, pair: bool,
+                 flip_protocol: str = "consistent", draft: bool = False):
         self.source, self.indices = source, np.asarray(indices, dtype=np.int64)
         self.size, self.resize, self.scale = size, resize, (scale_min, 1.0)
         self.crop, self.pair = crop, pair
+        self.flip_protocol = flip_protocol  # draft: nvJPEG always decodes the full image
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -71,9 +73,9 @@ class EncodedTrainDataset(Dataset):
         if self.crop:
             item["crop"] = torch.tensor(T.draw_crop_flip(h, w, self.scale, generator), dtype=torch.long)
         if self.pair:
-            params = T.draw_crop_flip(self.size, self.size, self.scale, generator)
+            params, flag = T.draw_pair(self.size, self.scale, generator, self.flip_protocol)
             item["pair"] = torch.tensor(params, dtype=torch.long)
-            item["box"], item["flip"] = T.pair_box(params, self.size)
+            item["box"], item["flip"] = T.pair_box(params, self.size, flag)
         return item
 
 

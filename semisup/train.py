@@ -25,6 +25,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from semisup import cgc
 from semisup import checkpoint as ckpt
 from semisup import distributed as D
+from semisup import replicas as R
 from semisup.distributed import amp_dtype
 from semisup import transforms as T
 from semisup.config import Config, save_config
@@ -106,15 +107,17 @@ class Trainer:
         self.batch_l, self.batch_u = cfg.batch_labeled // dist.world, cfg.batch_unlabeled // dist.world
         self.uses_unlabeled = bundle.unlabeled is not None
         self.pair_on_labeled = cfg.full_supervision and cfg.forwards_pairs
+        # The released run's DataParallel replicas of --group-size images (2 x 64 at batch 128):
+        # the InfoNCE groups always; BatchNorm and the losses' weighting with --bn-geometry replicas.
+        self.geometry = R.geometry(cfg.batch_unlabeled if self.uses_unlabeled else cfg.batch_labeled, cfg.group_size, dist.world)
+        self.loss_replicas = self.geometry.local if cfg.bn_geometry == "replicas" else 1
         self.bn_processes = 1
-        if dist.enabled and self.device.type == "cuda":
-            # BatchNorm over groups of --group-size images, as the released DataParallel replicas
-            # normalised over 64 each, where whole processes make up a group.
-            per_process = self.batch_u if self.uses_unlabeled else self.batch_l
-            self.bn_processes = D.bn_sync_processes(dist.world, per_process, cfg.group_size)
-            if self.bn_processes > 1:
-                group = D.process_subgroup(self.bn_processes)
-                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model, process_group=group)
+        if cfg.bn_geometry == "replicas" and self.geometry.local > 1:
+            R.use_replica_batchnorm(self.model, self.geometry.local)
+        elif cfg.bn_geometry == "replicas" and self.geometry.processes > 1 and self.device.type == "cuda":
+            # A replica spans processes: SyncBatchNorm over them (PyTorch has none on CPU).
+            self.bn_processes = self.geometry.processes
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model, process_group=D.process_subgroup(self.bn_processes))
         head = list(self.model.fc.parameters())
         trunk = [p for n, p in self.model.named_parameters() if not n.startswith("fc.")]
         self.optimizer = torch.optim.SGD([dict(params=trunk, lr=cfg.lr_trunk), dict(params=head, lr=cfg.lr_head)],
@@ -136,20 +139,28 @@ class Trainer:
         self.runlog = RunLog(run_dir, dist.is_main)
 
     # ---- one optimisation step -------------------------------------------------------
-    def group_size(self, local_batch: int) -> int:
-        """Images per InfoNCE group in a global batch of ``local_batch`` per process."""
-        return min(self.cfg.group_size, local_batch * self.dist.world)
+    def negatives_per_anchor(self, local_batch: int) -> int:
+        """InfoNCE negatives of an anchor in a full batch of ``local_batch`` per process."""
+        if self.geometry.processes > 1:
+            return local_batch * self.geometry.processes - 1
+        return R.replica_sizes(local_batch, self.geometry.local)[0] - 1
 
     def consistency(self, cam_aug: torch.Tensor, cam: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
         if cfg.consistency == "l2":
-            return cgc.gcc_l2_loss(cam_aug, cam, boxes, flips, cfg.cam_size)
-        group = self.group_size(cam.shape[0])
-        if self.dist.enabled and cam.shape[0] % group:
-            # A group spans processes: its negatives come from the others, with gradient.
+            return self.replica_weighted(cgc.gcc_l2_per_sample(cam_aug, cam, boxes, flips, cfg.cam_size))
+        if self.geometry.processes > 1:
+            # A replica spans processes: its negatives come from the others, with gradient.
             all_aug, offset = D.gather_with_grad(cam_aug)
-            return cgc.cgc_loss(cam_aug, cam, boxes, flips, cfg.temperature, cfg.cam_size, group, cfg.cgc_negatives, all_aug, offset)
-        return cgc.cgc_loss(cam_aug, cam, boxes, flips, cfg.temperature, cfg.cam_size, group, cfg.cgc_negatives)
+            return cgc.cgc_loss(cam_aug, cam, boxes, flips, cfg.temperature, cfg.cam_size, cam.shape[0] * self.geometry.processes,
+                                cfg.cgc_negatives, all_aug, offset)
+        return cgc.cgc_loss(cam_aug, cam, boxes, flips, cfg.temperature, cfg.cam_size, negatives=cfg.cgc_negatives,
+                            replicas=self.geometry.local)
+
+    def replica_weighted(self, per_sample: torch.Tensor) -> torch.Tensor:
+        """The mean of per-sample losses [n] as the released replicas took it: each replica's mean,
+        averaged (a partial last batch weighs its pieces equally)."""
+        return R.replica_mean(per_sample, self.loss_replicas)
 
     def consistency_weight(self) -> float:
         """Lambda at the current step, ramped linearly over --cgc-warmup-epochs (a Python
@@ -183,9 +194,10 @@ class Trainer:
         consistency = torch.zeros((), device=self.device)
         pair = labeled if self.pair_on_labeled else unlabeled
         explain = cfg.cgc_weight > 0
+        ce_of = lambda out: self.replica_weighted(F.cross_entropy(out.float(), labels, reduction="none"))
         with autocast:
             logits, _ = model(self._images(labeled, "image"))
-            ce = F.cross_entropy(logits.float(), labels)
+            ce = ce_of(logits)
             if pair is not None:
                 # At lambda 0 on unlabeled images (the CGC script run as its own baseline) the pair
                 # only moves BatchNorm's running statistics: no graph is kept for it.
@@ -193,7 +205,7 @@ class Trainer:
                     view_logits, view_features = model(self._images(pair, "view"))
                     aug_logits, aug_features = model(self._images(pair, "aug"))
                 if self.pair_on_labeled:
-                    ce = ce + F.cross_entropy(view_logits.float(), labels) + F.cross_entropy(aug_logits.float(), labels)
+                    ce = ce + ce_of(view_logits) + ce_of(aug_logits)
                 if explain:
                     classes = self.explained_classes(view_logits, pair)
                     cam = raw.cam(view_logits, view_features, classes)
@@ -264,11 +276,14 @@ class Trainer:
             finish = lambda batch: decode_and_transform(batch, self.device, cfg.image_size, cfg.resize_size)
         else:
             dataset_type, collate, finish = TrainDataset, None, (lambda batch: batch)
-        labeled = dataset_type(b.labeled, b.labeled_indices, cfg.image_size, cfg.resize_size, cfg.crop_scale_min, crop=True, pair=self.pair_on_labeled)
+        options = dict(flip_protocol=cfg.flip_protocol, draft=cfg.decode == "cpu-draft")
+        labeled = dataset_type(b.labeled, b.labeled_indices, cfg.image_size, cfg.resize_size, cfg.crop_scale_min, crop=True,
+                               pair=self.pair_on_labeled, **options)
         sampler = EpochSampler(len(labeled), self.batch_l, cfg.seed, LABELED_STREAM, dist.rank, dist.world, start_batch=self.step)
         streams = [map(finish, make_loader(labeled, sampler, cfg.workers, pin, collate))]
         if self.uses_unlabeled:
-            unlabeled = dataset_type(b.unlabeled, b.unlabeled_indices, cfg.image_size, cfg.resize_size, cfg.crop_scale_min, crop=False, pair=True)
+            unlabeled = dataset_type(b.unlabeled, b.unlabeled_indices, cfg.image_size, cfg.resize_size, cfg.crop_scale_min,
+                                     crop=False, pair=True, **options)
             sampler = StreamSampler(len(unlabeled), self.batch_u, cfg.seed, UNLABELED_STREAM, dist.rank, dist.world, start_batch=self.step)
             streams.append(map(finish, make_loader(unlabeled, sampler, cfg.workers, pin, collate)))
         return streams
@@ -422,10 +437,13 @@ class Trainer:
                  cfg.batch_labeled, self.batch_l,
                  f"{cfg.batch_unlabeled} global / {self.batch_u} per process" if self.uses_unlabeled else "not used",
                  self.schedule.steps_per_epoch, cfg.epochs, self.schedule.total_steps)
-        if cfg.cgc_weight > 0 and cfg.consistency == "cgc":
-            per_process = self.batch_l if self.pair_on_labeled else self.batch_u
-            log.info("InfoNCE groups of %d images (%d negatives per anchor); BatchNorm over %d process(es)' batches",
-                     self.group_size(per_process), self.group_size(per_process) - 1, self.bn_processes)
+        per_process = self.batch_l if self.pair_on_labeled else self.batch_u
+        bn = ("each process' batch" if cfg.bn_geometry == "batch" else f"{self.geometry.local} replica(s) per process"
+              if self.bn_processes == 1 else f"one replica over {self.bn_processes} processes (SyncBatchNorm)")
+        log.info("released replicas: %d of %d images; BatchNorm over %s; pair flip protocol %s%s", self.geometry.replicas,
+                 cfg.group_size, bn, cfg.flip_protocol,
+                 f"; InfoNCE: {self.negatives_per_anchor(per_process)} negatives per anchor"
+                 if cfg.cgc_weight > 0 and cfg.consistency == "cgc" else "")
 
     def best_metrics(self, evaluator: Evaluator, final: dict) -> dict:
         """The full evaluation of the best-top-1 checkpoint (the final one's when they coincide)."""
@@ -561,7 +579,9 @@ def check_start(cfg: Config, decode_check: bool) -> tuple[dict, Trainer]:
     summary["steps_per_epoch"] = trainer.schedule.steps_per_epoch
     if cfg.cgc_weight > 0 and cfg.consistency == "cgc":
         per_process = trainer.batch_l if trainer.pair_on_labeled else trainer.batch_u
-        summary["negatives_per_anchor"] = trainer.group_size(per_process) - 1
+        summary["negatives_per_anchor"] = trainer.negatives_per_anchor(per_process)
+    summary["batchnorm"] = f"{cfg.bn_geometry}: {trainer.geometry.replicas} replica(s) of {cfg.group_size}"
+    summary["flip_protocol"] = cfg.flip_protocol
     summary["total_steps"] = trainer.schedule.total_steps
     return summary, trainer
 

@@ -68,21 +68,51 @@ def center_view(image: torch.Tensor, resize: int, crop: int) -> torch.Tensor:
     return TF.center_crop(image, [crop, crop])
 
 
-def pair_box(params: tuple[int, int, int, int, bool], size: int) -> tuple[torch.Tensor, torch.Tensor]:
+FLIP_PROTOCOLS = ("released", "consistent")
+
+
+def draw_pair(size: int, scale: tuple[float, float], generator: torch.Generator, protocol: str = "consistent"
+              ) -> tuple[tuple[int, int, int, int, bool], bool]:
+    """The CGC pair's random parameters on a square view of ``size``: ((top, left, h, w,
+    mirrored), flag), where ``mirrored`` says whether the augmented view is mirrored and ``flag``
+    whether the loss mirrors the view's heatmap.
+
+    'consistent' (what the method means): one coin, flag == mirrored.
+    'released' (``datasets/imagefolder_cgc_ssl.py``): ``if random.random() > 0.5: aug =
+    RandomHorizontalFlip()(aug); hor_flip = True``; RandomHorizontalFlip flips with probability
+    0.5 itself, so the flag is set for half the pairs and only half of those are mirrored: a
+    quarter of all pairs train against a mirrored target. The two coins are drawn in that order
+    from ``generator`` (the released code drew them from Python's and torch's global generators)."""
+    top, left, h, w = sample_crop(size, size, scale, generator)
+    if protocol == "consistent":
+        mirrored = torch.rand(1, generator=generator).item() < 0.5
+        return (top, left, h, w, mirrored), mirrored
+    if protocol != "released":
+        raise ValueError(f"flip protocol must be one of {FLIP_PROTOCOLS}, got {protocol!r}")
+    flag = torch.rand(1, generator=generator).item() > 0.5
+    mirrored = flag and torch.rand(1, generator=generator).item() < 0.5
+    return (top, left, h, w, mirrored), flag
+
+
+def pair_box(params: tuple[int, int, int, int, bool], size: int, flag: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The CGC transform's (box [4] float (top, left, height, width) as fractions of the square
-    view, flip bool []) from its drawn pixel parameters."""
-    top, left, h, w, flip = params
-    return torch.tensor([top / size, left / size, h / size, w / size], dtype=torch.float32), torch.tensor(flip)
+    view, flip bool [], the loss' mirror flag: ``flag``, else the parameters' own) from its drawn
+    pixel parameters."""
+    top, left, h, w, mirrored = params
+    return (torch.tensor([top / size, left / size, h / size, w / size], dtype=torch.float32),
+            torch.tensor(mirrored if flag is None else flag))
 
 
-def cgc_pair(view: torch.Tensor, scale: tuple[float, float], generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The CGC transform T of a square view [3, S, S]: RandomResizedCrop back to S + random flip.
+def cgc_pair(view: torch.Tensor, scale: tuple[float, float], generator: torch.Generator, protocol: str = "consistent"
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The CGC transform T of a square view [3, S, S]: RandomResizedCrop back to S + random flip,
+    the flip drawn as ``protocol`` says (:func:`draw_pair`).
 
     Returns (augmented view [3, S, S] uint8, box float [4] (top, left, height, width) as
-    fractions of the view, flip bool [])."""
+    fractions of the view, flip bool []: whether the loss mirrors the view's heatmap)."""
     size = view.shape[-1]
-    params = draw_crop_flip(size, size, scale, generator)
-    return (apply_crop_flip(view, params, size), *pair_box(params, size))
+    params, flag = draw_pair(size, scale, generator, protocol)
+    return (apply_crop_flip(view, params, size), *pair_box(params, size, flag))
 
 
 def normalize(images: torch.Tensor, dtype: torch.dtype = torch.float32, channels_last: bool = False) -> torch.Tensor:

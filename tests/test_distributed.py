@@ -40,8 +40,9 @@ def test_group_negatives_give_the_same_loss_for_one_and_two_processes(tmp_path):
 
 
 def test_batchnorm_groups_follow_the_released_replicas():
-    from semisup.distributed import bn_sync_processes
-    assert bn_sync_processes(world=8, per_process=16, group_size=64) == 4  # 8 GPUs x 16: groups of 4 processes
-    assert bn_sync_processes(world=2, per_process=64, group_size=64) == 1  # the released geometry: no sync needed
-    assert bn_sync_processes(world=1, per_process=128, group_size=64) == 1  # one GPU: BN over 128 (documented)
-    assert bn_sync_processes(world=6, per_process=16, group_size=64) == 6  # no whole group of processes: all of them
+    from semisup.replicas import Geometry, geometry
+    assert geometry(128, 64, world=8) == Geometry(2, 1, 4)  # 8 GPUs x 16: a replica is 4 processes (SyncBatchNorm)
+    assert geometry(128, 64, world=2) == Geometry(2, 1, 1)  # the released geometry: one replica per process
+    assert geometry(128, 64, world=1) == Geometry(2, 2, 1)  # one GPU: two replicas of 64 inside the process
+    assert geometry(256, 64, world=4) == Geometry(4, 1, 1)  # full supervision as released: 4 GPUs x 64
+    assert geometry(128, 64, world=3) == Geometry(2, 1, 3)  # no whole replicas: one group over all processes
