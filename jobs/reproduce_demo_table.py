@@ -53,7 +53,16 @@ ABLATIONS = {
     "negatives": ("batch_unlabeled", {0.1: [16, 64, 128]}),
     "cam_class": ("cam_class", {0.01: ["predicted", "label"], 0.1: ["predicted", "label"]}),
     "warmup": ("cgc_warmup_epochs", {0.1: [0.0, 2.0, 4.0]}),
+    # The released flip draw (a quarter of the pairs against a mirrored target) vs the consistent one.
+    "flip": ("flip_protocol", {0.1: ["released", "consistent"]}),
+    # BatchNorm over the released replicas vs over the whole batch. The demo's step holds one
+    # replica (64 unlabeled images), where both are the same computation: these runs take the
+    # released shape, 128 unlabeled images a step = two replicas of 64 (ABLATION_FLAGS).
+    "bn": ("bn_geometry", {0.1: ["replicas", "batch"]}),
 }
+# Flags every run of an ablation takes; its runs then all have their own folders (the main table's
+# runs do not have these flags).
+ABLATION_FLAGS = {"bn": ["--batch-unlabeled", "128"]}
 
 
 # Per labeled fraction: how often top-1 and CH are evaluated, for the training curves (the
@@ -99,13 +108,16 @@ def run_ablation(name: str, seeds: list[int], out: Path, extra: list[str], rerun
         # The value the main table's CGC row at this fraction runs with (its own flag, else the preset's).
         row_flags = next(flags for f, n, flags in ROWS["limited"] + ROWS["full"] if f == fraction and n == "cgc")
         default = getattr(parse_config(row_flags), setting)
+        fixed = ABLATION_FLAGS.get(name, [])
         for seed in seeds:
             run(fraction, "ce", ["--lambda", "0"], seed, out, extra, rerun_stale=rerun_stale)
             for value in values:
                 label = f"{value:g}" if isinstance(value, float | int) else f"-{value}"
-                # The default value's run is the main table's CGC run (run() names it).
-                own = None if value == default else out / "ablations" / f"{start}{name}{label}-frac{fraction:g}-seed{seed}"
-                run(fraction, "cgc", [flag, str(value)], seed, out, extra, own, rerun_stale)
+                # The default value's run is the main table's CGC run (run() names it), unless the
+                # ablation's own flags make every run its own.
+                own = (None if value == default and not fixed
+                       else out / "ablations" / f"{start}{name}{label}-frac{fraction:g}-seed{seed}")
+                run(fraction, "cgc", [flag, str(value), *fixed], seed, out, extra, own, rerun_stale)
     # The table holds every finished run of this ablation and the main CE / CGC runs at its
     # fractions, whatever seeds they have (Seeds says how many), not just this call's.
     dirs = [d for fraction in grid for pattern in (f"ablations/{start}{name}*-frac{fraction:g}-seed*",

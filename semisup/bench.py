@@ -68,7 +68,8 @@ def _step_setup(args):
     device = torch.device(args.device)
     num_classes = 1000 if args.arch != "resnet_tiny" else 10
     cfg = make_config(dict(data="bench", arch=args.arch, batch_labeled=args.batch, batch_unlabeled=args.batch, image_size=args.image_size,
-                           amp=args.amp, channels_last=args.channels_last, device=args.device, compile=False))
+                           amp=args.amp, channels_last=args.channels_last, device=args.device, compile=False,
+                           group_size=getattr(args, "group_size", 64), bn_geometry=getattr(args, "bn_geometry", "replicas")))
     bundle = DataBundle([str(i) for i in range(num_classes)], None, np.arange(args.batch * 10), object(), np.arange(10), EvalSet(None, None), {})
     trainer = Trainer(cfg, Dist(device=device), None, bundle)
     trainer.model.train()
@@ -111,9 +112,19 @@ def bench_step(args):
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     t_cgc, t_floor = alternate(lambda: trainer.training_step(labeled, unlabeled), lambda: floor_step(trainer, labeled, unlabeled), args.repeats, sync)
     row = dict(bench="step", arch=args.arch, batch_per_stream=args.batch, image_size=args.image_size, device=args.device, amp=args.amp,
-               channels_last=args.channels_last, step_s=statistics.median(t_cgc), floor_s=statistics.median(t_floor))
+               channels_last=args.channels_last, group_size=args.group_size, bn_geometry=args.bn_geometry,
+               replicas_per_process=trainer.geometry.local, step_s=statistics.median(t_cgc), floor_s=statistics.median(t_floor))
     row["step_over_floor"] = row["step_s"] / row["floor_s"]
     row["images_per_s"] = 3 * args.batch / row["step_s"]
+    if trainer.geometry.local > 1 and args.bn_geometry == "replicas":
+        # What BatchNorm over the replicas costs: the same step with BatchNorm over the whole batch, alternately.
+        plain, _, _ = _step_setup(argparse.Namespace(**dict(vars(args), bn_geometry="batch")))
+        plain.model.load_state_dict(trainer.model.state_dict())
+        plain.model.train()
+        t_replicas, t_plain = alternate(lambda: trainer.training_step(labeled, unlabeled), lambda: plain.training_step(labeled, unlabeled),
+                                        args.repeats, sync)
+        row.update(step_bn_batch_s=statistics.median(t_plain), replicas_over_batch_bn=statistics.median(t_replicas) / statistics.median(t_plain))
+        del plain
     if args.device.startswith("cuda"):
         peaks = []
         for fn in (lambda: trainer.training_step(labeled, unlabeled), lambda: floor_step(trainer, labeled, unlabeled)):
@@ -232,6 +243,7 @@ def _bench_loader(args):
         source = FileSource(paths, [0] * len(paths))
         streams = dict(unlabeled=TrainDataset(source, np.arange(len(paths)), 224, 256, 0.08, crop=False, pair=True),
                        labeled=TrainDataset(source, np.arange(len(paths)), 224, 256, 0.08, crop=True, pair=False))
+        draft = TrainDataset(source, np.arange(len(paths)), 224, 256, 0.08, crop=False, pair=True, draft=True)
         plain = dict(zip(("unlabeled", "labeled"), plain_torchvision_samplers(paths)))
         rows = {}
         for name, dataset in streams.items():
@@ -244,6 +256,20 @@ def _bench_loader(args):
                     plain[name](path)
             t_ours, t_ref = alternate(ours, reference, args.repeats)
             rows[name] = (len(paths) / statistics.median(t_ours), len(paths) / statistics.median(t_ref))
+        # --decode cpu-draft against the exact default, alternately; and how far its views are from the exact ones.
+        def exact_all():
+            for i in range(len(paths)):
+                streams["unlabeled"][(i, i)]
+
+        def draft_all():
+            for i in range(len(paths)):
+                draft[(i, i)]
+        t_exact, t_draft = alternate(exact_all, draft_all, args.repeats)
+        rows["draft"] = (len(paths) / statistics.median(t_draft), len(paths) / statistics.median(t_exact))
+        gaps = [(draft[(i, i)]["view"].int() - streams["unlabeled"][(i, i)]["view"].int()).abs() for i in range(len(paths))]
+        changed = [g for g in gaps if g.max() > 0]
+        rows["draft_pixels"] = (len(changed), max((int(g.max()) for g in gaps), default=0),
+                                float(np.mean([g.float().mean().item() for g in changed])) if changed else 0.0)
         evals = dict(val=EvalDataset(source, 256, 224), ch_val=EvalDataset(source, 448, None))
         for name, dataset in evals.items():
             def load_all():
@@ -255,7 +281,10 @@ def _bench_loader(args):
                 unlabeled_per_s=rows["unlabeled"][0], unlabeled_plain_per_s=rows["unlabeled"][1],
                 unlabeled_ours_over_plain=rows["unlabeled"][0] / rows["unlabeled"][1],
                 labeled_per_s=rows["labeled"][0], labeled_plain_per_s=rows["labeled"][1],
-                labeled_ours_over_plain=rows["labeled"][0] / rows["labeled"][1])
+                labeled_ours_over_plain=rows["labeled"][0] / rows["labeled"][1],
+                unlabeled_draft_per_s=rows["draft"][0], draft_over_exact=rows["draft"][0] / rows["draft"][1],
+                draft_files_changed=rows["draft_pixels"][0], draft_max_abs_pixel_difference=rows["draft_pixels"][1],
+                draft_mean_abs_pixel_difference_changed_files=round(rows["draft_pixels"][2], 3))
 
 
 # ---- gpu ----------------------------------------------------------------------------------
@@ -448,6 +477,9 @@ def main(argv=None):
     parser.add_argument("--images", type=int, default=48)
     parser.add_argument("--short-side", type=int, default=448)
     parser.add_argument("--group", type=int, default=64, help="loss: InfoNCE group size (the released 64)")
+    parser.add_argument("--group-size", type=int, default=64, help="step: images per released replica (--batch / this = replicas "
+                                                                       "per process; 2 also times BatchNorm over the whole batch)")
+    parser.add_argument("--bn-geometry", choices=["replicas", "batch"], default="replicas", help="step: BatchNorm statistics")
     parser.add_argument("--variant", choices=["cgc", "floor"], help=argparse.SUPPRESS)
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=torch.cuda.is_available(),
                         help="gpu: also time the step under torch.compile (default on a GPU)")

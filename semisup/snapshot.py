@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 import time
@@ -31,10 +32,10 @@ def _git(root: Path, *args: str) -> str:
 
 
 def tracked_files(root: Path = REPO) -> list[str]:
-    """Paths (relative to ``root``) of the files git tracks that exist in the working tree,
-    outside :data:`EXCLUDED`."""
+    """Paths (relative to ``root``) of the files and symbolic links git tracks that exist in the
+    working tree, outside :data:`EXCLUDED`."""
     names = _git(root, "ls-files", "-z", "--cached").split("\0")
-    return sorted(n for n in names if n and not n.startswith(EXCLUDED) and (root / n).is_file())
+    return sorted(n for n in names if n and not n.startswith(EXCLUDED) and ((root / n).is_symlink() or (root / n).is_file()))
 
 
 def code_version(root: Path = REPO) -> dict:
@@ -64,13 +65,24 @@ def take_snapshot(dest: Path, root: Path = REPO) -> dict:
     except (OSError, subprocess.CalledProcessError) as err:
         raise UsageError(f"{root} is not a git checkout ({err}); the code snapshot copies git's tracked files: submit from a "
                          "clone, or pass --no-snapshot to run the live folder") from err
-    size = 0
+    size, outside = 0, []
+    resolved_root = root.resolve()
     for name in files:
-        target = dest / name
+        source, target = root / name, dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(root / name, target)
+        if source.is_symlink():
+            # A tracked link stays a link, as git stores it: what it points to is never copied in
+            # (a link to a folder or to a file outside the repository is not the code's content).
+            target.symlink_to(os.readlink(source))
+            if not source.resolve().is_relative_to(resolved_root):
+                outside.append(name)
+            continue
+        shutil.copy2(source, target)
         size += target.stat().st_size
-    info = dict(code_version(root), files=len(files), bytes=size, untracked=sorted(untracked),
+    if outside:
+        log.warning("tracked links pointing outside the repository stay links in the snapshot (the job reads their targets "
+                    "when it runs): %s", ", ".join(outside))
+    info = dict(code_version(root), files=len(files), bytes=size, untracked=sorted(untracked), links_outside=outside,
                 taken=time.strftime("%Y-%m-%d %H:%M:%S"), source=str(root))
     info.pop("snapshot")
     (dest / MARKER).write_text(json.dumps(info, indent=1))

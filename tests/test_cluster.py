@@ -203,3 +203,21 @@ def test_status_never_unpickles_and_reports_damaged_run_files_in_one_line(tmp_pa
     from semisup.report import main as report_main
     assert report_main([str(run)]) == 1  # "no finished runs": the damaged one is skipped with its reason
     assert "final.json: unreadable or not JSON" in capsys.readouterr().err
+
+
+def test_snapshot_keeps_tracked_links_as_links_and_copies_nothing_from_outside(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    secret = tmp_path / "outside" / "secret.txt"
+    secret.parent.mkdir()
+    secret.write_text("not the project's")
+    (repo / "semisup" / "data_link").symlink_to(secret)
+    (repo / "semisup" / "folder_link").symlink_to(tmp_path / "outside")
+    (repo / "semisup" / "inside_link.py").symlink_to("a.py")
+    git(repo, "add", ".")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "links")
+    info = snapshot.take_snapshot(tmp_path / "snap", repo)
+    snap = tmp_path / "snap" / "semisup"
+    assert all((snap / n).is_symlink() for n in ("data_link", "folder_link", "inside_link.py"))  # nothing dropped
+    assert (snap / "inside_link.py").read_text() == "x = 1\n"  # a relative link inside the code still works
+    assert not [p for p in (tmp_path / "snap").rglob("*") if p.is_file() and not p.is_symlink() and p.read_text() == "not the project's"]
+    assert sorted(info["links_outside"]) == ["semisup/data_link", "semisup/folder_link"]
