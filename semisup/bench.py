@@ -457,11 +457,20 @@ def bench_eval(args):
             result["single"] = 100 * total / len(paths)
 
         t_batched, t_single = alternate(batched, one_at_a_time, args.repeats)
+        # Insertion + deletion AUC as released (train-mode saliency pass, 2 x 29 scored images each at 224).
+        from semisup.insertion import InsertionDataset, InsertionSettings, insertion_metrics
+        settings = InsertionSettings(size=args.image_size, batch=max(1, args.batch) * 8)
+        loader = torch.utils.data.DataLoader(InsertionDataset(source, range(len(paths)), args.image_size), batch_size=100)
+        started = time.perf_counter()
+        auc = insertion_metrics(model, loader, settings, torch.device(args.device if args.device else "cpu"))
+        insertion_s = time.perf_counter() - started
     n = len(paths)
     return emit(bench="eval", arch=args.arch, images=n, short_side=args.short_side, batch=args.batch,
                 batched_per_s=n / statistics.median(t_batched), single_per_s=n / statistics.median(t_single),
                 batched_over_single=statistics.median(t_single) / statistics.median(t_batched),
-                ch_batched=result["batched"], ch_single=result["single"], ch_abs_difference=abs(result["batched"] - result["single"]))
+                ch_batched=result["batched"], ch_single=result["single"], ch_abs_difference=abs(result["batched"] - result["single"]),
+                insertion_image_size=args.image_size, insertion_scored_images_per_image=2 * (len(auc["insertion_curve"])),
+                insertion_seconds_per_1000_images=1000 * insertion_s / n, iauc=auc["iauc"], dauc=auc["dauc"])
 
 
 def main(argv=None):

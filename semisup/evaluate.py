@@ -34,11 +34,15 @@ from semisup import distributed as D
 from semisup import transforms as T
 from semisup.boxes import content_heatmap  # noqa: F401 (also part of this module's API)
 from semisup.data import EvalDataset
-from semisup.errors import cli
+from semisup.errors import UsageError, UserError, cli
+from semisup.insertion import InsertionSettings
 
 log = logging.getLogger(__name__)
 
 VAL_CGC_BATCH = 128  # fixed, so the InfoNCE value is comparable between checkpoints
+# What --metrics names: top-1/top-5, Content Heatmap, validation CGC loss, kNN, insertion / deletion AUC.
+METRICS = ("top1", "ch", "cgc-loss", "knn", "iauc", "dauc")
+FULL_METRICS = {"top1", "ch", "cgc-loss", "knn"}  # a run's final and best evaluation
 
 
 def released_swav_cams(features: torch.Tensor, classes: torch.Tensor) -> torch.Tensor | None:
@@ -79,20 +83,36 @@ class Evaluator:
     def _shard(self, items: list) -> list:
         return items[self.dist.rank::self.dist.world]
 
-    @torch.inference_mode()
-    def run(self, model, progress: bool = True, full: bool = True) -> dict:
-        """Returns dict of top1, top5 (percent), bad_val_images, eval_seconds and, with ``full``,
-        ch, ch_strict, ch_released_swav (percent), ch_zero (count), ch_images, cgc_val_loss,
-        knn_top1 (percent)."""
+    def run(self, model, progress: bool = True, full: bool = True, metrics: set[str] | None = None,
+            insertion: "InsertionSettings | None" = None) -> dict:
+        """Returns dict of top1, top5 (percent), bad_val_images, eval_seconds and, with ``full``
+        (or as ``metrics`` names them, :data:`METRICS`), cgc_val_loss; ch, ch_strict,
+        ch_released_swav (percent), ch_zero (count), ch_images; knn_top1 (percent); iauc, dauc
+        (percent, ``semisup.insertion`` with ``insertion`` settings, the released ones by default)."""
+        metrics = set(metrics) if metrics is not None else (FULL_METRICS if full else {"top1"})
         model.eval()
         start = time.time()
-        results = self.classify(model, progress, full)
-        features, labels = results.pop("_features"), results.pop("_labels")
-        if full:
-            results.update(self.content_heatmap(model, progress))
-            results["knn_top1"] = self.knn(model, features, labels, progress)
+        with torch.inference_mode():
+            results = self.classify(model, progress, features="knn" in metrics, cgc="cgc-loss" in metrics)
+            features, labels = results.pop("_features"), results.pop("_labels")
+            if "ch" in metrics:
+                results.update(self.content_heatmap(model, progress))
+            if "knn" in metrics:
+                results["knn_top1"] = self.knn(model, features, labels, progress)
+        if metrics & {"iauc", "dauc"}:
+            results.update(self.insertion(model, insertion or InsertionSettings(size=self.cfg.image_size), metrics, progress))
+            model.eval()
         results["eval_seconds"] = round(time.time() - start, 1)
         return results
+
+    def insertion(self, model, settings: "InsertionSettings", metrics: set[str], progress: bool) -> dict:
+        """Insertion / deletion AUC of the validation images (or the first --max-eval-images), in
+        file order, as released (``semisup.insertion``); one process."""
+        from semisup.insertion import CAM_BATCH, InsertionDataset, insertion_metrics
+        dataset = InsertionDataset(self.bundle.val.source, self.indices, settings.size)
+        loader = DataLoader(dataset, batch_size=CAM_BATCH, shuffle=False, num_workers=self.cfg.workers)
+        batches = tqdm(loader, desc="eval insertion/deletion", disable=not self._bars(progress), leave=False)
+        return insertion_metrics(model, batches, settings, self.device, metrics=tuple(m for m in ("iauc", "dauc") if m in metrics))
 
     def _bars(self, progress: bool) -> bool:
         """Progress bars on the main process, and only where a person watches a terminal (a Slurm
@@ -105,9 +125,10 @@ class Evaluator:
         dtype = D.amp_dtype(self.cfg, self.device)
         return torch.autocast(self.device.type, dtype=dtype) if dtype is not None else nullcontext()
 
-    def classify(self, model, progress: bool, full: bool = True) -> dict:
-        """Top-1/top-5 on Resize + CenterCrop; with ``full`` also features for kNN and the
-        validation CGC loss."""
+    def classify(self, model, progress: bool, features: bool = True, cgc: bool = True) -> dict:
+        """Top-1/top-5 on Resize + CenterCrop; with ``features`` also the pooled features for kNN,
+        with ``cgc`` the validation CGC loss."""
+        full = features or cgc
         cfg = self.cfg
         dataset = EvalDataset(self.bundle.val.source, cfg.resize_size, cfg.image_size, self.indices)
         batches = self._shard([list(range(i, min(i + VAL_CGC_BATCH, len(dataset)))) for i in range(0, len(dataset), VAL_CGC_BATCH)])
@@ -128,7 +149,7 @@ class Evaluator:
                 continue
             feats.append(F.normalize(features.float().mean((2, 3)), dim=1))
             labels.append(target)
-            if len(target) > 1:
+            if cgc and len(target) > 1:
                 loss = self._cgc_loss(model, images, logits, features, target, batch["index"])
                 sums[3] += loss * len(target)
                 sums[4] += len(target)
@@ -136,7 +157,7 @@ class Evaluator:
         n = max(sums[2].item(), 1)
         out = dict(top1=100 * sums[0].item() / n, top5=100 * sums[1].item() / n, bad_val_images=int(sums[5].item()),
                    _features=torch.cat(feats) if feats else None, _labels=torch.cat(labels) if labels else None)
-        if full:
+        if cgc:
             out["cgc_val_loss"] = sums[3].item() / max(sums[4].item(), 1)
         return out
 
@@ -234,6 +255,7 @@ def format_results(rows: list[dict]) -> str:
     script), CGC loss, kNN."""
     columns = [("top-1", "top1", 8, 2), ("top-5", "top5", 8, 2), ("CH", "ch", 8, 2), ("CH strict", "ch_strict", 11, 2),
                ("CH rel.SwAV", "ch_released_swav", 13, 2), ("CGC loss", "cgc_val_loss", 10, 4), ("kNN", "knn_top1", 8, 2)]
+    columns += [c for c in (("IAUC", "iauc", 8, 2), ("DAUC", "dauc", 8, 2)) if any(c[1] in r for r in rows)]
     header = f"{'method':<26}" + "".join(f"{title:>{width}}" for title, _, width, _ in columns)
     lines = [header, "-" * len(header)]
     for r in rows:
@@ -241,54 +263,128 @@ def format_results(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _metric_list(text: str) -> set[str]:
+    names = {m.strip() for m in text.split(",") if m.strip()}
+    unknown = sorted(names - set(METRICS))
+    if unknown or not names:
+        raise UsageError(f"--metrics {text!r}: {'unknown ' + ', '.join(unknown) if unknown else 'empty'}; choose from {','.join(METRICS)}")
+    return names
+
+
+def _weights_model(args) -> tuple:
+    """(model, cfg, report) for --weights: a torchvision, released-CGC or SwAV file evaluated on
+    --data (the demo without it) with this project's evaluation settings."""
+    from semisup.config import make_config
+    from semisup.models import load_weights
+    model, report = load_weights(args.weights, args.arch)
+    fraction = args.labeled_fraction if args.labeled_fraction is not None else (0.01 if "knn" in args.metrics and args.data else 1.0)
+    values = dict(data=args.data, val_boxes=args.val_boxes, val_labels=args.val_labels, arch=args.arch, pretrained=None,
+                  labeled_fraction=fraction, cgc_weight=0.0, ce_baseline="plain", workers=args.workers,
+                  max_eval_images=args.max_eval_images, splits_dir=args.splits_dir)
+    values.update({k: v for k, v in dict(ch_short_side=args.ch_short_side, image_size=args.image_size, resize_size=args.resize_size).items()
+                   if v is not None})
+    cfg = make_config({k: v for k, v in values.items() if v is not None or k == "pretrained"})
+    if not report["head"]:
+        asked = args.metrics - {"knn", "ch"}
+        if asked:
+            raise UsageError(f"--weights {args.weights} has no classification head (a self-supervised trunk): it can give kNN and "
+                             f"the released SwAV CH (--metrics knn,ch), not {','.join(sorted(asked))}")
+    return model, cfg, report
+
+
 @cli
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(description="Evaluate checkpoints: top-1/top-5, Content Heatmap, CGC loss, kNN; gallery PNG.")
-    parser.add_argument("--checkpoint", required=True, help="checkpoint.pt written by semisup/run.py")
-    parser.add_argument("--compare", help="a second checkpoint: its heatmaps go beside the first's in the gallery, its metrics below")
-    parser.add_argument("--data", help="dataset root (default: the one the run used)")
-    parser.add_argument("--val-boxes", help="validation boxes (VOC XML folder or CUB bounding_boxes.txt)")
-    parser.add_argument("--val-labels", help="labels for a flat val/ folder")
-    parser.add_argument("--ch-short-side", type=int, help="shorter side for Content Heatmap (published: 448)")
-    parser.add_argument("--ch-protocol", choices=["published", "released-swav", "both"], default="both",
-                        help="'published': the released CH scripts (all-zero maps count as uniform; strict CH and the zero "
-                             "count beside it); 'released-swav': evaluate_swav_imagenet_gradcam_energy_inside_bbox.py as "
-                             "released, which explains layer4 feature channel c instead of class c (FIDELITY.md); 'both'")
-    parser.add_argument("--max-eval-images", type=int, help="evaluate at most this many validation images")
-    parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--gallery", type=int, default=16, help="images in the gallery PNG (0: none)")
-    parser.add_argument("--out", help="folder for eval.jsonl and gallery PNG (default: the first checkpoint's folder)")
+    parser = argparse.ArgumentParser(description="Evaluate checkpoints: top-1/top-5, Content Heatmap, CGC loss, kNN, insertion and "
+                                                 "deletion AUC; gallery PNG.")
+    which = parser.add_argument_group("what to evaluate (one of)")
+    which.add_argument("--checkpoint", help="checkpoint.pt or model_best.pt written by semisup/run.py")
+    which.add_argument("--weights", help="any other weights file: torchvision's ResNet files, the released CGC checkpoints "
+                                         "({'state_dict': {'module.…'}}), a SwAV trunk (kNN and released-SwAV CH only); with --arch")
+    which.add_argument("--arch", help="with --weights: the architecture (resnet18, resnet50, ...)")
+    which.add_argument("--compare", help="a second checkpoint: its heatmaps go beside the first's in the gallery, its metrics below")
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", help="dataset root (default: the one the run used; with --weights: the demo without it)")
+    data.add_argument("--val-boxes", help="validation boxes (VOC XML folder or CUB bounding_boxes.txt)")
+    data.add_argument("--val-labels", help="labels for a flat val/ folder")
+    data.add_argument("--labeled-fraction", type=float, help="with --weights: the labeled subset used as the kNN bank (default "
+                                                                 "0.01 when knn is asked on --data, else all of train/)")
+    data.add_argument("--splits-dir", help="with --weights: folder of the split files (default: the project's splits/)")
+    data.add_argument("--max-eval-images", type=int, help="evaluate at most this many validation images")
+    metrics = parser.add_argument_group("metrics")
+    metrics.add_argument("--metrics", type=_metric_list, default=None,
+                         help=f"comma-separated, from {','.join(METRICS)} (default: top1,ch,cgc-loss,knn; with --weights "
+                              "top1,ch,cgc-loss)")
+    metrics.add_argument("--image-size", type=int, help="with --weights: crop size of top-1 and of insertion (default 224)")
+    metrics.add_argument("--resize-size", type=int, help="with --weights: shorter side before the top-1 crop (default 256)")
+    metrics.add_argument("--ch-short-side", type=int, help="shorter side for Content Heatmap (published: 448)")
+    metrics.add_argument("--ch-protocol", choices=["published", "released-swav", "both"], default="both",
+                         help="'published': the released CH scripts (all-zero maps count as uniform; strict CH and the zero "
+                              "count beside it); 'released-swav': evaluate_swav_imagenet_gradcam_energy_inside_bbox.py as "
+                              "released, which explains layer4 feature channel c instead of class c (FIDELITY.md); 'both'")
+    metrics.add_argument("--iauc-subset", type=int, default=5000, help="insertion/deletion: images per subset, each with its "
+                                                                         "own train-mode saliency pass (released: 10 x 5,000)")
+    metrics.add_argument("--iauc-saliency", choices=["train", "eval"], default="train",
+                         help="insertion/deletion saliency: 'train' as released (BatchNorm on batches of 100, which also move the "
+                              "running statistics the scoring uses) or 'eval' (the model as it is)")
+    metrics.add_argument("--iauc-order", choices=["released", "stable"], default="released",
+                         help="insertion/deletion pixel order: 'released' (cv2.resize, numpy's argsort: its order among ties) or "
+                              "'stable' (F.interpolate and a stable sort on the device)")
+    system = parser.add_argument_group("system and output")
+    system.add_argument("--workers", type=int, default=4)
+    system.add_argument("--batch-size", type=int, default=64)
+    system.add_argument("--gallery", type=int, default=16, help="images in the gallery PNG (0: none)")
+    system.add_argument("--out", help="folder for eval.jsonl and gallery PNG (default: the first checkpoint's folder; with "
+                                      "--weights: eval-<file name>/)")
     args = parser.parse_args(argv)
+    if bool(args.checkpoint) == bool(args.weights):
+        raise UsageError("pass one of --checkpoint (a run's checkpoint) or --weights FILE --arch NAME")
+    if args.weights and not args.arch:
+        raise UsageError("--weights needs --arch (the file's architecture, e.g. resnet50)")
+    for flag in ("max_eval_images", "workers", "batch_size", "gallery", "iauc_subset", "ch_short_side", "image_size", "resize_size"):
+        value = getattr(args, flag)
+        if value is not None and (value < (0 if flag in ("workers", "gallery") else 1)):
+            raise UsageError(f"--{flag.replace('_', '-')}: must be >= {0 if flag in ('workers', 'gallery') else 1}, got {value}")
+    args.metrics = args.metrics or (FULL_METRICS if args.checkpoint else {"top1", "ch", "cgc-loss"})
     logging.basicConfig(level=logging.WARNING)
     from semisup.runs import build_data, load_run_model
 
-    overrides = dict(data=args.data, val_boxes=args.val_boxes, val_labels=args.val_labels, ch_short_side=args.ch_short_side,
-                     max_eval_images=args.max_eval_images, workers=args.workers)
-    paths = [args.checkpoint] + ([args.compare] if args.compare else [])
-    models, rows = [], []
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    bundle = None
-    for path in paths:
-        model, cfg, step = load_run_model(path, overrides)
-        bundle = bundle or build_data(cfg)
+    if args.weights:
+        model, cfg, report = _weights_model(args)
+        loaded = [(model, cfg, None, args.weights, Path(args.weights).name)]
+        head = report["head"]
+    else:
+        overrides = dict(data=args.data, val_boxes=args.val_boxes, val_labels=args.val_labels, ch_short_side=args.ch_short_side,
+                         max_eval_images=args.max_eval_images, workers=args.workers)
+        loaded = [(*load_run_model(p, overrides), p, f"{Path(p).parent.name}") for p in [args.checkpoint] + ([args.compare] if args.compare else [])]
+        loaded = [(m, c, step, p, f"{c.method} {name}") for m, c, step, p, name in loaded]
+        head = True
+    bundle = build_data(loaded[0][1])
+    models, rows = [], []
+    for model, cfg, step, path, name in loaded:
+        if head and model.fc.out_features != len(bundle.classes):
+            raise UserError(f"{path}: its head has {model.fc.out_features} classes, the dataset {len(bundle.classes)}; pass the --data it "
+                            "was trained for")
         model.to(device)
-        result = Evaluator(cfg, bundle, device, batch_size=args.batch_size).run(model)
+        settings = InsertionSettings(size=cfg.image_size, subset=args.iauc_subset, saliency_mode=args.iauc_saliency, order=args.iauc_order)
+        result = Evaluator(cfg, bundle, device, batch_size=args.batch_size).run(model, metrics=args.metrics, insertion=settings)
         dropped = {"published": ("ch_released_swav",), "released-swav": ("ch", "ch_strict", "ch_zero"), "both": ()}[args.ch_protocol]
+        if not head:  # a trunk: no class, so no top-1 or class explanation
+            dropped = dropped + ("top1", "top5", "ch", "ch_strict", "ch_zero")
         result = {k: v for k, v in result.items() if k not in dropped}
-        rows.append(dict(method=f"{cfg.method} {Path(path).parent.name}"[:25], checkpoint=str(path), step=step, **result))
+        rows.append(dict(method=name[:25], checkpoint=str(path), step=step, metrics=sorted(args.metrics), **result))
         models.append(model)
     print(format_results(rows))
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent
+    out = Path(args.out) if args.out else (Path(f"eval-{Path(args.weights).name}") if args.weights else Path(args.checkpoint).parent)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "eval.jsonl", "a") as f:
         for row in rows:
             f.write(json.dumps(dict(row, time=time.strftime("%Y-%m-%d %H:%M:%S"))) + "\n")
-    if args.gallery:
+    if args.gallery and head:
         from semisup.gallery import save_gallery
-        names = [Path(p).parent.name for p in paths]
+        names = [name for *_, name in loaded]
         png = save_gallery(models, names, bundle, cfg, device, out / ("gallery_compare.png" if args.compare else "gallery_eval.png"), count=args.gallery)
         print(f"gallery: {png}")
     print(f"results appended to {out / 'eval.jsonl'}")

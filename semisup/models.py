@@ -185,3 +185,41 @@ def _strip_prefixes(key: str) -> str:
             if key.startswith(prefix):
                 key, changed = key[len(prefix):], True
     return key
+
+
+def load_weights(path: str | Path, arch: str) -> tuple[CamResNet, dict]:
+    """A whole model from a weights file that semisup/run.py did not write: torchvision's ResNet
+    files (``fc.*``), the released CGC checkpoints (``{'state_dict': {'module.…'}}``, torchvision
+    names, or SwAV's with the classifier as ``projection_head``), or a SwAV / DeepCluster-v2 trunk
+    (no classifier: the model then has no head, ``report['head'] is False``). Every tensor the
+    model has must be in the file with its shape, and every tensor of the file must be used
+    (a pretraining head excepted); otherwise CheckpointError in one line.
+
+    Returns (model with ``num_classes`` from the file's head, report {loaded, head, num_classes})."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"--weights {path}: no such file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for garbage files
+        raise CheckpointError(f"--weights {path}: not a readable PyTorch file ({type(err).__name__})") from err
+    state = {_strip_prefixes(k): v for k, v in _extract_state_dict(obj, path).items()}
+    if "fc.weight" not in state and isinstance(state.get("projection_head.weight"), torch.Tensor):
+        # The released 1 % CGC models: a SwAV ResNet whose one-layer projection_head is the classifier.
+        state = {("fc." + k[len("projection_head."):] if k.startswith("projection_head.") else k): v for k, v in state.items()}
+    head = "fc.weight" in state
+    pretraining = [k for k in state if k.startswith(_SSL_HEAD_PREFIXES)] if not head else []
+    state = {k: v for k, v in state.items() if k not in pretraining}
+    num_classes = int(state["fc.weight"].shape[0]) if head else 1000
+    model = build_model(arch, num_classes)
+    expected = {k: v for k, v in model.state_dict().items() if head or not k.startswith("fc.")}
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unused = [k for k in state if k not in expected]
+    wrong = [f"{k}: file {tuple(state[k].shape)} vs {arch} {tuple(v.shape)}" for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if wrong or missing or unused:
+        detail = (f"{len(wrong)} tensors of another shape, e.g. {wrong[:2]}" if wrong else
+                  f"{len(missing)} of the model's tensors missing, e.g. {missing[:3]}" if missing else
+                  f"{len(unused)} tensors of the file unused, e.g. {unused[:3]}")
+        raise CheckpointError(f"--weights {path} is not a {arch} ({detail}); pass the --arch it was trained as")
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=False)  # every key checked above
+    return model, dict(loaded=len(state), head=head, num_classes=num_classes if head else None, ignored=pretraining)

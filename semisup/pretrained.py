@@ -28,13 +28,34 @@ CHECKPOINTS = {
     "swav_100ep": "swav_100ep_pretrain.pth.tar",
     "deepclusterv2_800ep": "deepclusterv2_800ep_pretrain.pth.tar",
     "torchvision_resnet50_v1": "resnet50-19c8e357.pth",  # the fine-grained recipes' start (models/resnet_multigpu_cgc.py)
+    # torchvision's ImageNet classifiers (IMAGENET1K_V1): the poster's cross-entropy rows, evaluated, not trained
+    "torchvision_resnet18": "resnet18-f37072fd.pth",
+    "torchvision_resnet50": "resnet50-0676ba61.pth",
 }
 # Where each file is published (the SwAV files under _BASE).
-URLS = {"torchvision_resnet50_v1": "https://download.pytorch.org/models/resnet50-19c8e357.pth"}
+URLS = {"torchvision_resnet50_v1": "https://download.pytorch.org/models/resnet50-19c8e357.pth",
+        "torchvision_resnet18": "https://download.pytorch.org/models/resnet18-f37072fd.pth",
+        "torchvision_resnet50": "https://download.pytorch.org/models/resnet50-0676ba61.pth"}
+# The architecture of each file (the SwAV / DeepCluster-v2 ones are ResNet-50 trunks).
+ARCHS = {"torchvision_resnet18": "resnet18"}
+# Whole classifiers (loaded with their head by `semisup.evaluate --weights`), not trunks.
+CLASSIFIERS = ("torchvision_resnet18", "torchvision_resnet50")
 
 
-def verify(path: Path, arch: str = "resnet50") -> dict:
-    from semisup.models import build_model, load_pretrained
+def verify(path: Path, arch: str = "resnet50", name: str | None = None) -> dict:
+    """Load ``path`` as the file ``name`` must be: torchvision's files carry the first digits of
+    their sha256 in their name (``resnet18-f37072fd.pth``), which must match; classifiers must
+    load whole (every tensor, head included), trunks as a ResNet trunk."""
+    from semisup.models import CheckpointError, build_model, load_pretrained, load_weights
+    path = Path(path)
+    if name in URLS and "download.pytorch.org" in URLS[name]:
+        prefix = path.name.rsplit(".", 1)[0].rsplit("-", 1)[-1]
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if not digest.startswith(prefix):
+            raise CheckpointError(f"{path}: sha256 {digest[:12]}... does not start with {prefix}, the digest torchvision publishes "
+                                  "in its name (a damaged or other file)")
+    if name in CLASSIFIERS:
+        return load_weights(path, arch)[1]
     return load_pretrained(build_model(arch, num_classes=1000), path)
 
 
@@ -44,9 +65,10 @@ def download(name: str, dest: Path = PRETRAINED_DIR) -> Path:
     from semisup.models import CheckpointError
     dest.mkdir(parents=True, exist_ok=True)
     path = dest / CHECKPOINTS[name]
+    arch = ARCHS.get(name, "resnet50")
     if path.is_file():
         try:
-            verify(path)
+            verify(path, arch, name)
         except CheckpointError as err:
             print(f"{path} fails verification ({err}); downloading it again (the old file is kept as {path.name}.failed)")
             path.replace(path.with_name(path.name + ".failed"))
@@ -60,9 +82,10 @@ def download(name: str, dest: Path = PRETRAINED_DIR) -> Path:
             raise UserError(f"could not download {url} ({err}); copy the file to {path} from a machine with network "
                             "access (it is verified when used)") from err
         part.replace(path)
-    report = verify(path)
+    report = verify(path, arch, name)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    print(f"{path}: {report['loaded']} trunk tensors verified, {report['unused']} unused entries; sha256 {digest}")
+    unused = "" if name in CLASSIFIERS else f", {report['unused']} unused entries"
+    print(f"{path}: {report['loaded']} tensors verified{unused}; sha256 {digest}")
     return path
 
 
@@ -77,8 +100,8 @@ def main(argv=None) -> int:
     if args.command == "download":
         download(args.name, args.dest)
     else:
-        report = verify(args.path or args.dest / CHECKPOINTS[args.name])
-        print(f"ok: {report['loaded']} trunk tensors matched")
+        report = verify(args.path or args.dest / CHECKPOINTS[args.name], ARCHS.get(args.name, "resnet50"), args.name)
+        print(f"ok: {report['loaded']} tensors matched")
     return 0
 
 

@@ -68,6 +68,28 @@ def _read_run(run_dir: Path) -> tuple[dict, Config] | None:
         return None
 
 
+def evaluated_later(run_dir: Path) -> dict:
+    """Metrics ``semisup/evaluate.py`` appended to the run's eval.jsonl for its final checkpoint
+    (insertion / deletion AUC are not part of a run's own evaluation): the latest of each."""
+    found = {}
+    path = run_dir / "eval.jsonl"
+    if not path.is_file():
+        return found
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        print(f"note: {path} is unreadable; its metrics are left out", file=sys.stderr)
+        return found
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a kill: the others still count
+        if isinstance(row, dict) and Path(str(row.get("checkpoint", ""))).name == "checkpoint.pt":
+            found.update({k: row[k] for k in ("iauc", "dauc") if isinstance(row.get(k), (int, float))})
+    return found
+
+
 def load_runs(run_dirs: list[str | Path], settings: tuple[str, ...] = (), quiet: bool = False) -> pd.DataFrame:
     """One row per finished run and seed: its settings (``settings`` adds those config keys as
     columns; ``signature`` holds all that change results) and final metrics. A rerun of the
@@ -90,6 +112,7 @@ def load_runs(run_dirs: list[str | Path], settings: tuple[str, ...] = (), quiet:
                          dataset="demo" if cfg.is_demo else Path(cfg.data).name, seed=cfg.seed, max_eval_images=cfg.max_eval_images,
                          signature=_signature(cfg.to_dict(), method), finished=(run_dir / "final.json").stat().st_mtime,
                          **{k: final["final"].get(k) for k in ("top1", "top5", "ch", "ch_strict", "ch_released_swav", "cgc_val_loss", "knn_top1")},
+                         **{k: None for k in ("iauc", "dauc")}, **evaluated_later(run_dir),
                          **{f"best_{k}": (final.get("best") or {}).get(k) for k in ("epoch", "top1", "top5", "ch")},
                          **{k: getattr(cfg, k) for k in settings}))
     runs = pd.DataFrame(rows)
@@ -170,7 +193,8 @@ def limited_label_table(runs: pd.DataFrame) -> pd.DataFrame:
     table = aggregate(runs, ["dataset", "Labeled", "start", "method"],
                       {"Top-1": ("top1", 2), "Top-5": ("top5", 2), "CH": ("ch", 2), "CH strict": ("ch_strict", 2),
                        "CH rel. SwAV": ("ch_released_swav", 2), "CGC Loss": ("cgc_val_loss", 4), "kNN": ("knn_top1", 2),
-                       "Top-1 best*": ("best_top1", 2), "CH best*": ("best_ch", 2)})
+                       "IAUC": ("iauc", 2), "DAUC": ("dauc", 2), "Top-1 best*": ("best_top1", 2), "CH best*": ("best_ch", 2)})
+    table = table.drop(columns=[c for c in ("IAUC", "DAUC") if (table[c] == "–").all()])
     table["method"] = table["method"].map(METHOD_NAMES)
     return table.rename(columns={"dataset": "Dataset", "start": "Start", "method": "Method"})
 
@@ -180,7 +204,9 @@ def full_supervision_table(runs: pd.DataFrame) -> pd.DataFrame:
     if runs.empty:
         return pd.DataFrame()
     table = aggregate(runs, ["dataset", "arch", "method"],
-                      {"Top-1": ("top1", 2), "CH": ("ch", 2), "CGC Loss": ("cgc_val_loss", 4), "Top-1 best*": ("best_top1", 2)})
+                      {"Top-1": ("top1", 2), "CH": ("ch", 2), "CGC Loss": ("cgc_val_loss", 4), "IAUC": ("iauc", 2), "DAUC": ("dauc", 2),
+                       "Top-1 best*": ("best_top1", 2)})
+    table = table.drop(columns=[c for c in ("IAUC", "DAUC") if (table[c] == "–").all()])
     table["method"] = table["method"].map(METHOD_NAMES)
     return table.rename(columns={"dataset": "Dataset", "arch": "Architecture", "method": "Method"})
 

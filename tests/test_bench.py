@@ -8,7 +8,7 @@ from semisup import bench
     ["step", "--arch", "resnet_tiny", "--batch", "2", "--image-size", "64", "--repeats", "1"],
     ["loss", "--batch", "8", "--repeats", "1"],
     ["loader", "--images", "4", "--repeats", "1"],
-    ["eval", "--arch", "resnet_tiny", "--images", "4", "--batch", "2", "--short-side", "64", "--repeats", "1"],
+    ["eval", "--arch", "resnet_tiny", "--images", "4", "--batch", "2", "--short-side", "64", "--image-size", "48", "--repeats", "1"],
     ["gpu", "--device", "cpu", "--arch", "resnet_tiny", "--batch", "2", "--image-size", "64", "--repeats", "1", "--images", "4",
      "--no-compile"],
 ])
@@ -19,6 +19,7 @@ def test_benchmark_runs_and_reports(argv, capsys):
         assert row["relative_difference"] < 1e-3
     if argv[0] == "eval":
         assert row["ch_abs_difference"] < 1e-4  # percent: 1e-6 as a fraction
+        assert row["insertion_scored_images_per_image"] == 2 * 7 and 0 <= row["iauc"] <= 100  # 48 px: 6 steps of 8 rows
     if argv[0] == "step":
         assert row["step_s"] > 0 and row["floor_s"] > 0 and row["peak_mb"] > 0
     if argv[0] == "loader":
