@@ -422,6 +422,9 @@ def bench_plan(args):
                               labeled=args.labeled or plan.RunShape.labeled)
     result = plan.plan(shape, rates, gpus=args.gpus, cores=args.cores, decode=args.decode)
     print(plan.format_plan(result))
+    result["insertion_deletion_auc_s"] = plan.insertion_seconds(shape.val_images, rates, args.gpus)
+    print(f"after the run: insertion + deletion AUC of one checkpoint (evaluate.py --metrics iauc,dauc) "
+          f"{result['insertion_deletion_auc_s'] / 60:.1f}m at the GPU's top-1 rate (float32 scoring may be slower)")
     return emit(bench="plan", **{k: v for k, v in result.items() if k != "parts"}, parts=result["parts"])
 
 

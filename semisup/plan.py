@@ -111,6 +111,13 @@ def plan(shape: RunShape, rates: Rates, gpus: int = 1, cores: int = 16, decode: 
                 total_h=total / 3600, bounded_by=f"{longest} ({rows[longest]['bound']})")
 
 
+def insertion_seconds(val_images: int, rates: Rates, gpus: int = 1, steps: int = 29) -> float:
+    """``evaluate.py --metrics iauc,dauc`` on ``val_images``: the saliency pass at 224 and, per
+    metric, ``steps`` scored copies of every image (forwards at the top-1 rate); after a run,
+    not part of it."""
+    return val_images * (1 + 2 * steps) / (rates.infer_images_per_s * gpus)
+
+
 def format_plan(result: dict) -> str:
     node = result["node"]
     lines = [f"node: {node['gpus']} GPU(s), {node['cores']} cores, decode on {node['decode']}"]

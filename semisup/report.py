@@ -112,7 +112,7 @@ def load_runs(run_dirs: list[str | Path], settings: tuple[str, ...] = (), quiet:
                          dataset="demo" if cfg.is_demo else Path(cfg.data).name, seed=cfg.seed, max_eval_images=cfg.max_eval_images,
                          signature=_signature(cfg.to_dict(), method), finished=(run_dir / "final.json").stat().st_mtime,
                          **{k: final["final"].get(k) for k in ("top1", "top5", "ch", "ch_strict", "ch_released_swav", "cgc_val_loss", "knn_top1")},
-                         **{k: None for k in ("iauc", "dauc")}, **evaluated_later(run_dir),
+                         **{"iauc": None, "dauc": None, **evaluated_later(run_dir)},
                          **{f"best_{k}": (final.get("best") or {}).get(k) for k in ("epoch", "top1", "top5", "ch")},
                          **{k: getattr(cfg, k) for k in settings}))
     runs = pd.DataFrame(rows)

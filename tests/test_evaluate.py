@@ -184,6 +184,13 @@ def test_report_never_averages_different_settings_and_counts_distinct_seeds(tmp_
     fake_run(tmp_path / "c0", "cgc", 0.01, 0, 30.0, 40.0, weight=0.1, epochs=2)
     fake_run(tmp_path / "a0-2", "cgc", 0.01, 0, 56.0, 47.0, weight=0.1)  # run.py's folder for a rerun of the same seed
     fake_run(tmp_path / "d0", "cgc", 0.01, 1, 20.0, 30.0, weight=0.1, max_eval_images=64)
+    # Insertion AUC, appended by evaluate.py for the final checkpoint (a later line wins; a cut line is skipped).
+    for seed, value in enumerate((60.0, 62.0, 64.0)):
+        run = tmp_path / ("a0-2" if seed == 0 else f"a{seed}")
+        lines = [json.dumps(dict(checkpoint=str(run / "checkpoint.pt"), iauc=value - 10)),
+                 json.dumps(dict(checkpoint=str(run / "model_best.pt"), iauc=0.0)),
+                 json.dumps(dict(checkpoint=str(run / "checkpoint.pt"), iauc=value, dauc=10.0)), '{"checkpoint": "cut']
+        (run / "eval.jsonl").write_text("\n".join(lines))
     table = limited_label_table(load_runs(sorted(tmp_path.iterdir())))
     assert "same settings and seed 0" in capsys.readouterr().err
     rows = {row["Settings"]: row for row in table.to_dict("records")}
@@ -191,6 +198,7 @@ def test_report_never_averages_different_settings_and_counts_distinct_seeds(tmp_
                          "lambda 0.1, epochs 2, max-eval-images none", "lambda 0.1, epochs 50, max-eval-images 64"}, table
     a = rows["lambda 0.1, epochs 50, max-eval-images none"]
     assert a["Seeds"] == 3 and a["Top-1"] == "56.33 ± 0.58"  # seeds 0 (the newer run), 1, 2: never the 2-epoch or 0.5 run
+    assert a["IAUC"] == "62.00 ± 2.00" and a["DAUC"] == "10.00 ± 0.00"
     assert rows["lambda 0.5, epochs 50, max-eval-images none"]["Top-1"] == "40.00"
     assert rows["lambda 0.1, epochs 2, max-eval-images none"]["Top-1"] == "30.00"
     assert rows["lambda 0.1, epochs 50, max-eval-images 64"]["Seeds"] == "1 (evaluated on ≤ 64 val images)"
