@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from semisup import cgc
 from semisup import transforms as T
+from semisup.errors import Parser
 
 
 def machine() -> str:
@@ -410,7 +411,12 @@ def bench_plan(args):
     from semisup import plan
     from semisup.config import make_config
     if args.rates:
-        rates = plan.Rates(**json.loads(Path(args.rates).read_text())["rates"])
+        from semisup.errors import UsageError
+        from semisup.files import read_json
+        try:
+            rates = plan.Rates(**read_json(Path(args.rates))["rates"])
+        except (KeyError, TypeError) as err:
+            raise UsageError(f"--rates {args.rates}: not the JSON `python -m semisup.bench gpu --out` writes ({type(err).__name__}: {err})") from err
     else:
         rates = plan.measured_rates(args.gpu)
     shape = plan.RunShape()
@@ -476,8 +482,23 @@ def bench_eval(args):
                 insertion_seconds_per_1000_images=1000 * insertion_s / n, iauc=auc["iauc"], dauc=auc["dauc"])
 
 
+# Smallest value of each numeric option (every one also finite).
+_MINIMUM = dict(batch=1, image_size=16, repeats=1, images=1, short_side=16, group=2, group_size=1, gpus=1, cores=1, labeled=1)
+
+
+def check_args(args) -> None:
+    """One line naming the option for a value no benchmark can run with."""
+    from semisup.errors import UsageError
+    for key, low in _MINIMUM.items():
+        value = getattr(args, key, None)
+        if value is not None and value < low:
+            raise UsageError(f"--{key.replace('_', '-')}: must be >= {low}, got {value}")
+    if args.rates and not Path(args.rates).is_file():
+        raise UsageError(f"--rates {args.rates}: no such file (write one with `python -m semisup.bench gpu --out FILE`)")
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="python -m semisup.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["step", "loss", "loader", "eval", "gpu", "plan"])
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--batch", type=int, help="per stream (step), heatmaps (loss), images per batch (eval)")
@@ -504,6 +525,7 @@ def main(argv=None):
     parser.add_argument("--config", help="plan: a run's YAML settings (default: the released 1 %% run)")
     parser.add_argument("--labeled", type=int, help="plan: labeled images (default 12,811)")
     args = parser.parse_args(argv)
+    check_args(args)
     argv = sys.argv[1:] if argv is None else argv
     args.passthrough = [a for a in argv[1:]]
     defaults = dict(step=16, loss=128, loader=None, eval=16, gpu=128, plan=None)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from semisup.errors import UserError
+from semisup.files import read_lines
 
 
 class BoxFileError(UserError, ValueError):
@@ -36,7 +37,7 @@ def parse_voc_xml(path: str | Path) -> ImageBoxes:
     path = Path(path)
     try:
         root = ET.parse(path).getroot()
-    except ET.ParseError as err:
+    except (ET.ParseError, OSError) as err:
         raise BoxFileError(f"{path}: not valid XML ({err}); re-extract the annotation archive") from err
     size = None
     node = root.find("size")
@@ -51,8 +52,17 @@ def parse_voc_xml(path: str | Path) -> ImageBoxes:
             xmin, ymin, xmax, ymax = (float(bndbox.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
         except (TypeError, ValueError) as err:
             raise BoxFileError(f"{path}: <bndbox> of {name} needs numeric xmin, ymin, xmax, ymax") from err
+        check_box(path, name, xmin - 1, ymin - 1, xmax, ymax)
         by_class.setdefault(name.strip(), []).append([xmin - 1, ymin - 1, xmax, ymax])
     return ImageBoxes(size, {k: np.array(v, dtype=np.float32) for k, v in by_class.items()})
+
+
+def check_box(where, name: str, xmin: float, ymin: float, xmax: float, ymax: float) -> None:
+    """A box must be finite and not empty or inverted: otherwise its image would score CH 0 (or
+    NaN) without a word."""
+    if not all(np.isfinite(v) for v in (xmin, ymin, xmax, ymax)) or xmax <= xmin or ymax <= ymin:
+        raise BoxFileError(f"{where}: the box of {name} ({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g}) is empty, inverted or not finite; "
+                           "fix or remove that annotation")
 
 
 def load_voc_folder(folder: str | Path) -> dict[str, ImageBoxes]:
@@ -75,7 +85,7 @@ def load_cub_boxes(path: str | Path) -> dict[str, ImageBoxes]:
     if not images_txt.is_file():
         raise BoxFileError(f"{path}: CUB boxes need images.txt beside bounding_boxes.txt")
     names = {}
-    for n, line in enumerate(images_txt.read_text().splitlines(), 1):
+    for n, line in enumerate(read_lines(images_txt, "CUB images.txt"), 1):
         if line.strip():
             try:
                 image_id, rel = line.split()
@@ -83,7 +93,7 @@ def load_cub_boxes(path: str | Path) -> dict[str, ImageBoxes]:
                 raise BoxFileError(f"{images_txt}:{n}: expected '<id> <class>/<file>'") from err
             names[image_id] = rel
     out = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(read_lines(path, "--val-boxes"), 1):
         if not line.strip():
             continue
         try:
@@ -92,6 +102,7 @@ def load_cub_boxes(path: str | Path) -> dict[str, ImageBoxes]:
         except (ValueError, KeyError) as err:
             raise BoxFileError(f"{path}:{n}: expected '<id> <x> <y> <width> <height>' with an id listed in images.txt") from err
         x, y, w, h = map(float, (x, y, w, h))
+        check_box(f"{path}:{n}", rel, x, y, x + w, y + h)
         out[Path(rel).stem] = ImageBoxes(None, {Path(rel).parent.name: np.array([[x, y, x + w, y + h]], dtype=np.float32)})
     return out
 

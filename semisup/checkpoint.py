@@ -20,7 +20,11 @@ def save_atomic(obj: dict, path: Path, keep_previous: bool = False) -> None:
     ``path`` exists at every moment."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
+    try:
+        torch.save(obj, tmp)
+    except BaseException:  # a full disk: no half-written temporary file is left behind
+        tmp.unlink(missing_ok=True)
+        raise
     if keep_previous and path.exists():
         link = path.with_name(f".{path.name}.prev{os.getpid()}")
         link.unlink(missing_ok=True)
@@ -44,3 +48,13 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def remove_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files an earlier process of this run left when it was killed mid-write
+    (``.checkpoint.pt.tmp<pid>`` and the like). Only called by a process holding the run's lock."""
+    own = ("checkpoint.pt", "model_best.pt", "final.json", "metrics.csv", "progress.json", "config.yaml")
+    stale = [p for name in own for pattern in (f".{name}.tmp*", f".{name}.prev*") for p in Path(folder).glob(pattern) if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from semisup.errors import UsageError
+from semisup.errors import Parser, UsageError
 
 
 def _f(default, help: str, flags: tuple[str, ...] = (), choices=None, cli: bool = True, path: bool = False):
@@ -220,6 +220,8 @@ _RANGES = {
     "gallery": (lambda v: v >= 0, ">= 0"),
     "max_eval_images": (lambda v: v > 0, "> 0"),
     "cgc_warmup_epochs": (lambda v: v >= 0, ">= 0"),
+    "seed": (lambda v: 0 <= v < 2**32, "in [0, 2**32)"),
+    "split_seed": (lambda v: 0 <= v < 2**32, "in [0, 2**32)"),
 }
 _ARCHS = ("resnet_tiny", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2", "wide_resnet101_2",
           "resnext50_32x4d", "resnext101_32x8d")
@@ -330,7 +332,7 @@ def canonical_key(name: str) -> str | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         description="Semi-supervised fine-tuning with Contrastive Grad-CAM Consistency (CGC). Defaults are the published "
                     "1 % ImageNet recipe; without --data the demo preset applies to settings not given explicitly.")
     files = parser.add_argument_group("settings files")

@@ -21,6 +21,8 @@ from semisup import transforms as T
 
 log = logging.getLogger(__name__)
 
+# Images longer than this many times their width (or the reverse) are counted as unreadable.
+MAX_ASPECT = 20
 # Errors PIL and friends raise on truncated, corrupt or non-image files.
 DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 
@@ -67,6 +69,10 @@ class FileSource:
             warnings.simplefilter("ignore")  # EXIF and palette warnings on odd ImageNet files
             with Image.open(path) as img:
                 w, h = img.size
+                if max(w, h) > MAX_ASPECT * min(w, h):
+                    # Resizing a 4000 x 1 image to a shorter side of 448 makes a 3 x 448 x 1,792,000
+                    # tensor: such files are counted as unreadable instead.
+                    raise ValueError(f"{w} x {h} pixels: an aspect ratio beyond {MAX_ASPECT}:1")
                 if img.format == "JPEG" and img.mode in ("RGB", "L") and (min_side is None or min(w, h) < 2 * min_side):
                     decoded = _decode_jpeg_file(path, (h, w))
                     if decoded is not None:
@@ -98,20 +104,22 @@ def _decode_jpeg_file(path: str, hw: tuple[int, int]) -> torch.Tensor | None:
     return image if tuple(image.shape[-2:]) == tuple(hw) else None
 
 
-def load_good(source, index: int, min_side: int | None = None, read=None) -> tuple[object, int, int]:
-    """Decode ``index``, or the next decodable image after it; returns (image, its index, how
-    many unreadable files were skipped). A long run never dies on one bad file. ``read(i)``
-    replaces the decode (the GPU path reads bytes instead)."""
+def load_good(source, indices: np.ndarray, position: int, min_side: int | None = None, read=None) -> tuple[object, int, int]:
+    """Decode ``indices[position]``, or the next decodable image of ``indices`` after it (its own
+    split: an unreadable labeled image is replaced by another labeled one, never by a file
+    outside the split); returns (image, its source index, how many unreadable files were
+    skipped). A long run never dies on one bad file. ``read(i)`` replaces the decode (the GPU
+    path reads bytes instead)."""
     read = read or (lambda i: source.load(i, min_side=min_side))
     bad = 0
-    for attempt in range(len(source)):
-        i = (index + attempt) % len(source)
+    for attempt in range(len(indices)):
+        i = int(indices[(position + attempt) % len(indices)])
         try:
             return read(i), i, bad
         except DECODE_ERRORS as err:
             bad += 1
             log.warning("skipping unreadable image %s (%s)", source.name(i), err)
-    raise RuntimeError("no readable image in the dataset")
+    raise RuntimeError("no readable image in this stream's images")
 
 
 class TrainDataset(Dataset):
@@ -146,7 +154,7 @@ class TrainDataset(Dataset):
         # With --decode cpu-draft, where only the resized view is needed (no random crop), the JPEG
         # decoder may shrink large files on the fly. Random crops need full resolution.
         draft = self.draft and not self.crop
-        image, index, bad = load_good(self.source, int(self.indices[position]), min_side=self.resize if draft else None)
+        image, index, bad = load_good(self.source, self.indices, position, min_side=self.resize if draft else None)
         item = dict(label=int(self.source.labels[index]), bad=bad)
         if self.crop:
             item["image"] = T.random_crop_flip(image, self.size, self.scale, generator)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def load_demo(cache_dir: str | Path | None = None, size: int = 64, seed: int = 0
         try:
             with np.load(path) as z:
                 return _from_arrays(dict(z))
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             log.warning("demo cache %s unreadable; rebuilding it", path)
     arrays = _build(size, seed, cue_probability, train_renders, val_renders)
     cache_dir.mkdir(parents=True, exist_ok=True)

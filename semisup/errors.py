@@ -1,16 +1,27 @@
 """User errors and how every command-line entry point reports them.
 
 A mistake in what the user asked for or gave (a flag, a config file, a data folder, a checkpoint)
-ends in one line on stderr and a non-zero exit, on every rank; anything else is a bug and keeps
-its traceback. Exit codes: 2 = the command as given cannot run (a setting, a run directory);
+and an ordinary fault of the machine (a full disk, a removed or read-only folder: ``OSError``) end
+in one line on stderr and a non-zero exit, on every rank; anything else is a bug and keeps its
+traceback. Exit codes: 2 = the command as given cannot run (a setting, a run directory);
 1 = the run failed on its inputs or on the way (data, checkpoint, network, non-finite loss).
 """
 from __future__ import annotations
 
+import argparse
+import errno
 import functools
 import sys
 
 EXIT_FAILURE, EXIT_USAGE = 1, 2
+# What to check, by the errno of an OSError that reached a command.
+_OS_HINTS = dict(ENOSPC=" (the disk is full: free space, then rerun the same command)",
+                 EDQUOT=" (over the disk quota: free space, then rerun the same command)",
+                 EACCES=" (no permission: choose a folder you can write to)", EPERM=" (no permission: choose a folder you can write to)",
+                 EROFS=" (a read-only file system: choose a writable folder)",
+                 ENOENT=" (removed while the command ran, or never there)",
+                 EEXIST=" (a file is in the way where a folder is needed)", ENOTDIR=" (a file is in the way where a folder is needed)",
+                 EISDIR=" (a folder where a file is needed)")
 
 
 class UserError(Exception):
@@ -32,4 +43,18 @@ def cli(main):
         except UserError as err:
             print(f"error: {err}", file=sys.stderr)
             return err.exit_code
+        except OSError as err:  # an ordinary fault: a full disk, a removed or read-only folder, a permission
+            where = f": {err.filename}" if getattr(err, "filename", None) else ""
+            hint = _OS_HINTS.get(errno.errorcode.get(err.errno or 0, ""), "")
+            print(f"error: {err.strerror or err}{where}{hint}", file=sys.stderr)
+            return EXIT_FAILURE
     return wrapped
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse for every command: a mistake in the flags is one line, ``error: ...`` naming the
+    flag and where the help is, exit code 2, instead of argparse's usage block (the usage is in
+    ``--help``)."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see {self.prog} --help)")

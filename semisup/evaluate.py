@@ -34,7 +34,7 @@ from semisup import distributed as D
 from semisup import transforms as T
 from semisup.boxes import content_heatmap  # noqa: F401 (also part of this module's API)
 from semisup.data import EvalDataset
-from semisup.errors import UsageError, UserError, cli
+from semisup.errors import Parser, UsageError, UserError, cli
 from semisup.insertion import InsertionSettings
 
 log = logging.getLogger(__name__)
@@ -185,8 +185,9 @@ class Evaluator:
         undefined, e.g. no boxes). Heatmaps are resized and masked on the model's device."""
         val = self.bundle.val
         nan = float("nan")
+        undefined = dict(ch=None, ch_strict=None, ch_released_swav=None, ch_zero=0, ch_images=0)  # no boxes: CH is undefined, not 0
         if val.boxes is None:
-            return dict(ch=nan, ch_strict=nan, ch_released_swav=nan, ch_zero=0, ch_images=0)
+            return undefined
         raw = _unwrap(model)
         indices = [i for i in self.indices if val.boxes[i] is not None]  # CH is defined where boxes exist
         dataset = EvalDataset(val.source, self.cfg.ch_short_side, None, indices)
@@ -205,7 +206,10 @@ class Evaluator:
             sums += torch.stack([ch.sum().cpu(), strict.sum().cpu(), zero.sum().double().cpu(),
                                  torch.tensor(float(len(index)), dtype=torch.float64), swav_sum])
         sums = D.all_reduce_sum(sums.to(self.device)).cpu()
-        images = max(sums[3].item(), 1)
+        if sums[3].item() == 0:
+            log.warning("no evaluated image has a box of its class: Content Heatmap is undefined (check --val-boxes)")
+            return undefined
+        images = sums[3].item()
         return dict(ch=100 * sums[0].item() / images, ch_strict=100 * sums[1].item() / images,
                     ch_released_swav=100 * sums[4].item() / images, ch_zero=int(sums[2].item()), ch_images=int(sums[3].item()))
 
@@ -296,7 +300,7 @@ def _weights_model(args) -> tuple:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(description="Evaluate checkpoints: top-1/top-5, Content Heatmap, CGC loss, kNN, insertion and "
+    parser = Parser(description="Evaluate checkpoints: top-1/top-5, Content Heatmap, CGC loss, kNN, insertion and "
                                                  "deletion AUC; gallery PNG.")
     which = parser.add_argument_group("what to evaluate (one of)")
     which.add_argument("--checkpoint", help="checkpoint.pt or model_best.pt written by semisup/run.py")

@@ -47,3 +47,17 @@ def read_json(path: Path, kind: type | tuple[type, ...] = dict, what: str = "") 
     if not isinstance(value, kind):
         raise RunFileError(f"{path}: expected a JSON {getattr(kind, '__name__', 'value')}, got {type(value).__name__}{what}")
     return value
+
+
+def read_lines(path: Path, what: str) -> list[str]:
+    """The lines of a text file the user gave (``what`` says which, e.g. '--val-labels'); one line
+    naming it when it is missing, a folder, unreadable or not text."""
+    path = Path(path)
+    try:
+        return path.read_text().splitlines()
+    except UnicodeDecodeError as err:
+        raise UserError(f"{what} {path}: not a text file ({err.reason} at byte {err.start})") from err
+    except IsADirectoryError:
+        raise UserError(f"{what} {path}: a folder, not a file") from None
+    except OSError as err:
+        raise UserError(f"{what} {path}: cannot be read ({err.strerror or err})") from err

@@ -24,7 +24,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from semisup import transforms as T
-from semisup.data import load_good
+from semisup.data import MAX_ASPECT, load_good
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,8 @@ class EncodedTrainDataset(Dataset):
         """(data, H, W, encoded): the file's bytes, or PIL's pixels where nvJPEG cannot decode it."""
         path = self.source.name(i)
         h, w, jpeg = read_header(path)
+        if max(h, w) > MAX_ASPECT * min(h, w):
+            raise ValueError(f"{w} x {h} pixels: an aspect ratio beyond {MAX_ASPECT}:1")
         if jpeg:
             with open(path, "rb") as f:
                 return torch.frombuffer(bytearray(f.read()), dtype=torch.uint8), h, w, True
@@ -68,7 +70,7 @@ class EncodedTrainDataset(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> dict:
         position, seed = key
         generator = torch.Generator().manual_seed(seed)
-        (data, h, w, encoded), index, bad = load_good(self.source, int(self.indices[position]), read=self._read)
+        (data, h, w, encoded), index, bad = load_good(self.source, self.indices, position, read=self._read)
         item = dict(data=data, hw=torch.tensor([h, w]), encoded=encoded, label=int(self.source.labels[index]), bad=bad)
         if self.crop:
             item["crop"] = torch.tensor(T.draw_crop_flip(h, w, self.scale, generator), dtype=torch.long)

@@ -20,6 +20,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from semisup.boxes import load_boxes
 from semisup.errors import UserError
+from semisup.files import read_lines
 from semisup.data import DECODE_ERRORS, DataBundle, EvalSet, FileSource
 from semisup.splits import SPLITS_DIR, SplitError, resolve_labeled, synset_of
 
@@ -174,7 +175,7 @@ def build_validation(cfg, data: Path, classes: list[str]) -> tuple[EvalSet, dict
 def _flat_val_labels(cfg, files: list[str], boxes_by_id, val_root: Path) -> list[str]:
     if cfg.val_labels:
         table = {}
-        for n, line in enumerate(Path(cfg.val_labels).read_text().splitlines(), 1):
+        for n, line in enumerate(read_lines(Path(cfg.val_labels), "--val-labels"), 1):
             parts = line.split()
             if not parts:
                 continue

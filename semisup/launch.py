@@ -30,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from semisup.errors import UsageError, UserError
+from semisup.errors import Parser, UsageError, UserError
 from semisup.files import read_json, write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -216,7 +216,7 @@ def sweep_commands(path: Path, run_root: Path) -> tuple[str, list[tuple[str, lis
 
 # ---- submission -------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Submit semisup/run.py as a submitit job (Slurm, local or in-process debug).",
+    p = Parser(description="Submit semisup/run.py as a submitit job (Slurm, local or in-process debug).",
                                 usage="python jobs/submit.py [options] -- <run.py flags>")
     where = p.add_argument_group("where the job runs")
     where.add_argument("--cluster", default="auto", choices=["auto", "slurm", "local", "debug"],

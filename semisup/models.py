@@ -154,11 +154,18 @@ def verify_manifest(path: Path) -> dict | None:
     import hashlib
     import json
     sidecar = path.with_name(path.name + ".json")
-    if not sidecar.is_file():
+    if not sidecar.exists():
         return None
-    manifest = json.loads(sidecar.read_text())
+    if not sidecar.is_file():
+        raise CheckpointError(f"{sidecar}: a folder where the weights' manifest (a JSON file with their sha256) belongs")
+    try:
+        manifest = json.loads(sidecar.read_text())
+        expected = manifest["sha256"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{sidecar}: not a readable manifest with a 'sha256' ({type(err).__name__}); `git checkout -- {sidecar}` "
+                              "restores the shipped one") from err
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if digest != manifest["sha256"]:
+    if digest != expected:
         raise CheckpointError(f"{path}: sha256 {digest[:16]}... does not match {sidecar.name} ({manifest['sha256'][:16]}...); the "
                               f"file was changed or damaged: `git checkout -- {path}` restores it, or remake it with "
                               f"`{manifest.get('command', 'python -m semisup.pretrain')}`")

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from semisup import transforms as T
 from semisup.data import ArraySource, StreamSampler, TrainDataset
 from semisup.demo import VERSION, load_demo
-from semisup.errors import cli
+from semisup.errors import Parser, cli
 from semisup.models import build_model
 
 log = logging.getLogger(__name__)
@@ -200,7 +200,7 @@ def at_least_two(text: str) -> int:
 
 @cli
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="python -m semisup.pretrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=at_least_two, default=3000)
     parser.add_argument("--batch", type=at_least_two, default=128, help="images per step (at least 2: the others are the negatives)")
     parser.add_argument("--lr", type=float, default=0.3)

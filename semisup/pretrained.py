@@ -17,7 +17,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from semisup.errors import UserError, cli
+from semisup.errors import Parser, UserError, cli
 
 PRETRAINED_DIR = Path(__file__).resolve().parents[1] / "pretrained"
 _BASE = "https://dl.fbaipublicfiles.com/deepcluster/"
@@ -91,7 +91,7 @@ def download(name: str, dest: Path = PRETRAINED_DIR) -> Path:
 
 @cli
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="python -m semisup.pretrained", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["download", "verify"])
     parser.add_argument("--name", choices=sorted(CHECKPOINTS), default="swav_800ep")
     parser.add_argument("--path", type=Path, help="with verify: the file to check")

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from semisup.config import Config, load_saved_config
-from semisup.errors import UsageError, UserError, cli
+from semisup.errors import Parser, UsageError, UserError, cli
 from semisup.files import RunFileError, read_json
 
 METHOD_NAMES = {"ce": "Cross-entropy", "ce-script": "Cross-entropy (CGC script, λ 0)", "cgc": "CGC", "gcc": "GCC (L2)"}
@@ -227,7 +227,7 @@ def ablation_table(runs: pd.DataFrame, setting: str) -> pd.DataFrame:
 
 @cli
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dirs", nargs="+")
     parser.add_argument("--out", type=Path, help="write results.md, results_*.csv and the plots (tradeoff.png, curves.png, "
                                                    "gallery_*.png) here")
@@ -239,8 +239,8 @@ def main(argv=None) -> int:
     class_names = read_class_names(args.class_names) if args.class_names else None
     runs = load_runs(args.run_dirs)
     if runs.empty:
-        print("no finished runs found", file=sys.stderr)
-        return 1
+        raise UserError(f"no finished runs among the {len(args.run_dirs)} folder(s) given (a run directory holds final.json and "
+                        "config.yaml; the lines above say why each was skipped)")
     sections = [("Limited labels", limited_label_table(runs)), ("Full supervision", full_supervision_table(runs))]
     text = []
     for title, table in sections:

@@ -80,16 +80,24 @@ def prepare_run_dir(cfg: Config, check_holder: bool = True) -> RunDir:
 
 
 def _saved_config(path: Path) -> Config | None:
-    """The settings the run in ``path`` was started with: config.yaml, else the checkpoint's."""
+    """The settings the run in ``path`` trained with: the checkpoint's own record (what the
+    weights were trained under), else config.yaml. A config.yaml that disagrees with the
+    checkpoint was edited by hand: refused, naming the keys, rather than believed."""
     from semisup import checkpoint as ckpt
     from semisup.config import config_from_dict
-    if (path / "config.yaml").exists():
-        return load_saved_config(path / "config.yaml")
     try:
         state = ckpt.load(path / "checkpoint.pt")
+        recorded = config_from_dict(state["config"]) if isinstance(state, dict) and isinstance(state.get("config"), dict) else None
     except Exception:  # unreadable: reported by the resume itself
-        return None
-    return config_from_dict(state["config"]) if isinstance(state.get("config"), dict) else None
+        recorded = None
+    if not (path / "config.yaml").exists():
+        return recorded
+    written = load_saved_config(path / "config.yaml")
+    edited = differing_keys(written, recorded) if recorded is not None else []
+    if edited:
+        raise RunDirError(f"{path / 'config.yaml'} disagrees with the checkpoint's own record of its settings ({', '.join(edited)}): "
+                          "the checkpoint's are what the run trained with; restore config.yaml, or resume with those settings")
+    return recorded or written
 
 
 def archive_previous(path: Path) -> Path | None:

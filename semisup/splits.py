@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from semisup.errors import UserError, cli
+from semisup.errors import Parser, UserError, cli
 
 SPLITS_DIR = Path(__file__).resolve().parents[1] / "splits"
 _SOURCE = "https://raw.githubusercontent.com/google-research/simclr/master/imagenet_subsets/"
@@ -36,13 +36,22 @@ def synset_of(name: str) -> str:
 def read_split(path: str | Path) -> list[str]:
     """File names listed in a split file, one per line; malformed lines are errors naming the line."""
     path = Path(path)
-    names = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError as err:
+        raise SplitError(f"{path}: not a text file ({err.reason} at byte {err.start}); a split file has one training file name a line") from err
+    except OSError as err:
+        raise SplitError(f"{path}: cannot be read ({err.strerror or err}); a split file has one training file name a line") from err
+    names, seen = [], {}
+    for n, line in enumerate(lines, 1):
         name = line.strip()
         if not name:
             continue
         if "_" not in name or "/" in name or " " in name:
             raise SplitError(f"{path}:{n}: expected a training file name like n01440764_10026.JPEG, got {name!r}")
+        if name in seen:  # it would train on that image twice as often as on the others
+            raise SplitError(f"{path}:{n}: {name} is listed again (first on line {seen[name]}); each labeled file once")
+        seen[name] = n
         names.append(name)
     if not names:
         raise SplitError(f"{path}: empty split file")
@@ -141,7 +150,7 @@ def download(dest: Path = SPLITS_DIR) -> None:
 
 @cli
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="python -m semisup.splits", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["download"])
     parser.add_argument("--dest", type=Path, default=SPLITS_DIR)
     args = parser.parse_args(argv)

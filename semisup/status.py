@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from semisup.errors import UserError, cli
+from semisup.errors import Parser, UserError, cli
 from semisup.files import RunFileError, read_json
 
 
@@ -165,7 +165,7 @@ def status_table(root: Path) -> pd.DataFrame:
 
 @cli
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_root", type=Path, help="a run directory or a folder of them")
     args = parser.parse_args(argv)
     if not run_dirs(args.run_root):

@@ -60,12 +60,25 @@ class UnreadableCheckpoint(UserError, RuntimeError):
 LOG_FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """A console handler that writes to whatever ``sys.stderr`` is when a line is logged (a
+    progress bar's redirect, a caller that swapped it), never to a stream closed since."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def setup_logging(is_main: bool) -> None:
     """Console logging: only this package speaks at INFO, and only on rank 0."""
     root = logging.getLogger()
     if getattr(root, "_semisup_configured", False):
         return
-    handler = logging.StreamHandler()
+    handler = _CurrentStderr()
     handler.setFormatter(LOG_FORMAT)
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
@@ -241,6 +254,13 @@ class Trainer:
             ckpt.save_atomic(self.state(), self.run_dir / "checkpoint.pt", keep_previous=True)
         D.barrier()
 
+    @staticmethod
+    def unusable_checkpoint(path: Path, what: str) -> "UnreadableCheckpoint":
+        prev = ckpt.previous(path)
+        earlier = (f"the previous checkpoint {prev} is kept: `mv {prev} {path}` resumes from it"
+                   if prev.exists() else "no earlier checkpoint exists")
+        return UnreadableCheckpoint(f"{path} {what}; {earlier}; or `mv {path} {path}.damaged` to start the run anew")
+
     def resume(self) -> bool:
         path = self.run_dir / "checkpoint.pt"
         if not path.exists():
@@ -248,11 +268,12 @@ class Trainer:
         try:
             state = ckpt.load(path)
         except Exception as err:  # torch raises several types for a truncated or damaged file
-            prev = ckpt.previous(path)
-            what = (f"the previous checkpoint {prev} is kept: `mv {prev} {path}` resumes from it"
-                    if prev.exists() else "no earlier checkpoint exists")
-            raise UnreadableCheckpoint(f"{path} cannot be read, truncated or damaged ({type(err).__name__}); {what}; "
-                                       "--overwrite starts the run anew") from err
+            raise self.unusable_checkpoint(path, f"cannot be read, truncated or damaged ({type(err).__name__})") from err
+        missing = [k for k in ("model", "optimizer", "scaler", "step", "epoch_sums", "bad_images", "best", "rng")
+                   if not isinstance(state, dict) or k not in state]
+        if missing:
+            raise self.unusable_checkpoint(path, f"is not a checkpoint to resume from (no {', '.join(missing)}: a model_best.pt "
+                                                 "copied over it?)")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
@@ -531,8 +552,10 @@ def run_training(cfg: Config) -> tuple[dict, Trainer]:
     run, file_log = None, None
     try:
         run = prepare_run_dir(cfg, check_holder=dist.is_main)
+        created = not run.path.exists()  # only a folder this run made is removed again if it fails to start
         if dist.is_main:
             acquire_lock(run.path)
+            ckpt.remove_temporaries(run.path)  # left by a process of this run killed mid-write
         D.barrier()
         setup_logging(dist.is_main)
         log.info("%s", run.note)
@@ -558,7 +581,7 @@ def run_training(cfg: Config) -> tuple[dict, Trainer]:
             file_log.close()
         if run is not None and dist.is_main:
             release_lock(run.path)
-            if run.path.is_dir() and not any(run.path.iterdir()):
+            if created and run.path.is_dir() and not any(run.path.iterdir()):
                 run.path.rmdir()  # a run that failed before writing anything leaves no empty folder behind
         D.cleanup()
 
