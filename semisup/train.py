@@ -461,7 +461,7 @@ class Trainer:
         per_process = self.batch_l if self.pair_on_labeled else self.batch_u
         bn = ("each process' batch" if cfg.bn_geometry == "batch" else f"{self.geometry.local} replica(s) per process"
               if self.bn_processes == 1 else f"one replica over {self.bn_processes} processes (SyncBatchNorm)")
-        log.info("released replicas: %d of %d images; BatchNorm over %s; pair flip protocol %s%s", self.geometry.replicas,
+        log.info("released replicas: %d replica(s) of %d images; BatchNorm over %s; pair flip protocol %s%s", self.geometry.replicas,
                  cfg.group_size, bn, cfg.flip_protocol,
                  f"; InfoNCE: {self.negatives_per_anchor(per_process)} negatives per anchor"
                  if cfg.cgc_weight > 0 and cfg.consistency == "cgc" else "")
