@@ -362,15 +362,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_yaml(path: str | Path) -> dict:
-    """Settings from a YAML mapping, keyed by setting name (flag names and aliases accepted)."""
-    path = Path(path)
+def _yaml_mapping(path: Path, error: type, what: str) -> dict:
+    """The mapping a YAML file holds (empty: none), or ``error`` naming the file and ``what`` it is."""
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise ConfigError(f"config file {path}: {str(err).splitlines()[0]} (a YAML mapping of setting: value)") from err
+        raise error(f"{path}: {(str(err).splitlines() or [type(err).__name__])[0]} ({what}: a YAML mapping of setting: value)") from err
     if not isinstance(values, dict):
-        raise ConfigError(f"config file {path}: expected a mapping of setting: value")
+        raise error(f"{path}: expected a mapping of setting: value, got {type(values).__name__} ({what})")
+    return values
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Settings from a YAML mapping, keyed by setting name (flag names and aliases accepted)."""
+    path = Path(path)
+    values = _yaml_mapping(path, ConfigError, "a config file")
     resolved, unknown = {}, []
     for name, value in values.items():
         key = canonical_key(str(name))
@@ -444,12 +450,7 @@ def load_saved_config(path: Path) -> Config:
     naming the file when it is not YAML, not a mapping, or holds values no run could have had."""
     from semisup.files import RunFileError
     path = Path(path)
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise RunFileError(f"{path}: unreadable or not YAML ({type(err).__name__}); it is the run's record of its settings") from err
-    if not isinstance(values, dict):
-        raise RunFileError(f"{path}: expected a mapping of setting: value, got {type(values).__name__}")
+    values = _yaml_mapping(path, RunFileError, "the run's record of its settings")
     try:
         return validate(config_from_dict(values), world=1)
     except (TypeError, ValueError) as err:

@@ -148,6 +148,7 @@ class Trainer:
         self.labeled_seen = 0  # images: the last batch of an epoch is partial
         self.best = None  # {epoch, step, top1, top5} of the best validation top-1 so far
         self.last_row: dict = {}
+        self.process_counts = [dist.world]  # one entry per start of the run that changed it (resumes on other GPUs)
         self.ddp = self.model
         self.runlog = RunLog(run_dir, dist.is_main)
 
@@ -236,7 +237,8 @@ class Trainer:
         return dict(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
                     step=self.step, epoch=self.step // self.schedule.steps_per_epoch, epoch_sums=self.epoch_sums.cpu().clone(),
                     last_row=self.last_row, labeled_seen=self.labeled_seen,
-                    bad_images=self.bad_images, best=self.best, rng=ckpt.rng_state(), config=self.cfg.to_dict())
+                    bad_images=self.bad_images, best=self.best, rng=ckpt.rng_state(), config=self.cfg.to_dict(),
+                    process_counts=self.process_counts)
 
     def stop_non_finite(self, what: str, step: int) -> None:
         path = self.run_dir / "checkpoint.pt"
@@ -281,6 +283,12 @@ class Trainer:
         self.last_row = state.get("last_row") or {}
         self.labeled_seen = state.get("labeled_seen", self.step * self.cfg.batch_labeled)
         self.best = state["best"]
+        earlier = [int(n) for n in state.get("process_counts") or []]
+        if earlier and earlier[-1] != self.dist.world:
+            log.warning("resuming on %d process(es); the run trained on %d until step %d: batches per process and the "
+                        "negatives' and BatchNorm's groups follow the new count (recorded in final.json)", self.dist.world,
+                        earlier[-1], state["step"])
+        self.process_counts = earlier + [self.dist.world] if earlier and earlier[-1] != self.dist.world else (earlier or self.process_counts)
         ckpt.set_rng_state(state["rng"])
         self.runlog.purge_after = self.step
         log.info("resumed from %s at step %d (epoch %d)", path, self.step, state["epoch"])
@@ -487,6 +495,7 @@ class Trainer:
                       truncated=self.step < scheduled,  # stopped by --max-steps: not a result of the recipe
                       final=final, best=best,
                       ce_baseline=self.cfg.ce_mode if self.cfg.cgc_weight == 0 else None,
+                      process_counts=self.process_counts,  # more than one entry: resumed on another number of processes
                       weights_sha256=weights_digest(self.model),
                       note="'final' is the last epoch; 'best' is the epoch of highest validation top-1 (model_best.pt, as the "
                            "released scripts kept): a selection on the validation set, reported beside 'final', never instead.")

@@ -218,3 +218,16 @@ def test_recipe_paths_name_the_projects_folders_whatever_the_working_directory(t
     monkeypatch.chdir(tmp_path)
     cfg = parse_config(["--recipe", "cub", "--data", str(tmp_path)])
     assert cfg.pretrained == str(ROOT / "pretrained" / "resnet50-19c8e357.pth")
+
+
+def test_a_resume_on_another_number_of_processes_is_said_and_recorded(tmp_path, demo_cache):
+    args = ["--labeled-fraction", "0.02", "--epochs", "1", "--max-steps", "2", "--demo-cache", demo_cache, "--gallery", "0",
+            "--max-eval-images", "32", "--run-dir", str(tmp_path / "run")]
+    assert train(parse_config(args))["process_counts"] == [1]
+    # As if the checkpoint had been written by a 2-process run that was stopped before its end.
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    torch.save(dict(state, process_counts=[2]), tmp_path / "run" / "checkpoint.pt")
+    (tmp_path / "run" / "final.json").unlink()
+    result = train(parse_config(args))
+    assert result["process_counts"] == [2, 1]
+    assert "resuming on 1 process(es); the run trained on 2" in (tmp_path / "run" / "train.log").read_text()
