@@ -252,21 +252,37 @@ def validate(cfg: "Config", world: int | None = None) -> "Config":
     world = int(os.environ.get("WORLD_SIZE", 1)) if world is None else world
     hints = typing.get_type_hints(Config)
     for f in dataclasses.fields(Config):
-        value = getattr(cfg, f.name)
-        if value is None:
-            if type(None) not in typing.get_args(hints[f.name]):
-                raise ConfigError(f"{_name(f.name)}: a value is required")
-            continue
-        _check_type(f.name, value, _field_type(f))
-        numbers = value if isinstance(value, (list, tuple)) else [value]
-        if any(isinstance(x, float) and not math.isfinite(x) for x in numbers):
-            raise ConfigError(f"{_name(f.name)}: must be a finite number, got {value!r}")
-        choices = f.metadata["choices"]
-        if choices and value not in choices:
-            raise ConfigError(f"{_name(f.name)}: {value!r} is not one of {', '.join(map(repr, choices))}")
-        rule = _RANGES.get(f.name)
-        if rule and not rule[0](value):
-            raise ConfigError(f"{_name(f.name)}: must be {rule[1]}, got {value!r}")
+        try:
+            _check_field(cfg, f, hints)
+        except ConfigError as err:
+            err.key = f.name
+            raise
+    _check_combinations(cfg, world)
+    return cfg
+
+
+def _check_field(cfg: "Config", f: dataclasses.Field, hints: dict) -> None:
+    """Type, choices, finiteness and range of one setting."""
+    value = getattr(cfg, f.name)
+    if value is None:
+        if type(None) not in typing.get_args(hints[f.name]):
+            raise ConfigError(f"{_name(f.name)}: a value is required")
+        return
+    _check_type(f.name, value, _field_type(f))
+    numbers = value if isinstance(value, (list, tuple)) else [value]
+    if any(isinstance(x, float) and not math.isfinite(x) for x in numbers):
+        raise ConfigError(f"{_name(f.name)}: must be a finite number, got {value!r}")
+    choices = f.metadata["choices"]
+    if choices and value not in choices:
+        raise ConfigError(f"{_name(f.name)}: {value!r} is not one of {', '.join(map(repr, choices))}")
+    rule = _RANGES.get(f.name)
+    if rule and not rule[0](value):
+        raise ConfigError(f"{_name(f.name)}: must be {rule[1]}, got {value!r}")
+
+
+def _check_combinations(cfg: "Config", world: int) -> None:
+    """What single settings cannot say: a known architecture and device, milestones, batches
+    divisible by the processes, a decode that needs files."""
     if cfg.arch not in _ARCHS:
         raise ConfigError(f"{_name('arch')}: unknown architecture {cfg.arch!r}; one of {', '.join(_ARCHS)}")
     if not (cfg.device in ("auto", "cpu", "cuda") or (cfg.device.startswith("cuda:") and cfg.device[5:].isdigit())):
@@ -278,7 +294,6 @@ def validate(cfg: "Config", world: int | None = None) -> "Config":
             raise ConfigError(f"{_name(key)}: {getattr(cfg, key)} is not divisible by the {world} processes")
     if cfg.decode in ("gpu", "cpu-draft") and cfg.is_demo:
         raise ConfigError(f"--decode {cfg.decode} decodes image files: it needs --data (the demo dataset is held in memory)")
-    return cfg
 
 
 def _field_type(f: dataclasses.Field):
@@ -362,12 +377,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def yaml_problem(err: Exception) -> str:
+    """A YAML (or reading) error in one line, with the line and column where the parser stopped."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or getattr(err, "strerror", None) or (str(err).splitlines() or [type(err).__name__])[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else str(problem)
+
+
 def _yaml_mapping(path: Path, error: type, what: str) -> dict:
     """The mapping a YAML file holds (empty: none), or ``error`` naming the file and ``what`` it is."""
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise error(f"{path}: {(str(err).splitlines() or [type(err).__name__])[0]} ({what}: a YAML mapping of setting: value)") from err
+        raise error(f"{path}: {yaml_problem(err)} ({what}: a YAML mapping of setting: value)") from err
     if not isinstance(values, dict):
         raise error(f"{path}: expected a mapping of setting: value, got {type(values).__name__} ({what})")
     return values
@@ -431,9 +453,15 @@ def parse_config(argv: list[str] | None = None) -> Config:
     args = vars(build_parser().parse_args(sys.argv[1:] if argv is None else argv))
     config_file = args.pop("config", None)
     recipe = args.pop("recipe", None)
-    explicit = load_yaml(config_file) if config_file else {}
-    explicit.update(args)
-    return make_config(explicit, recipe)
+    from_file = load_yaml(config_file) if config_file else {}
+    explicit = dict(from_file, **args)
+    try:
+        return make_config(explicit, recipe)
+    except ConfigError as err:
+        key = getattr(err, "key", None)
+        if key in from_file and key not in args:  # the value came from the YAML file: say which file
+            raise ConfigError(f"config file {config_file}: {err}") from err
+        raise
 
 
 def save_config(cfg: Config, path: Path, code: dict | None = None) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from collections import defaultdict
@@ -260,10 +261,11 @@ def format_results(rows: list[dict]) -> str:
     columns = [("top-1", "top1", 8, 2), ("top-5", "top5", 8, 2), ("CH", "ch", 8, 2), ("CH strict", "ch_strict", 11, 2),
                ("CH rel.SwAV", "ch_released_swav", 13, 2), ("CGC loss", "cgc_val_loss", 10, 4), ("kNN", "knn_top1", 8, 2)]
     columns += [c for c in (("IAUC", "iauc", 8, 2), ("DAUC", "dauc", 8, 2)) if any(c[1] in r for r in rows)]
-    header = f"{'method':<26}" + "".join(f"{title:>{width}}" for title, _, width, _ in columns)
+    name_width = max([26] + [len(str(r["method"])) + 2 for r in rows])  # names are never cut
+    header = f"{'method':<{name_width}}" + "".join(f"{title:>{width}}" for title, _, width, _ in columns)
     lines = [header, "-" * len(header)]
     for r in rows:
-        lines.append(f"{r['method']:<26}" + "".join(_cell(r.get(key), width, digits) for _, key, width, digits in columns))
+        lines.append(f"{r['method']:<{name_width}}" + "".join(_cell(r.get(key), width, digits) for _, key, width, digits in columns))
     return "\n".join(lines)
 
 
@@ -336,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
                          help="insertion/deletion pixel order: 'released' (cv2.resize, numpy's argsort: its order among ties) or "
                               "'stable' (F.interpolate and a stable sort on the device)")
     system = parser.add_argument_group("system and output")
-    system.add_argument("--workers", type=int, default=4)
+    system.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="loader worker processes (default: 4, "
+                                                                                      "or the machine's cores if fewer)")
     system.add_argument("--batch-size", type=int, default=64)
     system.add_argument("--gallery", type=int, default=16, help="images in the gallery PNG (0: none)")
     system.add_argument("--out", help="folder for eval.jsonl and gallery PNG (default: the first checkpoint's folder; with "
@@ -378,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         if not head:  # a trunk: no class, so no top-1 or class explanation
             dropped = dropped + ("top1", "top5", "ch", "ch_strict", "ch_zero")
         result = {k: v for k, v in result.items() if k not in dropped}
-        rows.append(dict(method=name[:25], checkpoint=str(path), step=step, metrics=sorted(args.metrics), **result))
+        rows.append(dict(method=name, checkpoint=str(path), step=step, metrics=sorted(args.metrics), **result))
         models.append(model)
     print(format_results(rows))
     out = Path(args.out) if args.out else (Path(f"eval-{Path(args.weights).name}") if args.weights else Path(args.checkpoint).parent)

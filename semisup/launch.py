@@ -31,6 +31,7 @@ from pathlib import Path
 import yaml
 
 from semisup.errors import Parser, UsageError, UserError
+from semisup.config import yaml_problem
 from semisup.files import read_json, write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -186,8 +187,10 @@ def sweep_commands(path: Path, run_root: Path) -> tuple[str, list[tuple[str, lis
     from semisup.config import canonical_key, flag_spellings
     try:
         spec = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"--sweep {path}: no such file") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise UsageError(f"--sweep {path}: {str(err).splitlines()[0]}") from err
+        raise UsageError(f"--sweep {path}: {yaml_problem(err)}") from err
     if (not isinstance(spec, dict) or not isinstance(spec.get("grid"), dict) or not spec["grid"]
             or not all(isinstance(v, list) and v for v in spec["grid"].values()) or not isinstance(spec.get("base", []), list)):
         raise UsageError(f"{path}: a sweep needs 'grid: {{setting: [values]}}' (and optionally 'base: [flags]' and 'name')")
@@ -222,8 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--cluster", default="auto", choices=["auto", "slurm", "local", "debug"],
                        help="auto: Slurm when sbatch is here or Slurm options (--partition, --gpus-per-node, --nodes > 1, ...) are "
                             "given, else local; debug runs in this process (pdb works)")
-    where.add_argument("--nodes", type=int, default=1)
-    where.add_argument("--gpus-per-node", type=int, default=0)
+    where.add_argument("--nodes", type=int, default=1, help="nodes of the job (more than 1: Slurm)")
+    where.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node, one task each (0: a CPU job)")
     where.add_argument("--tasks-per-node", type=int, help="default: one per GPU (1 without GPUs)")
     where.add_argument("--cpus-per-node", type=int,
                        help="the node's CPUs the job may take (default: 64 on Slurm, this machine's cores locally); "
@@ -235,10 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="time limit (default on Slurm: twice the planner's estimate for this run on this many GPUs, with "
                             "H100 rates, + 30 min; a job that reaches it checkpoints and is requeued)")
     sbatch = p.add_argument_group("Slurm")
-    sbatch.add_argument("--partition")
-    sbatch.add_argument("--account")
-    sbatch.add_argument("--qos")
-    sbatch.add_argument("--constraint")
+    sbatch.add_argument("--partition", help="Slurm partition (sbatch --partition)")
+    sbatch.add_argument("--account", help="account to charge (sbatch --account)")
+    sbatch.add_argument("--qos", help="quality of service (sbatch --qos)")
+    sbatch.add_argument("--constraint", help="node features, e.g. a100 (sbatch --constraint)")
     sbatch.add_argument("--mem", help="memory per node, e.g. 480G")
     sbatch.add_argument("--comment")
     sbatch.add_argument("--wckey", help="Slurm workload characterisation key (default: none; submitit's default 'submitit' is "
@@ -251,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--run-root", type=Path, default=Path("runs"), help="parent of run directories not given by --run-dir")
     what.add_argument("--sweep", type=Path, help="YAML grid: one job per point, submitted as an array")
     what.add_argument("--no-snapshot", action="store_true", help="run the live checkout instead of a snapshot")
+    what.add_argument("--overwrite", action="store_true", help="give every job run.py's --overwrite: a finished run in its folder is "
+                                                                "replaced (its files moved to replaced-<time>/, not deleted)")
     what.add_argument("--dry-run", action="store_true",
                       help="print the sbatch script and run run.py's --dry-run checks for every job, in a snapshot as the job "
                            "would; queue nothing, create nothing")
@@ -475,11 +480,13 @@ def main(argv: list[str] | None = None) -> list:
     args = build_parser().parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     check_args(args)
     slurm = slurm_meant(args)
-    if slurm and not args.dry_run and args.cluster != "slurm" and not shutil.which("sbatch"):
-        raise UsageError("the options given mean Slurm (--partition, --gpus-per-node, --nodes, ...) but sbatch is not on this "
-                         "machine's PATH: submit from a Slurm login node, add --dry-run to preview, or pass --cluster local")
     log_dir = args.log_dir.resolve()
-    args.name, commands = job_commands(args, run_flags)
+    if args.overwrite:
+        run_flags = run_flags + ["--overwrite"]
+    args.name, commands = job_commands(args, run_flags)  # names and sweep values are checked here
+    if slurm and not args.dry_run and not shutil.which("sbatch"):
+        raise UsageError("Slurm is meant (--cluster slurm, --partition, --gpus-per-node, --nodes, ...) but sbatch is not on this "
+                         "machine's PATH: submit from a Slurm login node, add --dry-run to preview, or pass --cluster local")
     base = Path.cwd()
     pinned, reads = [], []
     for name, flags in commands:
@@ -505,6 +512,9 @@ def main(argv: list[str] | None = None) -> list:
             else:
                 with executor.batch():
                     jobs = [executor.submit(TrainJob(flags)) for _, flags in pinned]
+    literal = log_dir / "%j"  # submitit's local executors make the folder pattern itself, empty, beside the jobs' folders
+    if literal.is_dir() and not any(literal.iterdir()):
+        literal.rmdir()
     for (name, flags), job, read, check in zip(pinned, jobs, reads, checked):
         files = dict(read, split_file=check["summary"].get("split_file", read.get("split_file")), code=str(code), cwd=str(cwd))
         files = {k: v for k, v in files.items() if v is not None}

@@ -30,7 +30,7 @@ def check_jobs(jobs: list[dict], tasks: int, decode_check: bool) -> list[dict]:
         for job in jobs:
             try:
                 cfg = validate(parse_config(job["argv"]), world=tasks)
-                summary, _ = check_start(cfg, decode_check=decode_check)
+                summary, _ = check_start(cfg, decode_check=decode_check, world=tasks)
             except UserError as err:
                 err.args = (f"job {job['name']}: {err}",)
                 raise

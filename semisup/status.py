@@ -153,6 +153,11 @@ def status_table(root: Path) -> pd.DataFrame:
                 row["submissions"] = len(history)
             except UserError as err:
                 row.update(scheduler="UNKNOWN", error=str(err))
+            # The run's files and the scheduler together say more than either alone.
+            if row["scheduler"] == "RUNNING" and not row["state"].startswith("finished"):
+                row["state"] = "starting" if row["state"] == "not started" else "in progress"
+            elif row["state"] == "in progress / stopped" and row["scheduler"] in ("FAILED", "DIED", "COMPLETED"):
+                row["state"] = "stopped"
         rows.append(row)
     table = pd.DataFrame(rows)
     for column in ("epoch", "step", "best_epoch", "submissions"):  # counts stay integers where some rows lack them

@@ -567,9 +567,9 @@ def run_training(cfg: Config) -> tuple[dict, Trainer]:
             ckpt.remove_temporaries(run.path)  # left by a process of this run killed mid-write
         D.barrier()
         setup_logging(dist.is_main)
-        log.info("%s", run.note)
         bundle = build_data(cfg)
         trainer = Trainer(cfg, dist, run.path, bundle)
+        log.info("%s", run.note)  # said once the data and the model are there: a run that cannot start says only why
         if dist.is_main:
             archived = archive_previous(run.path) if run.replaces_finished else None
             save_config(cfg, run.path / "config.yaml", code=code_version())
@@ -595,7 +595,7 @@ def run_training(cfg: Config) -> tuple[dict, Trainer]:
         D.cleanup()
 
 
-def check_start(cfg: Config, decode_check: bool) -> tuple[dict, Trainer]:
+def check_start(cfg: Config, decode_check: bool, world: int = 1) -> tuple[dict, Trainer]:
     """Everything a run does before its first step, writing nothing: the run directory's state
     (finished, held, other settings), the dataset, split and boxes, the model and its pretrained
     trunk; with ``decode_check`` also the labeled and validation images and a sample of the
@@ -603,7 +603,7 @@ def check_start(cfg: Config, decode_check: bool) -> tuple[dict, Trainer]:
     function runs ``run.py --dry-run`` and the checks ``jobs/submit.py`` makes before queueing."""
     prepare_run_dir(cfg)
     bundle = build_data(cfg, decode_check=decode_check)
-    trainer = Trainer(cfg, D.Dist(device=torch.device("cpu")), None, bundle)
+    trainer = Trainer(cfg, D.Dist(world=world, device=torch.device("cpu")), None, bundle)  # the job's geometry, built on the CPU here
     summary = dict(bundle.summary)
     summary["model"] = cfg.arch
     summary["trunk"] = describe_start(cfg, trainer.pretrained_report)
@@ -631,7 +631,7 @@ def next_commands(run_dir: Path) -> str:
     return (f"\nrun directory: {run_dir} (metrics.csv, final.json, gallery.png, tensorboard/)\nnext:\n"
             f"  python semisup/report.py {parent}/* --out results/        # tables over seeds, plots, galleries\n"
             f"  tensorboard --logdir {parent}                              # curves, galleries, hyper-parameters\n"
-            f"  python semisup/evaluate.py --checkpoint {run_dir / 'model_best.pt'}   # re-evaluate, e.g. on other boxes")
+            f"  python semisup/evaluate.py --checkpoint {run_dir / 'checkpoint.pt'} --metrics iauc,dauc   # insertion / deletion AUC")
 
 
 def result_rows(cfg: Config, result: dict) -> list[dict]:
