@@ -497,7 +497,8 @@ def check_args(args) -> None:
         raise UsageError(f"--rates {args.rates}: no such file (write one with `python -m semisup.bench gpu --out FILE`)")
 
 
-def main(argv=None):
+def build_parser() -> Parser:
+    """The command's options (the generated tests read their types from here)."""
     parser = Parser(prog="python -m semisup.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["step", "loss", "loader", "eval", "gpu", "plan"])
     parser.add_argument("--arch", default="resnet18")
@@ -524,6 +525,11 @@ def main(argv=None):
     parser.add_argument("--rates", help="plan: JSON written by `bench gpu --out` (rates measured on the target node)")
     parser.add_argument("--config", help="plan: a run's YAML settings (default: the released 1 %% run)")
     parser.add_argument("--labeled", type=int, help="plan: labeled images (default 12,811)")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     check_args(args)
     argv = sys.argv[1:] if argv is None else argv

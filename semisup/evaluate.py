@@ -298,10 +298,8 @@ def _weights_model(args) -> tuple:
     return model, cfg, report
 
 
-@cli
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
+def build_parser() -> Parser:
+    """The command's options (the generated tests read their types from here)."""
     parser = Parser(description="Evaluate checkpoints: top-1/top-5, Content Heatmap, CGC loss, kNN, insertion and "
                                                  "deletion AUC; gallery PNG.")
     which = parser.add_argument_group("what to evaluate (one of)")
@@ -344,6 +342,12 @@ def main(argv: list[str] | None = None) -> int:
     system.add_argument("--gallery", type=int, default=16, help="images in the gallery PNG (0: none)")
     system.add_argument("--out", help="folder for eval.jsonl and gallery PNG (default: the first checkpoint's folder; with "
                                       "--weights: eval-<file name>/)")
+    return parser
+
+
+@cli
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if bool(args.checkpoint) == bool(args.weights):
         raise UsageError("pass one of --checkpoint (a run's checkpoint) or --weights FILE --arch NAME")

@@ -70,16 +70,19 @@ def cli_cases(tmp_path):
     binary.write_bytes(bytes(range(256)) * 4)
     folder = tmp_path / "a_folder"
     folder.mkdir()
+    from semisup import evaluate, launch
     cases = []
-    numeric = {"evaluate": ["--max-eval-images", "--workers", "--batch-size", "--gallery", "--iauc-subset", "--ch-short-side",
-                            "--image-size", "--resize-size"],
-               "bench": ["--batch", "--image-size", "--repeats", "--images", "--short-side", "--group", "--group-size", "--gpus",
-                         "--cores", "--labeled"],
-               "submit": ["--nodes", "--gpus-per-node", "--tasks-per-node", "--cpus-per-node", "--cpus-per-task", "--timeout-min",
-                          "--signal-delay-s"]}
+    # Every numeric option, read from each command's own parser (a new option is covered without a test edit).
+    parsers = {"evaluate": evaluate.build_parser(), "bench": bench.build_parser(), "submit": launch.build_parser()}
+    numeric = {command: [a.option_strings[0] for a in parser._actions if a.type in (int, float) and a.option_strings]
+               for command, parser in parsers.items()}
+    assert all(len(flags) >= 5 for flags in numeric.values()), numeric
     prefix = {"evaluate": ["--weights", str(binary), "--arch", "resnet18"], "bench": ["plan"], "submit": ["--dry-run"]}
     for command, flags in numeric.items():
         for flag in flags:
+            if flag == "--labeled-fraction":  # a fraction: its own values below
+                cases += [(command, prefix[command] + [flag, v]) for v in ("0", "-0.5", "2", "nan")]
+                continue
             zero_is_valid = flag in ("--workers", "--gallery", "--gpus-per-node")
             for value in ("abc", "-5", "-1" if zero_is_valid else "0", "1.5", "nan"):
                 cases.append((command, prefix[command] + [flag, value]))
