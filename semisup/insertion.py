@@ -214,7 +214,7 @@ def insertion_metrics(model, batches, settings: InsertionSettings, device: torch
     for images, labels in batches:
         pending_images.append(images)
         pending_labels.append(labels)
-        if sum(len(x) for x in pending_images) >= settings.subset:
+        while sum(len(x) for x in pending_images) >= settings.subset:  # a loader batch may hold several subsets
             images, labels = torch.cat(pending_images), torch.cat(pending_labels)
             run_subset(images[:settings.subset], labels[:settings.subset])
             pending_images, pending_labels = [images[settings.subset:]], [labels[settings.subset:]]

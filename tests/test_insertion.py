@@ -133,6 +133,12 @@ def test_insertion_metrics_reproduce_the_released_script_with_its_train_mode_sal
     assert ours["insertion_images"] == 10
     assert ours["iauc"] == pytest.approx(100 * np.mean(results["ins"]), abs=1e-6)
     assert ours["dauc"] == pytest.approx(100 * np.mean(results["del"]), abs=1e-6)
+    # Subsets do not depend on how the loader batches the images: five subsets of two from one batch of ten
+    # or from ten batches of one.
+    small = I.InsertionSettings(size=48, subset=2, batch=9)
+    whole = I.insertion_metrics(model, [(images, labels)], small, torch.device("cpu"))
+    singles = I.insertion_metrics(model, [(images[i:i + 1], labels[i:i + 1]) for i in range(10)], small, torch.device("cpu"))
+    assert whole["iauc"] == pytest.approx(singles["iauc"], abs=1e-9) and whole["dauc"] == pytest.approx(singles["dauc"], abs=1e-9)
     # The named departure: the saliency in eval mode gives another number here.
     other = I.insertion_metrics(model, [(images, labels)], I.InsertionSettings(size=48, subset=5, saliency_mode="eval"),
                                 torch.device("cpu"))
