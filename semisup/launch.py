@@ -172,7 +172,12 @@ def check_sbatch_value(value, what: str) -> None:
 
 
 def _value_name(value) -> str:
-    """How a sweep value appears in a run-folder name: a path by its file name without extensions."""
+    """How a sweep value appears in a run-folder name: a path by its file name without extensions,
+    a list by its items joined with '-', None (the setting's default) as 'none'."""
+    if value is None:
+        return "none"
+    if isinstance(value, list):
+        return "-".join(map(_value_name, value))
     text = str(value)
     if "/" in text:
         text = Path(text).name.split(".")[0]
@@ -196,6 +201,9 @@ def sweep_commands(path: Path, run_root: Path) -> tuple[str, list[tuple[str, lis
         raise UsageError(f"{path}: a sweep needs 'grid: {{setting: [values]}}' (and optionally 'base: [flags]' and 'name')")
     sweep_name = check_name(str(spec.get("name", path.stem)), f"{path}: sweep name")
     base = [str(x) for x in spec.get("base", [])]
+    if run_dir_of(base) is not None:
+        raise UsageError(f"{path}: --run-dir in 'base' would put every grid point in one folder; each point gets its own under "
+                         "--run-root (remove --run-dir from base)")
     keys = list(spec["grid"])
     for key in keys:
         if canonical_key(str(key)) is None:
@@ -207,6 +215,8 @@ def sweep_commands(path: Path, run_root: Path) -> tuple[str, list[tuple[str, lis
         flags = list(base)
         for key, value in zip(keys, values):
             flag = flag_spellings(canonical_key(str(key)))[0]
+            if value is None:  # null in the grid: the setting's default, no flag
+                continue
             if isinstance(value, bool):
                 flags.append(flag if value else "--no-" + flag[2:])
             elif isinstance(value, list):
@@ -214,6 +224,11 @@ def sweep_commands(path: Path, run_root: Path) -> tuple[str, list[tuple[str, lis
             else:
                 flags += [flag, str(value)]
         commands.append((name, with_run_dir(flags, run_root / sweep_name / name)))
+    names = [name for name, _ in commands]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UsageError(f"{path}: several grid points would share the run folder {twice[0]!r} (values that differ only in a path's "
+                         "folder or extension); give those files distinct names")
     return sweep_name, commands
 
 
@@ -427,6 +442,10 @@ def job_code(args, log_dir: Path):
     with contextlib.ExitStack() as stack:
         dest = (Path(stack.enter_context(tempfile.TemporaryDirectory())) / "code" if args.dry_run
                 else log_dir / "code" / time.strftime("%Y%m%d-%H%M%S"))
+        for n in itertools.count(2):  # two submissions in one second: the second takes the next free name
+            if not dest.exists():
+                break
+            dest = dest.with_name(f"{dest.name.split('.')[0]}.{n}")
         created = next(p for p in [*reversed(dest.parents), dest] if not p.exists())  # removed again if nothing is queued
         info = take_snapshot(dest)
         dirty = " with uncommitted edits to tracked files (recorded as dirty)" if info["dirty"] else ""
@@ -469,7 +488,8 @@ def job_commands(args, run_flags: list[str]) -> tuple[str, list[tuple[str, list[
     from semisup.rundir import default_run_dir
     # The same name run.py gives the run (validating its flags now, before queueing), so two
     # submissions never share a folder and a resubmitted job finds its own.
-    name = args.name or default_run_dir(parse_config(run_flags)).name
+    name = args.name or check_name(default_run_dir(parse_config(run_flags)).name,
+                                   "the run name made from the dataset's folder name (pass --name)")
     return name, [(name, with_run_dir(run_flags, args.run_root.resolve() / name))]
 
 

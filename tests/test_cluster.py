@@ -221,3 +221,18 @@ def test_snapshot_keeps_tracked_links_as_links_and_copies_nothing_from_outside(t
     assert (snap / "inside_link.py").read_text() == "x = 1\n"  # a relative link inside the code still works
     assert not [p for p in (tmp_path / "snap").rglob("*") if p.is_file() and not p.is_symlink() and p.read_text() == "not the project's"]
     assert sorted(info["links_outside"]) == ["semisup/data_link", "semisup/folder_link"]
+
+
+def test_sweep_values_give_distinct_checked_run_folders(tmp_path):
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(yaml.safe_dump(dict(name="s", grid=dict(lr_milestones=[[12, 16], [30, 40]], split_file=[None, "splits/x.txt"]))))
+    name, commands = launch.sweep_commands(sweep, tmp_path)
+    assert [n for n, _ in commands] == ["lr-milestones12-16_split-filenone", "lr-milestones12-16_split-filex",
+                                        "lr-milestones30-40_split-filenone", "lr-milestones30-40_split-filex"]
+    assert "--split-file" not in commands[0][1] and commands[1][1][commands[1][1].index("--split-file") + 1] == "splits/x.txt"
+    sweep.write_text(yaml.safe_dump(dict(grid=dict(pretrained=["a/resnet.v1.pth", "b/resnet.v1.pth"]))))
+    with pytest.raises(UsageError, match="share the run folder 'pretrainedresnet'"):
+        launch.sweep_commands(sweep, tmp_path)
+    sweep.write_text(yaml.safe_dump(dict(base=["--run-dir", "x"], grid=dict(seed=[0, 1]))))
+    with pytest.raises(UsageError, match="--run-dir in 'base'"):
+        launch.sweep_commands(sweep, tmp_path)
