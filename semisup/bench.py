@@ -407,31 +407,48 @@ def _ratio(a, b):
 # ---- plan ---------------------------------------------------------------------------------
 def bench_plan(args):
     """Predicted wall time of a run on a described node, from measured rates (``--rates``: a
-    JSON written by ``bench gpu --out``, else the README's measured H100 numbers)."""
+    JSON written by ``bench gpu --out``, else the README's measured H100 numbers), for the run as
+    configured: the released 1 % run by default (which does not compile), a saved config.yaml or
+    YAML of settings (``--config``), run.py's flags after ``--``; its shape, cadence, decode and
+    step variant (compiled or eager) come from there."""
     from semisup import plan
-    from semisup.config import make_config
+    from semisup.errors import UsageError
+    from semisup.files import read_json
     if args.rates:
-        from semisup.errors import UsageError
-        from semisup.files import read_json
         try:
             rates = plan.Rates(**read_json(Path(args.rates))["rates"])
         except (KeyError, TypeError) as err:
             raise UsageError(f"--rates {args.rates}: not the JSON `python -m semisup.bench gpu --out` writes ({type(err).__name__}: {err})") from err
     else:
         rates = plan.measured_rates(args.gpu)
-    shape = plan.RunShape()
-    if args.config:
-        from semisup.config import load_yaml
-        cfg = make_config(dict(load_yaml(args.config), data="plan"))
-        shape = plan.RunShape(batch_labeled=cfg.batch_labeled, batch_unlabeled=cfg.batch_unlabeled, epochs=cfg.epochs,
-                              eval_every=cfg.eval_every, uses_unlabeled=not cfg.full_supervision and cfg.forwards_pairs,
-                              labeled=args.labeled or plan.RunShape.labeled)
-    result = plan.plan(shape, rates, gpus=args.gpus, cores=args.cores, decode=args.decode)
+    cfg = planned_config(args.config, args.run_flags)
+    settings = cfg.to_dict()
+    if args.decode != "cpu":
+        settings["decode"] = args.decode
+    summary = dict(labeled=args.labeled, validation=50_000, unlabeled=int(not cfg.full_supervision and cfg.forwards_pairs)) if args.labeled else None
+    result = plan.plan_run(settings, summary, rates, gpus=args.gpus, cores=args.cores)
     print(plan.format_plan(result))
-    result["insertion_deletion_auc_s"] = plan.insertion_seconds(shape.val_images, rates, args.gpus)
+    result["insertion_deletion_auc_s"] = plan.insertion_seconds(plan.shape_of(settings, summary).val_images, rates, args.gpus)
     print(f"after the run: insertion + deletion AUC of one checkpoint (evaluate.py --metrics iauc,dauc) "
           f"{result['insertion_deletion_auc_s'] / 60:.1f}m at the GPU's top-1 rate (float32 scoring may be slower)")
     return emit(bench="plan", **{k: v for k, v in result.items() if k != "parts"}, parts=result["parts"])
+
+
+def planned_config(config: str | None, run_flags: list[str]):
+    """The Config a plan is for: a YAML of settings or a saved config.yaml (whose ``code`` record
+    is not a setting), then run.py's flags; the data path is not needed, only the run's shape."""
+    from semisup.config import _yaml_mapping, build_parser, canonical_key, make_config
+    from semisup.errors import UsageError
+    values = {}
+    if config:
+        raw = _yaml_mapping(Path(config), UsageError, "--config")
+        values = {canonical_key(str(k)): v for k, v in raw.items() if canonical_key(str(k))}
+    flags = vars(build_parser().parse_args(run_flags))
+    flags.pop("config", None)
+    recipe = flags.pop("recipe", None)
+    values.update(flags)
+    values["data"] = values.get("data") or "plan"
+    return make_config(values, recipe)
 
 
 # ---- eval ---------------------------------------------------------------------------------
@@ -523,14 +540,18 @@ def build_parser() -> Parser:
     parser.add_argument("--cores", type=int, default=16, help="plan: CPU cores of the node")
     parser.add_argument("--decode", choices=["cpu", "gpu"], default="cpu", help="plan: where JPEGs are decoded")
     parser.add_argument("--rates", help="plan: JSON written by `bench gpu --out` (rates measured on the target node)")
-    parser.add_argument("--config", help="plan: a run's YAML settings (default: the released 1 %% run)")
+    parser.add_argument("--config", help="plan: a run's YAML settings or saved config.yaml (default: the released 1 %% run); "
+                                          "run.py flags after -- too")
     parser.add_argument("--labeled", type=int, help="plan: labeled images (default 12,811)")
     return parser
 
 
 def main(argv=None):
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    run_flags = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    args.run_flags = run_flags
     check_args(args)
     argv = sys.argv[1:] if argv is None else argv
     args.passthrough = [a for a in argv[1:]]

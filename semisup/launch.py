@@ -345,8 +345,8 @@ def default_timeout(args, checked: list[dict], slurm: bool) -> tuple[int, str]:
     if not slurm or args.gpus_per_node == 0:
         return LOCAL_TIMEOUT_MIN, f"time limit {LOCAL_TIMEOUT_MIN} min (no GPU: the planner's rates do not apply; --timeout-min sets it)"
     from semisup import plan
-    longest = max(plan.plan(plan.shape_of(job["settings"], job["summary"]), plan.measured_rates("h100"), gpus=total_tasks(args),
-                            cores=args.nodes * args.cpus_per_task * tasks_per_node(args))["total_s"] for job in checked)
+    longest = max(plan.plan_run(job["settings"], job["summary"], plan.measured_rates("h100"), gpus=total_tasks(args),
+                                cores=args.nodes * args.cpus_per_task * tasks_per_node(args))["total_s"] for job in checked)
     minutes = math.ceil(2 * longest / 60 + 30)
     return minutes, (f"time limit {minutes} min = 2 x the planner's {longest / 60:.1f} min for {total_tasks(args)} GPU(s) at H100 rates "
                      "+ 30 min (python -m semisup.bench plan; --timeout-min sets it)")

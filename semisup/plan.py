@@ -21,8 +21,11 @@ from semisup.errors import UsageError
 # node's cores (one single-threaded worker each).
 MEASURED_GPU = {
     "h100": dict(step_images_per_s=4653, infer_images_per_s=12101, ch_images_per_s=2269,
-                 nvjpeg_images_per_s=10041),
+                 nvjpeg_images_per_s=10041, step_images_per_s_eager=3605),
 }
+# The 1 % ImageNet split files' sizes and ImageNet's training set: the labeled images a run of
+# that fraction trains on, for a plan made before the dataset is scanned.
+LABELED_IMAGES = {0.01: 12_811, 0.1: 128_116, 1.0: 1_281_167}
 MEASURED_CPU_PER_CORE = dict(labeled_per_s=371, unlabeled_per_s=348, val_per_s=358, ch_val_per_s=336)
 
 
@@ -45,13 +48,26 @@ class RunShape:
         return scheduled if self.max_steps is None else min(scheduled, self.max_steps)
 
 
-def shape_of(settings: dict, summary: dict) -> RunShape:
+def shape_of(settings: dict, summary: dict | None = None) -> RunShape:
     """The shape of a configured run: ``settings`` a config's ``to_dict()``, ``summary`` its
-    dry-run summary (image counts of the dataset it names)."""
+    dry-run summary (image counts of the dataset it names; without it ImageNet's: the split's
+    labeled images, 50,000 validation images). Evaluation cadence from --eval-every, --ch-every
+    (each CH epoch is a full evaluation) and --max-eval-images."""
+    fraction = settings["labeled_fraction"]
+    summary = summary or dict(labeled=LABELED_IMAGES.get(fraction, round(fraction * LABELED_IMAGES[1.0])), validation=50_000,
+                              unlabeled=0 if fraction >= 1.0 or settings["cgc_weight"] == 0 and settings.get("ce_baseline") == "plain" else 1)
     val = summary["validation"] if not settings.get("max_eval_images") else min(summary["validation"], settings["max_eval_images"])
+    ch_epochs = settings["epochs"] // settings["ch_every"] if settings.get("ch_every") else 0
     return RunShape(labeled=summary["labeled"], batch_labeled=settings["batch_labeled"], batch_unlabeled=settings["batch_unlabeled"],
-                    epochs=settings["epochs"], val_images=val, eval_every=settings["eval_every"],
+                    epochs=settings["epochs"], val_images=val, eval_every=settings["eval_every"], full_evals=2 + max(0, ch_epochs - 1),
                     uses_unlabeled=summary["unlabeled"] > 0, max_steps=settings.get("max_steps"))
+
+
+def plan_run(settings: dict, summary: dict | None, rates: Rates, gpus: int, cores: int) -> dict:
+    """:func:`plan` for a configured run: its shape, its decode (``--decode gpu``: nvJPEG) and the
+    step rate of its variant (compiled or eager)."""
+    decode = "gpu" if settings.get("decode") == "gpu" else "cpu"
+    return plan(shape_of(settings, summary), rates.for_run(bool(settings.get("compile"))), gpus=gpus, cores=cores, decode=decode)
 
 
 @dataclass
@@ -64,6 +80,13 @@ class Rates:
     val_per_s: float  # per core: decode + resize + centre crop
     ch_val_per_s: float  # per core: decode + resize to 448
     nvjpeg_images_per_s: float | None = None  # per GPU, with --decode gpu
+    step_images_per_s_eager: float | None = None  # per GPU, without torch.compile (step_images_per_s: compiled)
+
+    def for_run(self, compiled: bool) -> "Rates":
+        """The rates of a run that does (not) compile its step: the eager step rate where it was measured."""
+        if compiled or self.step_images_per_s_eager is None:
+            return self
+        return Rates(**{**asdict(self), "step_images_per_s": self.step_images_per_s_eager})
 
 
 def measured_rates(gpu: str) -> Rates:

@@ -44,3 +44,18 @@ def test_planner_scales_with_the_node_and_names_the_bound(tmp_path, capsys):
     (tmp_path / "rates.json").write_text(__import__("json").dumps(dict(rates=vars(rates))))
     row = bench.main(["plan", "--rates", str(tmp_path / "rates.json"), "--gpus", "8", "--cores", "96"])
     assert row["total_s"] == pytest.approx(eight["total_s"]) and "longest part" in capsys.readouterr().out
+
+
+def test_planner_reads_the_run_variant_and_cadence(capsys):
+    from semisup import plan
+    from semisup.config import make_config
+    rates = plan.measured_rates("h100")
+    default = make_config(dict(data="x")).to_dict()
+    eager = plan.plan_run(default, None, rates, gpus=1, cores=16)
+    compiled = plan.plan_run(dict(default, compile=True), None, rates, gpus=1, cores=16)
+    # The default run does not compile: its train part takes the eager rate (the issue: it took the compiled one).
+    assert eager["parts"]["train"]["gpu_s"] / compiled["parts"]["train"]["gpu_s"] == pytest.approx(4653 / 3605)
+    sparse = plan.plan_run(dict(default, eval_every=5, ch_every=10), None, rates, gpus=1, cores=16)
+    assert sparse["run"]["full_evals"] == 2 + 4 and sparse["parts"]["per-epoch top-1"]["seconds"] < eager["parts"]["per-epoch top-1"]["seconds"]
+    row = bench.main(["plan", "--", "--compile", "--eval-every", "5"])
+    assert row["run"]["eval_every"] == 5 and row["total_s"] < eager["total_s"]
