@@ -556,6 +556,7 @@ def run_training(cfg: Config) -> tuple[dict, Trainer]:
         setup_logging(True)
         summary, trainer = check_start(cfg, decode_check=True)
         print_summary(summary)
+        print(planner_line(cfg, summary))
         return summary, trainer
     dist = D.setup(cfg.device)
     run, file_log = None, None
@@ -616,6 +617,22 @@ def check_start(cfg: Config, decode_check: bool, world: int = 1) -> tuple[dict, 
     summary["flip_protocol"] = cfg.flip_protocol
     summary["total_steps"] = trainer.schedule.total_steps
     return summary, trainer
+
+
+def planner_line(cfg: Config, summary: dict) -> str:
+    """The planner's estimate of this run (measured H100 rates) on the node the dry run ran on,
+    or, without a GPU here, on one H100 with 16 cores."""
+    import os
+
+    from semisup import plan
+    if cfg.arch != "resnet50":
+        return f"planner: its rates are a ResNet-50's; no estimate for --arch {cfg.arch}"
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    node = (gpus, os.cpu_count() or 1) if gpus else (1, 16)
+    estimate = plan.plan_run(cfg.to_dict(), summary, plan.measured_rates("h100"), gpus=node[0], cores=node[1])
+    where = f"this node ({node[0]} GPU(s), {node[1]} cores)" if gpus else "1 H100 with 16 cores (no GPU here)"
+    return (f"planner: about {estimate['total_s'] / 60:.1f} min on {where} at H100 rates, longest part {estimate['bounded_by']} "
+            "(python -m semisup.bench plan for other nodes; bench gpu --out measures yours)")
 
 
 def print_summary(summary: dict) -> None:

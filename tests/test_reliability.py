@@ -231,3 +231,9 @@ def test_a_resume_on_another_number_of_processes_is_said_and_recorded(tmp_path, 
     result = train(parse_config(args))
     assert result["process_counts"] == [2, 1]
     assert "resuming on 1 process(es); the run trained on 2" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_a_dry_run_says_what_the_planner_expects(demo_cache, capsys):
+    assert main(["--dry-run", "--arch", "resnet50", "--pretrained", "none", "--demo-cache", demo_cache]) == 0
+    out = capsys.readouterr().out
+    assert "planner: about" in out and "1 H100 with 16 cores (no GPU here)" in out
