@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from semisup.config import differing_keys, load_saved_config, parse_config  # noqa: E402
+from semisup.files import write_text_atomic  # noqa: E402
 
 # Per labeled fraction: epochs and milestones that keep each run to a few CPU minutes
 # (an epoch is one pass over the labeled set, so it grows with the fraction).
@@ -128,7 +129,7 @@ def run_ablation(name: str, seeds: list[int], out: Path, extra: list[str], rerun
     text = f"### Ablation: {name} (`{flag}`)\n\n{table.to_markdown(index=False, disable_numparse=True)}\n"
     print(text)
     (out / "ablations").mkdir(parents=True, exist_ok=True)
-    (out / "ablations" / f"{name}.md").write_text(text)
+    write_text_atomic(out / "ablations" / f"{name}.md", text)
 
 
 def main(argv=None) -> int:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from semisup import cgc
 from semisup import transforms as T
 from semisup.errors import Parser
+from semisup.files import write_json_atomic
 
 
 def machine() -> str:
@@ -396,7 +397,7 @@ def bench_gpu(args):
         results[f"plan_1pct_bound_decode_{decode}"] = estimate["bounded_by"]
     results["rates"] = {k: v for k, v in vars(rates).items()}
     if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=2))
+        write_json_atomic(Path(args.out), results)
     return emit(bench="gpu", **results)
 
 

@@ -470,7 +470,8 @@ def save_config(cfg: Config, path: Path, code: dict | None = None) -> None:
     values = cfg.to_dict()
     if code is not None:
         values["code"] = code
-    path.write_text(yaml.safe_dump(values, sort_keys=False))
+    from semisup.files import write_text_atomic
+    write_text_atomic(path, yaml.safe_dump(values, sort_keys=False))  # a resume reads it: never half a file
 
 
 def load_saved_config(path: Path) -> Config:

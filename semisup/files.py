@@ -18,17 +18,23 @@ class RunFileError(UserError, ValueError):
     """A file a run wrote that cannot be read back (damaged, truncated, edited by hand)."""
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename; on failure (a full disk)
-    the temporary file is removed and ``path`` keeps its previous content."""
+def write_atomic(path: Path, write) -> None:
+    """``write(temporary_path)``, then rename it to ``path``: a reader never sees half a file; on
+    failure (a kill, a full disk) the temporary file is removed and ``path`` keeps its previous
+    content."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        tmp.write_text(text)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """:func:`write_atomic` of a text."""
+    write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def write_json_atomic(path: Path, value) -> None:

@@ -252,11 +252,7 @@ class InsertionDataset(torch.utils.data.Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int):
-        from semisup.data import DECODE_ERRORS
+        from semisup.data import _eval_load
         index = int(self.indices[i])
-        try:
-            image = self.source.load(index)
-        except DECODE_ERRORS as err:  # counted as a miss, as everywhere in evaluation
-            log.warning("unreadable validation image %s (%s)", self.source.name(index), err)
-            image = torch.zeros(3, self.size, self.size, dtype=torch.uint8)
+        image, _ = _eval_load(self.source, index)  # an unreadable image is a black one, a miss, as everywhere in evaluation
         return pil_resized(image, self.size), int(self.source.labels[index])

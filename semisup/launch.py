@@ -513,8 +513,9 @@ def main(argv: list[str] | None = None) -> list:
         flags, read = pin_paths(flags, base)
         pinned.append((name, flags))
         reads.append(read)
-    explicit_workers = parse_config(pinned[0][1]).workers if any(a == "--workers" or a.startswith("--workers=") for a in pinned[0][1]) else None
-    args.cpus_per_task, workers, cpus_note = fit_cpus(args, explicit_workers, parse_config(pinned[0][1]).workers, slurm)
+    first = parse_config(pinned[0][1])
+    explicit_workers = first.workers if any(a == "--workers" or a.startswith("--workers=") for a in pinned[0][1]) else None
+    args.cpus_per_task, workers, cpus_note = fit_cpus(args, explicit_workers, first.workers, slurm)
     if workers is not None:
         pinned = [(name, flags + ["--workers", str(workers)]) for name, flags in pinned]
     with job_code(args, log_dir) as (code, cwd):

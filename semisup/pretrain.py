@@ -40,6 +40,7 @@ from semisup import transforms as T
 from semisup.data import ArraySource, StreamSampler, TrainDataset
 from semisup.demo import VERSION, load_demo
 from semisup.errors import Parser, cli
+from semisup.files import write_text_atomic
 from semisup.models import build_model
 
 log = logging.getLogger(__name__)
@@ -230,7 +231,7 @@ def main(argv=None) -> int:
                     demo_version=VERSION, steps=args.steps, batch=args.batch, seconds=round(time.time() - start),
                     knn_top1_random_trunk=round(before, 2), knn_top1_pretrained=round(after, 2), knn_probes=probes,
                     torch=torch.__version__)
-    args.out.with_name(args.out.name + ".json").write_text(json.dumps(manifest, indent=1) + "\n")
+    write_text_atomic(args.out.with_name(args.out.name + ".json"), json.dumps(manifest, indent=1) + "\n")
     print(f"wrote {args.out} ({args.out.stat().st_size / 2**20:.2f} MiB, sha256 {manifest['sha256'][:16]}...) and its manifest; "
           f"kNN top-1 on the demo validation split (10 % labeled bank): {after:.2f} % pretrained, {before:.2f} % random trunk "
           f"({after / max(before, 1e-9):.2f}x)")

@@ -23,7 +23,7 @@ import pandas as pd
 
 from semisup.config import Config, load_saved_config
 from semisup.errors import Parser, UsageError, UserError, cli
-from semisup.files import RunFileError, read_json
+from semisup.files import RunFileError, read_json, write_text_atomic
 
 METHOD_NAMES = {"ce": "Cross-entropy", "ce-script": "Cross-entropy (CGC script, λ 0)", "cgc": "CGC", "gcc": "GCC (L2)"}
 
@@ -252,7 +252,7 @@ def main(argv=None) -> int:
     print("\n".join(text))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "results.md").write_text("\n".join(text))
+        write_text_atomic(args.out / "results.md", "\n".join(text))
         for title, table in sections:
             if not table.empty:
                 table.to_csv(args.out / f"results_{title.split()[0].lower()}.csv", index=False)

@@ -14,11 +14,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 
 import pandas as pd
+
+from semisup.files import write_atomic
 
 log = logging.getLogger("semisup.train")
 
@@ -40,12 +41,6 @@ _NOT_LOGGED_AT_EPOCHS = ("epoch", "step", "lr_trunk", "lr_head")  # the step lin
 
 def epoch_tag(key: str) -> str:
     return _EPOCH_TAGS.get(key, f"val/{key}")
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)  # a kill mid-write never leaves a half-written file
 
 
 class RunLog:
@@ -83,7 +78,7 @@ class RunLog:
         self.writer.flush()  # what a person watching sees is current (and a resumed run purges it)
         progress = dict(epoch=epoch, step=step, total_steps=total_steps, updated=time.strftime("%Y-%m-%d %H:%M:%S"),
                         **{k: (round(v, 4) if math.isfinite(v) else None) for k, v in numbers.items()})
-        _atomic_write(self.run_dir / "progress.json", lambda p: p.write_text(json.dumps(progress)))
+        write_atomic(self.run_dir / "progress.json", lambda p: p.write_text(json.dumps(progress)))
 
     def epoch(self, row: dict) -> None:
         """Append (or, after a resume, replace) the epoch's row of metrics.csv; scalars to TensorBoard."""
@@ -92,7 +87,7 @@ class RunLog:
         path = self.run_dir / "metrics.csv"
         frame = pd.read_csv(path) if path.exists() else pd.DataFrame()
         frame = frame[frame["epoch"] < row["epoch"]] if len(frame) else frame  # a resumed run rewrites its epoch once
-        _atomic_write(path, lambda p: pd.concat([frame, pd.DataFrame([row])], ignore_index=True).to_csv(p, index=False))
+        write_atomic(path, lambda p: pd.concat([frame, pd.DataFrame([row])], ignore_index=True).to_csv(p, index=False))
         for key, value in row.items():
             if isinstance(value, (int, float)) and key not in _NOT_LOGGED_AT_EPOCHS:
                 self.writer.add_scalar(epoch_tag(key), value, row["step"])

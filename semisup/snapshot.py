@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from semisup.errors import UsageError
+from semisup.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -85,5 +86,5 @@ def take_snapshot(dest: Path, root: Path = REPO) -> dict:
     info = dict(code_version(root), files=len(files), bytes=size, untracked=sorted(untracked), links_outside=outside,
                 taken=time.strftime("%Y-%m-%d %H:%M:%S"), source=str(root))
     info.pop("snapshot")
-    (dest / MARKER).write_text(json.dumps(info, indent=1))
+    write_text_atomic(dest / MARKER, json.dumps(info, indent=1))  # the job reads it for its code record
     return info

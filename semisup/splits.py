@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from semisup.errors import Parser, UserError, cli
+from semisup.files import write_text_atomic
 
 SPLITS_DIR = Path(__file__).resolve().parents[1] / "splits"
 _SOURCE = "https://raw.githubusercontent.com/google-research/simclr/master/imagenet_subsets/"
@@ -98,9 +99,7 @@ def custom_split_path(fraction: float, seed: int, names: list[str], splits_dir: 
 
 def write_split(names: list[str], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("\n".join(names) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, "\n".join(names) + "\n")
 
 
 def resolve_labeled(names: list[str], cfg, splits_dir: Path = SPLITS_DIR) -> tuple[list[str], Path]:

@@ -110,7 +110,7 @@ def test_gallery_titles_never_overlap_and_zero_heatmaps_are_marked(demo_cache):
     titles = [ax.title.get_window_extent(renderer) for ax in panels]
     boxes = [ax.get_window_extent(renderer) for ax in panels]
     for i, title in enumerate(titles):
-        assert not any(title.overlaps(other) for j, other in enumerate(titles) if j != i), ax.title.get_text()
+        assert not any(title.overlaps(other) for j, other in enumerate(titles) if j != i), panels[i].title.get_text()
         assert not any(title.overlaps(box) for box in boxes), "a title runs into a panel"
     text = [ax.title.get_text() for ax in panels]
     assert all("true " in t and "pred " in t and "CH " in t for t in text)
