@@ -19,7 +19,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+try:
+    import semisup  # noqa: F401 (the installed package: `pip install -e .` in the checkout)
+except ModuleNotFoundError:
+    sys.exit("semisup is not installed in this Python: run `pip install -e .` in the checkout")
 
 from semisup.config import differing_keys, load_saved_config, parse_config  # noqa: E402
 from semisup.files import write_text_atomic  # noqa: E402
@@ -124,7 +127,7 @@ def run_ablation(name: str, seeds: list[int], out: Path, extra: list[str], rerun
     dirs = [d for fraction in grid for pattern in (f"ablations/{start}{name}*-frac{fraction:g}-seed*",
                                                    f"runs/{start}ce-frac{fraction:g}-seed*", f"runs/{start}cgc-frac{fraction:g}-seed*")
             for d in sorted(out.glob(pattern)) if (d / "final.json").exists()]
-    from semisup.report import ablation_table, load_runs
+    from semisup.tools.report import ablation_table, load_runs
     table = ablation_table(load_runs(dirs, settings=(setting,)), setting)
     text = f"### Ablation: {name} (`{flag}`)\n\n{table.to_markdown(index=False, disable_numparse=True)}\n"
     print(text)

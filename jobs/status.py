@@ -3,11 +3,13 @@
     python jobs/status.py runs/imagenet-1pct
 """
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+try:
+    import semisup  # noqa: F401 (the installed package: `pip install -e .` in the checkout)
+except ModuleNotFoundError:
+    sys.exit("semisup is not installed in this Python: run `pip install -e .` in the checkout")
 
-from semisup.status import main  # noqa: E402
+from semisup.cluster.status import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

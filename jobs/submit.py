@@ -6,18 +6,13 @@
     python jobs/submit.py --dry-run --nodes 2 --gpus-per-node 8 -- --data /imagenet ...     # the sbatch script + checks, queue nothing
 """
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+try:
+    import semisup  # noqa: F401 (the installed package: `pip install -e .` in the checkout)
+except ModuleNotFoundError:
+    sys.exit("semisup is not installed in this Python: run `pip install -e .` in the checkout")
 
-from semisup.errors import cli  # noqa: E402
-from semisup.launch import main  # noqa: E402
-
-@cli
-def submit(argv=None) -> int:
-    main(argv)  # returns the submitted jobs (none for --dry-run)
-    return 0
-
+from semisup.cluster.launch import console as submit  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(submit())

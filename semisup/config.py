@@ -19,6 +19,9 @@ import yaml
 
 from semisup.errors import Parser, UsageError
 
+# The checkout (or snapshot) holding this package: recipes, splits/ and pretrained/ sit in it.
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
 
 def _f(default, help: str, flags: tuple[str, ...] = (), choices=None, cli: bool = True, path: bool = False):
     """A setting: its help, extra flag spellings, allowed values, whether it is a command-line flag,
@@ -159,7 +162,10 @@ class Config:
 # top-1 at cross-entropy's level with most of the CH gain (README, "Ablations").
 # The demo's self-supervised start, shipped in the repository (pretrained/README.md): the
 # quick start fine-tunes it as the published pipeline fine-tunes SwAV. --pretrained none: scratch.
-DEMO_START = str(Path(__file__).resolve().parents[1] / "pretrained" / "demo_swav_resnet_tiny.pth")
+# The embedded demo dataset's version (its images change with it): recorded in every demo run, so a
+# report never averages runs made on different images.
+DEMO_VERSION = 3
+DEMO_START = str(PROJECT_ROOT / "pretrained" / "demo_swav_resnet_tiny.pth")
 
 DEMO_PRESET = dict(
     pretrained=DEMO_START, arch="resnet_tiny", image_size=64, resize_size=64, ch_short_side=64, batch_labeled=32, batch_unlabeled=64,
@@ -412,7 +418,6 @@ def load_yaml(path: str | Path) -> dict:
     return resolved
 
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_recipe(name: str) -> dict:
@@ -440,8 +445,7 @@ def make_config(explicit: dict, recipe: str | None = None) -> Config:
         values["cgc_weight"] = GCC_LAMBDA
     values.update(chosen)
     if values.get("data") is None:
-        from semisup.demo import VERSION
-        values["demo_version"] = VERSION
+        values["demo_version"] = DEMO_VERSION
     if isinstance(values.get("pretrained"), str) and values["pretrained"].lower() == "none":
         values["pretrained"] = None  # --pretrained none: random initialisation
     if isinstance(values.get("lr_milestones"), list):

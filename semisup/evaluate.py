@@ -1,15 +1,10 @@
-"""Evaluation: top-1/top-5, Content Heatmap (CH), validation CGC loss, kNN top-1, galleries.
+"""Evaluate checkpoints: a run's, or any weights file (torchvision, released CGC, SwAV trunk).
 
     python semisup/evaluate.py --checkpoint runs/X/checkpoint.pt [--data D --val-boxes B]
+    python semisup/evaluate.py --weights resnet50.pth --arch resnet50 --data /imagenet --metrics top1,ch,iauc
 
-Content Heatmap, as the released TorchRay scripts compute it: Grad-CAM of the ground-truth
-class at the last conv block (eval mode), on the image resized so its shorter side is
-``ch_short_side``, without cropping; the map is normalised to sum 1 plus 1e-8 per cell, resized
-to the original image size and normalised again, and CH is its mass inside the union of that
-class's boxes. An all-zero Grad-CAM thus becomes uniform and scores the boxes' area fraction
-(``ch``, the published protocol); ``ch_strict`` counts it as 0 and ``ch_zero`` counts them.
-``ch_released_swav`` is what the released script for the SwAV-start (1 %) models computes: its
-model has no classification head, so the "Grad-CAM of class c" is layer4's feature channel c.
+Metrics: top-1/top-5, Content Heatmap (CH), validation CGC loss, kNN top-1, insertion and
+deletion AUC (``semisup.eval``). Results are appended to ``eval.jsonl`` beside the checkpoint.
 """
 from __future__ import annotations
 
@@ -18,255 +13,18 @@ import logging
 import os
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python semisup/evaluate.py`: import the package, not this folder
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-import numpy as np
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from semisup import cgc
-from semisup import distributed as D
-from semisup import transforms as T
-from semisup.boxes import content_heatmap  # noqa: F401 (also part of this module's API)
-from semisup.data import EvalDataset
+try:
+    import semisup  # noqa: F401 (the installed package: `pip install -e .` in the checkout)
+except ModuleNotFoundError:
+    sys.exit("semisup is not installed in this Python: run `pip install -e .` in the checkout")
+
 from semisup.errors import Parser, UsageError, UserError, cli
-from semisup.insertion import InsertionSettings
-
-log = logging.getLogger(__name__)
-
-VAL_CGC_BATCH = 128  # fixed, so the InfoNCE value is comparable between checkpoints
-# What --metrics names: top-1/top-5, Content Heatmap, validation CGC loss, kNN, insertion / deletion AUC.
-METRICS = ("top1", "ch", "cgc-loss", "knn", "iauc", "dauc")
-FULL_METRICS = {"top1", "ch", "cgc-loss", "knn"}  # a run's final and best evaluation
-
-
-def released_swav_cams(features: torch.Tensor, classes: torch.Tensor) -> torch.Tensor | None:
-    """What ``evaluate_swav_imagenet_gradcam_energy_inside_bbox.py`` explains: its SwAV ResNet is
-    built without a head (output_dim=0), so "logit" c is pooled feature channel c and its
-    pooled-gradient Grad-CAM is relu(A_c), the c-th channel of layer4. [B, C, h, w] -> [B, h, w],
-    or None when a class index exceeds the channels (the script would fail)."""
-    if int(classes.max()) >= features.shape[1]:
-        return None
-    return features.float()[torch.arange(len(classes), device=features.device), classes].clamp_min(0)
-
-
-def size_grouped_batches(sizes: list[tuple[int, int]], batch_size: int) -> list[list[int]]:
-    """Batches of indices whose images share one original size: the network then sees equal
-    input sizes and every result equals the one-image-at-a-time computation."""
-    groups = defaultdict(list)
-    for i, s in enumerate(sizes):
-        groups[tuple(s)].append(i)
-    return [idx[j:j + batch_size] for _, idx in sorted(groups.items()) for j in range(0, len(idx), batch_size)]
-
-
-class Evaluator:
-    """Runs the evaluation passes of one model on a DataBundle's validation (and labeled) data."""
-
-    def __init__(self, cfg, bundle, device: torch.device, dist: D.Dist | None = None, batch_size: int = 64):
-        self.cfg, self.bundle, self.device = cfg, bundle, device
-        self.dist = dist or D.Dist(device=device)
-        self.batch_size = batch_size
-        n = len(bundle.val.source)
-        limit = cfg.max_eval_images or n
-        self.indices = np.arange(min(n, limit))
-
-    def _loader(self, dataset, batch_sampler=None):
-        workers = self.cfg.workers
-        kwargs = dict(batch_sampler=batch_sampler) if batch_sampler is not None else dict(batch_size=self.batch_size)
-        return DataLoader(dataset, num_workers=workers, pin_memory=self.device.type == "cuda", **kwargs)
-
-    def _shard(self, items: list) -> list:
-        return items[self.dist.rank::self.dist.world]
-
-    def run(self, model, progress: bool = True, full: bool = True, metrics: set[str] | None = None,
-            insertion: "InsertionSettings | None" = None) -> dict:
-        """Returns dict of top1, top5 (percent), bad_val_images, eval_seconds and, with ``full``
-        (or as ``metrics`` names them, :data:`METRICS`), cgc_val_loss; ch, ch_strict,
-        ch_released_swav (percent), ch_zero (count), ch_images; knn_top1 (percent); iauc, dauc
-        (percent, ``semisup.insertion`` with ``insertion`` settings, the released ones by default)."""
-        metrics = set(metrics) if metrics is not None else (FULL_METRICS if full else {"top1"})
-        model.eval()
-        start = time.time()
-        with torch.inference_mode():
-            results = self.classify(model, progress, features="knn" in metrics, cgc="cgc-loss" in metrics)
-            features, labels = results.pop("_features"), results.pop("_labels")
-            if "ch" in metrics:
-                results.update(self.content_heatmap(model, progress))
-            if "knn" in metrics:
-                results["knn_top1"] = self.knn(model, features, labels, progress)
-        if metrics & {"iauc", "dauc"}:
-            results.update(self.insertion(model, insertion or InsertionSettings(size=self.cfg.image_size), metrics, progress))
-            model.eval()
-        results["eval_seconds"] = round(time.time() - start, 1)
-        return results
-
-    def insertion(self, model, settings: "InsertionSettings", metrics: set[str], progress: bool) -> dict:
-        """Insertion / deletion AUC of the validation images (or the first --max-eval-images), in
-        file order, as released (``semisup.insertion``); one process."""
-        from semisup.insertion import CAM_BATCH, InsertionDataset, insertion_metrics
-        dataset = InsertionDataset(self.bundle.val.source, self.indices, settings.size)
-        loader = DataLoader(dataset, batch_size=CAM_BATCH, shuffle=False, num_workers=self.cfg.workers)
-        batches = tqdm(loader, desc="eval insertion/deletion", disable=not self._bars(progress), leave=False)
-        return insertion_metrics(model, batches, settings, self.device, metrics=tuple(m for m in ("iauc", "dauc") if m in metrics))
-
-    def _bars(self, progress: bool) -> bool:
-        """Progress bars on the main process, and only where a person watches a terminal (a Slurm
-        log gets the step lines instead)."""
-        return progress and self.dist.is_main and sys.stderr.isatty()
-
-    def _autocast(self):
-        """bf16/fp16 autocast for the forward passes on GPUs, as in training (heatmaps stay float32)."""
-        from contextlib import nullcontext
-        dtype = D.amp_dtype(self.cfg, self.device)
-        return torch.autocast(self.device.type, dtype=dtype) if dtype is not None else nullcontext()
-
-    def classify(self, model, progress: bool, features: bool = True, cgc: bool = True) -> dict:
-        """Top-1/top-5 on Resize + CenterCrop; with ``features`` also the pooled features for kNN,
-        with ``cgc`` the validation CGC loss."""
-        full = features or cgc
-        cfg = self.cfg
-        dataset = EvalDataset(self.bundle.val.source, cfg.resize_size, cfg.image_size, self.indices)
-        batches = self._shard([list(range(i, min(i + VAL_CGC_BATCH, len(dataset)))) for i in range(0, len(dataset), VAL_CGC_BATCH)])
-        sums = torch.zeros(6, dtype=torch.float64, device=self.device)  # correct1, correct5, n, loss*n, n_loss, bad
-        feats, labels = [], []
-        for batch in tqdm(self._loader(dataset, batches), desc="eval top-1/top-5", disable=not self._bars(progress), leave=False):
-            images = batch["image"].to(self.device, non_blocking=True)
-            target = batch["label"].to(self.device)
-            with self._autocast():
-                logits, features = model(T.normalize(images, channels_last=self._channels_last()))
-            logits = logits.float()
-            top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
-            sums[0] += (top5[:, 0] == target).sum()
-            sums[1] += (top5 == target[:, None]).any(1).sum()
-            sums[2] += len(target)
-            sums[5] += batch["bad"].sum().to(self.device)
-            if not full:
-                continue
-            feats.append(F.normalize(features.float().mean((2, 3)), dim=1))
-            labels.append(target)
-            if cgc and len(target) > 1:
-                loss = self._cgc_loss(model, images, logits, features, target, batch["index"])
-                sums[3] += loss * len(target)
-                sums[4] += len(target)
-        D.all_reduce_sum(sums)
-        n = max(sums[2].item(), 1)
-        out = dict(top1=100 * sums[0].item() / n, top5=100 * sums[1].item() / n, bad_val_images=int(sums[5].item()),
-                   _features=torch.cat(feats) if feats else None, _labels=torch.cat(labels) if labels else None)
-        if cgc:
-            out["cgc_val_loss"] = sums[3].item() / max(sums[4].item(), 1)
-        return out
-
-    def _channels_last(self) -> bool:
-        return self.cfg.channels_last and self.device.type == "cuda"
-
-    def _cgc_loss(self, model, images, logits, features, target, index) -> torch.Tensor:
-        """Validation CGC loss with transforms seeded by image index (the same for every
-        checkpoint), ground-truth class, per batch of VAL_CGC_BATCH images in file order."""
-        raw = _unwrap(model)
-        augs, boxes, flips = [], [], []
-        for image, i in zip(images.cpu(), index.tolist()):
-            aug, box, flip = T.cgc_pair(image, (self.cfg.crop_scale_min, 1.0), torch.Generator().manual_seed(int(i)))
-            augs.append(aug), boxes.append(box), flips.append(flip)
-        with self._autocast():
-            aug_logits, aug_features = model(T.normalize(torch.stack(augs).to(self.device), channels_last=self._channels_last()))
-        cam = raw.cam(logits, features, target)
-        cam_aug = raw.cam(aug_logits, aug_features, target)
-        return cgc.cgc_loss(cam_aug, cam, torch.stack(boxes), torch.stack(flips), self.cfg.temperature, self.cfg.cam_size,
-                            self.cfg.group_size, self.cfg.cgc_negatives)
-
-    def content_heatmap(self, model, progress: bool, released_swav: bool = True) -> dict:
-        """CH (published protocol), strict CH, the count of all-zero heatmaps and (with
-        ``released_swav``) the released SwAV script's CH, in one pass (percent; NaN where
-        undefined, e.g. no boxes). Heatmaps are resized and masked on the model's device."""
-        val = self.bundle.val
-        nan = float("nan")
-        undefined = dict(ch=None, ch_strict=None, ch_released_swav=None, ch_zero=0, ch_images=0)  # no boxes: CH is undefined, not 0
-        if val.boxes is None:
-            return undefined
-        raw = _unwrap(model)
-        indices = [i for i in self.indices if val.boxes[i] is not None]  # CH is defined where boxes exist
-        dataset = EvalDataset(val.source, self.cfg.ch_short_side, None, indices)
-        sizes = [val.sizes[i] for i in indices]
-        batches = self._shard(size_grouped_batches(sizes, self.batch_size))
-        sums = torch.zeros(5, dtype=torch.float64)  # ch, ch strict, zero count, images, ch released-swav (nan if undefined)
-        for batch in tqdm(self._loader(dataset, batches), desc="eval Content Heatmap", disable=not self._bars(progress), leave=False):
-            images = batch["image"].to(self.device, non_blocking=True)
-            target = batch["label"].to(self.device)
-            logits, features = model(T.normalize(images, channels_last=self._channels_last()))
-            index = batch["index"].tolist()
-            boxes, size = [val.boxes[i] for i in index], val.sizes[index[0]]
-            ch, strict, zero = content_heatmap(raw.cam(logits, features, target), boxes, size)  # = pooled Grad-CAM (tested)
-            swav = released_swav_cams(features, target) if released_swav else None
-            swav_sum = content_heatmap(swav, boxes, size)[0].sum().cpu() if swav is not None else torch.tensor(nan, dtype=torch.float64)
-            sums += torch.stack([ch.sum().cpu(), strict.sum().cpu(), zero.sum().double().cpu(),
-                                 torch.tensor(float(len(index)), dtype=torch.float64), swav_sum])
-        sums = D.all_reduce_sum(sums.to(self.device)).cpu()
-        if sums[3].item() == 0:
-            log.warning("no evaluated image has a box of its class: Content Heatmap is undefined (check --val-boxes)")
-            return undefined
-        images = sums[3].item()
-        return dict(ch=100 * sums[0].item() / images, ch_strict=100 * sums[1].item() / images,
-                    ch_released_swav=100 * sums[4].item() / images, ch_zero=int(sums[2].item()), ch_images=int(sums[3].item()))
-
-    def knn(self, model, val_features: torch.Tensor, val_labels: torch.Tensor, progress: bool) -> float:
-        """kNN top-1 (percent) of pooled backbone features, the labeled subset as memory bank."""
-        from semisup.knn import knn_classify
-        bundle = self.bundle
-        bank_indices = bundle.labeled_indices[: self.cfg.max_eval_images] if self.cfg.max_eval_images else bundle.labeled_indices
-        dataset = EvalDataset(bundle.labeled, self.cfg.resize_size, self.cfg.image_size, bank_indices)
-        positions = self._shard(list(range(len(dataset))))
-        bank, bank_labels = [], []
-        batches = [positions[i:i + self.batch_size] for i in range(0, len(positions), self.batch_size)]
-        for batch in tqdm(self._loader(dataset, batches), desc="eval kNN bank", disable=not self._bars(progress), leave=False):
-            with self._autocast():
-                _, features = model(T.normalize(batch["image"].to(self.device), channels_last=self._channels_last()))
-            bank.append(F.normalize(features.float().mean((2, 3)), dim=1))
-            bank_labels.append(batch["label"].to(self.device))
-        width = _unwrap(model).fc.in_features
-        # Processes may hold no rows of a small set: gather_rows takes empty tensors.
-        bank = D.gather_rows(torch.cat(bank) if bank else torch.zeros(0, width, device=self.device)).cpu()
-        bank_labels = D.gather_rows(torch.cat(bank_labels) if bank_labels else torch.zeros(0, dtype=torch.long, device=self.device)).cpu()
-        correct = torch.zeros(2, dtype=torch.float64, device=self.device)
-        if val_features is not None:
-            predictions = knn_classify(bank, bank_labels, val_features.cpu(), k=self.cfg.knn_k, temperature=self.cfg.knn_temperature,
-                                       num_classes=len(bundle.classes))
-            correct += torch.tensor([(predictions == val_labels.cpu()).sum().item(), len(val_labels)], dtype=torch.float64, device=self.device)
-        D.all_reduce_sum(correct)
-        return 100 * correct[0].item() / max(correct[1].item(), 1)
-
-
-def _unwrap(model):
-    model = getattr(model, "module", model)  # DistributedDataParallel
-    return getattr(model, "_orig_mod", model)  # torch.compile
-
-
-def _cell(value, width: int, digits: int) -> str:
-    """A number, or '–' where a metric was not computed; a non-finite value stays visible as such."""
-    if value is None:
-        return f"{'–':>{width}}"
-    if not np.isfinite(value):
-        return f"{'non-finite':>{width}}"
-    return f"{value:>{width}.{digits}f}"
-
-
-def format_results(rows: list[dict]) -> str:
-    """A small fixed-width table: method, top-1, top-5, CH (published, strict, released SwAV
-    script), CGC loss, kNN."""
-    columns = [("top-1", "top1", 8, 2), ("top-5", "top5", 8, 2), ("CH", "ch", 8, 2), ("CH strict", "ch_strict", 11, 2),
-               ("CH rel.SwAV", "ch_released_swav", 13, 2), ("CGC loss", "cgc_val_loss", 10, 4), ("kNN", "knn_top1", 8, 2)]
-    columns += [c for c in (("IAUC", "iauc", 8, 2), ("DAUC", "dauc", 8, 2)) if any(c[1] in r for r in rows)]
-    name_width = max([26] + [len(str(r["method"])) + 2 for r in rows])  # names are never cut
-    header = f"{'method':<{name_width}}" + "".join(f"{title:>{width}}" for title, _, width, _ in columns)
-    lines = [header, "-" * len(header)]
-    for r in rows:
-        lines.append(f"{r['method']:<{name_width}}" + "".join(_cell(r.get(key), width, digits) for _, key, width, digits in columns))
-    return "\n".join(lines)
+from semisup.eval.evaluator import FULL_METRICS, METRICS, Evaluator, format_results
+from semisup.eval.insertion import InsertionSettings
 
 
 def _metric_list(text: str) -> set[str]:
@@ -281,7 +39,7 @@ def _weights_model(args) -> tuple:
     """(model, cfg, report) for --weights: a torchvision, released-CGC or SwAV file evaluated on
     --data (the demo without it) with this project's evaluation settings."""
     from semisup.config import make_config
-    from semisup.models import load_weights
+    from semisup.models.backbones import load_weights
     model, report = load_weights(args.weights, args.arch)
     fraction = args.labeled_fraction if args.labeled_fraction is not None else (0.01 if "knn" in args.metrics and args.data else 1.0)
     values = dict(data=args.data, val_boxes=args.val_boxes, val_labels=args.val_labels, arch=args.arch, pretrained=None,
@@ -359,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"--{flag.replace('_', '-')}: must be >= {0 if flag in ('workers', 'gallery') else 1}, got {value}")
     args.metrics = args.metrics or (FULL_METRICS if args.checkpoint else {"top1", "ch", "cgc-loss"})
     logging.basicConfig(level=logging.WARNING)
-    from semisup.runs import build_data, load_run_model
+    from semisup.data.datasets import build_data
+    from semisup.models.backbones import load_run_model
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.weights:
@@ -394,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         for row in rows:
             f.write(json.dumps(dict(row, time=time.strftime("%Y-%m-%d %H:%M:%S"))) + "\n")
     if args.gallery and head:
-        from semisup.gallery import save_gallery
+        from semisup.eval.gallery import save_gallery
         names = [name for *_, name in loaded]
         png = save_gallery(models, names, bundle, cfg, device, out / ("gallery_compare.png" if args.compare else "gallery_eval.png"), count=args.gallery)
         print(f"gallery: {png}")

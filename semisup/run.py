@@ -5,14 +5,15 @@ Without ``--data`` it runs on the embedded demo dataset. ``--help`` lists every 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-if __package__ in (None, ""):  # `python semisup/run.py`: import the package, not this folder
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+try:
+    import semisup  # noqa: F401 (the installed package: `pip install -e .` in the checkout)
+except ModuleNotFoundError:
+    sys.exit("semisup is not installed in this Python: run `pip install -e .` in the checkout")
 
 from semisup.config import parse_config  # noqa: E402
 from semisup.errors import cli  # noqa: E402
-from semisup.train import train  # noqa: E402
+from semisup.train.trainer import train  # noqa: E402
 
 
 @cli

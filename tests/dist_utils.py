@@ -19,7 +19,7 @@ def set_env(rank: int, world: int, port: int) -> None:
 
 def _train_worker(rank, world, port, args, out_dir):
     from semisup.config import parse_config
-    from semisup.train import run_training
+    from semisup.train.trainer import run_training
     set_env(rank, world, port)
     result, trainer = run_training(parse_config(args))
     torch.save(dict(params={k: v for k, v in trainer.model.named_parameters()}, result=result), f"{out_dir}/rank{rank}.pt")
@@ -29,7 +29,7 @@ def _loss_worker(rank, world, port, out_dir):
     """Each process holds 4 of 8 rows; the loss with groups of 4 (inside a process) and of 8
     (spanning both, negatives gathered with gradient), and its gradients."""
     import torch.distributed as dist
-    from semisup import cgc
+    from semisup.method import cgc
     from semisup import distributed as D
     set_env(rank, world, port)
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -52,7 +52,7 @@ def _loss_worker(rank, world, port, out_dir):
 
 def loss_inputs():
     """8 relu'd 7 x 7 heatmaps per view and integer-pixel boxes (224 view), as in training."""
-    from semisup.reference import pixel_boxes_and_flips
+    from semisup.tools.reference import pixel_boxes_and_flips
     g = torch.Generator().manual_seed(0)
     cam, cam_aug = (torch.rand(8, 7, 7, generator=g) - 0.2).relu(), (torch.rand(8, 7, 7, generator=g) - 0.2).relu()
     pixel, boxes, flips = pixel_boxes_and_flips(8, g)

@@ -42,7 +42,7 @@ def summary(result: dict) -> dict:
 
 def run_demo_case(name: str, workdir: Path, demo_cache: str) -> dict:
     from semisup.config import parse_config
-    from semisup.train import train
+    from semisup.train.trainer import train
     args = [*CASES[name], "--demo-cache", demo_cache, "--run-dir", str(workdir / name)]
     return summary(train(parse_config(args)))
 
@@ -50,7 +50,7 @@ def run_demo_case(name: str, workdir: Path, demo_cache: str) -> dict:
 def run_imagenet_case(workdir: Path) -> dict:
     """A generated ImageNet-layout tree (JPEGs, VOC boxes), the tiny ResNet at 64 px."""
     from semisup.config import parse_config
-    from semisup.train import train
+    from semisup.train.trainer import train
     from tests.imagenet_tree import make_tree
     root = workdir / "imagenet"
     make_tree(root, bad=False)

@@ -1,6 +1,6 @@
 """A literal transcription of the released RISE insertion/deletion metric (UCDvision/CGC,
 ``RISE/evaluation.py``: ``gkern``, ``auc``, ``CausalMetric.evaluate``), on the CPU, for the tests
-that hold ``semisup.insertion`` to it. Test-only code: slow by design (one image batch per step)."""
+that hold ``semisup.eval.insertion`` to it. Test-only code: slow by design (one image batch per step)."""
 import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter

@@ -1,7 +1,7 @@
 """Each benchmark runs once at a tiny size (nothing about time is asserted: benchmarks report)."""
 import pytest
 
-from semisup import bench
+from semisup.tools import bench
 
 
 @pytest.mark.parametrize("argv", [
@@ -29,7 +29,7 @@ def test_benchmark_runs_and_reports(argv, capsys):
 
 
 def test_planner_scales_with_the_node_and_names_the_bound(tmp_path, capsys):
-    from semisup import plan
+    from semisup.train import plan
     rates = plan.Rates(step_images_per_s=1000, infer_images_per_s=5000, ch_images_per_s=800, labeled_per_s=150,
                        unlabeled_per_s=120, val_per_s=300, ch_val_per_s=150, nvjpeg_images_per_s=4000)
     shape = plan.RunShape()
@@ -47,7 +47,7 @@ def test_planner_scales_with_the_node_and_names_the_bound(tmp_path, capsys):
 
 
 def test_planner_reads_the_run_variant_and_cadence(capsys):
-    from semisup import plan
+    from semisup.train import plan
     from semisup.config import make_config
     rates = plan.measured_rates("h100")
     default = make_config(dict(data="x")).to_dict()

@@ -3,9 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from semisup import cgc
-from semisup.models import build_model
-from semisup.reference import pixel_boxes_and_flips, released_cgc_loss
+from semisup.method import cgc
+from semisup.models.backbones import build_model
+from semisup.tools.reference import pixel_boxes_and_flips, released_cgc_loss
 
 
 def random_boxes(n: int, generator: torch.Generator) -> torch.Tensor:

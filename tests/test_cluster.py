@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from semisup import launch, snapshot
+from semisup.cluster import launch
+from semisup.cluster import snapshot
 from semisup.errors import UsageError, UserError
-from semisup.status import main as status_main
+from semisup.cluster.status import main as status_main
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--labeled-fraction", "0.02", "--epochs", "2", "--batch-labeled", "32", "--batch-unlabeled", "32", "--max-eval-images", "64",
@@ -59,7 +60,7 @@ def test_snapshots_hold_the_tracked_code_only_and_record_the_commit(tmp_path):
 
 def test_the_projects_own_snapshot_leaves_out_logs_runs_and_results(tmp_path):
     files = snapshot.tracked_files(ROOT)
-    assert "semisup/train.py" in files and "jobs/submit.py" in files
+    assert "semisup/train/trainer.py" in files and "jobs/submit.py" in files
     assert not [f for f in files if f.startswith(("jobs/logs/", "runs/", "results/"))]
 
 
@@ -143,7 +144,7 @@ def test_values_that_would_break_the_sbatch_script_are_refused_before_anything_i
 def test_a_run_is_watchable_in_tensorboard_and_records_its_code(tmp_path, demo_cache):
     from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
     from semisup.config import parse_config
-    from semisup.train import train
+    from semisup.train.trainer import train
     run_dir = tmp_path / "run"
     result = train(parse_config(QUICK + ["--demo-cache", demo_cache, "--run-dir", str(run_dir), "--gallery", "4",
                                          "--eval-every", "1", "--log-every", "5"]))
@@ -200,7 +201,7 @@ def test_status_never_unpickles_and_reports_damaged_run_files_in_one_line(tmp_pa
     assert not marker.exists()  # nothing from the received folder ran
     assert "damaged final.json" in out and "final.json: unreadable or not JSON" in out
     assert "broken-record" in out and "expected a JSON list" in out
-    from semisup.report import main as report_main
+    from semisup.tools.report import main as report_main
     assert report_main([str(run)]) == 1  # "no finished runs": the damaged one is skipped with its reason
     assert "final.json: unreadable or not JSON" in capsys.readouterr().err
 

@@ -1,8 +1,8 @@
 """The embedded contextual-bias demo dataset."""
 import numpy as np
 
-from semisup.demo import CUE_COLOURS, load_demo
-from semisup.models import build_model
+from semisup.data.demo import CUE_COLOURS, load_demo
+from semisup.models.backbones import build_model
 import torch
 
 

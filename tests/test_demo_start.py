@@ -11,8 +11,8 @@ import torch
 import yaml
 
 from semisup.config import DEMO_START, parse_config
-from semisup.models import CheckpointError, build_model, load_pretrained
-from semisup.rundir import default_run_dir
+from semisup.models.backbones import CheckpointError, build_model, load_pretrained
+from semisup.train.rundir import default_run_dir
 
 SHIPPED = Path(DEMO_START)
 
@@ -50,7 +50,7 @@ def test_the_quick_start_starts_from_the_shipped_weights_and_none_means_scratch(
     assert scratch.pretrained is None
     assert default_run_dir(scratch) != default_run_dir(quick)  # a scratch run never lands in the shipped start's folder
     assert parse_config(["--data", str(tmp_path), "--labeled-fraction", "0.01"]).pretrained is None  # ImageNet: given explicitly
-    from semisup.train import run_training
+    from semisup.train.trainer import run_training
     result, trainer = run_training(parse_config(["--labeled-fraction", "0.01", "--demo-cache", demo_cache, "--dry-run"]))
     assert result["trunk_tensors_loaded"] == trainer.pretrained_report["loaded"] > 0
     _, trainer = run_training(parse_config(["--labeled-fraction", "0.01", "--demo-cache", demo_cache, "--dry-run", "--pretrained", "none"]))
@@ -77,7 +77,7 @@ def fake_run(root: Path, name: str, fraction: float, method: str, seed: int, top
 def test_report_writes_the_tradeoff_and_curve_plots_from_run_directories(tmp_path, capsys):
     from PIL import Image
 
-    from semisup.report import main
+    from semisup.tools.report import main
     runs = [fake_run(tmp_path / "runs", f"{m}-{f}-{s}-{w}", f, m, s, 30 + s + 10 * f, 25 + 5 * s + (10 if m == "cgc" else 0), cgc_weight=w)
             for f in (0.01, 0.1) for s in (0, 1, 2) for m, w in (("ce", 0.0), ("cgc", 0.1), ("cgc", 0.25))
             if not (m == "ce" and w)]
@@ -93,8 +93,8 @@ def test_report_writes_the_tradeoff_and_curve_plots_from_run_directories(tmp_pat
 
 
 def test_gallery_titles_never_overlap_and_zero_heatmaps_are_marked(demo_cache):
-    from semisup.gallery import gallery_figure
-    from semisup.runs import build_data
+    from semisup.eval.gallery import gallery_figure
+    from semisup.data.datasets import build_data
     cfg = parse_config(["--labeled-fraction", "0.01", "--demo-cache", demo_cache, "--pretrained", "none"])
     bundle = build_data(cfg)
     torch.manual_seed(0)

@@ -1,9 +1,9 @@
 """Two processes with the gloo backend on CPU."""
 import torch
 
-from semisup import cgc
+from semisup.method import cgc
 from tests.dist_utils import _loss_worker, _train_worker, loss_inputs, spawn
-from semisup.reference import released_cgc_loss
+from semisup.tools.reference import released_cgc_loss
 
 
 def test_two_process_gloo_run_ends_with_identical_weights(tmp_path, demo_cache):
@@ -40,7 +40,7 @@ def test_group_negatives_give_the_same_loss_for_one_and_two_processes(tmp_path):
 
 
 def test_batchnorm_groups_follow_the_released_replicas():
-    from semisup.replicas import Geometry, geometry
+    from semisup.models.replicas import Geometry, geometry
     assert geometry(128, 64, world=8) == Geometry(2, 1, 4)  # 8 GPUs x 16: a replica is 4 processes (SyncBatchNorm)
     assert geometry(128, 64, world=2) == Geometry(2, 1, 1)  # the released geometry: one replica per process
     assert geometry(128, 64, world=1) == Geometry(2, 2, 1)  # one GPU: two replicas of 64 inside the process

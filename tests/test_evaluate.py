@@ -8,15 +8,15 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from semisup import cgc
-from semisup import transforms as T
+from semisup.method import cgc
+from semisup.data import transforms as T
 from semisup.config import parse_config
-from semisup.data import DataBundle, EvalSet, FileSource
+from semisup.data.datasets import DataBundle, EvalSet, FileSource
 from semisup.errors import UsageError
-from semisup.evaluate import Evaluator, content_heatmap, released_swav_cams
-from semisup.knn import knn_classify
-from semisup.models import build_model
-from semisup.report import ablation_table, full_supervision_table, limited_label_table, load_runs
+from semisup.eval.evaluator import Evaluator, content_heatmap, released_swav_cams
+from semisup.eval.knn import knn_classify
+from semisup.models.backbones import build_model
+from semisup.tools.report import ablation_table, full_supervision_table, limited_label_table, load_runs
 from tests.imagenet_tree import save_image
 
 
@@ -207,7 +207,7 @@ def test_report_never_averages_different_settings_and_counts_distinct_seeds(tmp_
 def test_report_plots_say_what_varies(tmp_path):
     import matplotlib
     matplotlib.use("Agg")
-    from semisup import plots
+    from semisup.tools import plots
     for seed in range(2):
         fake_run(tmp_path / f"ce{seed}", "ce", 0.01, seed, 50.0, 40.0)
         fake_run(tmp_path / f"cgc{seed}", "cgc", 0.01, seed, 51.0, 45.0, weight=0.1)
@@ -228,7 +228,7 @@ def test_report_plots_say_what_varies(tmp_path):
 
 
 def test_class_names_file_is_read_and_a_bad_line_named(tmp_path):
-    from semisup.report import read_class_names
+    from semisup.tools.report import read_class_names
     names = tmp_path / "LOC_synset_mapping.txt"
     names.write_text("n01440764 tench, Tinca tinca\nn01443537 goldfish, Carassius auratus\n")
     assert read_class_names(names) == {"n01440764": "tench", "n01443537": "goldfish"}

@@ -65,12 +65,13 @@ def test_every_setting_refuses_what_cannot_run_and_accepts_only_valid_values(cap
 def cli_cases(tmp_path):
     """(command, argv) for every command's numeric options with bad values, and paths that are
     missing, folders or binary."""
-    from semisup import bench
+    from semisup.tools import bench
     binary = tmp_path / "binary.bin"
     binary.write_bytes(bytes(range(256)) * 4)
     folder = tmp_path / "a_folder"
     folder.mkdir()
-    from semisup import evaluate, launch
+    from semisup import evaluate
+    from semisup.cluster import launch
     cases = []
     # Every numeric option, read from each command's own parser (a new option is covered without a test edit).
     parsers = {"evaluate": evaluate.build_parser(), "bench": bench.build_parser(), "submit": launch.build_parser()}
@@ -100,7 +101,11 @@ def cli_cases(tmp_path):
 
 
 def _command(name):
-    from semisup import bench, pretrained, report, splits, status
+    from semisup.tools import bench
+    from semisup.models import pretrained
+    from semisup.tools import report
+    from semisup.data import splits
+    from semisup.cluster import status
     from semisup.errors import cli
     from semisup.evaluate import main as evaluate
     from semisup.run import main as run
@@ -141,9 +146,10 @@ def test_every_run_file_damaged_in_every_way_is_reported_never_a_traceback(tmp_p
     """config.yaml, final.json, job.json, metrics.csv, progress.json, job-outcome.json and
     checkpoint.pt of a finished run, each damaged in turn: status and report name the file (or
     skip the run, saying why); a resume names the checkpoint."""
-    from semisup import report, status
+    from semisup.tools import report
+    from semisup.cluster import status
     from semisup.run import main as run
-    from semisup.train import train
+    from semisup.train.trainer import train
     finished = tmp_path / "runs" / "done"
     train(parse_config(["--labeled-fraction", "0.02", "--epochs", "1", "--max-steps", "2", "--demo-cache", demo_cache, "--gallery", "0",
                         "--max-eval-images", "32", "--run-dir", str(finished)]))
@@ -179,7 +185,7 @@ def test_every_input_file_damaged_in_every_way_ends_in_one_line(tmp_path, capsys
     """Split files, label files, VOC and CUB box files, YAML configs, sweep files, a shipped
     manifest, and the planner's rates: each damaged in turn, the command that reads it says so in
     one line."""
-    from semisup import bench
+    from semisup.tools import bench
     from semisup.errors import cli
     from semisup.run import main as run
     from jobs.submit import submit
@@ -234,7 +240,7 @@ def test_every_input_file_damaged_in_every_way_ends_in_one_line(tmp_path, capsys
 
 
 def test_a_truncated_demo_cache_is_rebuilt(tmp_path):
-    from semisup.demo import load_demo
+    from semisup.data.demo import load_demo
     first = load_demo(tmp_path, size=32, train_renders=1, val_renders=1)
     cache = next(tmp_path.glob("*.npz"))
     cache.write_bytes(cache.read_bytes()[:1000])
@@ -249,9 +255,9 @@ def test_silent_wrong_results_are_refused_or_said(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from semisup.boxes import BoxFileError, parse_voc_xml
-    from semisup.data import FileSource, TrainDataset
-    from semisup.splits import SplitError, read_split
+    from semisup.data.boxes import BoxFileError, parse_voc_xml
+    from semisup.data.datasets import FileSource, TrainDataset
+    from semisup.data.splits import SplitError, read_split
     paths = []
     for i in range(4):
         p = tmp_path / f"n0_{i}.JPEG"
@@ -277,8 +283,8 @@ def test_silent_wrong_results_are_refused_or_said(tmp_path):
 
 
 def test_a_hand_edited_config_is_not_believed_over_the_checkpoint(tmp_path, demo_cache):
-    from semisup.rundir import RunDirError
-    from semisup.train import train
+    from semisup.train.rundir import RunDirError
+    from semisup.train.trainer import train
     args = ["--labeled-fraction", "0.02", "--epochs", "2", "--max-steps", "2", "--demo-cache", demo_cache, "--gallery", "0",
             "--max-eval-images", "32", "--run-dir", str(tmp_path / "run"), "--checkpoint-every", "1"]
     train(parse_config(args))

@@ -6,15 +6,15 @@ import pytest
 import torch
 import torchvision
 
-from semisup import cgc
-from semisup.boxes import parse_voc_xml
+from semisup.method import cgc
+from semisup.data.boxes import parse_voc_xml
 from semisup.config import parse_config
-from semisup.data import FileSource, TrainDataset
-from semisup.boxes import box_mask, scale_boxes
-from semisup.evaluate import content_heatmap
-from semisup.imagenet import build_folder_bundle, scan_class_folders
+from semisup.data.datasets import FileSource, TrainDataset
+from semisup.data.boxes import box_mask, scale_boxes
+from semisup.eval.evaluator import content_heatmap
+from semisup.data.imagenet import build_folder_bundle, scan_class_folders
 from semisup.run import main
-from semisup.splits import STANDARD, SplitError, read_split, standard_split_path, stratified_split, synset_of
+from semisup.data.splits import STANDARD, SplitError, read_split, standard_split_path, stratified_split, synset_of
 from tests.imagenet_tree import WNIDS, make_tree
 
 
@@ -43,7 +43,7 @@ def test_standard_split_files(shared_splits):
 
 
 def test_missing_standard_split_names_the_download_command(tmp_path):
-    with pytest.raises(SplitError, match="python -m semisup.splits download"):
+    with pytest.raises(SplitError, match="python -m semisup.data.splits download"):
         standard_split_path(0.01, tmp_path)
     (tmp_path / "1percent.txt").write_text("n01_1.JPEG\n")
     with pytest.raises(SplitError, match="sha256"):
@@ -154,7 +154,7 @@ def test_dry_run_summary_and_a_short_run_on_the_folder(tree, tmp_path, capsys):
 def test_gpu_decode_path_gives_the_cpu_path_crops(tree):
     """The --decode gpu path, run on the CPU: same random parameters, same crops up to the two
     JPEG decoders' rounding; odd and broken files handled as on the CPU path."""
-    from semisup.gpu_decode import EncodedTrainDataset, collate_encoded, decode_and_transform
+    from semisup.data.gpu_decode import EncodedTrainDataset, collate_encoded, decode_and_transform
     root, info = tree
     classes, paths, labels, _ = scan_class_folders(root / "train")
     source = FileSource(paths, labels)

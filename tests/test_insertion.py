@@ -12,10 +12,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from semisup import insertion as I
-from semisup import transforms as T
+from semisup.eval import insertion as I
+from semisup.data import transforms as T
 from semisup.evaluate import main as evaluate_main
-from semisup.models import build_model, load_weights
+from semisup.models.backbones import build_model, load_weights
 from tests.released_causal_metric import CausalMetric, auc as released_auc, gkern
 
 ROOT = Path(__file__).resolve().parents[1]

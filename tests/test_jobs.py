@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from semisup import launch
+from semisup.cluster import launch
 from semisup.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +69,7 @@ def test_local_executor_two_tasks_train_with_gloo_to_identical_weights(tmp_path,
     log = (tmp_path / "runs" / "two" / "train.log").read_text()
     assert "2 process(es) on cpu" in log and "16 per process" in log
     # The job ran from the code snapshot taken at submission.
-    assert list((tmp_path / "logs" / "code").glob("*/semisup/train.py"))
+    assert list((tmp_path / "logs" / "code").glob("*/semisup/train/trainer.py"))
 
 
 def child_pids(pid: int) -> list[int]:

@@ -1,11 +1,11 @@
-"""The demo's self-supervised pretraining (semisup/pretrain.py)."""
+"""The demo's self-supervised pretraining (semisup/tools/pretrain.py)."""
 import numpy as np
 import pytest
 import torch
 
-from semisup.data import ArraySource, StreamSampler, TrainDataset
-from semisup.models import build_model, load_pretrained
-from semisup.pretrain import colour_jitter, contrastive_loss, paired_views, pretrain, rotate_hue, save_swav_layout, sinkhorn
+from semisup.data.datasets import ArraySource, StreamSampler, TrainDataset
+from semisup.models.backbones import build_model, load_pretrained
+from semisup.tools.pretrain import colour_jitter, contrastive_loss, paired_views, pretrain, rotate_hue, save_swav_layout, sinkhorn
 
 
 def test_sinkhorn_codes_are_equipartitioned_distributions():

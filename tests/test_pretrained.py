@@ -4,9 +4,9 @@ import torch
 import torchvision
 
 from semisup.config import ConfigError, parse_config
-from semisup.models import CheckpointError, build_model, load_pretrained
+from semisup.models.backbones import CheckpointError, build_model, load_pretrained
 from semisup.run import main
-from semisup.train import Schedule
+from semisup.train.trainer import Schedule
 
 
 def swav_like_checkpoint(path, arch="resnet50"):

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-from semisup.boxes import load_boxes
+from semisup.data.boxes import load_boxes
 from semisup.config import parse_config
-from semisup.train import NonFiniteLoss, RunDirError, train
+from semisup.train.trainer import NonFiniteLoss, RunDirError, train
 from tests.run_helpers import checkpoint_step, wait_for_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,7 +121,7 @@ def test_cub_bounding_boxes(tmp_path):
 
 def test_full_supervision_sums_three_cross_entropies_and_explains_the_predicted_class(tmp_path, demo_cache):
     import torch.nn.functional as F
-    from semisup.train import run_training
+    from semisup.train.trainer import run_training
     args = ["--labeled-fraction", "1.0", "--batch-labeled", "16", "--demo-cache", demo_cache, "--dry-run", "--lambda", "0.5"]
     _, trainer = run_training(parse_config(args))
     (labeled,) = (next(stream) for stream in trainer.loaders())
@@ -141,7 +141,7 @@ def test_full_supervision_sums_three_cross_entropies_and_explains_the_predicted_
 
 
 def test_epochs_end_with_a_partial_batch_as_the_released_loader():
-    from semisup.data import EpochSampler
+    from semisup.data.datasets import EpochSampler
     assert EpochSampler(12811, 128, seed=0, stream=0).batches_per_epoch == 101  # the released 1 % run
     assert EpochSampler(12811, 16, seed=0, stream=0, rank=3, world=8).batches_per_epoch == 101  # 8 GPUs
     sampler = iter(EpochSampler(50, 16, seed=0, stream=0))
@@ -175,7 +175,7 @@ def test_recipes_and_the_gcc_lambda():
 def test_fgvc_aircraft_in_its_released_layout(tmp_path, demo_cache):
     """torchvision's FGVCAircraft reader on a generated fgvc-aircraft-2013b tree, trained for a few steps."""
     from PIL import Image
-    from semisup.runs import build_data
+    from semisup.data.datasets import build_data
     data = tmp_path / "fgvc-aircraft-2013b" / "data"
     (data / "images").mkdir(parents=True)
     variants = ["707-320", "A320", "DC-3"]

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from semisup import checkpoint as ckpt
-from semisup import launch
+from semisup.cluster import launch
 from semisup.config import ConfigError, make_config, parse_config
 from semisup.errors import UsageError
 from semisup.run import main
-from semisup.train import RunDirError, UnreadableCheckpoint, run_training, train
+from semisup.train.trainer import RunDirError, UnreadableCheckpoint, run_training, train
 from tests.run_helpers import wait_for_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,7 +152,7 @@ def test_resume_without_config_yaml_compares_with_the_checkpoints_own_settings(t
 
 
 def test_custom_splits_are_keyed_by_the_dataset():
-    from semisup.splits import custom_split_path
+    from semisup.data.splits import custom_split_path
     a = custom_split_path(0.05, 0, ["n01_1.JPEG", "n01_2.JPEG"], Path("splits"))
     b = custom_split_path(0.05, 0, ["n02_1.JPEG", "n02_2.JPEG"], Path("splits"))
     assert a != b and a.name.startswith("0.05-seed0-")
@@ -160,7 +160,7 @@ def test_custom_splits_are_keyed_by_the_dataset():
 
 
 def test_pretrained_download_replaces_a_file_that_fails_verification(tmp_path, monkeypatch):
-    from semisup import pretrained
+    from semisup.models import pretrained
     bad = tmp_path / pretrained.CHECKPOINTS["swav_800ep"]
     bad.write_bytes(b"half a download")
     fetched = []
@@ -174,7 +174,7 @@ def test_pretrained_download_replaces_a_file_that_fails_verification(tmp_path, m
 
 
 def test_report_and_table_show_non_finite_metrics_as_such():
-    from semisup.evaluate import format_results
+    from semisup.eval.evaluator import format_results
     table = format_results([dict(method="cgc", top1=10.0, top5=20.0, ch=float("nan"), ch_strict=1.0, cgc_val_loss=float("inf"))])
     assert table.count("non-finite") == 2 and "nan" not in table.lower().replace("non-finite", "")
 

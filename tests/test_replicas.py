@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from semisup import cgc
-from semisup import transforms as T
-from semisup.models import build_model
-from semisup.reference import pixel_boxes_and_flips, released_cgc_loss
-from semisup.replicas import ReplicaBatchNorm2d, replica_mean, replica_sizes, use_replica_batchnorm
+from semisup.method import cgc
+from semisup.data import transforms as T
+from semisup.models.backbones import build_model
+from semisup.tools.reference import pixel_boxes_and_flips, released_cgc_loss
+from semisup.models.replicas import ReplicaBatchNorm2d, replica_mean, replica_sizes, use_replica_batchnorm
 
 
 def released_flip_transcription(uniform, coin) -> tuple[bool, bool]:
@@ -130,9 +130,9 @@ def test_the_step_on_a_partial_batch_weighs_replicas_as_the_released_run(tmp_pat
     """11 labeled images at batch 128 in replicas of 64: CE is the mean of the 6- and 5-image
     replicas' means, each normalised on its own (cross-entropy run, one step of SGD)."""
     from semisup.config import make_config
-    from semisup.data import DataBundle, EvalSet
+    from semisup.data.datasets import DataBundle, EvalSet
     from semisup.distributed import Dist
-    from semisup.train import Trainer
+    from semisup.train.trainer import Trainer
     cfg = make_config(dict(data="x", arch="resnet_tiny", image_size=16, batch_labeled=128, cgc_weight=0.0, ce_baseline="plain",
                            lr_trunk=0.1, lr_head=0.1, device="cpu"))
     bundle = DataBundle([str(i) for i in range(5)], None, np.arange(128), None, None, EvalSet(None, None), {})
@@ -166,7 +166,7 @@ def big_jpeg(path: Path, size=(1280, 854), seed=0) -> Path:
 
 
 def test_default_decode_equals_pils_full_decode_and_the_draft_is_opt_in(tmp_path):
-    from semisup.data import FileSource, TrainDataset
+    from semisup.data.datasets import FileSource, TrainDataset
     paths = [str(big_jpeg(tmp_path / f"{i}.JPEG", size, i)) for i, size in enumerate([(1280, 854), (640, 1000), (600, 600)])]
     source = FileSource(paths, [0] * len(paths))
     exact = TrainDataset(source, np.arange(len(paths)), 224, 256, 0.08, crop=False, pair=True)

@@ -7,7 +7,7 @@ import torch
 
 from semisup.config import parse_config
 from semisup.run import main
-from semisup.train import RunDirError, run_training, train
+from semisup.train.trainer import RunDirError, run_training, train
 
 QUICK = ["--epochs", "3", "--batch-labeled", "32", "--batch-unlabeled", "32", "--max-eval-images", "400", "--gallery", "0",
          "--labeled-fraction", "0.1"]

@@ -2,6 +2,7 @@
 commands put them, a sweep with relative paths submitted through submitit's local executor,
 the status table, the report."""
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -55,7 +56,7 @@ def imagenet_for_split(root: Path, split: list[str]) -> None:
 
 def fake_swav_checkpoint(path: Path) -> None:
     """A SwAV-layout file (module. prefix, projection head) for the tiny demo ResNet."""
-    from semisup.models import build_model
+    from semisup.models.backbones import build_model
     torch.manual_seed(0)
     model = build_model("resnet_tiny", 10)
     state = {f"module.{k}": v for k, v in model.state_dict().items() if not k.startswith("fc.")}
@@ -77,7 +78,7 @@ def wait_for(condition, timeout_s: float, what: str):
 @pytest.mark.parametrize("split", ["standard", "own"])
 def test_a_sweep_submitted_from_a_fresh_clone_with_downloaded_files_runs_and_reports(tmp_path, split, request):
     clone = fresh_clone(tmp_path / "clone")
-    # Where `python -m semisup.splits download` and `python -m semisup.pretrained download` put them (git-ignored);
+    # Where `python -m semisup.data.splits download` and `python -m semisup.models.pretrained download` put them (git-ignored);
     # or a split file of the user's own beside them, named by a relative path.
     if split == "standard":
         shared_splits = request.getfixturevalue("shared_splits")
@@ -99,14 +100,17 @@ def test_a_sweep_submitted_from_a_fresh_clone_with_downloaded_files_runs_and_rep
                                              "--max-eval-images", "8", "--gallery", "0", "--workers", "0"],
                  grid=dict(**{"lambda": [0, 0.1]}, seed=[0]))
     (clone / "jobs" / "sweep_toy.yaml").write_text(yaml.safe_dump(sweep))
+    # The clone's package first on the import path, as `pip install -e .` in the clone makes it.
+    env = dict(os.environ, PYTHONPATH=str(clone))
     submit = subprocess.run([sys.executable, "jobs/submit.py", "--cluster", "local", "--sweep", "jobs/sweep_toy.yaml"],
-                            cwd=clone, capture_output=True, text=True, timeout=300)
+                            cwd=clone, capture_output=True, text=True, timeout=300, env=env)
     assert submit.returncode == 0, submit.stderr
     assert "checked lambda0_seed0" in submit.stdout and "checked lambda0.1_seed0" in submit.stdout
     runs = clone / "runs" / "imagenet-1pct"
 
     def both_finished():
-        status = subprocess.run([sys.executable, "jobs/status.py", "runs/imagenet-1pct"], cwd=clone, capture_output=True, text=True)
+        status = subprocess.run([sys.executable, "jobs/status.py", "runs/imagenet-1pct"], cwd=clone, capture_output=True, text=True,
+                                env=env)
         assert "FAILED" not in status.stdout and "DIED" not in status.stdout, status.stdout
         return status.stdout if status.stdout.count("COMPLETED") == 2 else None
     table = wait_for(both_finished, 300, "the two jobs did not complete")
@@ -115,7 +119,7 @@ def test_a_sweep_submitted_from_a_fresh_clone_with_downloaded_files_runs_and_rep
     record = json.loads((runs / "lambda0.1_seed0" / "job.json").read_text())[-1]
     assert record["reads"]["split_file"] == str(clone / "splits" / ("1percent.txt" if split == "standard" else "mine.txt"))
     assert record["reads"]["pretrained"] == str(clone / "pretrained" / "swav_800ep_pretrain.pth.tar")
-    assert record["reads"]["code"] != str(clone) and Path(record["reads"]["code"], "semisup", "train.py").is_file()  # the snapshot
+    assert record["reads"]["code"] != str(clone) and Path(record["reads"]["code"], "semisup", "train", "trainer.py").is_file()  # the snapshot
     log = (runs / "lambda0.1_seed0" / "train.log").read_text()
     assert "swav_800ep_pretrain.pth.tar" in log
 
@@ -126,7 +130,7 @@ def test_a_sweep_submitted_from_a_fresh_clone_with_downloaded_files_runs_and_rep
     config = yaml.safe_load((other / "config.yaml").read_text())
     (other / "config.yaml").write_text(yaml.safe_dump(dict(config, lr_head=0.5), sort_keys=False))
     report = subprocess.run([sys.executable, "semisup/report.py", *sorted(map(str, runs.iterdir())), "--no-galleries"],
-                            cwd=clone, capture_output=True, text=True)
+                            cwd=clone, capture_output=True, text=True, env=env)
     assert report.returncode == 0, report.stderr
     rows = [line for line in report.stdout.splitlines() if line.startswith("| imagenet")]
     assert len(rows) == 3, report.stdout  # CE, CGC at lr_head 5, CGC at lr_head 0.5

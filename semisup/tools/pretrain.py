@@ -1,7 +1,7 @@
 """Self-supervised pretraining of the demo model on the demo's unlabeled training images: the
 demo's stand-in for SwAV, shipped as ``pretrained/demo_swav_resnet_tiny.pth``.
 
-    python -m semisup.pretrain --steps 3000 --out pretrained/demo_swav_resnet_tiny.pth
+    python -m semisup.tools.pretrain --steps 3000 --out pretrained/demo_swav_resnet_tiny.pth
 
 Two augmented views per image (random resized crop, flip, colour jitter with hue rotation,
 20 % grayscale, as SwAV and SimCLR augment), a projection head, and one of two objectives:
@@ -36,12 +36,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from semisup import transforms as T
-from semisup.data import ArraySource, StreamSampler, TrainDataset
-from semisup.demo import VERSION, load_demo
+from semisup.config import DEMO_START
+from semisup.data import transforms as T
+from semisup.data.datasets import ArraySource, StreamSampler, TrainDataset
+from semisup.data.demo import VERSION, load_demo
 from semisup.errors import Parser, cli
 from semisup.files import write_text_atomic
-from semisup.models import build_model
+from semisup.models.backbones import build_model
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +136,8 @@ def swapped_prediction_loss(head: SwAVHead, z: list[torch.Tensor], temperature: 
 def knn_probe(model: nn.Module, demo_cache: str | None, fraction: float = 0.1) -> float:
     """kNN top-1 (percent) of frozen pooled layer4 features on the demo's validation split, with
     10 % of the training split (stratified, labels used only here) as the memory bank."""
-    from semisup.data import _demo_labeled_indices
-    from semisup.knn import knn_classify
+    from semisup.data.datasets import _demo_labeled_indices
+    from semisup.eval.knn import knn_classify
     demo = load_demo(demo_cache)
     was_training = model.training
     model.eval()
@@ -201,7 +202,7 @@ def at_least_two(text: str) -> int:
 
 @cli
 def main(argv=None) -> int:
-    parser = Parser(prog="python -m semisup.pretrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="python -m semisup.tools.pretrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=at_least_two, default=3000)
     parser.add_argument("--batch", type=at_least_two, default=128, help="images per step (at least 2: the others are the negatives)")
     parser.add_argument("--lr", type=float, default=0.3)
@@ -212,7 +213,7 @@ def main(argv=None) -> int:
     parser.add_argument("--probe-every", type=int, default=500, help="kNN probe every N steps (0: only before and after)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--demo-cache")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "pretrained" / "demo_swav_resnet_tiny.pth")
+    parser.add_argument("--out", type=Path, default=Path(DEMO_START))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     if args.threads:
@@ -225,7 +226,7 @@ def main(argv=None) -> int:
                                    args.temperature, args.crop_scale_min, args.probe_every)
     after = probes[-1][1] if probes else knn_probe(model, args.demo_cache)
     save_swav_layout(model, head, args.out)
-    command = "python -m semisup.pretrain " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    command = "python -m semisup.tools.pretrain " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     manifest = dict(sha256=hashlib.sha256(args.out.read_bytes()).hexdigest(), command=command.strip(),
                     what=f"{args.objective} self-supervised pretraining on the demo's unlabeled images (demo v{VERSION})",
                     demo_version=VERSION, steps=args.steps, batch=args.batch, seconds=round(time.time() - start),

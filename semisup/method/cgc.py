@@ -206,7 +206,7 @@ def _group_ids(n: int, group_size: int | None, device, replicas: int | None = No
     """[n] contiguous group index of each row: groups of ``group_size`` (the last may be
     smaller), or with ``replicas`` the pieces ``torch.chunk`` cuts (DataParallel's scatter)."""
     if replicas is not None:
-        from semisup.replicas import replica_sizes
+        from semisup.models.replicas import replica_sizes
         sizes = replica_sizes(n, replicas)
         return torch.repeat_interleave(torch.arange(len(sizes), device=device), torch.tensor(sizes, device=device))
     size = n if not group_size or group_size >= n else group_size

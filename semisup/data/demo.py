@@ -19,9 +19,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
+from semisup.config import DEMO_VERSION
+
 log = logging.getLogger(__name__)
 
-VERSION = 3
+VERSION = DEMO_VERSION  # bumped in semisup.config, which records it in every demo run
 # Ten well-separated colours, one per class, for the context cue.
 CUE_COLOURS = np.array([
     [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],

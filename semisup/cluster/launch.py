@@ -9,7 +9,7 @@ A job runs elsewhere than the command that queued it: in a snapshot of the code,
 snapshot's folder, perhaps on another node a week later. So every path a job reads is made
 absolute against the folder the user submitted from (``pin_paths``: flags, sweep values,
 recipes and the default ``splits/`` and ``pretrained/`` folders of the submitting checkout), and
-the checks before queueing (``semisup.preflight``) run with the job's own code and working
+the checks before queueing (``semisup.cluster.preflight``) run with the job's own code and working
 directory: a check that passes means the job starts.
 """
 from __future__ import annotations
@@ -30,11 +30,11 @@ from pathlib import Path
 
 import yaml
 
-from semisup.errors import Parser, UsageError, UserError
-from semisup.config import yaml_problem
+from semisup.errors import Parser, UsageError, UserError, cli
+from semisup.config import PROJECT_ROOT, yaml_problem
 from semisup.files import read_json, write_json_atomic
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = PROJECT_ROOT
 OUTCOME = "job-outcome.json"  # written by the job itself: what jobs/status.py reads instead of submitit's pickles
 LOCAL_TIMEOUT_MIN = 24 * 60  # local jobs are killed by submitit at their time limit: a day is never the binding limit
 
@@ -49,7 +49,7 @@ class TrainJob:
         import submitit
 
         from semisup.config import parse_config
-        from semisup.train import train
+        from semisup.train.trainer import train
 
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:
@@ -128,7 +128,7 @@ def pin_paths(argv: list[str], base: Path) -> tuple[list[str], dict]:
     snapshot (a copy of the tracked files only, without the downloaded split files and weights)
     the job then reads exactly the files the submitting checkout sees."""
     from semisup.config import flag_spellings, parse_config, path_fields
-    from semisup.splits import SPLITS_DIR
+    from semisup.data.splits import SPLITS_DIR
 
     config_flags = ("--config",)
     pinned = list(argv)
@@ -142,7 +142,7 @@ def pin_paths(argv: list[str], base: Path) -> tuple[list[str], dict]:
     for key in path_fields():
         value = getattr(cfg, key)
         if key == "splits_dir" and value is None and not cfg.is_demo and not cfg.split_file:
-            value = str(SPLITS_DIR)  # the submitting checkout's splits/, where `python -m semisup.splits download` puts them
+            value = str(SPLITS_DIR)  # the submitting checkout's splits/, where `python -m semisup.data.splits download` puts them
         if value is None:
             continue
         reads[key] = _absolute(value, base)
@@ -344,12 +344,12 @@ def default_timeout(args, checked: list[dict], slurm: bool) -> tuple[int, str]:
         return args.timeout_min, f"time limit {args.timeout_min} min (--timeout-min)"
     if not slurm or args.gpus_per_node == 0:
         return LOCAL_TIMEOUT_MIN, f"time limit {LOCAL_TIMEOUT_MIN} min (no GPU: the planner's rates do not apply; --timeout-min sets it)"
-    from semisup import plan
+    from semisup.train import plan
     longest = max(plan.plan_run(job["settings"], job["summary"], plan.measured_rates("h100"), gpus=total_tasks(args),
                                 cores=args.nodes * args.cpus_per_task * tasks_per_node(args))["total_s"] for job in checked)
     minutes = math.ceil(2 * longest / 60 + 30)
     return minutes, (f"time limit {minutes} min = 2 x the planner's {longest / 60:.1f} min for {total_tasks(args)} GPU(s) at H100 rates "
-                     "+ 30 min (python -m semisup.bench plan; --timeout-min sets it)")
+                     "+ 30 min (python -m semisup.tools.bench plan; --timeout-min sets it)")
 
 
 def make_executor(args, folder: Path):
@@ -406,7 +406,7 @@ def sbatch_script(args, log_dir: Path) -> str:
 
 
 def preflight(commands: list[tuple[str, list[str]]], tasks: int, code: Path, cwd: Path, decode_check: bool) -> tuple[list[dict], str]:
-    """Run the checks of ``semisup.preflight`` for every job with the job's own code (``code`` on
+    """Run the checks of ``semisup.cluster.preflight`` for every job with the job's own code (``code`` on
     the import path) from the job's working directory (``cwd``); returns each job's
     {name, summary, settings} and what the checks printed. A failing check raises its one line,
     naming the job."""
@@ -416,7 +416,7 @@ def preflight(commands: list[tuple[str, list[str]]], tasks: int, code: Path, cwd
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(code), os.environ.get("PYTHONPATH", "")) if p))
         for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
             env.pop(key, None)
-        proc = subprocess.run([sys.executable, "-m", "semisup.preflight"], cwd=cwd, env=env, input=json.dumps(request),
+        proc = subprocess.run([sys.executable, "-m", "semisup.cluster.preflight"], cwd=cwd, env=env, input=json.dumps(request),
                               capture_output=True, text=True)
         errors = [line[len("error: "):] for line in proc.stderr.splitlines() if line.startswith("error: ")]
         other = [line for line in proc.stderr.splitlines() if not line.startswith("error: ")]
@@ -435,7 +435,7 @@ def preflight(commands: list[tuple[str, list[str]]], tasks: int, code: Path, cwd
 def job_code(args, log_dir: Path):
     """The code and working directory jobs run with: a snapshot of the tracked files (a temporary
     one for --dry-run), or with --no-snapshot / --cluster debug the live checkout. Yields (code, cwd)."""
-    from semisup.snapshot import take_snapshot
+    from semisup.cluster.snapshot import take_snapshot
     if args.no_snapshot or args.cluster == "debug":
         yield REPO, Path.cwd()
         return
@@ -485,7 +485,7 @@ def job_commands(args, run_flags: list[str]) -> tuple[str, list[tuple[str, list[
         sweep_name, commands = sweep_commands(args.sweep.resolve(), args.run_root.resolve())
         return args.name or sweep_name, [(name, flags + run_flags) for name, flags in commands]
     from semisup.config import parse_config
-    from semisup.rundir import default_run_dir
+    from semisup.train.rundir import default_run_dir
     # The same name run.py gives the run (validating its flags now, before queueing), so two
     # submissions never share a folder and a resubmitted job finds its own.
     name = args.name or check_name(default_run_dir(parse_config(run_flags)).name,
@@ -571,3 +571,10 @@ def preview(args, commands: list[tuple[str, list[str]]], log_dir: Path, slurm: b
         print(f"# {name}: run.py {' '.join(flags)}")
     print(report, end="")
     print(f"\ndry run: {len(commands)} job(s) checked in a snapshot of the code, from its folder, as each job will start; nothing queued")
+
+
+@cli
+def console(argv: list[str] | None = None) -> int:
+    """``jobs/submit.py`` and ``semisup-submit``: exit 0 once the jobs are queued (or checked, for --dry-run)."""
+    main(argv)  # returns the submitted jobs (none for --dry-run)
+    return 0

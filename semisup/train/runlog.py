@@ -21,7 +21,7 @@ import pandas as pd
 
 from semisup.files import write_atomic
 
-log = logging.getLogger("semisup.train")
+log = logging.getLogger("semisup.train.trainer")
 
 # Settings shown in TensorBoard's hyper-parameter table beside the final metrics.
 HPARAMS = ("method", "labeled_fraction", "seed", "arch", "pretrained", "cgc_weight", "temperature", "consistency", "group_size",

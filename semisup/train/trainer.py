@@ -22,23 +22,23 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from semisup import cgc
+from semisup.method import cgc
 from semisup import checkpoint as ckpt
 from semisup import distributed as D
-from semisup import replicas as R
+from semisup.models import replicas as R
 from semisup.distributed import amp_dtype
-from semisup import transforms as T
+from semisup.data import transforms as T
 from semisup.config import Config, save_config
 from semisup.errors import UserError
 from semisup.files import write_json_atomic
-from semisup.rundir import RunDirError, acquire_lock, archive_previous, prepare_run_dir, release_lock  # noqa: F401 (RunDirError: re-exported)
-from semisup.data import DataBundle, EpochSampler, StreamSampler, TrainDataset, make_loader
-from semisup.evaluate import Evaluator, format_results
-from semisup.models import build_model, load_pretrained
-from semisup.preemption import SignalCheckpoint
-from semisup.runlog import RunLog
-from semisup.runs import build_data
-from semisup.snapshot import code_version
+from semisup.train.rundir import RunDirError, acquire_lock, archive_previous, prepare_run_dir, release_lock  # noqa: F401 (RunDirError: re-exported)
+from semisup.data.datasets import DataBundle, EpochSampler, StreamSampler, TrainDataset, make_loader
+from semisup.eval.evaluator import Evaluator, format_results
+from semisup.models.backbones import build_model, load_pretrained
+from semisup.train.preemption import SignalCheckpoint
+from semisup.train.runlog import RunLog
+from semisup.data.datasets import build_data
+from semisup.version import code_version
 
 log = logging.getLogger(__name__)
 
@@ -300,7 +300,7 @@ class Trainer:
         cfg, b, dist = self.cfg, self.bundle, self.dist
         pin = self.device.type == "cuda"
         if cfg.decode == "gpu":
-            from semisup.gpu_decode import EncodedTrainDataset, collate_encoded, decode_and_transform
+            from semisup.data.gpu_decode import EncodedTrainDataset, collate_encoded, decode_and_transform
             dataset_type, collate = EncodedTrainDataset, collate_encoded
             finish = lambda batch: decode_and_transform(batch, self.device, cfg.image_size, cfg.resize_size)
         else:
@@ -447,7 +447,7 @@ class Trainer:
     def gallery_to_tensorboard(self) -> None:
         """The evaluation's Grad-CAM gallery as a TensorBoard image (main process; --gallery 0: none)."""
         if self.dist.is_main and self.cfg.gallery and self.runlog.writes:
-            from semisup.gallery import gallery_figure
+            from semisup.eval.gallery import gallery_figure
             figure = gallery_figure([self.model], [self.cfg.method], self.bundle, self.cfg, self.device)
             self.runlog.figure("gallery", figure, self.step)
 
@@ -501,7 +501,7 @@ class Trainer:
                            "released scripts kept): a selection on the validation set, reported beside 'final', never instead.")
         if self.dist.is_main:
             if self.cfg.gallery:
-                from semisup.gallery import save_gallery
+                from semisup.eval.gallery import save_gallery
                 save_gallery([self.model], [self.cfg.method], self.bundle, self.cfg, self.device, self.run_dir / "gallery.png")
             write_json_atomic(self.run_dir / "final.json", result)  # a kill here must not leave a half-written "finished" run
             self.runlog.hparams(self.cfg.to_dict(), result)
@@ -515,7 +515,7 @@ def random_start_warning(cfg: Config) -> str | None:
     if cfg.pretrained is not None or cfg.is_demo or cfg.full_supervision:
         return None
     return ("the trunk starts from random weights, but the limited-label recipe (trunk lr 0.02, head lr 5) fine-tunes a "
-            "self-supervised one: pass --pretrained pretrained/swav_800ep_pretrain.pth.tar (`python -m semisup.pretrained "
+            "self-supervised one: pass --pretrained pretrained/swav_800ep_pretrain.pth.tar (`python -m semisup.models.pretrained "
             "download`); if random weights are meant, this is only a reminder")
 
 
@@ -624,7 +624,7 @@ def planner_line(cfg: Config, summary: dict) -> str:
     or, without a GPU here, on one H100 with 16 cores."""
     import os
 
-    from semisup import plan
+    from semisup.train import plan
     if cfg.arch != "resnet50":
         return f"planner: its rates are a ResNet-50's; no estimate for --arch {cfg.arch}"
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -632,7 +632,7 @@ def planner_line(cfg: Config, summary: dict) -> str:
     estimate = plan.plan_run(cfg.to_dict(), summary, plan.measured_rates("h100"), gpus=node[0], cores=node[1])
     where = f"this node ({node[0]} GPU(s), {node[1]} cores)" if gpus else "1 H100 with 16 cores (no GPU here)"
     return (f"planner: about {estimate['total_s'] / 60:.1f} min on {where} at H100 rates, longest part {estimate['bounded_by']} "
-            "(python -m semisup.bench plan for other nodes; bench gpu --out measures yours)")
+            "(python -m semisup.tools.bench plan for other nodes; bench gpu --out measures yours)")
 
 
 def print_summary(summary: dict) -> None:

@@ -1,11 +1,11 @@
-"""Predict a run's wall time on a node before queueing it: ``python -m semisup.bench plan``.
+"""Predict a run's wall time on a node before queueing it: ``python -m semisup.tools.bench plan``.
 
 The run is split into what bounds each part: training steps are either GPU-bound (forwards and
 backward) or decode-bound (JPEGs decoded by the node's cores, or by nvJPEG with
 ``--decode gpu``); each evaluation is the same race for its own images. Loading overlaps
 compute (prefetching workers), so each part takes the larger of the two; parts run one after
-another. Rates are measured: GPU rates by ``python -m semisup.bench gpu`` on the named card,
-CPU decode rates per core by ``python -m semisup.bench loader``; both can be overridden.
+another. Rates are measured: GPU rates by ``python -m semisup.tools.bench gpu`` on the named card,
+CPU decode rates per core by ``python -m semisup.tools.bench loader``; both can be overridden.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from semisup.errors import UsageError
 
 # Measured rates: ResNet-50, images/s counted as in the benchmark (3 x 128 images per 1 %-recipe
 # step; inference at 224 and CH at 448 px), CPU rates per core on realistic ImageNet-like JPEGs.
-# GPU: `python -m semisup.bench gpu` on one H100 80GB HBM3 (torch 2.11, bf16 + channels_last +
+# GPU: `python -m semisup.tools.bench gpu` on one H100 80GB HBM3 (torch 2.11, bf16 + channels_last +
 # torch.compile), results/perf/bench_gpu_h100.json. CPU: the same run's loader benchmark on that
 # node's cores (one single-threaded worker each).
 MEASURED_GPU = {
@@ -93,10 +93,10 @@ def measured_rates(gpu: str) -> Rates:
     """The rates measured for ``gpu`` (a key of MEASURED_GPU) and this project's CPU cores."""
     if gpu not in MEASURED_GPU or any(v is None for v in MEASURED_GPU[gpu].values()):
         raise UsageError(f"no measured rates for GPU kind {gpu!r} (measured: "
-                         f"{[k for k, v in MEASURED_GPU.items() if None not in v.values()]}); run `python -m semisup.bench gpu "
+                         f"{[k for k, v in MEASURED_GPU.items() if None not in v.values()]}); run `python -m semisup.tools.bench gpu "
                          "--out rates.json` on that node and pass --rates rates.json")
     if any(v is None for v in MEASURED_CPU_PER_CORE.values()):
-        raise UsageError("no measured CPU decode rates: run `python -m semisup.bench gpu --out rates.json` on the node")
+        raise UsageError("no measured CPU decode rates: run `python -m semisup.tools.bench gpu --out rates.json` on the node")
     return Rates(**MEASURED_GPU[gpu], **MEASURED_CPU_PER_CORE)
 
 

@@ -1,12 +1,12 @@
 """Benchmarks: one JSON line per result, medians over repeats, each pair run alternately in
 one process so their ratio holds on a noisy machine.
 
-    python -m semisup.bench step   [--arch resnet18 --batch 16 --image-size 224 --device cpu --amp off]
-    python -m semisup.bench loss   [--batch 128]
-    python -m semisup.bench loader [--images 64]
-    python -m semisup.bench eval   [--images 24]
-    python -m semisup.bench gpu    [--out gpu.json]      # on a GPU node: everything in one command
-    python -m semisup.bench plan   [--gpus 1 --cores 16 --gpu h100 --decode cpu]
+    python -m semisup.tools.bench step   [--arch resnet18 --batch 16 --image-size 224 --device cpu --amp off]
+    python -m semisup.tools.bench loss   [--batch 128]
+    python -m semisup.tools.bench loader [--images 64]
+    python -m semisup.tools.bench eval   [--images 24]
+    python -m semisup.tools.bench gpu    [--out gpu.json]      # on a GPU node: everything in one command
+    python -m semisup.tools.bench plan   [--gpus 1 --cores 16 --gpu h100 --decode cpu]
 
 Numbers depend on the machine: report them with the command and the machine.
 """
@@ -28,8 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from semisup import cgc
-from semisup import transforms as T
+from semisup.method import cgc
+from semisup.data import transforms as T
 from semisup.errors import Parser
 from semisup.files import write_json_atomic
 
@@ -63,9 +63,9 @@ def alternate(a, b, repeats: int, sync=lambda: None) -> tuple[list[float], list[
 # ---- step ---------------------------------------------------------------------------------
 def _step_setup(args):
     from semisup.config import make_config
-    from semisup.data import DataBundle, EvalSet
+    from semisup.data.datasets import DataBundle, EvalSet
     from semisup.distributed import Dist
-    from semisup.train import Trainer
+    from semisup.train.trainer import Trainer
 
     device = torch.device(args.device)
     num_classes = 1000 if args.arch != "resnet_tiny" else 10
@@ -137,7 +137,7 @@ def bench_step(args):
     else:  # each variant in its own process, so max RSS is its own
         peaks = []
         for variant in ("cgc", "floor"):
-            out = subprocess.run([sys.executable, "-m", "semisup.bench", "step", "--variant", variant, *args.passthrough],
+            out = subprocess.run([sys.executable, "-m", "semisup.tools.bench", "step", "--variant", variant, *args.passthrough],
                                  capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
             peaks.append(json.loads(out)["max_rss_mb"])
     row.update(peak_mb=peaks[0], floor_peak_mb=peaks[1], memory_over_floor=peaks[0] / peaks[1])
@@ -147,7 +147,7 @@ def bench_step(args):
 # ---- loss ---------------------------------------------------------------------------------
 def bench_loss(args):
     """Our loss (7 x 7 factors) vs the released per-sample loop on 224 x 224 maps, fwd + bwd."""
-    from semisup.reference import pixel_boxes_and_flips, released_cgc_loss
+    from semisup.tools.reference import pixel_boxes_and_flips, released_cgc_loss
     g = torch.Generator().manual_seed(0)
     B, device = args.batch, torch.device(args.device)
     cam = torch.rand(B, 7, 7, generator=g).to(device).requires_grad_()
@@ -238,7 +238,7 @@ def bench_loader(args):
 def _bench_loader(args):
     """Images/s of one single-threaded worker, ours vs plain torchvision, per stream; and the
     validation loaders' rates (top-1 view, CH at 448) that the planner needs."""
-    from semisup.data import EvalDataset, FileSource, TrainDataset
+    from semisup.data.datasets import EvalDataset, FileSource, TrainDataset
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_jpegs(Path(tmp), args.images)
         kb = statistics.mean(Path(p).stat().st_size for p in paths) / 1024
@@ -297,7 +297,7 @@ def bench_gpu(args):
     throughput; and the planner's estimate of the 1 % row on this node, from these numbers."""
     from types import SimpleNamespace
 
-    from semisup import plan
+    from semisup.train import plan
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -369,7 +369,7 @@ def bench_gpu(args):
     trainer = labeled = unlabeled = model = None
 
     # JPEG decode: nvJPEG on this GPU vs one CPU core (libjpeg-turbo via torchvision, and PIL).
-    from semisup.gpu_decode import decode_rate
+    from semisup.data.gpu_decode import decode_rate
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_jpegs(Path(tmp), args.images)
         threads = torch.get_num_threads()
@@ -412,14 +412,14 @@ def bench_plan(args):
     configured: the released 1 % run by default (which does not compile), a saved config.yaml or
     YAML of settings (``--config``), run.py's flags after ``--``; its shape, cadence, decode and
     step variant (compiled or eager) come from there."""
-    from semisup import plan
+    from semisup.train import plan
     from semisup.errors import UsageError
     from semisup.files import read_json
     if args.rates:
         try:
             rates = plan.Rates(**read_json(Path(args.rates))["rates"])
         except (KeyError, TypeError) as err:
-            raise UsageError(f"--rates {args.rates}: not the JSON `python -m semisup.bench gpu --out` writes ({type(err).__name__}: {err})") from err
+            raise UsageError(f"--rates {args.rates}: not the JSON `python -m semisup.tools.bench gpu --out` writes ({type(err).__name__}: {err})") from err
     else:
         rates = plan.measured_rates(args.gpu)
     cfg = planned_config(args.config, args.run_flags)
@@ -455,9 +455,9 @@ def planned_config(config: str | None, run_flags: list[str]):
 # ---- eval ---------------------------------------------------------------------------------
 def bench_eval(args):
     from semisup.config import make_config
-    from semisup.data import DataBundle, EvalSet, FileSource
-    from semisup.evaluate import Evaluator, content_heatmap
-    from semisup.models import build_model
+    from semisup.data.datasets import DataBundle, EvalSet, FileSource
+    from semisup.eval.evaluator import Evaluator, content_heatmap
+    from semisup.models.backbones import build_model
     torch.manual_seed(0)
     model = build_model(args.arch, 1000).eval()
     with tempfile.TemporaryDirectory() as tmp:
@@ -485,7 +485,7 @@ def bench_eval(args):
 
         t_batched, t_single = alternate(batched, one_at_a_time, args.repeats)
         # Insertion + deletion AUC as released (train-mode saliency pass, 2 x 29 scored images each at 224).
-        from semisup.insertion import InsertionDataset, InsertionSettings, insertion_metrics
+        from semisup.eval.insertion import InsertionDataset, InsertionSettings, insertion_metrics
         settings = InsertionSettings(size=args.image_size, batch=max(1, args.batch) * 8)
         loader = torch.utils.data.DataLoader(InsertionDataset(source, range(len(paths)), args.image_size), batch_size=100)
         started = time.perf_counter()
@@ -512,12 +512,12 @@ def check_args(args) -> None:
         if value is not None and value < low:
             raise UsageError(f"--{key.replace('_', '-')}: must be >= {low}, got {value}")
     if args.rates and not Path(args.rates).is_file():
-        raise UsageError(f"--rates {args.rates}: no such file (write one with `python -m semisup.bench gpu --out FILE`)")
+        raise UsageError(f"--rates {args.rates}: no such file (write one with `python -m semisup.tools.bench gpu --out FILE`)")
 
 
 def build_parser() -> Parser:
     """The command's options (the generated tests read their types from here)."""
-    parser = Parser(prog="python -m semisup.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="python -m semisup.tools.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["step", "loss", "loader", "eval", "gpu", "plan"])
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--batch", type=int, help="per stream (step), heatmaps (loss), images per batch (eval)")
@@ -537,7 +537,7 @@ def build_parser() -> Parser:
                         help="gpu: also time the step under torch.compile (default on a GPU)")
     parser.add_argument("--out", help="gpu: also write the results (and the planner's rates) to this JSON file")
     parser.add_argument("--gpus", type=int, default=1, help="plan: GPUs of the node")
-    parser.add_argument("--gpu", default="h100", help="plan: GPU kind whose measured rates to use (see semisup/plan.py)")
+    parser.add_argument("--gpu", default="h100", help="plan: GPU kind whose measured rates to use (see semisup/train/plan.py)")
     parser.add_argument("--cores", type=int, default=16, help="plan: CPU cores of the node")
     parser.add_argument("--decode", choices=["cpu", "gpu"], default="cpu", help="plan: where JPEGs are decoded")
     parser.add_argument("--rates", help="plan: JSON written by `bench gpu --out` (rates measured on the target node)")
@@ -564,6 +564,11 @@ def main(argv=None):
     return benches[args.what](args)
 
 
-if __name__ == "__main__":
+def console(argv: list[str] | None = None) -> int:
+    """The ``semisup-bench`` command: one line on stderr for a mistake, exit status 0 after a run."""
     from semisup.errors import cli
-    sys.exit(cli(lambda argv: main(argv) and 0)())
+    return cli(lambda args: main(args) and 0)(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(console())

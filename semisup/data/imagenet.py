@@ -18,11 +18,11 @@ import numpy as np
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from semisup.boxes import load_boxes
+from semisup.data.boxes import load_boxes
 from semisup.errors import UserError
 from semisup.files import read_lines
-from semisup.data import DECODE_ERRORS, DataBundle, EvalSet, FileSource
-from semisup.splits import SPLITS_DIR, SplitError, resolve_labeled, synset_of
+from semisup.data.datasets import DECODE_ERRORS, DataBundle, EvalSet, FileSource
+from semisup.data.splits import SPLITS_DIR, SplitError, resolve_labeled, synset_of
 
 log = logging.getLogger(__name__)
 

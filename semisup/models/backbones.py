@@ -13,7 +13,9 @@ import torch.nn as nn
 import torchvision
 from torchvision.models.resnet import BasicBlock
 
-from semisup import cgc
+from semisup.method import cgc
+from semisup import checkpoint as ckpt
+from semisup.config import config_from_dict
 from semisup.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -54,7 +56,7 @@ class CamResNet(nn.Module):
     def cam(self, logits: torch.Tensor, features: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """Grad-CAM [B, h, w] float32 for ``classes`` (element-wise gradients, as in CGC).
 
-        For the linear head this is the closed form (equal to :func:`semisup.cgc.gradcam`,
+        For the linear head this is the closed form (equal to :func:`semisup.method.cgc.gradcam`,
         tested) and needs no second backward; any other head goes through autograd."""
         if isinstance(self.fc, nn.Linear):
             return cgc.linear_head_cam(features, self.fc.weight, classes)
@@ -168,7 +170,7 @@ def verify_manifest(path: Path) -> dict | None:
     if digest != expected:
         raise CheckpointError(f"{path}: sha256 {digest[:16]}... does not match {sidecar.name} ({manifest['sha256'][:16]}...); the "
                               f"file was changed or damaged: `git checkout -- {path}` restores it, or remake it with "
-                              f"`{manifest.get('command', 'python -m semisup.pretrain')}`")
+                              f"`{manifest.get('command', 'python -m semisup.tools.pretrain')}`")
     return manifest
 
 
@@ -230,3 +232,28 @@ def load_weights(path: str | Path, arch: str) -> tuple[CamResNet, dict]:
         raise CheckpointError(f"--weights {path} is not a {arch} ({detail}); pass the --arch it was trained as")
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=False)  # every key checked above
     return model, dict(loaded=len(state), head=head, num_classes=num_classes if head else None, ignored=pretraining)
+
+
+def load_run_model(checkpoint: str | Path, overrides: dict):
+    """(model, cfg, step) from a checkpoint saved by this project; ``overrides`` replace config
+    values (e.g. the data path on another machine)."""
+    path = Path(checkpoint)
+    if path.is_dir():
+        hint = " (it holds no checkpoint.pt yet)" if not (path / "checkpoint.pt").exists() else f": pass {path / 'checkpoint.pt'}"
+        raise UserError(f"--checkpoint {path} is a folder{hint}; pass a run's checkpoint.pt or model_best.pt")
+    if not path.is_file():
+        raise UserError(f"--checkpoint {path}: no such file; pass a run's checkpoint.pt or model_best.pt")
+    try:
+        state = ckpt.load(path)
+    except Exception as err:  # torch raises several types for damaged files
+        raise UserError(f"--checkpoint {path}: not a readable checkpoint ({type(err).__name__}); truncated, or not written by "
+                        "semisup/run.py") from err
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise UserError(f"{checkpoint}: not a checkpoint written by semisup/run.py (no 'model' and 'config' entries)")
+    values = dict(state["config"])
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    cfg = config_from_dict(values)
+    num_classes = state["model"]["fc.weight"].shape[0]
+    model = build_model(cfg.arch, num_classes)
+    model.load_state_dict(state["model"])
+    return model, cfg, state.get("step")

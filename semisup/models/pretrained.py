@@ -1,12 +1,12 @@
 """Self-supervised starting points for ``--pretrained``.
 
-    python -m semisup.pretrained download [--name swav_800ep]   # into pretrained/, then verified
+    python -m semisup.models.pretrained download [--name swav_800ep]   # into pretrained/, then verified
 
 The files are the public SwAV / DeepCluster-v2 ResNet-50 releases (facebookresearch/swav), and
 torchvision's original ImageNet ResNet-50 (``resnet50-19c8e357.pth``, the ``--pretrained`` start
 of the released fine-grained runs; ``--name torchvision_resnet50_v1``). No checksum is published
 for the SwAV files, so verification is structural: the file must load as a ResNet-50 trunk with
-every one of its tensors matched (``semisup.models.load_pretrained``); its sha256 is printed so
+every one of its tensors matched (``semisup.models.backbones.load_pretrained``); its sha256 is printed so
 it can be recorded with the results.
 """
 from __future__ import annotations
@@ -17,9 +17,10 @@ import sys
 import urllib.request
 from pathlib import Path
 
+from semisup.config import PROJECT_ROOT
 from semisup.errors import Parser, UserError, cli
 
-PRETRAINED_DIR = Path(__file__).resolve().parents[1] / "pretrained"
+PRETRAINED_DIR = PROJECT_ROOT / "pretrained"
 _BASE = "https://dl.fbaipublicfiles.com/deepcluster/"
 CHECKPOINTS = {
     "swav_800ep": "swav_800ep_pretrain.pth.tar",  # the start of the published 1 % ImageNet result
@@ -38,7 +39,7 @@ URLS = {"torchvision_resnet50_v1": "https://download.pytorch.org/models/resnet50
         "torchvision_resnet50": "https://download.pytorch.org/models/resnet50-0676ba61.pth"}
 # The architecture of each file (the SwAV / DeepCluster-v2 ones are ResNet-50 trunks).
 ARCHS = {"torchvision_resnet18": "resnet18"}
-# Whole classifiers (loaded with their head by `semisup.evaluate --weights`), not trunks.
+# Whole classifiers (loaded with their head by `semisup.eval.evaluator --weights`), not trunks.
 CLASSIFIERS = ("torchvision_resnet18", "torchvision_resnet50")
 
 
@@ -46,7 +47,7 @@ def verify(path: Path, arch: str = "resnet50", name: str | None = None) -> dict:
     """Load ``path`` as the file ``name`` must be: torchvision's files carry the first digits of
     their sha256 in their name (``resnet18-f37072fd.pth``), which must match; classifiers must
     load whole (every tensor, head included), trunks as a ResNet trunk."""
-    from semisup.models import CheckpointError, build_model, load_pretrained, load_weights
+    from semisup.models.backbones import CheckpointError, build_model, load_pretrained, load_weights
     path = Path(path)
     if name in URLS and "download.pytorch.org" in URLS[name]:
         prefix = path.name.rsplit(".", 1)[0].rsplit("-", 1)[-1]
@@ -62,7 +63,7 @@ def verify(path: Path, arch: str = "resnet50", name: str | None = None) -> dict:
 def download(name: str, dest: Path = PRETRAINED_DIR) -> Path:
     """Fetch ``name`` into ``dest`` unless a file there already verifies; a file that fails
     verification (a broken earlier download) is moved to ``<name>.failed`` and fetched again."""
-    from semisup.models import CheckpointError
+    from semisup.models.backbones import CheckpointError
     dest.mkdir(parents=True, exist_ok=True)
     path = dest / CHECKPOINTS[name]
     arch = ARCHS.get(name, "resnet50")
@@ -91,7 +92,7 @@ def download(name: str, dest: Path = PRETRAINED_DIR) -> Path:
 
 @cli
 def main(argv=None) -> int:
-    parser = Parser(prog="python -m semisup.pretrained", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="python -m semisup.models.pretrained", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["download", "verify"])
     parser.add_argument("--name", choices=sorted(CHECKPOINTS), default="swav_800ep")
     parser.add_argument("--path", type=Path, help="with verify: the file to check")

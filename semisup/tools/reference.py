@@ -1,5 +1,5 @@
 """A literal transcription of the released CGC loss (UCDvision/CGC): the per-sample reference
-that the tests hold ``semisup.cgc`` to and that ``python -m semisup.bench loss`` times it against.
+that the tests hold ``semisup.method.cgc`` to and that ``python -m semisup.tools.bench loss`` times it against.
 Slow by design (S x S maps, a Python loop over the batch); not used in training."""
 import torch
 import torch.nn.functional as F
@@ -8,7 +8,7 @@ import torch.nn.functional as F
 def pixel_boxes_and_flips(n: int, generator: torch.Generator, size: int = 224):
     """Integer-pixel crops drawn as the released dataset draws them (RandomResizedCrop on the
     224 view, scale 0.08-1), their fractional form, and flips."""
-    from semisup.transforms import sample_crop
+    from semisup.data.transforms import sample_crop
     pixel = [sample_crop(size, size, (0.08, 1.0), generator) for _ in range(n)]
     flips = torch.rand(n, generator=generator) < 0.5
     return pixel, torch.tensor(pixel, dtype=torch.float32) / size, flips

@@ -1,6 +1,6 @@
 """Labeled-subset files: the standard SimCLR ImageNet subsets and seeded stratified ones.
 
-    python -m semisup.splits download        # fetch 1percent.txt and 10percent.txt into splits/, verify sha256
+    python -m semisup.data.splits download        # fetch 1percent.txt and 10percent.txt into splits/, verify sha256
 """
 from __future__ import annotations
 
@@ -13,16 +13,17 @@ from pathlib import Path
 
 import numpy as np
 
+from semisup.config import PROJECT_ROOT
 from semisup.errors import Parser, UserError, cli
 from semisup.files import write_text_atomic
 
-SPLITS_DIR = Path(__file__).resolve().parents[1] / "splits"
+SPLITS_DIR = PROJECT_ROOT / "splits"
 _SOURCE = "https://raw.githubusercontent.com/google-research/simclr/master/imagenet_subsets/"
 STANDARD = {
     0.01: ("1percent.txt", "71e82a48ba78252683ae334c4d019ebd5c6e855b9599c1389fbe83eb9549cf17"),
     0.1: ("10percent.txt", "6d09de11e7bdaf5b1f3b1f249b6183695f97310cdd20f0c03e7235b6b9392091"),
 }
-DOWNLOAD_COMMAND = "python -m semisup.splits download"
+DOWNLOAD_COMMAND = "python -m semisup.data.splits download"
 
 
 class SplitError(UserError, ValueError):
@@ -149,7 +150,7 @@ def download(dest: Path = SPLITS_DIR) -> None:
 
 @cli
 def main(argv=None) -> int:
-    parser = Parser(prog="python -m semisup.splits", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="python -m semisup.data.splits", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["download"])
     parser.add_argument("--dest", type=Path, default=SPLITS_DIR)
     args = parser.parse_args(argv)

@@ -2,7 +2,7 @@
 
 Workers return uint8 images (4x less to copy than float); normalisation happens on the
 device (:func:`normalize`). The CGC pair transform returns the crop box as fractions of the
-view, the form :func:`semisup.cgc.transform_cam` takes.
+view, the form :func:`semisup.method.cgc.transform_cam` takes.
 """
 from __future__ import annotations
 

@@ -17,19 +17,16 @@ import subprocess
 import time
 from pathlib import Path
 
+from semisup.config import PROJECT_ROOT
+from semisup.version import MARKER, code_version, git as _git
 from semisup.errors import UsageError
 from semisup.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
-MARKER = "SNAPSHOT.json"
+REPO = PROJECT_ROOT
 # Folders never copied, tracked or not: they grow with every run and submission.
 EXCLUDED = ("jobs/logs/", "runs/", "results/")
-
-
-def _git(root: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout
 
 
 def tracked_files(root: Path = REPO) -> list[str]:
@@ -37,21 +34,6 @@ def tracked_files(root: Path = REPO) -> list[str]:
     working tree, outside :data:`EXCLUDED`."""
     names = _git(root, "ls-files", "-z", "--cached").split("\0")
     return sorted(n for n in names if n and not n.startswith(EXCLUDED) and ((root / n).is_symlink() or (root / n).is_file()))
-
-
-def code_version(root: Path = REPO) -> dict:
-    """{commit, dirty, snapshot} of the code under ``root``: read from a snapshot's marker, else
-    from git (commit 'unknown' outside a git checkout)."""
-    marker = root / MARKER
-    if marker.is_file():
-        info = json.loads(marker.read_text())
-        return dict(commit=info["commit"], dirty=info["dirty"], snapshot=str(root))
-    try:
-        commit = _git(root, "rev-parse", "HEAD").strip()
-        dirty = bool(_git(root, "status", "--porcelain", "--untracked-files=no").strip())
-    except (OSError, subprocess.CalledProcessError):
-        return dict(commit="unknown", dirty=None, snapshot=None)
-    return dict(commit=commit, dirty=dirty, snapshot=None)
 
 
 def take_snapshot(dest: Path, root: Path = REPO) -> dict:

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from semisup import transforms as T
-from semisup.boxes import content_heatmap, scale_boxes
-from semisup.data import EvalDataset
+from semisup.data import transforms as T
+from semisup.data.boxes import content_heatmap, scale_boxes
+from semisup.data.datasets import EvalDataset
 
 
 @dataclass

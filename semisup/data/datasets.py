@@ -17,7 +17,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
-from semisup import transforms as T
+from semisup.config import Config
+from semisup.data import transforms as T
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class FileSource:
 
     def load(self, index: int, min_side: int | None = None) -> torch.Tensor:
         """[3, H, W] uint8. RGB and grayscale JPEGs go through torchvision's libjpeg-turbo
-        decoder (1.8x PIL's speed on ImageNet-like files, ``python -m semisup.bench loader``);
+        decoder (1.8x PIL's speed on ImageNet-like files, ``python -m semisup.tools.bench loader``);
         with ``min_side``, a JPEG at least twice that size is decoded by PIL at 1/2, 1/4 or 1/8
         scale instead (libjpeg's DCT scaling, far cheaper), never below ``min_side``."""
         path = self.paths[index]
@@ -316,7 +317,7 @@ def build_fgvc_aircraft_bundle(cfg) -> DataBundle:
 
 def build_demo_bundle(cfg) -> DataBundle:
     """The embedded demo, split into labeled and unlabeled streams like ImageNet."""
-    from semisup.demo import load_demo
+    from semisup.data.demo import load_demo
 
     demo = load_demo(cfg.demo_cache, size=cfg.image_size)
     train = ArraySource(demo.train.images, demo.train.labels)
@@ -343,3 +344,15 @@ def _demo_labeled_indices(labels: np.ndarray, fraction: float) -> np.ndarray:
         k = max(1, int(round(fraction * len(members))))
         chosen.append(rng.choice(members, size=k, replace=False))
     return np.sort(np.concatenate(chosen))
+
+
+def build_data(cfg: Config, decode_check: bool | None = None) -> DataBundle:
+    """The labeled/unlabeled/validation bundle a config names: the embedded demo, FGVC-Aircraft
+    in its released layout, or an ImageNet-style folder. ``decode_check`` (default: a dry run's)
+    decodes the folder's labeled and validation images and a sample of the unlabeled ones."""
+    if cfg.is_demo:
+        return build_demo_bundle(cfg)
+    if cfg.data_format == "fgvc-aircraft":
+        return build_fgvc_aircraft_bundle(cfg)
+    from semisup.data.imagenet import build_folder_bundle
+    return build_folder_bundle(cfg, cfg.dry_run if decode_check is None else decode_check)

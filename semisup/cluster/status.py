@@ -98,7 +98,7 @@ def job_state(record: dict, run_dir: Path) -> dict:
     by the job when it ends), Slurm's ``sacct``, whether a local job's process lives, and the last
     exception line of its text log. submitit's pickled result files are never opened: a runs folder
     received from someone else must not execute their code."""
-    from semisup.launch import OUTCOME
+    from semisup.cluster.launch import OUTCOME
     job_id = str(record.get("job_id"))
     log_path = record.get("stderr")
     out = dict(job=job_id, scheduler="UNKNOWN", exit=None, error=None, log=log_path)

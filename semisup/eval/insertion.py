@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from semisup import transforms as T
+from semisup.data import transforms as T
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +252,7 @@ class InsertionDataset(torch.utils.data.Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int):
-        from semisup.data import _eval_load
+        from semisup.data.datasets import _eval_load
         index = int(self.indices[i])
         image, _ = _eval_load(self.source, index)  # an unreadable image is a black one, a miss, as everywhere in evaluation
         return pil_resized(image, self.size), int(self.source.labels[index])

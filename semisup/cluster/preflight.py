@@ -1,12 +1,12 @@
 """The checks a job makes before it is queued, run where and as the job will run.
 
-    python -m semisup.preflight < request.json      # started by jobs/submit.py, not by hand
+    python -m semisup.cluster.preflight < request.json      # started by jobs/submit.py, not by hand
 
 ``jobs/submit.py`` starts this module with the job's own code (the snapshot) on the import path
 and the job's working directory as its own, so a check that passes means the job starts: the
 same code reads the same files from the same place. The request (JSON on stdin) is
 ``{"jobs": [{"name", "argv"}], "tasks", "decode_check", "out"}``; for every job the run
-directory, data, split, boxes, model and pretrained trunk are checked as ``semisup.train.
+directory, data, split, boxes, model and pretrained trunk are checked as ``semisup.train.trainer.
 check_start`` does at the start of a run (``decode_check``: also decoding images, as
 ``run.py --dry-run``). Each job's summary and settings go to ``out`` as JSON; the first failure
 ends the checks with one ``error: job NAME: ...`` line and the failing check's exit code.
@@ -19,8 +19,8 @@ import sys
 from semisup.config import parse_config, validate
 from semisup.errors import UserError
 from semisup.files import write_json_atomic
-from semisup.imagenet import shared_scans
-from semisup.train import check_start, print_summary, setup_logging
+from semisup.data.imagenet import shared_scans
+from semisup.train.trainer import check_start, print_summary, setup_logging
 
 
 def check_jobs(jobs: list[dict], tasks: int, decode_check: bool) -> list[dict]:

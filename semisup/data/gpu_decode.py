@@ -3,7 +3,7 @@
 With few CPU cores per GPU, decoding ~2,500 JPEGs a second (what a ResNet-50 CGC step eats on
 one H100) starves the GPU. Here the loader workers only read each file's bytes and draw the
 random crop parameters (from the same per-sample seed and in the same order as the CPU path,
-``semisup.data.TrainDataset``); the main process decodes the batch with nvJPEG
+``semisup.data.datasets.TrainDataset``); the main process decodes the batch with nvJPEG
 (``torchvision.io.decode_jpeg(..., device='cuda')``) and crops, resizes and mirrors on the GPU.
 The outputs equal the CPU path's up to the decoders' rounding (tested on the CPU with this
 same code path, ``device='cpu'``).
@@ -23,8 +23,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from semisup import transforms as T
-from semisup.data import MAX_ASPECT, load_good
+from semisup.data import transforms as T
+from semisup.data.datasets import MAX_ASPECT, load_good
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def read_header(path: str) -> tuple[int, int, bool]:
 
 class EncodedTrainDataset(Dataset):
     """The bytes of each file and its random parameters, indexed by ``(index, seed)`` like
-    :class:`semisup.data.TrainDataset` (same keys after :func:`decode_and_transform`).
+    :class:`semisup.data.datasets.TrainDataset` (same keys after :func:`decode_and_transform`).
 
     Each item: dict(data uint8 [n] (the file, or for files decoded here the RGB pixels),
     hw [2], encoded bool, label, bad, and with crop: crop [5] (top, left, h, w, flip) in

@@ -1,0 +1,332 @@
+"""Results tables from run directories, in the published layouts.
+
+    python semisup/report.py runs/*  [--out results/]
+
+Limited-label table: Method | Labeled | Start | Top-1 | Top-5 | CH (mean ± std over seeds).
+Full-supervision table: Architecture | Method | Top-1 | CH | CGC Loss.
+Each run directory needs final.json and config.yaml (written by semisup/run.py). Values are
+the final epoch's; the columns marked * are the epoch of best validation top-1 (model_best.pt,
+as the released scripts kept), a selection on the validation set, shown beside, never instead.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from semisup.config import Config, load_saved_config
+from semisup.errors import Parser, UsageError, UserError, cli
+from semisup.files import RunFileError, read_json, write_text_atomic
+
+METHOD_NAMES = {"ce": "Cross-entropy", "ce-script": "Cross-entropy (CGC script, λ 0)", "cgc": "CGC", "gcc": "GCC (L2)"}
+
+
+def method_key(final: dict) -> str:
+    """'ce' for plain cross-entropy, 'ce-script' for the CGC script run at lambda 0 (which still
+    forwards the pairs: BatchNorm statistics, and under full supervision three CE terms)."""
+    return "ce-script" if final["method"] == "ce" and final.get("ce_baseline") == "lambda0-script" else final["method"]
+PUBLISHED_LIMITED = pd.DataFrame([
+    dict(Method="Cross-entropy", Labeled="1%", Start="SwAV", **{"Top-1": "54.00", "Top-5": "78.69", "CH": "46.08"}),
+    dict(Method="CGC", Labeled="1%", Start="SwAV", **{"Top-1": "55.18", "Top-5": "79.12", "CH": "46.76"}),
+])
+
+
+# Settings that do not change a run's results (or are shown in their own column): two runs that
+# differ only in these are seeds of one row. Every other setting splits the rows.
+NOT_RESULT_SETTINGS = {"seed", "run_dir", "splits_dir", "workers", "decode", "overwrite", "dry_run", "checkpoint_every", "log_every",
+                       "gallery", "device", "demo_cache", "compile", "max_bad_fraction", "recipe", "ch_every", "data", "pretrained"}
+# Loss settings that a cross-entropy run (lambda 0) never uses.
+LOSS_ONLY_SETTINGS = {"temperature", "consistency", "group_size", "cgc_negatives", "cam_size", "cam_class", "cgc_warmup_epochs"}
+
+
+def _signature(values: dict, method: str) -> str:
+    """The settings that change what a run computes, except the seed, as a sortable string."""
+    drop = NOT_RESULT_SETTINGS | (LOSS_ONLY_SETTINGS if method in ("ce", "ce-script") else set())
+    return json.dumps({k: v for k, v in sorted(values.items()) if k not in drop}, default=str)
+
+
+def _read_run(run_dir: Path) -> tuple[dict, Config] | None:
+    """(final.json, config) of a finished run, or None (said on stderr) for anything else."""
+    final_path, config_path = run_dir / "final.json", run_dir / "config.yaml"
+    if not final_path.is_file() or not config_path.is_file():
+        print(f"skipping {run_dir}: no final.json/config.yaml (unfinished or not a run directory)", file=sys.stderr)
+        return None
+    try:
+        final = read_json(final_path)
+        if not isinstance(final.get("final"), dict) or "method" not in final:
+            raise RunFileError(f"{final_path}: not a final.json written by semisup/run.py (no 'method' and 'final')")
+        return final, load_saved_config(config_path)
+    except UserError as err:
+        print(f"skipping {run_dir}: {err}", file=sys.stderr)
+        return None
+
+
+def evaluated_later(run_dir: Path) -> dict:
+    """Metrics ``semisup/evaluate.py`` appended to the run's eval.jsonl for its final checkpoint
+    (insertion / deletion AUC are not part of a run's own evaluation): the latest of each."""
+    found = {}
+    path = run_dir / "eval.jsonl"
+    if not path.is_file():
+        return found
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        print(f"note: {path} is unreadable; its metrics are left out", file=sys.stderr)
+        return found
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a kill: the others still count
+        if isinstance(row, dict) and Path(str(row.get("checkpoint", ""))).name == "checkpoint.pt":
+            found.update({k: row[k] for k in ("iauc", "dauc") if isinstance(row.get(k), (int, float))})
+    return found
+
+
+def load_runs(run_dirs: list[str | Path], settings: tuple[str, ...] = (), quiet: bool = False) -> pd.DataFrame:
+    """One row per finished run and seed: its settings (``settings`` adds those config keys as
+    columns; ``signature`` holds all that change results) and final metrics. A rerun of the
+    same seed with the same settings is not a second seed: the newest finished one is kept."""
+    unknown = [k for k in settings if k not in Config.__dataclass_fields__]
+    if unknown:
+        raise UsageError(f"no setting {unknown[0]!r}; settings are the flag names with underscores (see run.py --help)")
+    rows = []
+    for run_dir in map(Path, run_dirs):
+        read = _read_run(run_dir)
+        if read is None:
+            continue
+        final, cfg = read
+        if final.get("truncated") and not quiet:
+            print(f"note: {run_dir} was stopped by --max-steps at step {final.get('steps')} of {final.get('scheduled_steps')}: "
+                  "marked 'truncated' in the tables", file=sys.stderr)
+        method = method_key(final)
+        rows.append(dict(run=str(run_dir), method=method, truncated=bool(final.get("truncated")), labeled_fraction=float(cfg.labeled_fraction),
+                         arch=cfg.arch, start=Path(cfg.pretrained).name.split(".")[0] if cfg.pretrained else "scratch",
+                         dataset="demo" if cfg.is_demo else Path(cfg.data).name, seed=cfg.seed, max_eval_images=cfg.max_eval_images,
+                         signature=_signature(cfg.to_dict(), method), finished=(run_dir / "final.json").stat().st_mtime,
+                         **{k: final["final"].get(k) for k in ("top1", "top5", "ch", "ch_strict", "ch_released_swav", "cgc_val_loss", "knn_top1")},
+                         **{"iauc": None, "dauc": None, **evaluated_later(run_dir)},
+                         **{f"best_{k}": (final.get("best") or {}).get(k) for k in ("epoch", "top1", "top5", "ch")},
+                         **{k: getattr(cfg, k) for k in settings}))
+    runs = pd.DataFrame(rows)
+    if runs.empty:
+        return runs
+    runs = runs.sort_values("finished")
+    repeats = runs.duplicated(["dataset", "start", "signature", "seed"], keep="last")
+    for _, rerun in runs[repeats].iterrows():
+        if not quiet:
+            kept = runs[~repeats & (runs["signature"] == rerun["signature"]) & (runs["seed"] == rerun["seed"])
+                        & (runs["start"] == rerun["start"]) & (runs["dataset"] == rerun["dataset"])]["run"].iloc[0]
+            print(f"note: {rerun['run']} and {kept} are the same settings and seed {rerun['seed']}: one seed, the newer ({kept}) "
+                  "is counted", file=sys.stderr)
+    return runs[~repeats].sort_values("run").reset_index(drop=True)
+
+
+def _mean_std(values: pd.Series, digits: int) -> str:
+    values = pd.to_numeric(values, errors="coerce")
+    if values.notna().any() and not np.isfinite(values.dropna()).all():
+        return "non-finite"  # a metric that diverged is reported as such, never as a plain nan
+    values = values.dropna()
+    if values.empty:
+        return "–"
+    if len(values) == 1:
+        return f"{values.iloc[0]:.{digits}f}"  # one seed: no spread to report
+    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
+
+
+def _setting_label(key: str, value) -> str:
+    from semisup.config import flag_spellings
+    name = flag_spellings(key)[0].lstrip("-")
+    shown = "none" if value is None else " ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+    return f"{name} {shown}"
+
+
+def settings_column(table: pd.DataFrame, keys: list[str]) -> list[str]:
+    """For rows that share ``keys`` (dataset, labeled, start, method), the settings that tell
+    them apart, e.g. 'lambda 0.1, epochs 60' ('' where a row has no such neighbour)."""
+    labels = [""] * len(table)
+    for _, frame in table.groupby(keys, sort=False, dropna=False):
+        if len(frame) < 2:
+            continue
+        parsed = [json.loads(sig) for sig in frame["signature"]]
+        varying = sorted(k for k in set().union(*parsed) if len({json.dumps(p.get(k)) for p in parsed}) > 1)
+        for position, values in zip(frame.index, parsed):
+            labels[table.index.get_loc(position)] = ", ".join(_setting_label(k, values.get(k)) for k in varying)
+    return labels
+
+
+def aggregate(runs: pd.DataFrame, keys: list[str], metrics: dict[str, tuple[str, int]]) -> pd.DataFrame:
+    """Mean ± sample std over seeds for each group of ``keys`` and identical result-changing
+    settings (``signature``); ``Seeds`` counts distinct seeds and marks truncated runs and runs
+    evaluated on a subset; ``Settings`` (shown when needed) says what splits rows that share ``keys``."""
+    out = []
+    for group, frame in runs.groupby(keys + ["signature"], sort=True, dropna=False):
+        row = dict(zip(keys + ["signature"], group))
+        row.update({title: _mean_std(frame[col], digits) for title, (col, digits) in metrics.items()})
+        notes = []
+        if "truncated" in frame and frame["truncated"].any():
+            notes.append(f"{int(frame['truncated'].sum())} truncated")
+        if "max_eval_images" in frame and frame["max_eval_images"].notna().any():
+            notes.append(f"evaluated on ≤ {int(frame['max_eval_images'].max())} val images")
+        seeds = frame["seed"].nunique() if "seed" in frame else len(frame)
+        row["Seeds"] = f"{seeds} ({'; '.join(notes)})" if notes else seeds
+        out.append(row)
+    table = pd.DataFrame(out)
+    labels = settings_column(table, keys)
+    if any(labels):
+        table.insert(len(keys), "Settings", labels)
+    return table.drop(columns="signature")
+
+
+def limited_label_table(runs: pd.DataFrame) -> pd.DataFrame:
+    runs = runs[runs["labeled_fraction"] < 1.0].copy()
+    if runs.empty:
+        return pd.DataFrame()
+    runs["Labeled"] = runs["labeled_fraction"].map(lambda f: f"{100 * f:g}%")
+    table = aggregate(runs, ["dataset", "Labeled", "start", "method"],
+                      {"Top-1": ("top1", 2), "Top-5": ("top5", 2), "CH": ("ch", 2), "CH strict": ("ch_strict", 2),
+                       "CH rel. SwAV": ("ch_released_swav", 2), "CGC Loss": ("cgc_val_loss", 4), "kNN": ("knn_top1", 2),
+                       "IAUC": ("iauc", 2), "DAUC": ("dauc", 2), "Top-1 best*": ("best_top1", 2), "CH best*": ("best_ch", 2)})
+    table = table.drop(columns=[c for c in ("IAUC", "DAUC") if (table[c] == "–").all()])
+    table["method"] = table["method"].map(METHOD_NAMES)
+    return table.rename(columns={"dataset": "Dataset", "start": "Start", "method": "Method"})
+
+
+def full_supervision_table(runs: pd.DataFrame) -> pd.DataFrame:
+    runs = runs[runs["labeled_fraction"] >= 1.0].copy()
+    if runs.empty:
+        return pd.DataFrame()
+    table = aggregate(runs, ["dataset", "arch", "method"],
+                      {"Top-1": ("top1", 2), "CH": ("ch", 2), "CGC Loss": ("cgc_val_loss", 4), "IAUC": ("iauc", 2), "DAUC": ("dauc", 2),
+                       "Top-1 best*": ("best_top1", 2)})
+    table = table.drop(columns=[c for c in ("IAUC", "DAUC") if (table[c] == "–").all()])
+    table["method"] = table["method"].map(METHOD_NAMES)
+    return table.rename(columns={"dataset": "Dataset", "arch": "Architecture", "method": "Method"})
+
+
+def ablation_table(runs: pd.DataFrame, setting: str) -> pd.DataFrame:
+    """Mean ± std over seeds per labeled fraction, value of ``setting`` and method. Cross-
+    entropy rows (which do not depend on the setting) show '–' in its column."""
+    runs = runs.copy()
+    runs["Labeled"] = runs["labeled_fraction"].map(lambda f: f"{100 * f:g}%")
+    runs[setting] = runs[setting].where(~runs["method"].isin(["ce", "ce-script"]))  # NaN: grouped together, shown as '–'
+    runs[setting] = runs[setting].map(lambda v: tuple(v) if isinstance(v, list) else v)  # hashable for grouping
+    table = aggregate(runs, ["Labeled", "start", "method", setting],
+                      {"Top-1": ("top1", 2), "CH": ("ch", 2), "CH strict": ("ch_strict", 2), "kNN": ("knn_top1", 2)})
+    table["method"] = table["method"].map(METHOD_NAMES)
+    table[setting] = table[setting].map(lambda v: "–" if pd.isna(v) else f"{v:g}" if isinstance(v, float) else str(v))
+    return table.rename(columns={"start": "Start", "method": "Method"})
+
+
+@cli
+def main(argv=None) -> int:
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dirs", nargs="+")
+    parser.add_argument("--out", type=Path, help="write results.md, results_*.csv and the plots (tradeoff.png, curves.png, "
+                                                   "gallery_*.png) here")
+    parser.add_argument("--galleries", action=argparse.BooleanOptionalAction, default=True,
+                        help="CE vs CGC galleries from the runs' checkpoints (default: on where they exist)")
+    parser.add_argument("--class-names", type=Path, help="'<class folder> <name>' lines (e.g. ImageNet's LOC_synset_mapping.txt): "
+                                                          "gallery titles show names instead of wnids")
+    args = parser.parse_args(argv)
+    class_names = read_class_names(args.class_names) if args.class_names else None
+    runs = load_runs(args.run_dirs)
+    if runs.empty:
+        raise UserError(f"no finished runs among the {len(args.run_dirs)} folder(s) given (a run directory holds final.json and "
+                        "config.yaml; the lines above say why each was skipped)")
+    sections = [("Limited labels", limited_label_table(runs)), ("Full supervision", full_supervision_table(runs))]
+    text = []
+    for title, table in sections:
+        if not table.empty:
+            text.append(f"### {title}\n\n{table.to_markdown(index=False, disable_numparse=True)}\n")
+    text.append("\\* best: the epoch of highest validation top-1 (model_best.pt), a selection on the validation set; "
+                "CH rel. SwAV: the released SwAV-start CH script's figure (layer4 channel = class id; FIDELITY.md).\n")
+    text.append(f"### Published (ImageNet, ResNet-50)\n\n{PUBLISHED_LIMITED.to_markdown(index=False, disable_numparse=True)}\n")
+    print("\n".join(text))
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(args.out / "results.md", "\n".join(text))
+        for title, table in sections:
+            if not table.empty:
+                table.to_csv(args.out / f"results_{title.split()[0].lower()}.csv", index=False)
+        runs.to_csv(args.out / "runs.csv", index=False)
+        for png in write_pictures(args.run_dirs, args.out, galleries=args.galleries, class_names=class_names):
+            print(f"wrote {png}")
+    return 0
+
+
+def read_class_names(path: Path) -> dict[str, str]:
+    """{class folder name: readable name} from lines '<wnid> <name ...>' (ImageNet's
+    LOC_synset_mapping.txt: 'n01440764 tench, Tinca tinca'; the first name is used)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"--class-names {path}: unreadable ({type(err).__name__}); expected '<class folder> <name>' lines") from err
+    names = {}
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        parts = line.strip().split(maxsplit=1)
+        if len(parts) != 2:
+            raise UsageError(f"--class-names {path}:{n}: expected '<class folder> <name>', got {line.strip()!r}")
+        names[parts[0]] = parts[1].split(",")[0].strip()
+    return names
+
+
+def write_pictures(run_dirs: list[str], out: Path, galleries: bool = True, class_names: dict[str, str] | None = None) -> list[Path]:
+    """The trade-off plot, the training curves and (where checkpoints exist) one CE vs CGC
+    gallery per labeled fraction, start and CGC setting, into ``out``."""
+    from semisup.tools.plots import curves_plot, tradeoff_plot
+    runs = load_runs(run_dirs, settings=("cgc_weight", "temperature"), quiet=True)
+    written = [tradeoff_plot(runs, out / "tradeoff.png"), curves_plot(runs, out / "curves.png")] if len(runs) else []
+    if galleries:
+        written += compare_galleries(runs, out, class_names=class_names)
+    return written
+
+
+def compare_galleries(runs: pd.DataFrame, out: Path, count: int = 8, class_names: dict[str, str] | None = None) -> list[Path]:
+    """Per (labeled fraction, start) and per distinct CGC setting: the lowest seed's cross-entropy
+    and CGC runs side by side (same validation images), from their checkpoint.pt, each labelled
+    with the settings that tell it apart; skipped where a checkpoint is missing."""
+    import torch
+
+    from semisup.eval.gallery import save_gallery
+    from semisup.data.datasets import build_data
+    from semisup.models.backbones import load_run_model
+    written = []
+    for (fraction, start), frame in runs.groupby(["labeled_fraction", "start"], sort=True):
+        # The cross-entropy control of the same script where there is one (limited labels: the CGC
+        # script at lambda 0), else plain cross-entropy.
+        baseline = "ce-script" if (frame["method"] == "ce-script").any() else "ce"
+        ce = frame[frame["method"] == baseline].sort_values("seed")
+        variants = frame[frame["method"] == "cgc"].groupby("signature", sort=True)
+        if ce.empty or not len(variants):
+            continue
+        cgc_runs = frame[frame["method"] == "cgc"].reset_index(drop=True)
+        labels = dict(zip(cgc_runs["signature"], settings_column(cgc_runs, ["labeled_fraction", "start"])))  # what tells the CGC runs apart
+        labels.update({sig: "" for sig in ce["signature"]})
+        for n, (signature, cgc) in enumerate(variants):
+            chosen = [ce.iloc[0], cgc.sort_values("seed").iloc[0]]
+            dirs = [Path(r["run"]) for r in chosen]
+            if not all((d / "checkpoint.pt").is_file() for d in dirs):
+                print(f"no gallery for {100 * fraction:g} % from {start}: checkpoint.pt missing in {' or '.join(map(str, dirs))}",
+                      file=sys.stderr)
+                continue
+            models, cfg = [], None
+            for run_dir in dirs:
+                model, cfg, _ = load_run_model(run_dir / "checkpoint.pt", {})
+                models.append(model)
+            names = [f"{METHOD_NAMES[r['method']]} (seed {r['seed']}{', ' + labels[r['signature']] if labels[r['signature']] else ''})"
+                     for r in chosen]
+            suffix = "" if len(variants) == 1 else f"_{n + 1}"
+            path = out / f"gallery_frac{fraction:g}_{start}{suffix}.png"
+            written.append(save_gallery(models, names, build_data(cfg), cfg, torch.device("cpu"), path, count=count, class_names=class_names))
+    return written
+
+
+if __name__ == "__main__":
+    sys.exit(main())
