@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import torch
+from semisup.runfiles import RunFiles
 
 
 def previous(path: Path) -> Path:
@@ -53,7 +54,7 @@ def set_rng_state(state: dict) -> None:
 def remove_temporaries(folder: Path) -> list[Path]:
     """Delete the temporary files an earlier process of this run left when it was killed mid-write
     (``.checkpoint.pt.tmp<pid>`` and the like). Only called by a process holding the run's lock."""
-    own = ("checkpoint.pt", "model_best.pt", "final.json", "metrics.csv", "progress.json", "config.yaml")
+    own = (RunFiles.CHECKPOINT, RunFiles.BEST, RunFiles.FINAL, RunFiles.METRICS, RunFiles.PROGRESS, RunFiles.CONFIG)
     stale = [p for name in own for pattern in (f".{name}.tmp*", f".{name}.prev*") for p in Path(folder).glob(pattern) if p.is_file()]
     for p in stale:
         p.unlink(missing_ok=True)

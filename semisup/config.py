@@ -21,6 +21,8 @@ from semisup.errors import Parser, UsageError
 
 # The checkout (or snapshot) holding this package: recipes, splits/ and pretrained/ sit in it.
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# The heatmap methods semisup/method/explainers.py registers (a test checks the two agree).
+EXPLAINER_NAMES = ("gradcam", "gradcam++")
 
 
 def _f(default, help: str, flags: tuple[str, ...] = (), choices=None, cli: bool = True, path: bool = False):
@@ -58,7 +60,9 @@ class Config:
                      "with few cores per GPU)", choices=("cpu", "cpu-draft", "gpu"))
     demo_cache: str | None = _f(None, "where the embedded demo dataset is cached (default ~/.cache/semisup)", path=True)
     # --- model ---
-    arch: str = _f("resnet50", "torchvision ResNet name (resnet18/34/50/101/152) or resnet_tiny (demo)")
+    arch: str = _f("resnet50", "torchvision ResNet name (resnet18/34/50/101/152), resnet_tiny (demo), or "
+                   "timm/<name>: any timm model with a [B, C, h, w] last stage (timm/resnet50, "
+                   "timm/convnext_tiny; needs pip install timm)")
     pretrained: str | None = _f(None, "SwAV/DeepCluster-v2, torchvision or own checkpoint for the trunk (the head starts fresh); "
                                       "'none': random initialisation", path=True)
     # --- optimisation (defaults: the published 1% CGC recipe) ---
@@ -100,6 +104,9 @@ class Config:
     cam_class: str = _f("predicted", "class explained on unlabeled images: the model's 'predicted' class (the method), or the "
                         "image's true 'label' (a diagnostic upper bound: it uses labels the limited-label setting does not have)",
                         choices=("predicted", "label"))
+    explainer: str = _f("gradcam", "heatmap method of the consistency loss, Content Heatmap, the gallery and the insertion metric: "
+                        "'gradcam' (the method and the published numbers) or 'gradcam++' (semisup/method/explainers.py)",
+                        choices=EXPLAINER_NAMES)
     cgc_warmup_epochs: float = _f(0.0, "ramp lambda linearly from 0 over this many epochs (0: full weight from the first step), "
                                   "so early, noisy predicted classes weigh less")
     # --- run ---
@@ -231,6 +238,8 @@ _RANGES = {
 }
 _ARCHS = ("resnet_tiny", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2", "wide_resnet101_2",
           "resnext50_32x4d", "resnext101_32x8d")
+# Families of --arch semisup/models/ registers, '<prefix><name>' (a test checks the two agree).
+ARCH_PREFIXES = ("timm/",)
 
 
 def _name(key: str) -> str:
@@ -289,8 +298,9 @@ def _check_field(cfg: "Config", f: dataclasses.Field, hints: dict) -> None:
 def _check_combinations(cfg: "Config", world: int) -> None:
     """What single settings cannot say: a known architecture and device, milestones, batches
     divisible by the processes, a decode that needs files."""
-    if cfg.arch not in _ARCHS:
-        raise ConfigError(f"{_name('arch')}: unknown architecture {cfg.arch!r}; one of {', '.join(_ARCHS)}")
+    if cfg.arch not in _ARCHS and not any(cfg.arch.startswith(p) and len(cfg.arch) > len(p) for p in ARCH_PREFIXES):
+        raise ConfigError(f"{_name('arch')}: unknown architecture {cfg.arch!r}; one of {', '.join(_ARCHS)}"
+                          f" or {' or '.join(p + '<name>' for p in ARCH_PREFIXES)}")
     if not (cfg.device in ("auto", "cpu", "cuda") or (cfg.device.startswith("cuda:") and cfg.device[5:].isdigit())):
         raise ConfigError(f"{_name('device')}: {cfg.device!r} is not 'auto', 'cpu', 'cuda' or 'cuda:N'")
     if any(m < 0 for m in cfg.lr_milestones):
@@ -320,7 +330,7 @@ HELP_GROUPS = {
              "data_format", "num_classes", "image_size", "resize_size", "crop_scale_min", "max_bad_fraction", "demo_cache"),
     "model": ("arch", "pretrained"),
     "loss (the method)": ("cgc_weight", "temperature", "consistency", "group_size", "cgc_negatives", "ce_baseline", "cam_size",
-                          "cam_class", "cgc_warmup_epochs", "flip_protocol", "bn_geometry"),
+                          "cam_class", "explainer", "cgc_warmup_epochs", "flip_protocol", "bn_geometry"),
     "optimisation": ("batch_labeled", "batch_unlabeled", "epochs", "max_steps", "lr_trunk", "lr_head", "lr_milestones", "lr_gamma",
                      "momentum", "weight_decay", "seed"),
     "evaluation": ("eval_every", "ch_every", "ch_short_side", "knn_k", "knn_temperature", "gallery", "max_eval_images"),
@@ -362,25 +372,30 @@ def build_parser() -> argparse.ArgumentParser:
     files.add_argument("--recipe", choices=recipe_names(),
                        help="a published row's settings (semisup/recipes/NAME.yaml; needs --data): " + ", ".join(recipe_names())
                             + "; --config and flags still override them")
-    defaults = Config()
     groups = {name: parser.add_argument_group(name) for name in HELP_GROUPS}
     group_of = {key: groups[name] for name, keys in HELP_GROUPS.items() for key in keys}
     for f in dataclasses.fields(Config):
-        if not f.metadata["cli"]:
-            continue
-        kind = _field_type(f)
-        default = getattr(defaults, f.name)
-        demo = f"; demo: {DEMO_PRESET[f.name]}" if f.name in DEMO_PRESET else ""
-        shown = "" if default is None and not demo else f" (default: {default}{demo})"
-        kwargs = dict(dest=f.name, default=argparse.SUPPRESS, help=f.metadata["help"].replace("%", "%%") + shown)
-        target = group_of[f.name]
-        if kind is bool:
-            target.add_argument(*flag_spellings(f.name), action=argparse.BooleanOptionalAction, **kwargs)
-        elif typing.get_origin(kind) is list:
-            target.add_argument(*flag_spellings(f.name), type=_number, nargs="*", **kwargs)
-        else:
-            target.add_argument(*flag_spellings(f.name), type=kind, choices=f.metadata["choices"], **kwargs)
+        if f.metadata["cli"]:
+            add_setting(group_of[f.name], f.name, argparse.SUPPRESS)
     return parser
+
+
+def add_setting(target, key: str, default=None, help: str | None = None) -> None:
+    """Add setting ``key``'s flag (its spellings, type, choices and help) to ``target``, a parser
+    or argument group: run.py's parser and the other commands (evaluate, bench) share one
+    vocabulary. ``default`` is what the namespace holds when the flag is absent; ``help``
+    replaces the setting's own where the command uses it differently."""
+    f = next(f for f in dataclasses.fields(Config) if f.name == key)
+    kind, value = _field_type(f), getattr(Config(), key)
+    demo = f"; demo: {DEMO_PRESET[key]}" if key in DEMO_PRESET else ""
+    shown = "" if value is None and not demo else f" (default: {value}{demo})"
+    kwargs = dict(dest=key, default=default, help=(help or f.metadata["help"].replace("%", "%%") + shown))
+    if kind is bool:
+        target.add_argument(*flag_spellings(key), action=argparse.BooleanOptionalAction, **kwargs)
+    elif typing.get_origin(kind) is list:
+        target.add_argument(*flag_spellings(key), type=_number, nargs="*", **kwargs)
+    else:
+        target.add_argument(*flag_spellings(key), type=kind, choices=f.metadata["choices"], **kwargs)
 
 
 def yaml_problem(err: Exception) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -22,9 +21,11 @@ try:
 except ModuleNotFoundError:
     sys.exit("semisup is not installed in this Python: run `pip install -e .` in the checkout")
 
+from semisup.config import add_setting
 from semisup.errors import Parser, UsageError, UserError, cli
 from semisup.eval.evaluator import FULL_METRICS, METRICS, Evaluator, format_results
 from semisup.eval.insertion import InsertionSettings
+from semisup.runfiles import RunFiles
 
 
 def _metric_list(text: str) -> set[str]:
@@ -39,13 +40,14 @@ def _weights_model(args) -> tuple:
     """(model, cfg, report) for --weights: a torchvision, released-CGC or SwAV file evaluated on
     --data (the demo without it) with this project's evaluation settings."""
     from semisup.config import make_config
-    from semisup.models.backbones import load_weights
+    from semisup.models.loading import load_weights
     model, report = load_weights(args.weights, args.arch)
     fraction = args.labeled_fraction if args.labeled_fraction is not None else (0.01 if "knn" in args.metrics and args.data else 1.0)
     values = dict(data=args.data, val_boxes=args.val_boxes, val_labels=args.val_labels, arch=args.arch, pretrained=None,
                   labeled_fraction=fraction, cgc_weight=0.0, ce_baseline="plain", workers=args.workers,
                   max_eval_images=args.max_eval_images, splits_dir=args.splits_dir)
-    values.update({k: v for k, v in dict(ch_short_side=args.ch_short_side, image_size=args.image_size, resize_size=args.resize_size).items()
+    values.update({k: v for k, v in dict(ch_short_side=args.ch_short_side, image_size=args.image_size, resize_size=args.resize_size,
+                                         explainer=args.explainer).items()
                    if v is not None})
     cfg = make_config({k: v for k, v in values.items() if v is not None or k == "pretrained"})
     if not report["head"]:
@@ -64,23 +66,24 @@ def build_parser() -> Parser:
     which.add_argument("--checkpoint", help="checkpoint.pt or model_best.pt written by semisup/run.py")
     which.add_argument("--weights", help="any other weights file: torchvision's ResNet files, the released CGC checkpoints "
                                          "({'state_dict': {'module.…'}}), a SwAV trunk (kNN and released-SwAV CH only); with --arch")
-    which.add_argument("--arch", help="with --weights: the architecture (resnet18, resnet50, ...)")
+    add_setting(which, "arch", help="with --weights: the architecture (resnet18, resnet50, timm/NAME, ...)")
     which.add_argument("--compare", help="a second checkpoint: its heatmaps go beside the first's in the gallery, its metrics below")
     data = parser.add_argument_group("data")
-    data.add_argument("--data", help="dataset root (default: the one the run used; with --weights: the demo without it)")
-    data.add_argument("--val-boxes", help="validation boxes (VOC XML folder or CUB bounding_boxes.txt)")
-    data.add_argument("--val-labels", help="labels for a flat val/ folder")
-    data.add_argument("--labeled-fraction", type=float, help="with --weights: the labeled subset used as the kNN bank (default "
-                                                                 "0.01 when knn is asked on --data, else all of train/)")
-    data.add_argument("--splits-dir", help="with --weights: folder of the split files (default: the project's splits/)")
-    data.add_argument("--max-eval-images", type=int, help="evaluate at most this many validation images")
+    # Settings a run also has: the config's own flags, types and checks (default: the run's value).
+    add_setting(data, "data", help="dataset root (default: the one the run used; with --weights: the demo without it)")
+    for key in ("val_boxes", "val_labels", "splits_dir", "max_eval_images"):
+        add_setting(data, key)
+    add_setting(data, "labeled_fraction", help="with --weights: the labeled subset used as the kNN bank (default 0.01 when knn "
+                                               "is asked on --data, else all of train/)")
     metrics = parser.add_argument_group("metrics")
     metrics.add_argument("--metrics", type=_metric_list, default=None,
                          help=f"comma-separated, from {','.join(METRICS)} (default: top1,ch,cgc-loss,knn; with --weights "
                               "top1,ch,cgc-loss)")
-    metrics.add_argument("--image-size", type=int, help="with --weights: crop size of top-1 and of insertion (default 224)")
-    metrics.add_argument("--resize-size", type=int, help="with --weights: shorter side before the top-1 crop (default 256)")
-    metrics.add_argument("--ch-short-side", type=int, help="shorter side for Content Heatmap (published: 448)")
+    add_setting(metrics, "image_size", help="with --weights: crop size of top-1 and of insertion (default 224)")
+    add_setting(metrics, "resize_size", help="with --weights: shorter side before the top-1 crop (default 256)")
+    add_setting(metrics, "ch_short_side")
+    add_setting(metrics, "explainer", help="heatmap method of CH, the CGC loss, the gallery and insertion (default: the run's; "
+                                           "with --weights: gradcam)")
     metrics.add_argument("--ch-protocol", choices=["published", "released-swav", "both"], default="both",
                          help="'published': the released CH scripts (all-zero maps count as uniform; strict CH and the zero "
                               "count beside it); 'released-swav': evaluate_swav_imagenet_gradcam_energy_inside_bbox.py as "
@@ -94,8 +97,7 @@ def build_parser() -> Parser:
                          help="insertion/deletion pixel order: 'released' (cv2.resize, numpy's argsort: its order among ties) or "
                               "'stable' (F.interpolate and a stable sort on the device)")
     system = parser.add_argument_group("system and output")
-    system.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="loader worker processes (default: 4, "
-                                                                                      "or the machine's cores if fewer)")
+    add_setting(system, "workers", help="loader worker processes (default: the run's; with --weights: 8)")
     system.add_argument("--batch-size", type=int, default=64)
     system.add_argument("--gallery", type=int, default=16, help="images in the gallery PNG (0: none)")
     system.add_argument("--out", help="folder for eval.jsonl and gallery PNG (default: the first checkpoint's folder; with "
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     args.metrics = args.metrics or (FULL_METRICS if args.checkpoint else {"top1", "ch", "cgc-loss"})
     logging.basicConfig(level=logging.WARNING)
     from semisup.data.datasets import build_data
-    from semisup.models.backbones import load_run_model
+    from semisup.models.loading import load_run_model
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.weights:
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         head = report["head"]
     else:
         overrides = dict(data=args.data, val_boxes=args.val_boxes, val_labels=args.val_labels, ch_short_side=args.ch_short_side,
-                         max_eval_images=args.max_eval_images, workers=args.workers)
+                         max_eval_images=args.max_eval_images, workers=args.workers, explainer=args.explainer)
         loaded = [(*load_run_model(p, overrides), p, f"{Path(p).parent.name}") for p in [args.checkpoint] + ([args.compare] if args.compare else [])]
         loaded = [(m, c, step, p, f"{c.method} {name}") for m, c, step, p, name in loaded]
         head = True
@@ -138,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"{path}: its head has {model.fc.out_features} classes, the dataset {len(bundle.classes)}; pass the --data it "
                             "was trained for")
         model.to(device)
-        settings = InsertionSettings(size=cfg.image_size, subset=args.iauc_subset, saliency_mode=args.iauc_saliency, order=args.iauc_order)
+        settings = InsertionSettings(size=cfg.image_size, subset=args.iauc_subset, saliency_mode=args.iauc_saliency, order=args.iauc_order,
+                                     explainer=cfg.explainer)
         result = Evaluator(cfg, bundle, device, batch_size=args.batch_size).run(model, metrics=args.metrics, insertion=settings)
         dropped = {"published": ("ch_released_swav",), "released-swav": ("ch", "ch_strict", "ch_zero"), "both": ()}[args.ch_protocol]
         if not head:  # a trunk: no class, so no top-1 or class explanation
@@ -149,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_results(rows))
     out = Path(args.out) if args.out else (Path(f"eval-{Path(args.weights).name}") if args.weights else Path(args.checkpoint).parent)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "eval.jsonl", "a") as f:
+    with open(RunFiles(out).eval, "a") as f:
         for row in rows:
             f.write(json.dumps(dict(row, time=time.strftime("%Y-%m-%d %H:%M:%S"))) + "\n")
     if args.gallery and head:

@@ -3,8 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from semisup.method import explainers
 from semisup.method import cgc
-from semisup.models.backbones import build_model
+from semisup.models.base import build_model
 from semisup.tools.reference import pixel_boxes_and_flips, released_cgc_loss
 
 
@@ -24,7 +25,7 @@ def test_closed_form_cam_equals_autograd_gradcam_on_torchvision_resnet(train_mod
     logits, features = model(x)
     classes = torch.tensor([0, 3, 6])
     autograd_cam = cgc.gradcam(logits, features, classes)
-    closed = model.cam(logits, features, classes)
+    closed = explainers.gradcam(model, logits, features, classes)
     pooled = cgc.gradcam_pooled(logits, features, classes)
     assert autograd_cam.shape == (3, 3, 3)
     assert autograd_cam.max() > 0  # not a vacuous comparison of zero maps
@@ -165,8 +166,8 @@ def test_gradients_reach_the_backbone_from_both_branches():
         view_logits, view_features = model(view)
         classes = view_logits.detach().argmax(1)
         aug_logits, aug_features = model(aug)
-        cam = model.cam(view_logits, view_features, classes)
-        cam_aug = model.cam(aug_logits, aug_features, classes)
+        cam = explainers.gradcam(model, view_logits, view_features, classes)
+        cam_aug = explainers.gradcam(model, aug_logits, aug_features, classes)
         # Detach the other branch: the gradient must still reach the trunk through this one.
         cam, cam_aug = (cam, cam_aug.detach()) if branch == "view" else (cam.detach(), cam_aug)
         cgc.cgc_loss(cam_aug, cam, boxes, flips).backward()
@@ -179,7 +180,7 @@ def test_loss_runs_in_float32_under_autocast():
     model = build_model("resnet_tiny", num_classes=4)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits, features = model(torch.randn(3, 3, 64, 64))
-        cam = model.cam(logits, features, torch.tensor([0, 1, 2]))
+        cam = explainers.gradcam(model, logits, features, torch.tensor([0, 1, 2]))
         loss = cgc.cgc_loss(cam, cam, torch.tensor([[0, 0, 1, 1.0]] * 3), torch.zeros(3, dtype=torch.bool))
     assert features.dtype == torch.bfloat16
     assert cam.dtype == torch.float32 and loss.dtype == torch.float32

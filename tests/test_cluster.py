@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from semisup.runfiles import RunFiles
 from semisup.cluster import launch
 from semisup.cluster import snapshot
 from semisup.errors import UsageError, UserError
@@ -82,7 +83,7 @@ def test_crashing_local_job_shows_failed_with_its_error_and_log(tmp_path, capsys
     assert "BadDataError" in out and "unreadable images" in out and str(job.paths.stderr) in out
     assert Path(job.paths.stderr).is_file()
     # The status came from the job's own JSON record, not from submitit's pickled result.
-    outcome = json.loads((tmp_path / "runs" / "crash" / launch.OUTCOME).read_text())
+    outcome = json.loads((tmp_path / "runs" / "crash" / RunFiles.OUTCOME).read_text())
     assert outcome["job_id"] == str(job.job_id) and outcome["state"] == "FAILED"
 
 

@@ -2,7 +2,7 @@
 import numpy as np
 
 from semisup.data.demo import CUE_COLOURS, load_demo
-from semisup.models.backbones import build_model
+from semisup.models.base import build_model
 import torch
 
 

@@ -11,7 +11,8 @@ import torch
 import yaml
 
 from semisup.config import DEMO_START, parse_config
-from semisup.models.backbones import CheckpointError, build_model, load_pretrained
+from semisup.models.base import build_model
+from semisup.models.loading import CheckpointError, load_pretrained
 from semisup.train.rundir import default_run_dir
 
 SHIPPED = Path(DEMO_START)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from semisup.method import explainers
 from semisup.method import cgc
 from semisup.data import transforms as T
 from semisup.config import parse_config
@@ -15,7 +16,7 @@ from semisup.data.datasets import DataBundle, EvalSet, FileSource
 from semisup.errors import UsageError
 from semisup.eval.evaluator import Evaluator, content_heatmap, released_swav_cams
 from semisup.eval.knn import knn_classify
-from semisup.models.backbones import build_model
+from semisup.models.base import build_model
 from semisup.tools.report import ablation_table, full_supervision_table, limited_label_table, load_runs
 from tests.imagenet_tree import save_image
 
@@ -69,7 +70,7 @@ def test_released_swav_protocol_explains_a_feature_channel_not_the_class():
     ours = content_heatmap(cams, [box], (64, 64))[0]
     assert ours.item() == pytest.approx(hand.item(), rel=1e-9)
     # It is not the Grad-CAM of the class (the released 1 % CH script's model has no head).
-    gradcam = content_heatmap(model.cam(logits, features, torch.tensor([label])), [box], (64, 64))[0]
+    gradcam = content_heatmap(explainers.gradcam(model, logits, features, torch.tensor([label])), [box], (64, 64))[0]
     assert abs(gradcam.item() - ours.item()) > 1e-3
     assert released_swav_cams(features, torch.tensor([features.shape[1]])) is None  # no such channel
 

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from semisup.eval import insertion as I
 from semisup.data import transforms as T
 from semisup.evaluate import main as evaluate_main
-from semisup.models.backbones import build_model, load_weights
+from semisup.models.base import build_model
+from semisup.models.loading import load_weights
 from tests.released_causal_metric import CausalMetric, auc as released_auc, gkern
 
 ROOT = Path(__file__).resolve().parents[1]

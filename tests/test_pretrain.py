@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from semisup.data.datasets import ArraySource, StreamSampler, TrainDataset
-from semisup.models.backbones import build_model, load_pretrained
+from semisup.models.base import build_model
+from semisup.models.loading import load_pretrained
 from semisup.tools.pretrain import colour_jitter, contrastive_loss, paired_views, pretrain, rotate_hue, save_swav_layout, sinkhorn
 
 

@@ -4,7 +4,8 @@ import torch
 import torchvision
 
 from semisup.config import ConfigError, parse_config
-from semisup.models.backbones import CheckpointError, build_model, load_pretrained
+from semisup.models.base import build_model
+from semisup.models.loading import CheckpointError, load_pretrained
 from semisup.run import main
 from semisup.train.trainer import Schedule
 

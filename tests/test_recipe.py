@@ -134,10 +134,10 @@ def test_full_supervision_sums_three_cross_entropies_and_explains_the_predicted_
     cam = model.cam
     model.cam = lambda logits, features, classes: explained.append(classes) or cam(logits, features, classes)
     losses = trainer.training_step(labeled, None)
-    assert float(losses["ce"]) == pytest.approx(float(expected_ce), rel=1e-4)
+    assert float(losses.ce) == pytest.approx(float(expected_ce), rel=1e-4)
     # The pair is the centre view and its augmentation, explained for the predicted class.
     assert len(explained) == 2 and torch.equal(explained[0], outputs["view"].argmax(1)) and torch.equal(explained[1], explained[0])
-    assert float(losses["consistency"]) > 0
+    assert float(losses.consistency) > 0
 
 
 def test_epochs_end_with_a_partial_batch_as_the_released_loader():

@@ -12,7 +12,7 @@ from PIL import Image
 
 from semisup.method import cgc
 from semisup.data import transforms as T
-from semisup.models.backbones import build_model
+from semisup.models.base import build_model
 from semisup.tools.reference import pixel_boxes_and_flips, released_cgc_loss
 from semisup.models.replicas import ReplicaBatchNorm2d, replica_mean, replica_sizes, use_replica_batchnorm
 
@@ -147,7 +147,7 @@ def test_the_step_on_a_partial_batch_weighs_replicas_as_the_released_run(tmp_pat
     losses = trainer.training_step(dict(image=images, label=labels), None)
     pieces = _reference_replicas(reference, T.normalize(images), 2)
     expected = (F.cross_entropy(pieces[0], labels[:6]) + F.cross_entropy(pieces[1], labels[6:])) / 2
-    torch.testing.assert_close(losses["ce"], expected.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(losses.ce, expected.detach(), rtol=1e-5, atol=1e-6)
     assert not torch.allclose(expected, F.cross_entropy(torch.cat(pieces), labels))  # the weighting matters here
     # The same weighting for the InfoNCE groups: 6 + 5 anchors, each group its own negatives.
     g = torch.Generator().manual_seed(2)

@@ -1,4 +1,5 @@
 """End-to-end runs of the training entry point on the demo."""
+import dataclasses
 import json
 
 import pandas as pd
@@ -77,17 +78,17 @@ def test_explained_class_on_unlabeled_images_and_lambda_warmup(tmp_path, demo_ca
     _, trainer = run_training(parse_config(args))
     labeled, unlabeled = (next(stream) for stream in trainer.loaders())
     explained = []
-    cam = trainer.model.cam
-    trainer.model.cam = lambda logits, features, classes: explained.append((logits.detach(), classes)) or cam(logits, features, classes)
-    losses = trainer.training_step(labeled, unlabeled)
+    explain = trainer.settings.explain
+    spy = lambda logits, features, classes: explained.append((logits.detach(), classes)) or explain(logits, features, classes)
+    losses = trainer.training_step(labeled, unlabeled, dataclasses.replace(trainer.settings, explain=spy))
     view_logits, classes = explained[0]  # the first heatmap is the unlabeled view's
     expected = unlabeled["label"] if cam_class == "label" else view_logits.argmax(1)
     assert torch.equal(classes, expected) and torch.equal(explained[1][1], expected)
     # Step 0 of a 2-epoch ramp: lambda is 0, so the loss is the cross-entropy alone.
-    assert float(losses["consistency"]) > 0 and float(losses["loss"]) == pytest.approx(float(losses["ce"]))
+    assert float(losses.consistency) > 0 and float(losses.loss) == pytest.approx(float(losses.ce))
     epoch = trainer.schedule.steps_per_epoch
     weights = []
     for step in (epoch, 2 * epoch, 5 * epoch):
-        trainer.step = step
+        trainer.state.step = step
         weights.append(trainer.consistency_weight())
     assert weights == pytest.approx([0.25, 0.5, 0.5])

@@ -56,7 +56,7 @@ def imagenet_for_split(root: Path, split: list[str]) -> None:
 
 def fake_swav_checkpoint(path: Path) -> None:
     """A SwAV-layout file (module. prefix, projection head) for the tiny demo ResNet."""
-    from semisup.models.backbones import build_model
+    from semisup.models.base import build_model
     torch.manual_seed(0)
     model = build_model("resnet_tiny", 10)
     state = {f"module.{k}": v for k, v in model.state_dict().items() if not k.startswith("fc.")}

@@ -33,9 +33,9 @@ import yaml
 from semisup.errors import Parser, UsageError, UserError, cli
 from semisup.config import PROJECT_ROOT, yaml_problem
 from semisup.files import read_json, write_json_atomic
+from semisup.runfiles import RunFiles
 
 REPO = PROJECT_ROOT
-OUTCOME = "job-outcome.json"  # written by the job itself: what jobs/status.py reads instead of submitit's pickles
 LOCAL_TIMEOUT_MIN = 24 * 60  # local jobs are killed by submitit at their time limit: a day is never the binding limit
 
 
@@ -81,7 +81,7 @@ def record_outcome(argv: list[str], job_id: str, state: str, error: str | None =
     run_dir = run_dir_of(argv)
     if run_dir and Path(run_dir).is_dir():
         with contextlib.suppress(OSError):  # a full disk must not hide the run's own error
-            write_json_atomic(Path(run_dir) / OUTCOME, dict(job_id=job_id, state=state, error=error,
+            write_json_atomic(RunFiles(run_dir).outcome, dict(job_id=job_id, state=state, error=error,
                                                             ended=time.strftime("%Y-%m-%d %H:%M:%S")))
 
 
@@ -378,7 +378,7 @@ def record_job(run_dir: Path, job, cluster: str, name: str, **details) -> None:
     """Append the job to ``run_dir/job.json`` (every submission of this run, newest last), where
     ``jobs/status.py`` finds its id, scheduler, logs and the files it reads, even if it never started."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / "job.json"
+    path = RunFiles(run_dir).jobs
     try:
         history = read_json(path, list) if path.is_file() else []
     except UserError:

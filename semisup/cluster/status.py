@@ -20,6 +20,7 @@ import pandas as pd
 
 from semisup.errors import Parser, UserError, cli
 from semisup.files import RunFileError, read_json
+from semisup.runfiles import RunFiles
 
 
 def run_state(run_dir: Path) -> dict:
@@ -27,8 +28,8 @@ def run_state(run_dir: Path) -> dict:
     reported in the row (``problem``), never a reason for the table to fail."""
     row = dict(state="not started", epoch=0, step=0)
     problems = []
-    metrics = run_dir / "metrics.csv"
-    if (run_dir / "checkpoint.pt").exists() or metrics.exists() or (run_dir / "progress.json").exists():
+    metrics = RunFiles(run_dir).metrics
+    if RunFiles(run_dir).checkpoint.exists() or metrics.exists() or RunFiles(run_dir).progress.exists():
         row["state"] = "in progress / stopped"
     if metrics.exists():
         try:
@@ -40,7 +41,7 @@ def run_state(run_dir: Path) -> dict:
                     row.update(best_epoch=int(best["epoch"]), best_top1=best["top1"])
         except (OSError, ValueError, KeyError, pd.errors.ParserError) as err:
             problems.append(f"{metrics}: unreadable ({type(err).__name__})")
-    progress = run_dir / "progress.json"
+    progress = RunFiles(run_dir).progress
     if progress.exists():
         try:
             latest = read_json(progress)
@@ -49,7 +50,7 @@ def run_state(run_dir: Path) -> dict:
                 row["eta"] = f"{latest['eta_s'] / 60:.0f} min" if isinstance(latest.get("eta_s"), (int, float)) else None
         except (UserError, KeyError, TypeError, ValueError) as err:
             problems.append(str(err) if isinstance(err, UserError) else f"{progress}: missing or odd entries ({err})")
-    final = run_dir / "final.json"
+    final = RunFiles(run_dir).final
     if final.exists():
         try:
             result = read_json(final)
@@ -98,13 +99,12 @@ def job_state(record: dict, run_dir: Path) -> dict:
     by the job when it ends), Slurm's ``sacct``, whether a local job's process lives, and the last
     exception line of its text log. submitit's pickled result files are never opened: a runs folder
     received from someone else must not execute their code."""
-    from semisup.cluster.launch import OUTCOME
     job_id = str(record.get("job_id"))
     log_path = record.get("stderr")
     out = dict(job=job_id, scheduler="UNKNOWN", exit=None, error=None, log=log_path)
     if record.get("state"):  # --cluster debug: the outcome was recorded in-process
         return dict(out, scheduler=record["state"], error=record.get("error"))
-    outcome_path = run_dir / OUTCOME
+    outcome_path = RunFiles(run_dir).outcome
     if outcome_path.is_file():
         try:
             outcome = read_json(outcome_path)
@@ -135,7 +135,7 @@ def job_state(record: dict, run_dir: Path) -> dict:
 def run_dirs(root: Path) -> list[Path]:
     if not root.exists():
         raise UserError(f"{root}: no such folder")
-    marks = list(root.rglob("config.yaml")) + list(root.rglob("job.json"))
+    marks = list(root.rglob(RunFiles.CONFIG)) + list(root.rglob(RunFiles.JOBS))
     return sorted({p.parent for p in marks if "replaced-" not in p.parent.name})
 
 
@@ -143,7 +143,7 @@ def status_table(root: Path) -> pd.DataFrame:
     rows = []
     for run_dir in run_dirs(root):
         row = dict(run=str(run_dir.relative_to(root)) if run_dir != root else run_dir.name, **run_state(run_dir))
-        jobs = run_dir / "job.json"
+        jobs = RunFiles(run_dir).jobs
         if jobs.exists():
             try:
                 history = read_json(jobs, list)

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from semisup.config import Config
 from semisup.data import transforms as T
+from semisup.data.splits import stratified_choice
 
 log = logging.getLogger(__name__)
 
@@ -322,9 +323,7 @@ def build_demo_bundle(cfg) -> DataBundle:
     demo = load_demo(cfg.demo_cache, size=cfg.image_size)
     train = ArraySource(demo.train.images, demo.train.labels)
     labeled = _demo_labeled_indices(demo.train.labels, cfg.labeled_fraction)
-    unlabeled = None
-    if not cfg.full_supervision and cfg.forwards_pairs:
-        unlabeled = np.arange(len(train)) if cfg.unlabeled == "all" else np.setdiff1d(np.arange(len(train)), labeled)
+    unlabeled = unlabeled_indices(cfg, len(train), labeled)
     val_source = ArraySource(demo.val.images, demo.val.labels)
     val = EvalSet(val_source, [b[None].astype(np.float32) for b in demo.val.boxes], [tuple(demo.val.images.shape[1:3])] * len(val_source))
     summary = dict(dataset="demo", classes=len(demo.classes), labeled=len(labeled), unlabeled=0 if unlabeled is None else len(unlabeled),
@@ -337,13 +336,16 @@ def _demo_labeled_indices(labels: np.ndarray, fraction: float) -> np.ndarray:
     (as the SimCLR ImageNet files are fixed), so runs with different seeds share one subset."""
     if fraction >= 1.0:
         return np.arange(len(labels))
-    rng = np.random.default_rng(12345)
-    chosen = []
-    for c in np.unique(labels):
-        members = np.flatnonzero(labels == c)
-        k = max(1, int(round(fraction * len(members))))
-        chosen.append(rng.choice(members, size=k, replace=False))
-    return np.sort(np.concatenate(chosen))
+    groups = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    return np.sort(np.array(stratified_choice(groups, fraction, np.random.default_rng(12345))))
+
+
+def unlabeled_indices(cfg, count: int, labeled: np.ndarray) -> np.ndarray | None:
+    """Positions of the unlabeled stream among ``count`` training images: all of them, or those
+    outside the labeled subset (--unlabeled); None where no pair is formed on unlabeled images."""
+    if cfg.full_supervision or not cfg.forwards_pairs:
+        return None
+    return np.arange(count) if cfg.unlabeled == "all" else np.setdiff1d(np.arange(count), labeled)
 
 
 def build_data(cfg: Config, decode_check: bool | None = None) -> DataBundle:

@@ -21,10 +21,9 @@ import warnings
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
 from semisup.data import transforms as T
-from semisup.data.datasets import MAX_ASPECT, load_good
+from semisup.data.datasets import MAX_ASPECT, TrainDataset, load_good
 
 log = logging.getLogger(__name__)
 
@@ -37,24 +36,15 @@ def read_header(path: str) -> tuple[int, int, bool]:
             return img.size[1], img.size[0], img.format == "JPEG" and img.mode in ("RGB", "L")
 
 
-class EncodedTrainDataset(Dataset):
+class EncodedTrainDataset(TrainDataset):
     """The bytes of each file and its random parameters, indexed by ``(index, seed)`` like
-    :class:`semisup.data.datasets.TrainDataset` (same keys after :func:`decode_and_transform`).
+    :class:`semisup.data.datasets.TrainDataset`, built with the same arguments (same keys after
+    :func:`decode_and_transform`; ``draft`` has no effect: nvJPEG decodes the full image).
 
     Each item: dict(data uint8 [n] (the file, or for files decoded here the RGB pixels),
     hw [2], encoded bool, label, bad, and with crop: crop [5] (top, left, h, w, flip) in
     pixels of the original; with pair: box [4], flip, pair [5] pixel parameters on the view).
     """
-
-    def __init__(self, source, indices: np.ndarray, size: int, resize: int, scale_min: float, crop: bool, pair: bool,
-                 flip_protocol: str = "consistent", draft: bool = False):
-        self.source, self.indices = source, np.asarray(indices, dtype=np.int64)
-        self.size, self.resize, self.scale = size, resize, (scale_min, 1.0)
-        self.crop, self.pair = crop, pair
-        self.flip_protocol = flip_protocol  # draft: nvJPEG always decodes the full image
-
-    def __len__(self) -> int:
-        return len(self.indices)
 
     def _read(self, i: int) -> tuple[torch.Tensor, int, int, bool]:
         """(data, H, W, encoded): the file's bytes, or PIL's pixels where nvJPEG cannot decode it."""

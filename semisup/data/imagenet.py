@@ -21,7 +21,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from semisup.data.boxes import load_boxes
 from semisup.errors import UserError
 from semisup.files import read_lines
-from semisup.data.datasets import DECODE_ERRORS, DataBundle, EvalSet, FileSource
+from semisup.data.datasets import DECODE_ERRORS, DataBundle, EvalSet, FileSource, unlabeled_indices
 from semisup.data.splits import SPLITS_DIR, SplitError, resolve_labeled, synset_of
 
 log = logging.getLogger(__name__)
@@ -209,9 +209,7 @@ def build_folder_bundle(cfg, decode_check: bool = False) -> DataBundle:
     else:
         split, split_path = resolve_labeled(names, cfg, Path(cfg.splits_dir) if cfg.splits_dir else SPLITS_DIR)
         labeled = select_labeled(names, classes, split, split_path)
-    unlabeled = None
-    if not cfg.full_supervision and cfg.forwards_pairs:
-        unlabeled = np.arange(len(paths)) if cfg.unlabeled == "all" else np.setdiff1d(np.arange(len(paths)), labeled)
+    unlabeled = unlabeled_indices(cfg, len(paths), labeled)
     train = FileSource(paths, labels)
     val, val_summary = build_validation(cfg, data, classes)
     summary = dict(dataset=str(data), classes=len(classes), split_file=str(split_path) if split_path else "all of train/",

@@ -77,15 +77,20 @@ def standard_split_path(fraction: float, splits_dir: Path = SPLITS_DIR) -> Path 
     return None
 
 
+def stratified_choice(groups: list, fraction: float, rng: np.random.Generator) -> list:
+    """round(fraction * n) (at least 1, at most n) members of each group (a sequence), drawn
+    without replacement with ``rng``, group after group; the chosen members in that order."""
+    chosen = []
+    for members in groups:
+        k = min(len(members), max(1, int(round(fraction * len(members)))))
+        chosen.extend(members[i] for i in rng.choice(len(members), size=k, replace=False))
+    return chosen
+
+
 def stratified_split(names_by_class: dict[str, list[str]], fraction: float, seed: int) -> list[str]:
     """round(fraction * n_c) (at least 1) file names per class, drawn with ``seed``; sorted."""
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for wnid in sorted(names_by_class):
-        names = sorted(names_by_class[wnid])
-        k = min(len(names), max(1, int(round(fraction * len(names)))))
-        chosen.extend(names[i] for i in rng.choice(len(names), size=k, replace=False))
-    return sorted(chosen)
+    groups = [sorted(names_by_class[wnid]) for wnid in sorted(names_by_class)]
+    return sorted(stratified_choice(groups, fraction, np.random.default_rng(seed)))
 
 
 def dataset_digest(names: list[str]) -> str:

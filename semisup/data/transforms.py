@@ -115,11 +115,11 @@ def cgc_pair(view: torch.Tensor, scale: tuple[float, float], generator: torch.Ge
     return (apply_crop_flip(view, params, size), *pair_box(params, size, flag))
 
 
-def normalize(images: torch.Tensor, dtype: torch.dtype = torch.float32, channels_last: bool = False) -> torch.Tensor:
-    """uint8 [B, 3, H, W] on the device -> normalised float [B, 3, H, W]."""
+def normalize(images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """uint8 [B, 3, H, W] on the device -> normalised float32 [B, 3, H, W] (autocast lowers it where it pays)."""
     mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1) * 255
     std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1) * 255
     out = (images.float() - mean) / std
     if channels_last:
         out = out.contiguous(memory_format=torch.channels_last)
-    return out.to(dtype) if dtype != torch.float32 else out
+    return out

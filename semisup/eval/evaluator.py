@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from semisup.method import cgc
+from semisup.method import cgc, explainers
 from semisup import distributed as D
 from semisup.data import transforms as T
 from semisup.data.boxes import content_heatmap  # noqa: F401 (also part of this module's API)
@@ -65,6 +65,7 @@ class Evaluator:
         self.cfg, self.bundle, self.device = cfg, bundle, device
         self.dist = dist or D.Dist(device=device)
         self.batch_size = batch_size
+        self.explain = explainers.get(cfg.explainer)  # the run's heatmap method, for CH and the CGC loss
         n = len(bundle.val.source)
         limit = cfg.max_eval_images or n
         self.indices = np.arange(min(n, limit))
@@ -94,7 +95,7 @@ class Evaluator:
             if "knn" in metrics:
                 results["knn_top1"] = self.knn(model, features, labels, progress)
         if metrics & {"iauc", "dauc"}:
-            results.update(self.insertion(model, insertion or InsertionSettings(size=self.cfg.image_size), metrics, progress))
+            results.update(self.insertion(model, insertion or InsertionSettings(size=self.cfg.image_size, explainer=self.cfg.explainer), metrics, progress))
             model.eval()
         results["eval_seconds"] = round(time.time() - start, 1)
         return results
@@ -168,8 +169,8 @@ class Evaluator:
             augs.append(aug), boxes.append(box), flips.append(flip)
         with self._autocast():
             aug_logits, aug_features = model(T.normalize(torch.stack(augs).to(self.device), channels_last=self._channels_last()))
-        cam = raw.cam(logits, features, target)
-        cam_aug = raw.cam(aug_logits, aug_features, target)
+        cam = self.explain(raw, logits, features, target)
+        cam_aug = self.explain(raw, aug_logits, aug_features, target)
         return cgc.cgc_loss(cam_aug, cam, torch.stack(boxes), torch.stack(flips), self.cfg.temperature, self.cfg.cam_size,
                             self.cfg.group_size, self.cfg.cgc_negatives)
 
@@ -194,7 +195,7 @@ class Evaluator:
             logits, features = model(T.normalize(images, channels_last=self._channels_last()))
             index = batch["index"].tolist()
             boxes, size = [val.boxes[i] for i in index], val.sizes[index[0]]
-            ch, strict, zero = content_heatmap(raw.cam(logits, features, target), boxes, size)  # = pooled Grad-CAM (tested)
+            ch, strict, zero = content_heatmap(self.explain(raw, logits, features, target), boxes, size)  # Grad-CAM: = pooled (tested)
             swav = released_swav_cams(features, target) if released_swav else None
             swav_sum = content_heatmap(swav, boxes, size)[0].sum().cpu() if swav is not None else torch.tensor(nan, dtype=torch.float64)
             sums += torch.stack([ch.sum().cpu(), strict.sum().cpu(), zero.sum().double().cpu(),

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from semisup.data import transforms as T
 from semisup.data.boxes import content_heatmap, scale_boxes
 from semisup.data.datasets import EvalDataset
+from semisup.method import explainers
 
 
 @dataclass
@@ -31,7 +32,8 @@ class Panel:
 
 
 @torch.no_grad()
-def gallery_panels(model, dataset: EvalDataset, boxes: list, sizes: list, positions: list[int], device: torch.device) -> list[Panel]:
+def gallery_panels(model, dataset: EvalDataset, boxes: list, sizes: list, positions: list[int], device: torch.device,
+                   explain=explainers.gradcam) -> list[Panel]:
     """One :class:`Panel` per validation position (``boxes``/``sizes``: the split's, original pixels)."""
     was_training = model.training
     model.eval()
@@ -41,7 +43,7 @@ def gallery_panels(model, dataset: EvalDataset, boxes: list, sizes: list, positi
         image = item["image"].unsqueeze(0).to(device)
         label = torch.tensor([item["label"]], device=device)
         logits, features = model(T.normalize(image))
-        cam = model.cam(logits, features, label).float()
+        cam = explain(model, logits, features, label).float()
         ch = float("nan")
         if boxes is not None and boxes[pos] is not None:
             ch = 100 * content_heatmap(cam, [boxes[pos]], sizes[pos])[0].item()
@@ -82,7 +84,8 @@ def gallery_figure(models: list, names: list[str], bundle, cfg, device: torch.de
     count = min(count or cfg.gallery, len(val.source))
     positions = sorted(np.random.default_rng(seed).choice(len(val.source), size=count, replace=False).tolist())
     dataset = EvalDataset(val.source, cfg.ch_short_side)
-    columns = [gallery_panels(m, dataset, val.boxes, val.sizes, positions, device) for m in models]
+    explain = explainers.get(cfg.explainer)
+    columns = [gallery_panels(m, dataset, val.boxes, val.sizes, positions, device, explain) for m in models]
     images_per_row = max(1, 4 // len(models))
     per_row = images_per_row * len(models)  # panels per figure row
     rows = int(np.ceil(count / images_per_row))

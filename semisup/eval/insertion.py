@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from semisup.data import transforms as T
+from semisup.method import explainers
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class InsertionSettings:
     saliency_mode: str = "train"  # 'train' as released (BatchNorm on batch statistics, running ones moved) or 'eval'
     order: str = "released"   # 'released' (cv2 resize, numpy's argsort) or 'stable' (torch, on the device)
     batch: int = 256          # images (of all steps) per forward of the scoring
+    explainer: str = "gradcam"  # the saliency's heatmap method (semisup.method.explainers)
 
     @property
     def pixel_step(self) -> int:
@@ -102,9 +104,9 @@ def saliency_order(model, images: torch.Tensor, labels: torch.Tensor, settings: 
     with torch.no_grad():
         logits, features = model(images)
         raw = _unwrap(model)
-        cams = raw.cam(logits, features, labels).float()  # = pytorch-grad-cam's GradCAM (tested)
+        cams = explainers.get(settings.explainer)(raw, logits, features, labels).float()  # Grad-CAM: = pytorch-grad-cam's (tested)
     size = settings.size
-    if settings.order == "released" and isinstance(getattr(raw, "fc", None), torch.nn.Linear):
+    if settings.order == "released" and settings.explainer == "gradcam" and isinstance(getattr(raw, "fc", None), torch.nn.Linear):
         cams = torch.from_numpy(released_cams(features, raw.fc.weight, labels)).to(images.device)
     if settings.order == "stable":
         up = F.interpolate(cams.unsqueeze(1), size=(size, size), mode="bilinear", align_corners=False).squeeze(1)

@@ -21,10 +21,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
-_EPS = 1e-12
 
-
-def _float32(fn):
+def float32(fn):
     """Run ``fn`` with autocast off: heatmaps and the loss stay float32 under mixed precision
     (bf16 heatmaps lose the small differences the loss is about)."""
     @functools.wraps(fn)
@@ -35,7 +33,7 @@ def _float32(fn):
     return wrapper
 
 
-@_float32
+@float32
 def gradcam(logits: torch.Tensor, features: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     """Grad-CAM with the gradient's spatial layout kept (element-wise, no pooling).
 
@@ -56,7 +54,7 @@ def gradcam(logits: torch.Tensor, features: torch.Tensor, classes: torch.Tensor)
     return F.relu((grads.float() * features.float()).sum(1))
 
 
-@_float32
+@float32
 def gradcam_pooled(logits: torch.Tensor, features: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     """Standard Grad-CAM (gradients averaged over space), as used for Content Heatmap.
 
@@ -68,7 +66,7 @@ def gradcam_pooled(logits: torch.Tensor, features: torch.Tensor, classes: torch.
     return F.relu((weights * features.float()).sum(1)).detach()
 
 
-@_float32
+@float32
 def linear_head_cam(features: torch.Tensor, weight: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     """Grad-CAM in closed form for a global-average-pool + linear head.
 
@@ -123,7 +121,7 @@ def _upsample_matrix(n: int, size: int, device: torch.device) -> torch.Tensor:
     return F.interpolate(basis, size=size, mode="linear", align_corners=False)[:, 0, :].T.contiguous()
 
 
-@_float32
+@float32
 def transform_cam(cam: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, size: int) -> torch.Tensor:
     """Apply the CGC transform T (crop + bilinear resize + optional mirror) to a batch of maps.
 
@@ -213,7 +211,7 @@ def _group_ids(n: int, group_size: int | None, device, replicas: int | None = No
     return torch.arange(n, device=device) // size
 
 
-@_float32
+@float32
 def cgc_loss(cam_aug: torch.Tensor, cam: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor,
              temperature: float = 0.5, size: int = 224, group_size: int | None = None, negatives: str = "aug",
              all_cam_aug: torch.Tensor | None = None, offset: int = 0, replicas: int | None = None) -> torch.Tensor:
@@ -267,7 +265,7 @@ def cgc_loss(cam_aug: torch.Tensor, cam: torch.Tensor, boxes: torch.Tensor, flip
     return (per_anchor * weights).sum()
 
 
-@_float32
+@float32
 def gcc_l2_per_sample(cam_aug: torch.Tensor, cam: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, size: int = 224) -> torch.Tensor:
     """[B] per-sample terms of :func:`gcc_l2_loss`: (2 - 2 cos_i) / S^2."""
     f = _pair_factors(cam_aug, cam, boxes, flips, size, slice(0, cam.shape[0]))
@@ -289,7 +287,7 @@ def normalized_heatmaps(cam: torch.Tensor, size: int) -> torch.Tensor:
     return up / (up.sum((1, 2), keepdim=True) + MASK_EPS) + MASK_EPS
 
 
-@_float32
+@float32
 def cgc_loss_dense(cam_aug: torch.Tensor, cam: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor,
                    temperature: float = 0.5, size: int = 224, group_size: int | None = None, negatives: str = "aug") -> torch.Tensor:
     """:func:`cgc_loss` on materialised S x S masks (reference for tests and benchmarks)."""
@@ -311,7 +309,7 @@ def cgc_loss_dense(cam_aug: torch.Tensor, cam: torch.Tensor, boxes: torch.Tensor
     return torch.stack(losses).mean()
 
 
-@_float32
+@float32
 def gcc_l2_loss_dense(cam_aug, cam, boxes, flips, size: int = 224) -> torch.Tensor:
     """:func:`gcc_l2_loss` on materialised S x S masks (reference for tests)."""
     aug = F.normalize(normalized_heatmaps(cam_aug, size).flatten(1), dim=1)

@@ -6,7 +6,7 @@ The files are the public SwAV / DeepCluster-v2 ResNet-50 releases (facebookresea
 torchvision's original ImageNet ResNet-50 (``resnet50-19c8e357.pth``, the ``--pretrained`` start
 of the released fine-grained runs; ``--name torchvision_resnet50_v1``). No checksum is published
 for the SwAV files, so verification is structural: the file must load as a ResNet-50 trunk with
-every one of its tensors matched (``semisup.models.backbones.load_pretrained``); its sha256 is printed so
+every one of its tensors matched (``semisup.models.loading.load_pretrained``); its sha256 is printed so
 it can be recorded with the results.
 """
 from __future__ import annotations
@@ -47,7 +47,8 @@ def verify(path: Path, arch: str = "resnet50", name: str | None = None) -> dict:
     """Load ``path`` as the file ``name`` must be: torchvision's files carry the first digits of
     their sha256 in their name (``resnet18-f37072fd.pth``), which must match; classifiers must
     load whole (every tensor, head included), trunks as a ResNet trunk."""
-    from semisup.models.backbones import CheckpointError, build_model, load_pretrained, load_weights
+    from semisup.models.base import build_model
+    from semisup.models.loading import CheckpointError, load_pretrained, load_weights
     path = Path(path)
     if name in URLS and "download.pytorch.org" in URLS[name]:
         prefix = path.name.rsplit(".", 1)[0].rsplit("-", 1)[-1]
@@ -63,7 +64,7 @@ def verify(path: Path, arch: str = "resnet50", name: str | None = None) -> dict:
 def download(name: str, dest: Path = PRETRAINED_DIR) -> Path:
     """Fetch ``name`` into ``dest`` unless a file there already verifies; a file that fails
     verification (a broken earlier download) is moved to ``<name>.failed`` and fetched again."""
-    from semisup.models.backbones import CheckpointError
+    from semisup.models.loading import CheckpointError
     dest.mkdir(parents=True, exist_ok=True)
     path = dest / CHECKPOINTS[name]
     arch = ARCHS.get(name, "resnet50")

@@ -13,6 +13,7 @@ Numbers depend on the machine: report them with the command and the machine.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from semisup.method import cgc
+from semisup.method import cgc, explainers
 from semisup.data import transforms as T
 from semisup.errors import Parser
 from semisup.files import write_json_atomic
@@ -84,22 +85,9 @@ def _step_setup(args):
 
 
 def floor_step(trainer, labeled, unlabeled):
-    """The same three forwards and one backward, cross-entropy only (pseudo-labels on the
-    unlabeled views), no explanation work: what a CGC step cannot cost less than."""
-    from contextlib import nullcontext
-    autocast = torch.autocast(trainer.device.type, dtype=trainer.amp_dtype) if trainer.amp_dtype else nullcontext()
-    model = trainer.ddp
-    with autocast:
-        logits, _ = model(trainer._images(labeled, "image"))
-        loss = F.cross_entropy(logits.float(), labeled["label"].to(trainer.device))
-        view_logits, _ = model(trainer._images(unlabeled, "view"))
-        pseudo = view_logits.detach().argmax(1)
-        aug_logits, _ = model(trainer._images(unlabeled, "aug"))
-        loss = loss + trainer.cfg.cgc_weight * (F.cross_entropy(view_logits.float(), pseudo) + F.cross_entropy(aug_logits.float(), pseudo))
-    trainer.optimizer.zero_grad(set_to_none=True)
-    trainer.scaler.scale(loss).backward()
-    trainer.scaler.step(trainer.optimizer)
-    trainer.scaler.update()
+    """The run's step with the explanation off: the same three forwards and one backward, the
+    consistency replaced by cross-entropy on the view's pseudo-labels. What a CGC step cannot cost less than."""
+    return trainer.training_step(labeled, unlabeled, dataclasses.replace(trainer.settings, explain=None))
 
 
 def bench_step(args):
@@ -364,7 +352,7 @@ def bench_gpu(args):
         results["infer_images_per_s"] = rate(lambda: model(x)) / 3
         big = T.normalize(F.interpolate(labeled["image"][: max(1, args.batch // 4)].float(), size=(args.image_size * 2, args.image_size * 8 // 3)).to(torch.uint8),
                           channels_last=cuda)
-        ch_fn = lambda: model.cam(*model(big), torch.zeros(big.shape[0], dtype=torch.long, device=device))
+        ch_fn = lambda: explainers.gradcam(model, *model(big), torch.zeros(big.shape[0], dtype=torch.long, device=device))
         results["ch_images_per_s"] = rate(ch_fn) / 3 * big.shape[0] / args.batch
     trainer = labeled = unlabeled = model = None
 
@@ -457,7 +445,7 @@ def bench_eval(args):
     from semisup.config import make_config
     from semisup.data.datasets import DataBundle, EvalSet, FileSource
     from semisup.eval.evaluator import Evaluator, content_heatmap
-    from semisup.models.backbones import build_model
+    from semisup.models.base import build_model
     torch.manual_seed(0)
     model = build_model(args.arch, 1000).eval()
     with tempfile.TemporaryDirectory() as tmp:
@@ -518,7 +506,8 @@ def check_args(args) -> None:
 def build_parser() -> Parser:
     """The command's options (the generated tests read their types from here)."""
     parser = Parser(prog="python -m semisup.tools.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["step", "loss", "loader", "eval", "gpu", "plan"])
+    parser.add_argument("what", choices=["step", "loss", "loader", "eval", "gpu", "plan", "e2e"],
+                        help="e2e: a short real run beside the planner's prediction (its options: e2e --help)")
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--batch", type=int, help="per stream (step), heatmaps (loss), images per batch (eval)")
     parser.add_argument("--image-size", type=int, default=224)
@@ -550,6 +539,9 @@ def build_parser() -> Parser:
 def main(argv=None):
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["e2e"]:  # its own options (python -m semisup.tools.bench e2e --help)
+        from semisup.tools import e2e
+        return e2e.main(argv[1:])
     run_flags = argv[argv.index("--") + 1:] if "--" in argv else []
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     args.run_flags = run_flags

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+from semisup.runfiles import RunFiles
 
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 
@@ -103,7 +104,7 @@ def curves_figure(runs: pd.DataFrame):
         for method, group in frame.groupby("method"):
             histories = []
             for run_dir in group["run"]:
-                metrics = Path(run_dir) / "metrics.csv"
+                metrics = RunFiles(run_dir).metrics
                 if metrics.is_file():
                     # Epochs in order, each once (a resumed run rewrote its last epoch).
                     history = pd.read_csv(metrics).drop_duplicates("epoch", keep="last").set_index("epoch").sort_index()

@@ -42,7 +42,7 @@ from semisup.data.datasets import ArraySource, StreamSampler, TrainDataset
 from semisup.data.demo import VERSION, load_demo
 from semisup.errors import Parser, cli
 from semisup.files import write_text_atomic
-from semisup.models.backbones import build_model
+from semisup.models.base import build_model
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def pretrain(steps: int, batch: int, lr: float, seed: int, demo_cache: str | Non
     pairs = paired_views(dataset, StreamSampler(len(dataset), batch, seed, stream=10))
     model = build_model("resnet_tiny", num_classes=1)
     head = SwAVHead(model.fc.in_features, prototypes=30 if objective == "swav" else 0)
-    params = [p for n, p in model.named_parameters() if not n.startswith("fc.")] + list(head.parameters())
+    params = model.trunk_parameters() + list(head.parameters())
     optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4)
     generator = torch.Generator().manual_seed(seed)
     probes, start, warmup = [], time.time(), max(1, min(100, steps // 10))
@@ -187,7 +187,8 @@ def pretrain(steps: int, batch: int, lr: float, seed: int, demo_cache: str | Non
 
 
 def save_swav_layout(model: nn.Module, head: SwAVHead, path: Path) -> None:
-    state = {f"module.{k}": v for k, v in model.state_dict().items() if not k.startswith("fc.")}
+    weights = model.state_dict()
+    state = {f"module.{k}": weights[k] for k in model.trunk_keys()}
     state.update({f"module.{k}": v for k, v in head.state_dict().items()})
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, path)

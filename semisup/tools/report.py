@@ -21,6 +21,7 @@ import pandas as pd
 from semisup.config import Config, load_saved_config
 from semisup.errors import Parser, UsageError, UserError, cli
 from semisup.files import RunFileError, read_json, write_text_atomic
+from semisup.runfiles import RunFiles
 
 METHOD_NAMES = {"ce": "Cross-entropy", "ce-script": "Cross-entropy (CGC script, λ 0)", "cgc": "CGC", "gcc": "GCC (L2)"}
 
@@ -51,7 +52,7 @@ def _signature(values: dict, method: str) -> str:
 
 def _read_run(run_dir: Path) -> tuple[dict, Config] | None:
     """(final.json, config) of a finished run, or None (said on stderr) for anything else."""
-    final_path, config_path = run_dir / "final.json", run_dir / "config.yaml"
+    final_path, config_path = RunFiles(run_dir).final, RunFiles(run_dir).config
     if not final_path.is_file() or not config_path.is_file():
         print(f"skipping {run_dir}: no final.json/config.yaml (unfinished or not a run directory)", file=sys.stderr)
         return None
@@ -69,7 +70,7 @@ def evaluated_later(run_dir: Path) -> dict:
     """Metrics ``semisup/evaluate.py`` appended to the run's eval.jsonl for its final checkpoint
     (insertion / deletion AUC are not part of a run's own evaluation): the latest of each."""
     found = {}
-    path = run_dir / "eval.jsonl"
+    path = RunFiles(run_dir).eval
     if not path.is_file():
         return found
     try:
@@ -82,7 +83,7 @@ def evaluated_later(run_dir: Path) -> dict:
             row = json.loads(line)
         except ValueError:
             continue  # a line cut by a kill: the others still count
-        if isinstance(row, dict) and Path(str(row.get("checkpoint", ""))).name == "checkpoint.pt":
+        if isinstance(row, dict) and Path(str(row.get("checkpoint", ""))).name == RunFiles.CHECKPOINT:
             found.update({k: row[k] for k in ("iauc", "dauc") if isinstance(row.get(k), (int, float))})
     return found
 
@@ -107,7 +108,7 @@ def load_runs(run_dirs: list[str | Path], settings: tuple[str, ...] = (), quiet:
         rows.append(dict(run=str(run_dir), method=method, truncated=bool(final.get("truncated")), labeled_fraction=float(cfg.labeled_fraction),
                          arch=cfg.arch, start=Path(cfg.pretrained).name.split(".")[0] if cfg.pretrained else "scratch",
                          dataset="demo" if cfg.is_demo else Path(cfg.data).name, seed=cfg.seed, max_eval_images=cfg.max_eval_images,
-                         signature=_signature(cfg.to_dict(), method), finished=(run_dir / "final.json").stat().st_mtime,
+                         signature=_signature(cfg.to_dict(), method), finished=(RunFiles(run_dir).final).stat().st_mtime,
                          **{k: final["final"].get(k) for k in ("top1", "top5", "ch", "ch_strict", "ch_released_swav", "cgc_val_loss", "knn_top1")},
                          **{"iauc": None, "dauc": None, **evaluated_later(run_dir)},
                          **{f"best_{k}": (final.get("best") or {}).get(k) for k in ("epoch", "top1", "top5", "ch")},
@@ -296,7 +297,7 @@ def compare_galleries(runs: pd.DataFrame, out: Path, count: int = 8, class_names
 
     from semisup.eval.gallery import save_gallery
     from semisup.data.datasets import build_data
-    from semisup.models.backbones import load_run_model
+    from semisup.models.loading import load_run_model
     written = []
     for (fraction, start), frame in runs.groupby(["labeled_fraction", "start"], sort=True):
         # The cross-entropy control of the same script where there is one (limited labels: the CGC
@@ -312,13 +313,13 @@ def compare_galleries(runs: pd.DataFrame, out: Path, count: int = 8, class_names
         for n, (signature, cgc) in enumerate(variants):
             chosen = [ce.iloc[0], cgc.sort_values("seed").iloc[0]]
             dirs = [Path(r["run"]) for r in chosen]
-            if not all((d / "checkpoint.pt").is_file() for d in dirs):
+            if not all((RunFiles(d).checkpoint).is_file() for d in dirs):
                 print(f"no gallery for {100 * fraction:g} % from {start}: checkpoint.pt missing in {' or '.join(map(str, dirs))}",
                       file=sys.stderr)
                 continue
             models, cfg = [], None
             for run_dir in dirs:
-                model, cfg, _ = load_run_model(run_dir / "checkpoint.pt", {})
+                model, cfg, _ = load_run_model(RunFiles(run_dir).checkpoint, {})
                 models.append(model)
             names = [f"{METHOD_NAMES[r['method']]} (seed {r['seed']}{', ' + labels[r['signature']] if labels[r['signature']] else ''})"
                      for r in chosen]

@@ -17,11 +17,9 @@ from pathlib import Path
 
 from semisup.config import Config, differing_keys, load_saved_config
 from semisup.errors import UsageError
+from semisup.runfiles import RunFiles
 
-# What a run writes; --overwrite moves these aside (config.yaml and train.log too).
-RUN_FILES = ("final.json", "checkpoint.pt", "checkpoint.prev.pt", "model_best.pt", "metrics.csv", "eval.jsonl", "gallery.png",
-             "config.yaml", "train.log", "tensorboard", "progress.json", "job-outcome.json")
-LOCK = ".lock"
+RUN_FILES = RunFiles.WRITTEN  # what --overwrite moves aside
 
 
 class RunDirError(UsageError, RuntimeError):
@@ -53,7 +51,7 @@ def prepare_run_dir(cfg: Config, check_holder: bool = True) -> RunDir:
     note = ""
     if not explicit:  # the default name moves on to -2, -3, ... rather than touch a finished run
         base, n = path, 1
-        while (path / "final.json").exists() and not cfg.overwrite:
+        while (RunFiles(path).final).exists() and not cfg.overwrite:
             n += 1
             path = base.with_name(f"{base.name}-{n}")
         if n > 1:
@@ -63,18 +61,18 @@ def prepare_run_dir(cfg: Config, check_holder: bool = True) -> RunDir:
         raise RunDirError(f"--run-dir {path} is a file, not a folder")
     if check_holder:
         check_lock(path)
-    finished = (path / "final.json").exists()
+    finished = (RunFiles(path).final).exists()
     if finished and not cfg.overwrite:
         raise RunDirError(f"{path} already holds a finished run (final.json); choose another --run-dir or pass --overwrite "
                           "(the finished run's files are then moved to a replaced-<time>/ folder inside it, not deleted)")
-    if not finished and (path / "checkpoint.pt").exists():
+    if not finished and (RunFiles(path).checkpoint).exists():
         previous = _saved_config(path)
         changed = differing_keys(previous, cfg) if previous is not None else []
         if changed:
             raise RunDirError(f"{path} holds an unfinished run with different settings ({', '.join(changed)}); "
                               "resume it with the same flags, or choose another --run-dir")
     if not note:
-        note = ("resuming the unfinished run in " if (path / "checkpoint.pt").exists() and not finished else
+        note = ("resuming the unfinished run in " if (RunFiles(path).checkpoint).exists() and not finished else
                 "replacing the finished run in " if finished else "new run in ") + str(path)
     return RunDir(path, finished and cfg.overwrite, note)
 
@@ -86,13 +84,13 @@ def _saved_config(path: Path) -> Config | None:
     from semisup import checkpoint as ckpt
     from semisup.config import config_from_dict
     try:
-        state = ckpt.load(path / "checkpoint.pt")
+        state = ckpt.load(RunFiles(path).checkpoint)
         recorded = config_from_dict(state["config"]) if isinstance(state, dict) and isinstance(state.get("config"), dict) else None
     except Exception:  # unreadable: reported by the resume itself
         recorded = None
-    if not (path / "config.yaml").exists():
+    if not (RunFiles(path).config).exists():
         return recorded
-    written = load_saved_config(path / "config.yaml")
+    written = load_saved_config(RunFiles(path).config)
     edited = differing_keys(written, recorded) if recorded is not None else []
     if edited:
         raise RunDirError(f"{path / 'config.yaml'} disagrees with the checkpoint's own record of its settings ({', '.join(edited)}): "
@@ -119,7 +117,7 @@ def _job_id() -> str | None:
 
 def _holder(path: Path) -> dict | None:
     try:
-        return json.loads((path / LOCK).read_text())
+        return json.loads((RunFiles(path).lock).read_text())
     except (OSError, ValueError):
         return None
 
@@ -145,7 +143,7 @@ def check_lock(path: Path) -> None:
     holder = _holder(path)
     if holder is not None and _alive(holder):
         raise RunDirError(f"{path} is in use by another run (pid {holder.get('pid')} on {holder.get('host')}, since "
-                          f"{holder.get('started')}); wait for it, choose another --run-dir, or delete {path / LOCK} if that run is gone")
+                          f"{holder.get('started')}); wait for it, choose another --run-dir, or delete {RunFiles(path).lock} if that run is gone")
 
 
 def acquire_lock(path: Path) -> None:
@@ -154,16 +152,16 @@ def acquire_lock(path: Path) -> None:
     check_lock(path)
     record = dict(pid=os.getpid(), host=socket.gethostname(), job=_job_id(),
                   started=time.strftime("%Y-%m-%d %H:%M:%S"))
-    tmp = path / f"{LOCK}.{os.getpid()}"
+    tmp = path / f"{RunFiles.LOCK}.{os.getpid()}"
     tmp.write_text(json.dumps(record))
     try:
-        os.link(tmp, path / LOCK)  # atomic: fails if another run created the lock meanwhile
+        os.link(tmp, RunFiles(path).lock)  # atomic: fails if another run created the lock meanwhile
     except FileExistsError:
         holder = _holder(path)
         if holder is not None and _alive(holder):
             tmp.unlink()
             raise RunDirError(f"{path} is in use by another run (pid {holder.get('pid')} on {holder.get('host')})") from None
-        os.replace(tmp, path / LOCK)  # stale: take it over
+        os.replace(tmp, RunFiles(path).lock)  # stale: take it over
         return
     tmp.unlink()
 
@@ -171,4 +169,4 @@ def acquire_lock(path: Path) -> None:
 def release_lock(path: Path) -> None:
     holder = _holder(path)
     if holder is not None and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
-        (path / LOCK).unlink(missing_ok=True)
+        (RunFiles(path).lock).unlink(missing_ok=True)

@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from semisup.files import write_atomic
+from semisup.runfiles import RunFiles
 
 log = logging.getLogger("semisup.train.trainer")
 
@@ -57,7 +58,7 @@ class RunLog:
             # A resumed run repeats the steps after its checkpoint: TensorBoard drops what the
             # stopped run logged from purge_step on, so each step is shown once.
             purge = None if self.purge_after is None else self.purge_after + 1
-            self._writer = SummaryWriter(self.run_dir / "tensorboard", purge_step=purge)
+            self._writer = SummaryWriter(RunFiles(self.run_dir).tensorboard, purge_step=purge)
         return self._writer
 
     def step(self, epoch: int, step: int, total_steps: int, numbers: dict) -> None:
@@ -78,13 +79,13 @@ class RunLog:
         self.writer.flush()  # what a person watching sees is current (and a resumed run purges it)
         progress = dict(epoch=epoch, step=step, total_steps=total_steps, updated=time.strftime("%Y-%m-%d %H:%M:%S"),
                         **{k: (round(v, 4) if math.isfinite(v) else None) for k, v in numbers.items()})
-        write_atomic(self.run_dir / "progress.json", lambda p: p.write_text(json.dumps(progress)))
+        write_atomic(RunFiles(self.run_dir).progress, lambda p: p.write_text(json.dumps(progress)))
 
     def epoch(self, row: dict) -> None:
         """Append (or, after a resume, replace) the epoch's row of metrics.csv; scalars to TensorBoard."""
         if not self.writes:
             return
-        path = self.run_dir / "metrics.csv"
+        path = RunFiles(self.run_dir).metrics
         frame = pd.read_csv(path) if path.exists() else pd.DataFrame()
         frame = frame[frame["epoch"] < row["epoch"]] if len(frame) else frame  # a resumed run rewrites its epoch once
         write_atomic(path, lambda p: pd.concat([frame, pd.DataFrame([row])], ignore_index=True).to_csv(p, index=False))

@@ -14,6 +14,7 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -22,23 +23,27 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from semisup.method import cgc
+from semisup.method import cgc, explainers
 from semisup import checkpoint as ckpt
 from semisup import distributed as D
 from semisup.models import replicas as R
 from semisup.distributed import amp_dtype
-from semisup.data import transforms as T
 from semisup.config import Config, save_config
 from semisup.errors import UserError
 from semisup.files import write_json_atomic
 from semisup.train.rundir import RunDirError, acquire_lock, archive_previous, prepare_run_dir, release_lock  # noqa: F401 (RunDirError: re-exported)
 from semisup.data.datasets import DataBundle, EpochSampler, StreamSampler, TrainDataset, make_loader
 from semisup.eval.evaluator import Evaluator, format_results
-from semisup.models.backbones import build_model, load_pretrained
+from semisup.models.base import build_model
+from semisup.models.loading import load_pretrained
 from semisup.train.preemption import SignalCheckpoint
 from semisup.train.runlog import RunLog
+from semisup.train.state import TrainState
+from semisup.train.timing import PartTimes
+from semisup.train.step import StepLosses, StepSettings, cgc_step, to_device
 from semisup.data.datasets import build_data
 from semisup.version import code_version
+from semisup.runfiles import RunFiles
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +136,7 @@ class Trainer:
             # A replica spans processes: SyncBatchNorm over them (PyTorch has none on CPU).
             self.bn_processes = self.geometry.processes
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model, process_group=D.process_subgroup(self.bn_processes))
-        head = list(self.model.fc.parameters())
-        trunk = [p for n, p in self.model.named_parameters() if not n.startswith("fc.")]
+        head, trunk = self.model.head_parameters(), self.model.trunk_parameters()
         self.optimizer = torch.optim.SGD([dict(params=trunk, lr=cfg.lr_trunk), dict(params=head, lr=cfg.lr_head)],
                                          momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         self.base_lrs = [cfg.lr_trunk, cfg.lr_head]
@@ -142,15 +146,11 @@ class Trainer:
         steps_per_epoch = math.ceil(math.ceil(len(bundle.labeled_indices) / dist.world) / self.batch_l)
         total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
         self.schedule = Schedule(steps_per_epoch, total, tuple(cfg.lr_milestones), cfg.lr_gamma)
-        self.step = 0
-        self.epoch_sums = torch.zeros(4, dtype=torch.float64)  # ce, consistency, total, steps
-        self.bad_images = 0
-        self.labeled_seen = 0  # images: the last batch of an epoch is partial
-        self.best = None  # {epoch, step, top1, top5} of the best validation top-1 so far
-        self.last_row: dict = {}
-        self.process_counts = [dist.world]  # one entry per start of the run that changed it (resumes on other GPUs)
+        self.state = TrainState(process_counts=[dist.world])
+        self.times = PartTimes()
         self.ddp = self.model
         self.runlog = RunLog(run_dir, dist.is_main)
+        self.settings = self.step_settings()
 
     # ---- one optimisation step -------------------------------------------------------
     def negatives_per_anchor(self, local_batch: int) -> int:
@@ -180,80 +180,55 @@ class Trainer:
         """Lambda at the current step, ramped linearly over --cgc-warmup-epochs (a Python
         float computed from the step counter: no device sync)."""
         ramp_steps = self.cfg.cgc_warmup_epochs * self.schedule.steps_per_epoch
-        return self.cfg.cgc_weight * (min(1.0, self.step / ramp_steps) if ramp_steps > 0 else 1.0)
+        return self.cfg.cgc_weight * (min(1.0, self.state.step / ramp_steps) if ramp_steps > 0 else 1.0)
 
-    def _images(self, batch: dict, key: str) -> torch.Tensor:
-        return T.normalize(batch[key].to(self.device, non_blocking=True), channels_last=self.channels_last)
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
 
-    def _transform(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        # Pinned by the loader, copied asynchronously: a blocking copy here would sync the GPU.
-        return batch["box"].to(self.device, non_blocking=True), batch["flip"].to(self.device, non_blocking=True)
+    def step_settings(self) -> StepSettings:
+        cfg, explain = self.cfg, explainers.get(self.cfg.explainer)
+        return StepSettings(ce=lambda out, labels: self.replica_weighted(F.cross_entropy(out.float(), labels, reduction="none")),
+                            consistency=self.consistency, explain=partial(explain, self.model), uses_heatmaps=cfg.cgc_weight > 0,
+                            pair_on_labeled=self.pair_on_labeled, explain_label=cfg.cam_class == "label", autocast=self.autocast)
 
-    def explained_classes(self, view_logits: torch.Tensor, batch: dict) -> torch.Tensor:
-        """The model's own prediction on the view, chosen without gradient (the method), or as
-        a diagnostic the true label (which unlabeled images do not have)."""
-        if self.cfg.cam_class == "label":
-            return batch["label"].to(self.device, non_blocking=True)
-        return view_logits.detach().argmax(1)
-
-    def training_step(self, labeled: dict, unlabeled: dict | None) -> dict[str, torch.Tensor]:
-        """One step; returns detached float32 losses (still on the device: no host sync here).
-
-        Limited labels: CE on the labeled crops + lambda * CGC on the unlabeled pair. Full
-        supervision (train_eval_cgc.py): CE summed over the crop, the view and its augmented
-        view, all with the true class, + lambda * CGC on the view pair."""
-        cfg, model, raw = self.cfg, self.ddp, self.model
-        autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
-        labels = labeled["label"].to(self.device, non_blocking=True)
-        consistency = torch.zeros((), device=self.device)
-        pair = labeled if self.pair_on_labeled else unlabeled
-        explain = cfg.cgc_weight > 0
-        ce_of = lambda out: self.replica_weighted(F.cross_entropy(out.float(), labels, reduction="none"))
-        with autocast:
-            logits, _ = model(self._images(labeled, "image"))
-            ce = ce_of(logits)
-            if pair is not None:
-                # At lambda 0 on unlabeled images (the CGC script run as its own baseline) the pair
-                # only moves BatchNorm's running statistics: no graph is kept for it.
-                with nullcontext() if explain or self.pair_on_labeled else torch.no_grad():
-                    view_logits, view_features = model(self._images(pair, "view"))
-                    aug_logits, aug_features = model(self._images(pair, "aug"))
-                if self.pair_on_labeled:
-                    ce = ce + ce_of(view_logits) + ce_of(aug_logits)
-                if explain:
-                    classes = self.explained_classes(view_logits, pair)
-                    cam = raw.cam(view_logits, view_features, classes)
-                    cam_aug = raw.cam(aug_logits, aug_features, classes)
-                    consistency = self.consistency(cam_aug, cam, *self._transform(pair))
-        loss = ce + self.consistency_weight() * consistency
+    def training_step(self, labeled: dict, unlabeled: dict | None, settings: StepSettings | None = None) -> StepLosses:
+        """One step on the loaders' batches; the losses stay on the device (no host sync here).
+        ``settings`` replace the run's (the benchmark's floor turns the explanation off)."""
+        crops, pair = to_device(labeled, self.device, self.channels_last, pair=self.pair_on_labeled)
+        if unlabeled is not None:
+            _, pair = to_device(unlabeled, self.device, self.channels_last, pair=True)
+        losses = cgc_step(self.ddp, crops, pair, self.consistency_weight(), settings or self.settings)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(losses.loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return dict(ce=ce.detach(), consistency=consistency.detach().float(), loss=loss.detach().float())
+        return losses
 
     # ---- state ----------------------------------------------------------------------
-    def state(self) -> dict:
+    def checkpoint_state(self) -> dict:
+        """What checkpoint.pt holds: weights, optimiser, the TrainState's entries, RNG and config."""
         return dict(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
-                    step=self.step, epoch=self.step // self.schedule.steps_per_epoch, epoch_sums=self.epoch_sums.cpu().clone(),
-                    last_row=self.last_row, labeled_seen=self.labeled_seen,
-                    bad_images=self.bad_images, best=self.best, rng=ckpt.rng_state(), config=self.cfg.to_dict(),
-                    process_counts=self.process_counts)
+                    **self.state.state_dict(), epoch=self.state.step // self.schedule.steps_per_epoch, rng=ckpt.rng_state(),
+                    config=self.cfg.to_dict())
 
     def stop_non_finite(self, what: str, step: int) -> None:
-        path = self.run_dir / "checkpoint.pt"
+        path = RunFiles(self.run_dir).checkpoint
         kept = (f"the last good checkpoint is {path} (step {ckpt.load(path)['step']})" if path.exists()
                 else "no checkpoint was written before it")
         raise NonFiniteLoss(f"non-finite {what} at step {step}; {kept} (try a lower --lr-head/--lr-trunk or --amp bf16)")
 
     def save(self) -> None:
+        with self.times.part("checkpoints"):
+            self._save()
+
+    def _save(self) -> None:
         # An update can overflow the weights while the loss that produced it was finite: such a
         # state is never written over the last good checkpoint.
         tensors = [t for t in self.model.state_dict().values() if t.is_floating_point()]  # weights and BatchNorm statistics
         if not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
-            self.stop_non_finite("weights", self.step)
+            self.stop_non_finite("weights", self.state.step)
         if self.dist.is_main:
-            ckpt.save_atomic(self.state(), self.run_dir / "checkpoint.pt", keep_previous=True)
+            ckpt.save_atomic(self.checkpoint_state(), RunFiles(self.run_dir).checkpoint, keep_previous=True)
         D.barrier()
 
     @staticmethod
@@ -264,34 +239,32 @@ class Trainer:
         return UnreadableCheckpoint(f"{path} {what}; {earlier}; or `mv {path} {path}.damaged` to start the run anew")
 
     def resume(self) -> bool:
-        path = self.run_dir / "checkpoint.pt"
+        path = RunFiles(self.run_dir).checkpoint
         if not path.exists():
             return False
         try:
             state = ckpt.load(path)
         except Exception as err:  # torch raises several types for a truncated or damaged file
             raise self.unusable_checkpoint(path, f"cannot be read, truncated or damaged ({type(err).__name__})") from err
-        missing = [k for k in ("model", "optimizer", "scaler", "step", "epoch_sums", "bad_images", "best", "rng")
-                   if not isinstance(state, dict) or k not in state]
+        missing = [k for k in ("model", "optimizer", "scaler", "rng", *TrainState.REQUIRED) if not isinstance(state, dict) or k not in state]
         if missing:
             raise self.unusable_checkpoint(path, f"is not a checkpoint to resume from (no {', '.join(missing)}: a model_best.pt "
                                                  "copied over it?)")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
-        self.step, self.epoch_sums, self.bad_images = state["step"], state["epoch_sums"], state["bad_images"]
-        self.last_row = state.get("last_row") or {}
-        self.labeled_seen = state.get("labeled_seen", self.step * self.cfg.batch_labeled)
-        self.best = state["best"]
-        earlier = [int(n) for n in state.get("process_counts") or []]
+        self.state.load_state_dict(state, labeled_per_step=self.cfg.batch_labeled)
+        earlier = self.state.process_counts
         if earlier and earlier[-1] != self.dist.world:
             log.warning("resuming on %d process(es); the run trained on %d until step %d: batches per process and the "
                         "negatives' and BatchNorm's groups follow the new count (recorded in final.json)", self.dist.world,
                         earlier[-1], state["step"])
-        self.process_counts = earlier + [self.dist.world] if earlier and earlier[-1] != self.dist.world else (earlier or self.process_counts)
+            self.state.process_counts = earlier + [self.dist.world]
+        elif not earlier:
+            self.state.process_counts = [self.dist.world]
         ckpt.set_rng_state(state["rng"])
-        self.runlog.purge_after = self.step
-        log.info("resumed from %s at step %d (epoch %d)", path, self.step, state["epoch"])
+        self.runlog.purge_after = self.state.step
+        log.info("resumed from %s at step %d (epoch %d)", path, self.state.step, state["epoch"])
         return True
 
     # ---- loop ------------------------------------------------------------------------
@@ -308,22 +281,23 @@ class Trainer:
         options = dict(flip_protocol=cfg.flip_protocol, draft=cfg.decode == "cpu-draft")
         labeled = dataset_type(b.labeled, b.labeled_indices, cfg.image_size, cfg.resize_size, cfg.crop_scale_min, crop=True,
                                pair=self.pair_on_labeled, **options)
-        sampler = EpochSampler(len(labeled), self.batch_l, cfg.seed, LABELED_STREAM, dist.rank, dist.world, start_batch=self.step)
+        sampler = EpochSampler(len(labeled), self.batch_l, cfg.seed, LABELED_STREAM, dist.rank, dist.world, start_batch=self.state.step)
         streams = [map(finish, make_loader(labeled, sampler, cfg.workers, pin, collate))]
         if self.uses_unlabeled:
             unlabeled = dataset_type(b.unlabeled, b.unlabeled_indices, cfg.image_size, cfg.resize_size, cfg.crop_scale_min,
                                      crop=False, pair=True, **options)
-            sampler = StreamSampler(len(unlabeled), self.batch_u, cfg.seed, UNLABELED_STREAM, dist.rank, dist.world, start_batch=self.step)
+            sampler = StreamSampler(len(unlabeled), self.batch_u, cfg.seed, UNLABELED_STREAM, dist.rank, dist.world, start_batch=self.state.step)
             streams.append(map(finish, make_loader(unlabeled, sampler, cfg.workers, pin, collate)))
         return streams
 
     def set_lr(self) -> None:
-        factor = self.schedule.factor(self.step)
+        factor = self.schedule.factor(self.state.step)
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base * factor
 
     def fit(self) -> dict:
         cfg, sched = self.cfg, self.schedule
+        startup = time.perf_counter()
         self.resume()
         if self.dist.enabled:
             self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -338,8 +312,10 @@ class Trainer:
             self.first_nonfinite = torch.full((), -1, dtype=torch.long, device=self.device)
             self.model.train()
             # The bar only where a person watches a terminal; Slurm logs get the step lines instead.
-            bar = tqdm(total=sched.total_steps, initial=self.step, desc="train", dynamic_ncols=True,
+            bar = tqdm(total=sched.total_steps, initial=self.state.step, desc="train", dynamic_ncols=True,
                        disable=not (self.dist.is_main and sys.stderr.isatty()))
+            self.times.add("startup", time.perf_counter() - startup)
+            self.times.start_loop()
             with logging_redirect_tqdm():  # log lines go through the bar, never glued onto it
                 result = self._loop(streams, evaluator, window, bar)
             bar.close()
@@ -348,26 +324,27 @@ class Trainer:
     def _loop(self, streams, evaluator: Evaluator, window: torch.Tensor, bar) -> dict:
         cfg, sched = self.cfg, self.schedule
         window_steps, window_start, data_wait = 0, time.perf_counter(), 0.0
-        while self.step < sched.total_steps:
+        while self.state.step < sched.total_steps:
             self.set_lr()
             waited = time.perf_counter()
             labeled = next(streams[0])
             unlabeled = next(streams[1]) if self.uses_unlabeled else None
             data_wait += time.perf_counter() - waited
+            self.times.add("data_wait", time.perf_counter() - waited)
             losses = self.training_step(labeled, unlabeled)
-            stacked = torch.stack([losses["ce"], losses["consistency"], losses["loss"]])
+            stacked = torch.stack([losses.ce, losses.consistency, losses.loss.detach().float()])
             window += stacked
-            self.epoch_sums = self.epoch_sums.to(self.device) + torch.cat([stacked.double(), stacked.new_ones(1).double()])
-            self.first_nonfinite = torch.where(torch.isfinite(losses["loss"]) | (self.first_nonfinite >= 0), self.first_nonfinite,
-                                               torch.full_like(self.first_nonfinite, self.step))
+            self.state.epoch_sums = self.state.epoch_sums.to(self.device) + torch.cat([stacked.double(), stacked.new_ones(1).double()])
+            self.first_nonfinite = torch.where(torch.isfinite(losses.loss.detach()) | (self.first_nonfinite >= 0), self.first_nonfinite,
+                                               torch.full_like(self.first_nonfinite, self.state.step))
             # Bad-file counts come from the loader on the CPU: no device sync.
-            self.bad_images += int(labeled["bad"].sum()) + (int(unlabeled["bad"].sum()) if unlabeled is not None else 0)
-            self.labeled_seen += len(labeled["label"]) * self.dist.world
-            self.step += 1
+            self.state.bad_images += int(labeled["bad"].sum()) + (int(unlabeled["bad"].sum()) if unlabeled is not None else 0)
+            self.state.labeled_seen += len(labeled["label"]) * self.dist.world
+            self.state.step += 1
             window_steps += 1
             bar.update(1)
-            end_of_epoch = self.step % sched.steps_per_epoch == 0 or self.step == sched.total_steps
-            logged = self.step % cfg.log_every == 0 or end_of_epoch
+            end_of_epoch = self.state.step % sched.steps_per_epoch == 0 or self.state.step == sched.total_steps
+            logged = self.state.step % cfg.log_every == 0 or end_of_epoch
             if logged:
                 self.check_health()  # a host-device sync: the window's time below is real compute
                 mean = (window / window_steps).tolist()
@@ -378,14 +355,14 @@ class Trainer:
             if end_of_epoch:
                 self.end_epoch(evaluator)
                 window_start = time.perf_counter()  # evaluation time is not training speed
-            elif cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+            elif cfg.checkpoint_every and self.state.step % cfg.checkpoint_every == 0:
                 self.check_health()
                 self.save()
-            if self.preemption.requested(self.dist, sync_point=logged) and self.step < sched.total_steps:
+            if self.preemption.requested(self.dist, sync_point=logged) and self.state.step < sched.total_steps:
                 self.check_health()
                 self.save()
-                log.warning("SIGUSR2 at step %d: checkpoint.pt written; handing over to the scheduler's requeue", self.step)
-                self.preemption.hand_over(self.step)
+                log.warning("SIGUSR2 at step %d: checkpoint.pt written; handing over to the scheduler's requeue", self.state.step)
+                self.preemption.hand_over(self.state.step)
         return self.finish(evaluator)
 
     def log_step(self, mean: list[float], steps: int, seconds: float, data_wait: float) -> None:
@@ -399,8 +376,8 @@ class Trainer:
                        lr_head=self.optimizer.param_groups[1]["lr"],
                        images_per_s=images / max(seconds, 1e-9), data_s_per_step=data_wait / max(steps, 1),
                        compute_s_per_step=(seconds - data_wait) / max(steps, 1), peak_gpu_gib=memory,
-                       eta_s=(sched.total_steps - self.step) * per_step)
-        self.runlog.step(math.ceil(self.step / sched.steps_per_epoch), self.step, sched.total_steps, numbers)
+                       eta_s=(sched.total_steps - self.state.step) * per_step)
+        self.runlog.step(math.ceil(self.state.step / sched.steps_per_epoch), self.state.step, sched.total_steps, numbers)
 
     def check_health(self) -> None:
         """Stop on a non-finite loss (naming the step) or too many unreadable images. Called
@@ -408,40 +385,41 @@ class Trainer:
         bad_step = int(self.first_nonfinite)
         if bad_step >= 0:
             self.stop_non_finite("loss", bad_step)
-        seen = self.labeled_seen + (self.step * self.cfg.batch_unlabeled if self.uses_unlabeled else 0)
-        if self.bad_images > self.cfg.max_bad_fraction * seen and self.bad_images > 0:
-            raise BadDataError(f"{self.bad_images} unreadable images among {seen} loaded (more than --max-bad-fraction "
+        seen = self.state.labeled_seen + (self.state.step * self.cfg.batch_unlabeled if self.uses_unlabeled else 0)
+        if self.state.bad_images > self.cfg.max_bad_fraction * seen and self.state.bad_images > 0:
+            raise BadDataError(f"{self.state.bad_images} unreadable images among {seen} loaded (more than --max-bad-fraction "
                                f"{self.cfg.max_bad_fraction}); check the dataset (the warnings above name the files)")
 
     def images_seen(self) -> dict:
-        return dict(labeled_images=self.labeled_seen,
-                    unlabeled_images=self.step * self.cfg.batch_unlabeled if self.uses_unlabeled else 0)
+        return dict(labeled_images=self.state.labeled_seen,
+                    unlabeled_images=self.state.step * self.cfg.batch_unlabeled if self.uses_unlabeled else 0)
 
     def end_epoch(self, evaluator: Evaluator) -> None:
         cfg = self.cfg
-        epoch = math.ceil(self.step / self.schedule.steps_per_epoch)  # a --max-steps stop counts as its epoch
-        sums = D.all_reduce_sum(self.epoch_sums.to(self.device).clone()).cpu() / self.dist.world
-        row = dict(epoch=epoch, step=self.step, train_ce=sums[0].item() / sums[3].item(), train_consistency=sums[1].item() / sums[3].item(),
+        epoch = math.ceil(self.state.step / self.schedule.steps_per_epoch)  # a --max-steps stop counts as its epoch
+        sums = D.all_reduce_sum(self.state.epoch_sums.to(self.device).clone()).cpu() / self.dist.world
+        row = dict(epoch=epoch, step=self.state.step, train_ce=sums[0].item() / sums[3].item(), train_consistency=sums[1].item() / sums[3].item(),
                    train_loss=sums[2].item() / sums[3].item(), lr_trunk=self.optimizer.param_groups[0]["lr"],
-                   lr_head=self.optimizer.param_groups[1]["lr"], bad_images=self.bad_images, **self.images_seen())
-        last = self.step >= self.schedule.total_steps
+                   lr_head=self.optimizer.param_groups[1]["lr"], bad_images=self.state.bad_images, **self.images_seen())
+        last = self.state.step >= self.schedule.total_steps
         full = last or bool(cfg.ch_every and epoch % cfg.ch_every == 0)
         if full or (cfg.eval_every and epoch % cfg.eval_every == 0):
-            row.update(evaluator.run(self.model, progress=True, full=full))
-            self.gallery_to_tensorboard()
+            with self.times.part("final_eval" if last else "epoch_eval"):
+                row.update(evaluator.run(self.model, progress=True, full=full))
+                self.gallery_to_tensorboard()
             self.model.train()
             for key, value in row.items():
                 if isinstance(value, float) and not math.isfinite(value) and key != "ch_released_swav":
                     log.warning("validation %s is %s at epoch %d: the model or its heatmaps diverged", key, value, epoch)
             # model_best by validation top-1, as the released scripts kept model_best.pth.tar.
-            if self.best is None or row["top1"] > self.best["top1"]:
-                self.best = dict(epoch=epoch, step=self.step, top1=row["top1"], top5=row["top5"])
+            if self.state.best is None or row["top1"] > self.state.best["top1"]:
+                self.state.best = dict(epoch=epoch, step=self.state.step, top1=row["top1"], top5=row["top5"])
                 self.save_best()
-        self.epoch_sums = torch.zeros(4, dtype=torch.float64)
+        self.state.epoch_sums = torch.zeros(4, dtype=torch.float64)
         if self.dist.is_main:
             self.runlog.epoch(row)
         log.info("epoch %d: %s", epoch, json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}))
-        self.last_row = row
+        self.state.last_row = row
         self.save()
 
     def gallery_to_tensorboard(self) -> None:
@@ -449,11 +427,15 @@ class Trainer:
         if self.dist.is_main and self.cfg.gallery and self.runlog.writes:
             from semisup.eval.gallery import gallery_figure
             figure = gallery_figure([self.model], [self.cfg.method], self.bundle, self.cfg, self.device)
-            self.runlog.figure("gallery", figure, self.step)
+            self.runlog.figure("gallery", figure, self.state.step)
 
     def save_best(self) -> None:
+        with self.times.part("checkpoints"):
+            self._save_best()
+
+    def _save_best(self) -> None:
         if self.dist.is_main:
-            ckpt.save_atomic(dict(model=self.model.state_dict(), config=self.cfg.to_dict(), **self.best), self.run_dir / "model_best.pt")
+            ckpt.save_atomic(dict(model=self.model.state_dict(), config=self.cfg.to_dict(), **self.state.best), RunFiles(self.run_dir).best)
         D.barrier()
 
     def log_start(self) -> None:
@@ -476,34 +458,36 @@ class Trainer:
 
     def best_metrics(self, evaluator: Evaluator, final: dict) -> dict:
         """The full evaluation of the best-top-1 checkpoint (the final one's when they coincide)."""
-        if self.best is None:
+        if self.state.best is None:
             return {}
-        if self.best["epoch"] == final.get("epoch"):
+        if self.state.best["epoch"] == final.get("epoch"):
             return dict(final)
         model = build_model(self.cfg.arch, len(self.bundle.classes)).to(self.device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
-        model.load_state_dict(ckpt.load(self.run_dir / "model_best.pt")["model"])
-        return dict(epoch=self.best["epoch"], step=self.best["step"], **evaluator.run(model, progress=True, full=True))
+        model.load_state_dict(ckpt.load(RunFiles(self.run_dir).best)["model"])
+        return dict(epoch=self.state.best["epoch"], step=self.state.best["step"], **evaluator.run(model, progress=True, full=True))
 
     def finish(self, evaluator: Evaluator) -> dict:
-        final = {k: v for k, v in self.last_row.items() if isinstance(v, (int, float))}
-        best = self.best_metrics(evaluator, final)
+        final = {k: v for k, v in self.state.last_row.items() if isinstance(v, (int, float))}
+        with self.times.part("final_eval"):
+            best = self.best_metrics(evaluator, final)
+            if self.dist.is_main and self.cfg.gallery:
+                from semisup.eval.gallery import save_gallery
+                save_gallery([self.model], [self.cfg.method], self.bundle, self.cfg, self.device, RunFiles(self.run_dir).gallery)
         scheduled = self.schedule.steps_per_epoch * self.cfg.epochs
         result = dict(method=self.cfg.method, labeled_fraction=self.cfg.labeled_fraction, seed=self.cfg.seed, arch=self.cfg.arch,
-                      pretrained=self.cfg.pretrained, steps=self.step, scheduled_steps=scheduled,
-                      truncated=self.step < scheduled,  # stopped by --max-steps: not a result of the recipe
+                      pretrained=self.cfg.pretrained, steps=self.state.step, scheduled_steps=scheduled,
+                      truncated=self.state.step < scheduled,  # stopped by --max-steps: not a result of the recipe
                       final=final, best=best,
                       ce_baseline=self.cfg.ce_mode if self.cfg.cgc_weight == 0 else None,
-                      process_counts=self.process_counts,  # more than one entry: resumed on another number of processes
+                      process_counts=self.state.process_counts,  # more than one entry: resumed on another number of processes
                       weights_sha256=weights_digest(self.model),
                       note="'final' is the last epoch; 'best' is the epoch of highest validation top-1 (model_best.pt, as the "
                            "released scripts kept): a selection on the validation set, reported beside 'final', never instead.")
+        result["seconds"] = self.times.summary()  # this start of the run only (a resumed run: since its resume)
         if self.dist.is_main:
-            if self.cfg.gallery:
-                from semisup.eval.gallery import save_gallery
-                save_gallery([self.model], [self.cfg.method], self.bundle, self.cfg, self.device, self.run_dir / "gallery.png")
-            write_json_atomic(self.run_dir / "final.json", result)  # a kill here must not leave a half-written "finished" run
+            write_json_atomic(RunFiles(self.run_dir).final, result)  # a kill here must not leave a half-written "finished" run
             self.runlog.hparams(self.cfg.to_dict(), result)
             self.runlog.close()
         return result
@@ -573,8 +557,8 @@ def run_training(cfg: Config) -> tuple[dict, Trainer]:
         log.info("%s", run.note)  # said once the data and the model are there: a run that cannot start says only why
         if dist.is_main:
             archived = archive_previous(run.path) if run.replaces_finished else None
-            save_config(cfg, run.path / "config.yaml", code=code_version())
-            file_log = log_to_file(run.path / "train.log")
+            save_config(cfg, RunFiles(run.path).config, code=code_version())
+            file_log = log_to_file(RunFiles(run.path).log)
             if archived:
                 log.info("--overwrite: the finished run's files were moved to %s", archived)
         D.barrier()

@@ -1,0 +1,93 @@
+"""The backbone interface and registry: ``--arch`` names a registered :class:`CamBackbone`.
+
+Every backbone is a trunk giving a [B, C, h, w] map and a linear head ``fc`` over its spatial
+mean. Adding one is a file with a ``@register_backbone("name")`` class (``resnet.py`` and
+``timm_backbone.py`` are the two here), imported in ``semisup/models/__init__.py``, and its
+name in ``semisup.config``'s ``_ARCHS`` (or its family in ``ARCH_PREFIXES``; a test checks they agree).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from semisup.errors import UserError
+
+
+class CamBackbone(nn.Module):
+    """The interface of every backbone: a conv trunk, global average pool and a linear head ``fc``.
+
+    ``features(x)``: [B, 3, H, W] -> [B, C, h, w], the last conv block, where Grad-CAM is taken.
+    ``head(features)``: [B, C, h, w] -> [B, K], ``fc`` over the spatial mean.
+    ``forward(x)``: -> (logits [B, K], features [B, C, h, w]).
+    The head is every parameter named under :attr:`HEAD_PREFIX`: it starts fresh and trains at its
+    own learning rate; the rest is the trunk, which pretrained files initialise.
+    """
+
+    # logits = fc(mean over space of features): the explainers may use Grad-CAM's closed form.
+    pooled_linear_head = True
+    HEAD_PREFIX = "fc."
+    fc: nn.Linear
+    arch: str
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        """[B, C, h, w] -> [B, K]."""
+        return self.fc(features.mean(dim=(2, 3)))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.features(x)
+        return self.head(features), features
+
+    def is_head(self, name: str) -> bool:
+        """Whether a parameter or state-dict name belongs to the head (the one place the split is made)."""
+        return name.startswith(self.HEAD_PREFIX)
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.named_parameters() if self.is_head(n)]
+
+    def trunk_parameters(self) -> list[nn.Parameter]:
+        """Every parameter but the head's, in ``named_parameters`` order."""
+        return [p for n, p in self.named_parameters() if not self.is_head(n)]
+
+    def trunk_keys(self) -> list[str]:
+        return [k for k in self.state_dict() if not self.is_head(k)]
+
+    def checkpoint_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A pretrained file's tensors (wrapper prefixes stripped) under this model's names."""
+        return state
+
+
+BackboneFactory = Callable[[str, int], CamBackbone]
+# --arch -> factory(arch, num_classes). A key ending in "/" serves a family: "timm/" builds every "timm/<name>".
+BACKBONES: dict[str, BackboneFactory] = {}
+def register_backbone(*names: str) -> Callable[[BackboneFactory], BackboneFactory]:
+    """``@register_backbone("name", "family/")`` on a class or function ``(arch, num_classes) -> CamBackbone``."""
+    def add(factory: BackboneFactory) -> BackboneFactory:
+        for name in names:
+            BACKBONES[name] = factory
+        return factory
+    return add
+
+
+def _factory(arch: str) -> BackboneFactory | None:
+    """The factory of ``arch``: its own name first, then its family ("timm/" for "timm/resnet18")."""
+    if arch in BACKBONES and not arch.endswith("/"):  # "timm/" alone names no model
+        return BACKBONES[arch]
+    family, slash, name = arch.partition("/")
+    return BACKBONES.get(family + slash) if slash and name else None
+
+
+def known_arch(arch: str) -> bool:
+    return _factory(arch) is not None
+
+
+def build_model(arch: str, num_classes: int) -> CamBackbone:
+    """The registered backbone ``arch`` with a fresh ``num_classes``-way head."""
+    factory = _factory(arch)
+    if factory is None:
+        raise UserError(f"--arch {arch}: unknown architecture; one of {', '.join(sorted(n + ('<name>' if n.endswith('/') else '') for n in BACKBONES))}")
+    return factory(arch, num_classes)
