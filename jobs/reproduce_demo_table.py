@@ -29,9 +29,10 @@ from semisup.files import write_text_atomic  # noqa: E402
 
 # Per labeled fraction: epochs and milestones that keep each run to a few CPU minutes
 # (an epoch is one pass over the labeled set, so it grows with the fraction).
-SCHEDULES = {0.01: ["--epochs", "60", "--lr-milestones", "40", "52"],
-             0.1: ["--epochs", "6", "--lr-milestones", "4", "5"],
-             1.0: ["--epochs", "1", "--lr-milestones", "0.7"]}  # a decay inside the one epoch: constant-rate runs ended anywhere from 24 to 47 % top-1
+SCHEDULES = {
+    0.01: ["--epochs", "60", "--lr-milestones", "40", "52"], 0.1: ["--epochs", "6", "--lr-milestones", "4", "5"],
+    1.0: ["--epochs", "1", "--lr-milestones", "0.7"],
+}  # a decay inside the one epoch: constant-rate runs ended anywhere from 24 to 47 % top-1
 # Full supervision uses lambda 0.05, half the demo default: there the pair is formed on every
 # labeled image, and 0.1 cost 9 top-1 (the pre-fidelity lambda ablation's 100 % rows). GCC
 # takes the released script's lambda (1000, --consistency l2 without --lambda).
@@ -41,8 +42,15 @@ ROWS = {
     # Full supervision as released: CGC and GCC sum three CE terms (crop, view, augmented view);
     # the released CE row (baseline_train_eval.py) has one; "ce-script" is the CGC script at
     # lambda 0 (the three CE terms, no consistency), the control that isolates the consistency.
-    "full": [(1.0, name, flags) for name, flags in (("ce", ["--lambda", "0"]), ("ce-script", ["--lambda", "0", "--ce-baseline", "lambda0-script"]),
-                                                     ("gcc", ["--consistency", "l2"]), ("cgc", FULL_LAMBDA))],
+    "full": [
+        (1.0, name, flags)
+        for name, flags in (
+            ("ce", ["--lambda", "0"]),
+            ("ce-script", ["--lambda", "0", "--ce-baseline", "lambda0-script"]),
+            ("gcc", ["--consistency", "l2"]),
+            ("cgc", FULL_LAMBDA),
+        )
+    ],
 }
 
 
@@ -83,8 +91,10 @@ def start_prefix(extra: list[str]) -> str:
     return "" if "--pretrained" in extra and extra[extra.index("--pretrained") + 1] == "none" else "swav-"
 
 
-def run(fraction: float, name: str, flags: list[str], seed: int, out: Path, extra: list[str], run_dir: Path | None = None,
-        rerun_stale: bool = False) -> Path:
+def run(
+    fraction: float, name: str, flags: list[str], seed: int, out: Path, extra: list[str], run_dir: Path | None = None,
+    rerun_stale: bool = False,
+) -> Path:
     run_dir = run_dir or out / "runs" / f"{start_prefix(extra)}{name}-frac{fraction:g}-seed{seed}"
     args = ["--labeled-fraction", str(fraction), "--seed", str(seed), "--run-dir", str(run_dir), *EVALUATIONS[fraction],
             *SCHEDULES[fraction], *flags, *extra]
@@ -124,9 +134,16 @@ def run_ablation(name: str, seeds: list[int], out: Path, extra: list[str], rerun
                 run(fraction, "cgc", [flag, str(value), *fixed], seed, out, extra, own, rerun_stale)
     # The table holds every finished run of this ablation and the main CE / CGC runs at its
     # fractions, whatever seeds they have (Seeds says how many), not just this call's.
-    dirs = [d for fraction in grid for pattern in (f"ablations/{start}{name}*-frac{fraction:g}-seed*",
-                                                   f"runs/{start}ce-frac{fraction:g}-seed*", f"runs/{start}cgc-frac{fraction:g}-seed*")
-            for d in sorted(out.glob(pattern)) if (d / "final.json").exists()]
+    dirs = [
+        d
+        for fraction in grid
+        for pattern in (
+            f"ablations/{start}{name}*-frac{fraction:g}-seed*", f"runs/{start}ce-frac{fraction:g}-seed*",
+            f"runs/{start}cgc-frac{fraction:g}-seed*",
+        )
+        for d in sorted(out.glob(pattern))
+        if (d / "final.json").exists()
+    ]
     from semisup.tools.report import ablation_table, load_runs
     table = ablation_table(load_runs(dirs, settings=(setting,)), setting)
     text = f"### Ablation: {name} (`{flag}`)\n\n{table.to_markdown(index=False, disable_numparse=True)}\n"
@@ -140,9 +157,13 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", nargs="+", choices=sorted(ROWS), default=sorted(ROWS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "demo")
-    parser.add_argument("--starts", nargs="+", choices=sorted(STARTS), default=["scratch", "shipped"],
-                        help="shipped: the demo's SwAV-style weights in pretrained/ (the demo default); scratch: --pretrained none")
-    parser.add_argument("--fractions", nargs="+", type=float, help="run only the rows of these labeled fractions (e.g. 0.1)")
+    parser.add_argument(
+        "--starts", nargs="+", choices=sorted(STARTS), default=["scratch", "shipped"],
+        help="shipped: the demo's SwAV-style weights in pretrained/ (the demo default); scratch: --pretrained none",
+    )
+    parser.add_argument(
+        "--fractions", nargs="+", type=float, help="run only the rows of these labeled fractions (e.g. 0.1)"
+    )
     parser.add_argument("--ablations", nargs="+", choices=sorted(ABLATIONS),
                         help="run these ablations (see ABLATIONS) instead of the table; --seeds applies")
     parser.add_argument("--rerun-stale", action="store_true",
@@ -162,7 +183,10 @@ def main(argv=None) -> int:
                     run(fraction, name, flags, seed, args.out, args.extra + STARTS[start], rerun_stale=args.rerun_stale)
     # The table covers every finished run under out/runs (both starts, all rows run so far).
     report_dirs = sorted(p for p in (args.out / "runs").iterdir() if (p / "final.json").exists())
-    subprocess.run([sys.executable, str(ROOT / "semisup" / "report.py"), *map(str, report_dirs), "--out", str(args.out)], check=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "semisup" / "report.py"), *map(str, report_dirs), "--out", str(args.out)],
+        check=True,
+    )
     return 0
 
 

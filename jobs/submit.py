@@ -1,10 +1,11 @@
 """Submit training runs to Slurm (or run them locally) with submitit.
 
-    python jobs/submit.py --nodes 2 --gpus-per-node 8 --partition P --timeout-min 4320 -- --data /imagenet --labeled-fraction 0.01
+    python jobs/submit.py --nodes 2 --gpus-per-node 8 --partition P -- --data /imagenet --labeled-fraction 0.01
     python jobs/submit.py --sweep jobs/sweep_1percent.yaml --gpus-per-node 8 --partition P
-    python jobs/submit.py --cluster local --tasks-per-node 2 -- --labeled-fraction 0.01     # this machine, gloo on CPU
-    python jobs/submit.py --dry-run --nodes 2 --gpus-per-node 8 -- --data /imagenet ...     # the sbatch script + checks, queue nothing
+    python jobs/submit.py --cluster local --tasks-per-node 2 -- --labeled-fraction 0.01   # this machine, gloo on CPU
+    python jobs/submit.py --dry-run --nodes 2 --gpus-per-node 8 -- --data /imagenet ...   # the sbatch script + checks
 """
+
 import sys
 
 try:

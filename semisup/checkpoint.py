@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import torch
+
 from semisup.runfiles import RunFiles
 
 
@@ -55,7 +56,13 @@ def remove_temporaries(folder: Path) -> list[Path]:
     """Delete the temporary files an earlier process of this run left when it was killed mid-write
     (``.checkpoint.pt.tmp<pid>`` and the like). Only called by a process holding the run's lock."""
     own = (RunFiles.CHECKPOINT, RunFiles.BEST, RunFiles.FINAL, RunFiles.METRICS, RunFiles.PROGRESS, RunFiles.CONFIG)
-    stale = [p for name in own for pattern in (f".{name}.tmp*", f".{name}.prev*") for p in Path(folder).glob(pattern) if p.is_file()]
+    stale = [
+        p
+        for name in own
+        for pattern in (f".{name}.tmp*", f".{name}.prev*")
+        for p in Path(folder).glob(pattern)
+        if p.is_file()
+    ]
     for p in stale:
         p.unlink(missing_ok=True)
     return stale

@@ -34,92 +34,173 @@ def _f(default, help: str, flags: tuple[str, ...] = (), choices=None, cli: bool 
 @dataclass
 class Config:
     # --- data ---
-    data: str | None = _f(None, "ImageNet-style root with train/ and val/ class folders; omit to use the embedded demo dataset", path=True)
-    labeled_fraction: float = _f(0.01, "fraction of train/ that is labeled: 0.01 and 0.1 use the standard SimCLR split files in splits/, 1.0 is full supervision (CGC on the labeled images with the true class)")
-    split_file: str | None = _f(None, "labeled subset as a file of train file names (overrides --labeled-fraction's lookup)", path=True)
+    data: str | None = _f(
+        None, "ImageNet-style root with train/ and val/ class folders; omit to use the embedded demo dataset", path=True
+    )
+    labeled_fraction: float = _f(
+        0.01,
+        "fraction of train/ that is labeled: 0.01 and 0.1 use the standard SimCLR split files in splits/, 1.0 is full"
+        " supervision (CGC on the labeled images with the true class)",
+    )
+    split_file: str | None = _f(
+        None, "labeled subset as a file of train file names (overrides --labeled-fraction's lookup)", path=True
+    )
     splits_dir: str | None = _f(None, "folder of split files (default: the project's splits/)", path=True)
-    split_seed: int = _f(0, "seed of the stratified subset built for fractions other than 0.01 / 0.1 (kept fixed across --seed, like the standard files)")
-    unlabeled: str = _f("all", "unlabeled stream: 'all' training images (published run) or the 'rest' not in the labeled split", choices=("all", "rest"))
-    val_boxes: str | None = _f(None, "bounding boxes for Content Heatmap: a folder of ImageNet val XML files, or CUB's bounding_boxes.txt", path=True)
+    split_seed: int = _f(
+        0,
+        "seed of the stratified subset built for fractions other than 0.01 / 0.1 (kept fixed across --seed, like the"
+        " standard files)",
+    )
+    unlabeled: str = _f(
+        "all", "unlabeled stream: 'all' training images (published run) or the 'rest' not in the labeled split",
+        choices=("all", "rest"),
+    )
+    val_boxes: str | None = _f(
+        None, "bounding boxes for Content Heatmap: a folder of ImageNet val XML files, or CUB's bounding_boxes.txt",
+        path=True,
+    )
     val_labels: str | None = _f(None, "for a flat val/ folder: a file of '<file name> <wnid>' lines", path=True)
     val_dir: str = _f("val", "validation folder under --data (CUB-200 as released: 'test')")
-    data_format: str = _f("imagefolder", "layout of --data: 'imagefolder' (train/<class>/, <val-dir>/) or 'fgvc-aircraft' (the "
-                          "FGVC-Aircraft 2013b archive as torchvision's FGVCAircraft reads it: trainval for training, test for "
-                          "validation, the 100 variants)", choices=("imagefolder", "fgvc-aircraft"))
+    data_format: str = _f(
+        "imagefolder",
+        "layout of --data: 'imagefolder' (train/<class>/, <val-dir>/) or 'fgvc-aircraft' (the "
+        "FGVC-Aircraft 2013b archive as torchvision's FGVCAircraft reads it: trainval for training, test for "
+        "validation, the 100 variants)",
+        choices=("imagefolder", "fgvc-aircraft"),
+    )
     num_classes: int | None = _f(None, "number of classes (default: the number of class folders)")
     image_size: int = _f(224, "training crop size and the size of the unlabeled view")
     resize_size: int = _f(256, "shorter side before the center crop for the unlabeled view and top-1/top-5")
     ch_short_side: int = _f(448, "Content Heatmap: images are resized so their shorter side is this, without cropping")
-    crop_scale_min: float = _f(0.08, "lower bound of RandomResizedCrop's area scale (labeled crops and the CGC transform)")
+    crop_scale_min: float = _f(
+        0.08, "lower bound of RandomResizedCrop's area scale (labeled crops and the CGC transform)"
+    )
     max_bad_fraction: float = _f(0.001, "stop the run if more than this fraction of decoded images are unreadable")
     workers: int = _f(8, "data loading worker processes per stream and process")
-    decode: str = _f("cpu", "where training JPEGs are decoded: 'cpu' (loader workers, the full image as PIL decodes it, by "
-                     "libjpeg-turbo), 'cpu-draft' (as cpu, but files at least twice the view are decoded at 1/2-1/8 scale by "
-                     "libjpeg's DCT scaling for the unlabeled view: faster, pixels differ from the released full decode, README "
-                     "Performance) or 'gpu' (workers only read bytes and draw crops; nvJPEG decodes and the GPU crops; for nodes "
-                     "with few cores per GPU)", choices=("cpu", "cpu-draft", "gpu"))
+    decode: str = _f(
+        "cpu",
+        "where training JPEGs are decoded: 'cpu' (loader workers, the full image as PIL decodes it, by "
+        "libjpeg-turbo), 'cpu-draft' (as cpu, but files at least twice the view are decoded at 1/2-1/8 scale by "
+        "libjpeg's DCT scaling for the unlabeled view: faster, pixels differ from the released full decode, README "
+        "Performance) or 'gpu' (workers only read bytes and draw crops; nvJPEG decodes and the GPU crops; for nodes "
+        "with few cores per GPU)",
+        choices=("cpu", "cpu-draft", "gpu"),
+    )
     demo_cache: str | None = _f(None, "where the embedded demo dataset is cached (default ~/.cache/semisup)", path=True)
     # --- model ---
     arch: str = _f("resnet50", "torchvision ResNet name (resnet18/34/50/101/152), resnet_tiny (demo), or "
                    "timm/<name>: any timm model with a [B, C, h, w] last stage (timm/resnet50, "
                    "timm/convnext_tiny; needs pip install timm)")
-    pretrained: str | None = _f(None, "SwAV/DeepCluster-v2, torchvision or own checkpoint for the trunk (the head starts fresh); "
-                                      "'none': random initialisation", path=True)
+    pretrained: str | None = _f(
+        None,
+        "SwAV/DeepCluster-v2, torchvision or own checkpoint for the trunk (the head starts fresh); "
+        "'none': random initialisation",
+        path=True,
+    )
     # --- optimisation (defaults: the published 1% CGC recipe) ---
     batch_labeled: int = _f(128, "global labeled batch (split evenly across processes)")
     batch_unlabeled: int = _f(128, "global unlabeled batch (split evenly across processes)")
-    epochs: int = _f(50, "epochs; an epoch is one pass over the labeled set, its last batch partial (12,811 images at 128: 101 steps)")
+    epochs: int = _f(
+        50,
+        "epochs; an epoch is one pass over the labeled set, its last batch partial (12,811 images at 128: 101 steps)",
+    )
     max_steps: int | None = _f(None, "stop after this many optimizer steps (quick checks; the schedule is unchanged)")
     lr_trunk: float = _f(0.02, "learning rate of the pretrained trunk")
     lr_head: float = _f(5.0, "learning rate of the fresh linear head (large, as in SwAV's semi-supervised recipe)")
-    lr_milestones: list[float] = _f((12, 16), "epochs after which the learning rates are multiplied by --lr-gamma (fractions allowed, e.g. 0.7)")
+    lr_milestones: list[float] = _f(
+        (12, 16), "epochs after which the learning rates are multiplied by --lr-gamma (fractions allowed, e.g. 0.7)"
+    )
     lr_gamma: float = _f(0.2, "learning-rate decay factor at each milestone")
     momentum: float = _f(0.9, "SGD momentum")
     weight_decay: float = _f(0.0, "SGD weight decay")
     # --- method ---
-    cgc_weight: float = _f(0.25, "weight lambda of the consistency loss; 0 gives plain cross-entropy fine-tuning", flags=("--lambda",))
+    cgc_weight: float = _f(
+        0.25, "weight lambda of the consistency loss; 0 gives plain cross-entropy fine-tuning", flags=("--lambda",)
+    )
     temperature: float = _f(0.5, "InfoNCE temperature of the CGC loss")
-    consistency: str = _f("cgc", "'cgc' (contrastive, InfoNCE) or 'l2' (the earlier GCC baseline, no negatives)", choices=("cgc", "l2"))
-    group_size: int = _f(64, "InfoNCE negatives of an anchor are the other images of its group: the global batch in contiguous "
-                         "groups of this many (64 = one DataParallel replica of the released 2-GPU run: 63 negatives), the same "
-                         "for any number of GPUs; on GPUs BatchNorm also normalises over groups of this many where whole processes "
-                         "make up a group (FIDELITY.md)")
-    cgc_negatives: str = _f("aug", "negatives of the InfoNCE: 'aug' = the other augmented views' heatmaps, anchored at the augmented "
-                            "view (released code); 'cross' = anchored at the transformed view heatmap (an ablation)",
-                            choices=("aug", "cross"))
-    ce_baseline: str = _f("auto", "what --lambda 0 trains: 'plain' cross-entropy on the labeled crops; 'lambda0-script' = the CGC "
-                          "script at lambda 0 (limited labels: the unlabeled views are still forwarded in train mode, so "
-                          "BatchNorm running statistics see them; full supervision: the three CE terms); 'auto' = what the "
-                          "released code did for the row (limited labels: lambda0-script, full supervision: plain, as "
-                          "baseline_train_eval.py)", choices=("auto", "plain", "lambda0-script"))
-    flip_protocol: str = _f("released", "how the CGC pair's mirror is drawn: 'released' as the released dataset draws it (a flag "
-                            "for half the pairs, but RandomHorizontalFlip mirrors only half of those: a quarter of all pairs "
-                            "train against a mirrored target, FIDELITY.md) or 'consistent' (the loss mirrors exactly the "
-                            "pairs whose augmented view is mirrored: what the method means)", choices=("released", "consistent"))
-    bn_geometry: str = _f("replicas", "BatchNorm statistics: 'replicas' as the released DataParallel run computed them (each forward "
-                          "normalised over contiguous replicas of --group-size images, running statistics from the first, "
-                          "losses averaged over replicas; SyncBatchNorm where a replica spans processes) or 'batch' (over each "
-                          "process' whole batch)", choices=("replicas", "batch"))
+    consistency: str = _f(
+        "cgc", "'cgc' (contrastive, InfoNCE) or 'l2' (the earlier GCC baseline, no negatives)", choices=("cgc", "l2")
+    )
+    group_size: int = _f(
+        64,
+        "InfoNCE negatives of an anchor are the other images of its group: the global batch in contiguous "
+        "groups of this many (64 = one DataParallel replica of the released 2-GPU run: 63 negatives), the same "
+        "for any number of GPUs; on GPUs BatchNorm also normalises over groups of this many where whole processes "
+        "make up a group (FIDELITY.md)",
+    )
+    cgc_negatives: str = _f(
+        "aug",
+        "negatives of the InfoNCE: 'aug' = the other augmented views' heatmaps, anchored at the augmented "
+        "view (released code); 'cross' = anchored at the transformed view heatmap (an ablation)",
+        choices=("aug", "cross"),
+    )
+    ce_baseline: str = _f(
+        "auto",
+        "what --lambda 0 trains: 'plain' cross-entropy on the labeled crops; 'lambda0-script' = the CGC "
+        "script at lambda 0 (limited labels: the unlabeled views are still forwarded in train mode, so "
+        "BatchNorm running statistics see them; full supervision: the three CE terms); 'auto' = what the "
+        "released code did for the row (limited labels: lambda0-script, full supervision: plain, as "
+        "baseline_train_eval.py)",
+        choices=("auto", "plain", "lambda0-script"),
+    )
+    flip_protocol: str = _f(
+        "released",
+        "how the CGC pair's mirror is drawn: 'released' as the released dataset draws it (a flag "
+        "for half the pairs, but RandomHorizontalFlip mirrors only half of those: a quarter of all pairs "
+        "train against a mirrored target, FIDELITY.md) or 'consistent' (the loss mirrors exactly the "
+        "pairs whose augmented view is mirrored: what the method means)",
+        choices=("released", "consistent"),
+    )
+    bn_geometry: str = _f(
+        "replicas",
+        "BatchNorm statistics: 'replicas' as the released DataParallel run computed them (each forward "
+        "normalised over contiguous replicas of --group-size images, running statistics from the first, "
+        "losses averaged over replicas; SyncBatchNorm where a replica spans processes) or 'batch' (over each "
+        "process' whole batch)",
+        choices=("replicas", "batch"),
+    )
     cam_size: int = _f(224, "side the heatmaps are upsampled to inside the loss")
-    cam_class: str = _f("predicted", "class explained on unlabeled images: the model's 'predicted' class (the method), or the "
-                        "image's true 'label' (a diagnostic upper bound: it uses labels the limited-label setting does not have)",
-                        choices=("predicted", "label"))
-    explainer: str = _f("gradcam", "heatmap method of the consistency loss, Content Heatmap, the gallery and the insertion metric: "
-                        "'gradcam' (the method and the published numbers) or 'gradcam++' (semisup/method/explainers.py)",
-                        choices=EXPLAINER_NAMES)
-    cgc_warmup_epochs: float = _f(0.0, "ramp lambda linearly from 0 over this many epochs (0: full weight from the first step), "
-                                  "so early, noisy predicted classes weigh less")
+    cam_class: str = _f(
+        "predicted",
+        "class explained on unlabeled images: the model's 'predicted' class (the method), or the "
+        "image's true 'label' (a diagnostic upper bound: it uses labels the limited-label setting does not have)",
+        choices=("predicted", "label"),
+    )
+    explainer: str = _f(
+        "gradcam",
+        "heatmap method of the consistency loss, Content Heatmap, the gallery and the insertion metric: "
+        "'gradcam' (the method and the published numbers) or 'gradcam++' (semisup/method/explainers.py)",
+        choices=EXPLAINER_NAMES,
+    )
+    cgc_warmup_epochs: float = _f(
+        0.0,
+        "ramp lambda linearly from 0 over this many epochs (0: full weight from the first step), "
+        "so early, noisy predicted classes weigh less",
+    )
     # --- run ---
-    run_dir: str | None = _f(None, "run directory (default runs/<dataset>-<method>-<fraction>-seed<seed>); an unfinished run there is resumed", path=True)
+    run_dir: str | None = _f(
+        None,
+        "run directory (default runs/<dataset>-<method>-<fraction>-seed<seed>); an unfinished run there is resumed",
+        path=True,
+    )
     seed: int = _f(0, "seed of sampling, augmentation and initialisation")
     device: str = _f("auto", "'auto', 'cpu' or 'cuda'")
-    amp: str = _f("auto", "mixed precision: 'auto' (bf16 on GPUs that support it, else fp16; off on CPU), 'bf16', 'fp16', 'off'", choices=("auto", "bf16", "fp16", "off"))
+    amp: str = _f(
+        "auto", "mixed precision: 'auto' (bf16 on GPUs that support it, else fp16; off on CPU), 'bf16', 'fp16', 'off'",
+        choices=("auto", "bf16", "fp16", "off"),
+    )
     channels_last: bool = _f(True, "channels_last memory format on GPUs")
     compile: bool = _f(False, "torch.compile the model")
-    eval_every: int = _f(1, "top-1/top-5 on validation every N epochs, keeping model_best.pt by top-1 as the released code "
-                         "did (0: only at the end)")
-    ch_every: int = _f(0, "Content Heatmap, validation CGC loss and kNN every N epochs (0: only at the end, for the final and "
-                       "the best checkpoint); CH runs at 448 px, the costliest part of an evaluation")
+    eval_every: int = _f(
+        1,
+        "top-1/top-5 on validation every N epochs, keeping model_best.pt by top-1 as the released code "
+        "did (0: only at the end)",
+    )
+    ch_every: int = _f(
+        0,
+        "Content Heatmap, validation CGC loss and kNN every N epochs (0: only at the end, for the final and "
+        "the best checkpoint); CH runs at 448 px, the costliest part of an evaluation",
+    )
     checkpoint_every: int = _f(500, "also checkpoint every N optimizer steps (0: only at epoch ends)")
     log_every: int = _f(50, "log the running losses every N steps")
     knn_k: int = _f(20, "neighbours for the kNN evaluation")
@@ -128,9 +209,15 @@ class Config:
     max_eval_images: int | None = _f(None, "evaluate on at most this many validation images (quick checks)")
     overwrite: bool = _f(False, "replace a finished run in --run-dir instead of refusing")
     dry_run: bool = _f(False, "build splits, datasets, boxes and model, print a summary and exit")
-    recipe: str | None = _f(None, "the named preset this run started from (set by --recipe; a record, not a setting)", cli=False)
-    demo_version: int | None = _f(None, "version of the embedded demo dataset the run used (set for demo runs; runs made on "
-                                        "another version are never resumed or reused as this one's)", cli=False)
+    recipe: str | None = _f(
+        None, "the named preset this run started from (set by --recipe; a record, not a setting)", cli=False
+    )
+    demo_version: int | None = _f(
+        None,
+        "version of the embedded demo dataset the run used (set for demo runs; runs made on "
+        "another version are never resumed or reused as this one's)",
+        cli=False,
+    )
 
     @property
     def is_demo(self) -> bool:
@@ -160,7 +247,11 @@ class Config:
         return self.cgc_weight > 0 or self.ce_mode == "lambda0-script"
 
     def to_dict(self) -> dict:
-        return {f.name: (list(v) if isinstance(v, tuple) else v) for f in dataclasses.fields(self) for v in [getattr(self, f.name)]}
+        return {
+            f.name: list(v) if isinstance(v, tuple) else v
+            for f in dataclasses.fields(self)
+            for v in [getattr(self, f.name)]
+        }
 
 
 # Settings that make the embedded demo finish in minutes on a 2-core CPU. Applied only to
@@ -175,9 +266,9 @@ DEMO_VERSION = 3
 DEMO_START = str(PROJECT_ROOT / "pretrained" / "demo_swav_resnet_tiny.pth")
 
 DEMO_PRESET = dict(
-    pretrained=DEMO_START, arch="resnet_tiny", image_size=64, resize_size=64, ch_short_side=64, batch_labeled=32, batch_unlabeled=64,
-    epochs=60, lr_trunk=0.05, lr_head=0.05, lr_milestones=(40, 52), workers=0,
-    checkpoint_every=100, log_every=20, crop_scale_min=0.25, cgc_weight=0.1, eval_every=5,
+    pretrained=DEMO_START, arch="resnet_tiny", image_size=64, resize_size=64, ch_short_side=64, batch_labeled=32,
+    batch_unlabeled=64, epochs=60, lr_trunk=0.05, lr_head=0.05, lr_milestones=(40, 52), workers=0, checkpoint_every=100,
+    log_every=20, crop_scale_min=0.25, cgc_weight=0.1, eval_every=5,
 )
 
 # The L2 "GCC" loss is ~1e-5 of the CGC loss' scale (an MSE over 224^2 unit-vector entries): the
@@ -191,9 +282,10 @@ def recipe_names() -> list[str]:
     return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
 
 # Keys that do not change what a run computes: they may differ when resuming.
-RESUME_NEUTRAL = {"run_dir", "splits_dir", "workers", "decode", "overwrite", "dry_run", "eval_every", "ch_every", "checkpoint_every", "log_every",
-                  "gallery", "device", "demo_cache", "compile", "max_eval_images",
-                  "max_bad_fraction", "recipe"}
+RESUME_NEUTRAL = {
+    "run_dir", "splits_dir", "workers", "decode", "overwrite", "dry_run", "eval_every", "ch_every", "checkpoint_every",
+    "log_every", "gallery", "device", "demo_cache", "compile", "max_eval_images", "max_bad_fraction", "recipe",
+}
 
 
 class ConfigError(UsageError, ValueError):
@@ -236,8 +328,10 @@ _RANGES = {
     "seed": (lambda v: 0 <= v < 2**32, "in [0, 2**32)"),
     "split_seed": (lambda v: 0 <= v < 2**32, "in [0, 2**32)"),
 }
-_ARCHS = ("resnet_tiny", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2", "wide_resnet101_2",
-          "resnext50_32x4d", "resnext101_32x8d")
+_ARCHS = (
+    "resnet_tiny", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2", "wide_resnet101_2",
+    "resnext50_32x4d", "resnext101_32x8d",
+)
 # Families of --arch semisup/models/ registers, '<prefix><name>' (a test checks the two agree).
 ARCH_PREFIXES = ("timm/",)
 
@@ -251,11 +345,17 @@ def _name(key: str) -> str:
 def _check_type(key: str, value, kind) -> None:
     origin = typing.get_origin(kind)
     if origin is list:
-        if not isinstance(value, (list, tuple)) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value):
+        if not isinstance(value, (list, tuple)) or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) for x in value
+        ):
             raise ConfigError(f"{_name(key)}: expected a list of numbers, got {value!r}")
         return
-    ok = {bool: lambda v: isinstance(v, bool), int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), str: lambda v: isinstance(v, str)}[kind](value)
+    ok = {
+        bool: lambda v: isinstance(v, bool),
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        str: lambda v: isinstance(v, str),
+    }[kind](value)
     if not ok:
         raise ConfigError(f"{_name(key)}: expected {kind.__name__}, got {value!r} ({type(value).__name__})")
 
@@ -309,7 +409,9 @@ def _check_combinations(cfg: "Config", world: int) -> None:
         if getattr(cfg, key) % world:
             raise ConfigError(f"{_name(key)}: {getattr(cfg, key)} is not divisible by the {world} processes")
     if cfg.decode in ("gpu", "cpu-draft") and cfg.is_demo:
-        raise ConfigError(f"--decode {cfg.decode} decodes image files: it needs --data (the demo dataset is held in memory)")
+        raise ConfigError(
+            f"--decode {cfg.decode} decodes image files: it needs --data (the demo dataset is held in memory)"
+        )
 
 
 def _field_type(f: dataclasses.Field):
@@ -326,13 +428,20 @@ def _number(text: str) -> int | float:
 
 # --help sections: every command-line setting belongs to one (a test checks none is left out).
 HELP_GROUPS = {
-    "data": ("data", "labeled_fraction", "split_file", "splits_dir", "split_seed", "unlabeled", "val_boxes", "val_labels", "val_dir",
-             "data_format", "num_classes", "image_size", "resize_size", "crop_scale_min", "max_bad_fraction", "demo_cache"),
+    "data": (
+        "data", "labeled_fraction", "split_file", "splits_dir", "split_seed", "unlabeled", "val_boxes", "val_labels",
+        "val_dir", "data_format", "num_classes", "image_size", "resize_size", "crop_scale_min", "max_bad_fraction",
+        "demo_cache",
+    ),
     "model": ("arch", "pretrained"),
-    "loss (the method)": ("cgc_weight", "temperature", "consistency", "group_size", "cgc_negatives", "ce_baseline", "cam_size",
-                          "cam_class", "explainer", "cgc_warmup_epochs", "flip_protocol", "bn_geometry"),
-    "optimisation": ("batch_labeled", "batch_unlabeled", "epochs", "max_steps", "lr_trunk", "lr_head", "lr_milestones", "lr_gamma",
-                     "momentum", "weight_decay", "seed"),
+    "loss (the method)": (
+        "cgc_weight", "temperature", "consistency", "group_size", "cgc_negatives", "ce_baseline", "cam_size",
+        "cam_class", "explainer", "cgc_warmup_epochs", "flip_protocol", "bn_geometry",
+    ),
+    "optimisation": (
+        "batch_labeled", "batch_unlabeled", "epochs", "max_steps", "lr_trunk", "lr_head", "lr_milestones", "lr_gamma",
+        "momentum", "weight_decay", "seed",
+    ),
     "evaluation": ("eval_every", "ch_every", "ch_short_side", "knn_k", "knn_temperature", "gallery", "max_eval_images"),
     "run directory": ("run_dir", "checkpoint_every", "log_every", "overwrite", "dry_run"),
     "system": ("device", "amp", "channels_last", "compile", "workers", "decode"),
@@ -364,14 +473,26 @@ def canonical_key(name: str) -> str | None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
-        description="Semi-supervised fine-tuning with Contrastive Grad-CAM Consistency (CGC). Defaults are the published "
-                    "1 % ImageNet recipe; without --data the demo preset applies to settings not given explicitly.")
+        description=(
+            "Semi-supervised fine-tuning with Contrastive Grad-CAM Consistency (CGC). Defaults are the published "
+            "1 % ImageNet recipe; without --data the demo preset applies to settings not given explicitly."
+        )
+    )
     files = parser.add_argument_group("settings files")
-    files.add_argument("--config", help="YAML file of settings (the flag names, with dashes or underscores; aliases such as "
-                                        "'lambda' too); flags given on the command line override it")
-    files.add_argument("--recipe", choices=recipe_names(),
-                       help="a published row's settings (semisup/recipes/NAME.yaml; needs --data): " + ", ".join(recipe_names())
-                            + "; --config and flags still override them")
+    files.add_argument(
+        "--config",
+        help=(
+            "YAML file of settings (the flag names, with dashes or underscores; aliases such as "
+            "'lambda' too); flags given on the command line override it"
+        ),
+    )
+    files.add_argument(
+        "--recipe",
+        choices=recipe_names(),
+        help="a published row's settings (semisup/recipes/NAME.yaml; needs --data): "
+        + ", ".join(recipe_names())
+        + "; --config and flags still override them",
+    )
     groups = {name: parser.add_argument_group(name) for name in HELP_GROUPS}
     group_of = {key: groups[name] for name, keys in HELP_GROUPS.items() for key in keys}
     for f in dataclasses.fields(Config):
@@ -401,7 +522,11 @@ def add_setting(target, key: str, default=None, help: str | None = None) -> None
 def yaml_problem(err: Exception) -> str:
     """A YAML (or reading) error in one line, with the line and column where the parser stopped."""
     mark = getattr(err, "problem_mark", None)
-    problem = getattr(err, "problem", None) or getattr(err, "strerror", None) or (str(err).splitlines() or [type(err).__name__])[0]
+    problem = (
+        getattr(err, "problem", None)
+        or getattr(err, "strerror", None)
+        or (str(err).splitlines() or [type(err).__name__])[0]
+    )
     return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else str(problem)
 
 
@@ -428,8 +553,10 @@ def load_yaml(path: str | Path) -> dict:
         else:
             resolved[key] = value
     if unknown:
-        raise ConfigError(f"config file {path}: unknown keys {unknown}; valid keys are the flag names (with dashes or underscores, "
-                          f"aliases such as 'lambda' too; see python semisup/run.py --help)")
+        raise ConfigError(
+            f"config file {path}: unknown keys {unknown}; valid keys are the flag names (with dashes or underscores, "
+            "aliases such as 'lambda' too; see python semisup/run.py --help)"
+        )
     return resolved
 
 
@@ -451,8 +578,10 @@ def make_config(explicit: dict, recipe: str | None = None) -> Config:
     """Resolve a Config from explicitly chosen values (flags and config-file entries) over a
     named recipe, over the demo preset (no --data), over the dataclass defaults."""
     if recipe and explicit.get("data") is None:
-        raise ConfigError(f"--recipe {recipe}: a recipe reproduces a published row on its dataset; pass --data (without --data "
-                          "the run would train on the embedded demo)")
+        raise ConfigError(
+            f"--recipe {recipe}: a recipe reproduces a published row on its dataset; pass --data (without --data "
+            "the run would train on the embedded demo)"
+        )
     values = dict(DEMO_PRESET) if explicit.get("data") is None else {}
     chosen = load_recipe(recipe) if recipe else {}
     chosen.update(explicit)

@@ -5,6 +5,7 @@ parses SLURM variables. NCCL on GPUs, gloo on CPU.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -112,3 +113,15 @@ def amp_dtype(cfg, device: torch.device) -> torch.dtype | None:
     if cfg.amp == "bf16" or (device.type == "cuda" and torch.cuda.is_bf16_supported()):
         return torch.bfloat16
     return torch.float16
+
+
+def autocast(cfg, device: torch.device):
+    """The forward passes' autocast context for ``cfg.amp`` on ``device`` (training and evaluation
+    alike; heatmaps and losses leave it, see ``semisup.method.cgc.float32``)."""
+    dtype = amp_dtype(cfg, device)
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def uses_channels_last(cfg, device: torch.device) -> bool:
+    """--channels-last applies on GPUs only (on the CPU it slows the convolutions down)."""
+    return bool(cfg.channels_last) and device.type == "cuda"

@@ -15,13 +15,16 @@ import sys
 
 EXIT_FAILURE, EXIT_USAGE = 1, 2
 # What to check, by the errno of an OSError that reached a command.
-_OS_HINTS = dict(ENOSPC=" (the disk is full: free space, then rerun the same command)",
-                 EDQUOT=" (over the disk quota: free space, then rerun the same command)",
-                 EACCES=" (no permission: choose a folder you can write to)", EPERM=" (no permission: choose a folder you can write to)",
-                 EROFS=" (a read-only file system: choose a writable folder)",
-                 ENOENT=" (removed while the command ran, or never there)",
-                 EEXIST=" (a file is in the way where a folder is needed)", ENOTDIR=" (a file is in the way where a folder is needed)",
-                 EISDIR=" (a folder where a file is needed)")
+_OS_HINTS = dict(
+    ENOSPC=" (the disk is full: free space, then rerun the same command)",
+    EDQUOT=" (over the disk quota: free space, then rerun the same command)",
+    EACCES=" (no permission: choose a folder you can write to)",
+    EPERM=" (no permission: choose a folder you can write to)",
+    EROFS=" (a read-only file system: choose a writable folder)",
+    ENOENT=" (removed while the command ran, or never there)",
+    EEXIST=" (a file is in the way where a folder is needed)",
+    ENOTDIR=" (a file is in the way where a folder is needed)", EISDIR=" (a folder where a file is needed)",
+)
 
 
 class UserError(Exception):

@@ -51,7 +51,9 @@ def read_json(path: Path, kind: type | tuple[type, ...] = dict, what: str = "") 
     except (OSError, UnicodeDecodeError, ValueError) as err:
         raise RunFileError(f"{path}: unreadable or not JSON ({type(err).__name__}){what}") from err
     if not isinstance(value, kind):
-        raise RunFileError(f"{path}: expected a JSON {getattr(kind, '__name__', 'value')}, got {type(value).__name__}{what}")
+        raise RunFileError(
+            f"{path}: expected a JSON {getattr(kind, '__name__', 'value')}, got {type(value).__name__}{what}"
+        )
     return value
 
 

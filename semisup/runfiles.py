@@ -34,4 +34,6 @@ class RunFiles:
 
     final, checkpoint, previous, best = _file(FINAL), _file(CHECKPOINT), _file(PREVIOUS), _file(BEST)
     metrics, eval, gallery, config, log = _file(METRICS), _file(EVAL), _file(GALLERY), _file(CONFIG), _file(LOG)
-    tensorboard, progress, outcome, jobs, lock = _file(TENSORBOARD), _file(PROGRESS), _file(OUTCOME), _file(JOBS), _file(LOCK)
+    tensorboard, progress, outcome, jobs, lock = (
+        _file(TENSORBOARD), _file(PROGRESS), _file(OUTCOME), _file(JOBS), _file(LOCK),
+    )

@@ -29,8 +29,9 @@ def _loss_worker(rank, world, port, out_dir):
     """Each process holds 4 of 8 rows; the loss with groups of 4 (inside a process) and of 8
     (spanning both, negatives gathered with gradient), and its gradients."""
     import torch.distributed as dist
-    from semisup.method import cgc
+
     from semisup import distributed as D
+    from semisup.method import cgc
     set_env(rank, world, port)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     cam, cam_aug, boxes, flips, _ = loss_inputs()

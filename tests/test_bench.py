@@ -47,8 +47,8 @@ def test_planner_scales_with_the_node_and_names_the_bound(tmp_path, capsys):
 
 
 def test_planner_reads_the_run_variant_and_cadence(capsys):
-    from semisup.train import plan
     from semisup.config import make_config
+    from semisup.train import plan
     rates = plan.measured_rates("h100")
     default = make_config(dict(data="x")).to_dict()
     eager = plan.plan_run(default, None, rates, gpus=1, cores=16)

@@ -3,10 +3,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from semisup.method import explainers
-from semisup.method import cgc
+from semisup.method import cgc, explainers
 from semisup.models.base import build_model
 from semisup.tools.reference import pixel_boxes_and_flips, released_cgc_loss
+from tests import dense_losses
 
 
 def random_boxes(n: int, generator: torch.Generator) -> torch.Tensor:
@@ -97,7 +97,7 @@ def test_cgc_loss_equals_the_released_per_sample_loss_in_value_and_gradient(batc
         expected = torch.autograd.grad(reference, [cam, cam_aug])
         for got, want in zip(grads, expected):
             assert _cosine(got, want) > 0.9999 and abs(got.norm() / want.norm() - 1) < 1e-3, group
-    dense = cgc.cgc_loss_dense(cam_aug, cam, boxes, flips, temperature=0.5, group_size=8)
+    dense = dense_losses.cgc_loss_dense(cam_aug, cam, boxes, flips, temperature=0.5, group_size=8)
     torch.testing.assert_close(dense, released_cgc_loss(cam_aug, cam, pixel, flips.tolist(), 0.5, group_size=8), rtol=1e-5, atol=0)
 
 
@@ -108,7 +108,7 @@ def test_negatives_are_the_other_augmented_maps_not_the_transformed_views():
     aug_anchor = cgc.cgc_loss(cam_aug, cam, boxes, flips)
     cross = cgc.cgc_loss(cam_aug, cam, boxes, flips, negatives="cross")
     assert abs(aug_anchor.item() - cross.item()) > 1e-4  # different losses, not a renamed one
-    torch.testing.assert_close(cross, cgc.cgc_loss_dense(cam_aug, cam, boxes, flips, negatives="cross"), rtol=1e-5, atol=0)
+    torch.testing.assert_close(cross, dense_losses.cgc_loss_dense(cam_aug, cam, boxes, flips, negatives="cross"), rtol=1e-5, atol=0)
 
 
 def test_huge_and_all_zero_heatmaps_give_finite_losses_and_gradients():
@@ -134,7 +134,7 @@ def test_gcc_loss_is_the_released_mse_of_l2_normalised_masks():
     assert abs(ours.item() - reference.item()) <= 1e-4 * reference.item()
     for got, want in zip(torch.autograd.grad(ours, [cam, cam_aug]), torch.autograd.grad(reference, [cam, cam_aug])):
         assert _cosine(got, want) > 0.999
-    torch.testing.assert_close(cgc.gcc_l2_loss_dense(cam_aug, cam, boxes, flips), reference, rtol=1e-4, atol=0)
+    torch.testing.assert_close(dense_losses.gcc_l2_loss_dense(cam_aug, cam, boxes, flips), reference, rtol=1e-4, atol=0)
 
 
 def test_loss_is_lowest_for_exactly_transformed_heatmaps():

@@ -8,11 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from semisup.runfiles import RunFiles
-from semisup.cluster import launch
-from semisup.cluster import snapshot
-from semisup.errors import UsageError, UserError
+from semisup.cluster import launch, snapshot
 from semisup.cluster.status import main as status_main
+from semisup.errors import UsageError, UserError
+from semisup.runfiles import RunFiles
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--labeled-fraction", "0.02", "--epochs", "2", "--batch-labeled", "32", "--batch-unlabeled", "32", "--max-eval-images", "64",
@@ -144,6 +143,7 @@ def test_values_that_would_break_the_sbatch_script_are_refused_before_anything_i
 
 def test_a_run_is_watchable_in_tensorboard_and_records_its_code(tmp_path, demo_cache):
     from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
     from semisup.config import parse_config
     from semisup.train.trainer import train
     run_dir = tmp_path / "run"

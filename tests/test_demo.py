@@ -1,9 +1,9 @@
 """The embedded contextual-bias demo dataset."""
 import numpy as np
+import torch
 
 from semisup.data.demo import CUE_COLOURS, load_demo
 from semisup.models.base import build_model
-import torch
 
 
 def test_demo_is_deterministic_cached_and_well_formed(tmp_path, demo_cache):

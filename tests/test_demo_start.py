@@ -94,8 +94,8 @@ def test_report_writes_the_tradeoff_and_curve_plots_from_run_directories(tmp_pat
 
 
 def test_gallery_titles_never_overlap_and_zero_heatmaps_are_marked(demo_cache):
-    from semisup.eval.gallery import gallery_figure
     from semisup.data.datasets import build_data
+    from semisup.eval.gallery import gallery_figure
     cfg = parse_config(["--labeled-fraction", "0.01", "--demo-cache", demo_cache, "--pretrained", "none"])
     bundle = build_data(cfg)
     torch.manual_seed(0)

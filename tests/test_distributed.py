@@ -2,8 +2,8 @@
 import torch
 
 from semisup.method import cgc
-from tests.dist_utils import _loss_worker, _train_worker, loss_inputs, spawn
 from semisup.tools.reference import released_cgc_loss
+from tests.dist_utils import _loss_worker, _train_worker, loss_inputs, spawn
 
 
 def test_two_process_gloo_run_ends_with_identical_weights(tmp_path, demo_cache):

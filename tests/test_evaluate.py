@@ -8,14 +8,13 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from semisup.method import explainers
-from semisup.method import cgc
-from semisup.data import transforms as T
 from semisup.config import parse_config
+from semisup.data import transforms as T
 from semisup.data.datasets import DataBundle, EvalSet, FileSource
 from semisup.errors import UsageError
 from semisup.eval.evaluator import Evaluator, content_heatmap, released_swav_cams
 from semisup.eval.knn import knn_classify
+from semisup.method import cgc, explainers
 from semisup.models.base import build_model
 from semisup.tools.report import ablation_table, full_supervision_table, limited_label_table, load_runs
 from tests.imagenet_tree import save_image

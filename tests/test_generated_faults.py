@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from semisup.config import _RANGES, Config, HELP_GROUPS, _field_type, flag_spellings, parse_config
+from semisup.config import _RANGES, HELP_GROUPS, Config, _field_type, flag_spellings, parse_config
 from semisup.errors import UserError
 
 BAD_TEXT = ["abc", "", " ", "1e999x"]
@@ -101,15 +101,14 @@ def cli_cases(tmp_path):
 
 
 def _command(name):
-    from semisup.tools import bench
-    from semisup.models import pretrained
-    from semisup.tools import report
-    from semisup.data import splits
+    from jobs.submit import submit
     from semisup.cluster import status
+    from semisup.data import splits
     from semisup.errors import cli
     from semisup.evaluate import main as evaluate
+    from semisup.models import pretrained
     from semisup.run import main as run
-    from jobs.submit import submit
+    from semisup.tools import bench, report
     return dict(run=run, evaluate=evaluate, report=report.main, status=status.main, splits=splits.main, pretrained=pretrained.main,
                 bench=cli(lambda argv: bench.main(argv) and 0), submit=submit)[name]
 
@@ -146,9 +145,9 @@ def test_every_run_file_damaged_in_every_way_is_reported_never_a_traceback(tmp_p
     """config.yaml, final.json, job.json, metrics.csv, progress.json, job-outcome.json and
     checkpoint.pt of a finished run, each damaged in turn: status and report name the file (or
     skip the run, saying why); a resume names the checkpoint."""
-    from semisup.tools import report
     from semisup.cluster import status
     from semisup.run import main as run
+    from semisup.tools import report
     from semisup.train.trainer import train
     finished = tmp_path / "runs" / "done"
     train(parse_config(["--labeled-fraction", "0.02", "--epochs", "1", "--max-steps", "2", "--demo-cache", demo_cache, "--gallery", "0",
@@ -185,10 +184,10 @@ def test_every_input_file_damaged_in_every_way_ends_in_one_line(tmp_path, capsys
     """Split files, label files, VOC and CUB box files, YAML configs, sweep files, a shipped
     manifest, and the planner's rates: each damaged in turn, the command that reads it says so in
     one line."""
-    from semisup.tools import bench
+    from jobs.submit import submit
     from semisup.errors import cli
     from semisup.run import main as run
-    from jobs.submit import submit
+    from semisup.tools import bench
     from tests.imagenet_tree import make_tree
     root = tmp_path / "imagenet"
     make_tree(root, bad=False)

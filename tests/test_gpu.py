@@ -14,8 +14,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 def test_nvjpeg_decode_path_gives_the_cpu_path_crops(tmp_path, capsys):
     """On photographic JPEGs nvJPEG's pixels differ from libjpeg-turbo's only by its chroma
     upsampling and IDCT rounding: the same crops, a mean difference of a few levels of 255."""
-    from semisup.tools.bench import make_jpegs
     from semisup.data.gpu_decode import EncodedTrainDataset, collate_encoded, decode_and_transform
+    from semisup.tools.bench import make_jpegs
     paths = make_jpegs(tmp_path, 16)
     source = FileSource(paths, [0] * len(paths))
     cpu = TrainDataset(source, np.arange(len(paths)), 224, 256, 0.08, crop=True, pair=True)

@@ -6,15 +6,14 @@ import pytest
 import torch
 import torchvision
 
-from semisup.method import cgc
-from semisup.data.boxes import parse_voc_xml
 from semisup.config import parse_config
+from semisup.data.boxes import box_mask, parse_voc_xml, scale_boxes
 from semisup.data.datasets import FileSource, TrainDataset
-from semisup.data.boxes import box_mask, scale_boxes
-from semisup.eval.evaluator import content_heatmap
 from semisup.data.imagenet import build_folder_bundle, scan_class_folders
-from semisup.run import main
 from semisup.data.splits import STANDARD, SplitError, read_split, standard_split_path, stratified_split, synset_of
+from semisup.eval.evaluator import content_heatmap
+from semisup.method import cgc
+from semisup.run import main
 from tests.imagenet_tree import WNIDS, make_tree
 
 
@@ -43,7 +42,7 @@ def test_standard_split_files(shared_splits):
 
 
 def test_missing_standard_split_names_the_download_command(tmp_path):
-    with pytest.raises(SplitError, match="python -m semisup.data.splits download"):
+    with pytest.raises(SplitError, match="semisup-splits download"):
         standard_split_path(0.01, tmp_path)
     (tmp_path / "1percent.txt").write_text("n01_1.JPEG\n")
     with pytest.raises(SplitError, match="sha256"):
@@ -64,7 +63,7 @@ def test_class_indices_match_torchvision_imagefolder(tree):
     classes, paths, labels, skipped = scan_class_folders(root / "train")
     reference = torchvision.datasets.ImageFolder(root / "train")
     assert classes == reference.classes
-    assert [(p, l) for p, l in zip(paths, labels)] == [(str(p), l) for p, l in reference.samples]
+    assert [(p, label) for p, label in zip(paths, labels)] == [(str(p), label) for p, label in reference.samples]
     assert skipped == 1  # notes.txt
 
 

@@ -12,12 +12,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from semisup.eval import insertion as I
 from semisup.data import transforms as T
+from semisup.eval import insertion as I
 from semisup.evaluate import main as evaluate_main
 from semisup.models.base import build_model
 from semisup.models.loading import load_weights
-from tests.released_causal_metric import CausalMetric, auc as released_auc, gkern
+from tests.released_causal_metric import CausalMetric, gkern
+from tests.released_causal_metric import auc as released_auc
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -130,6 +130,7 @@ def test_sigusr2_checkpoints_at_once_and_the_requeued_job_resumes_from_that_step
 
 def test_demo_reproduction_reuses_only_runs_with_the_same_settings(tmp_path, monkeypatch):
     import importlib.util
+
     from semisup.config import parse_config, save_config
     spec = importlib.util.spec_from_file_location("reproduce_demo_table", ROOT / "jobs" / "reproduce_demo_table.py")
     script = importlib.util.module_from_spec(spec)

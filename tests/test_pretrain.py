@@ -6,7 +6,15 @@ import torch
 from semisup.data.datasets import ArraySource, StreamSampler, TrainDataset
 from semisup.models.base import build_model
 from semisup.models.loading import load_pretrained
-from semisup.tools.pretrain import colour_jitter, contrastive_loss, paired_views, pretrain, rotate_hue, save_swav_layout, sinkhorn
+from semisup.tools.pretrain import (
+    colour_jitter,
+    contrastive_loss,
+    paired_views,
+    pretrain,
+    rotate_hue,
+    save_swav_layout,
+    sinkhorn,
+)
 
 
 def test_sinkhorn_codes_are_equipartitioned_distributions():

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from semisup.data.boxes import load_boxes
 from semisup.config import parse_config
+from semisup.data.boxes import load_boxes
 from semisup.train.trainer import NonFiniteLoss, RunDirError, train
 from tests.run_helpers import checkpoint_step, wait_for_checkpoint
 
@@ -120,7 +120,11 @@ def test_cub_bounding_boxes(tmp_path):
 
 
 def test_full_supervision_sums_three_cross_entropies_and_explains_the_predicted_class(tmp_path, demo_cache):
+    import dataclasses
+
     import torch.nn.functional as F
+
+    from semisup.data import transforms as T
     from semisup.train.trainer import run_training
     args = ["--labeled-fraction", "1.0", "--batch-labeled", "16", "--demo-cache", demo_cache, "--dry-run", "--lambda", "0.5"]
     _, trainer = run_training(parse_config(args))
@@ -128,12 +132,12 @@ def test_full_supervision_sums_three_cross_entropies_and_explains_the_predicted_
     assert {"image", "view", "aug", "box", "flip"} <= set(labeled)
     model, labels = trainer.model.train(), labeled["label"]
     with torch.no_grad():  # train-mode forwards: BatchNorm uses batch statistics, as in the step
-        outputs = {key: model(trainer._images(labeled, key))[0] for key in ("image", "view", "aug")}
+        outputs = {key: model(T.normalize(labeled[key]))[0] for key in ("image", "view", "aug")}
     expected_ce = sum(F.cross_entropy(outputs[key], labels) for key in outputs)
     explained = []
-    cam = model.cam
-    model.cam = lambda logits, features, classes: explained.append(classes) or cam(logits, features, classes)
-    losses = trainer.training_step(labeled, None)
+    explain = trainer.settings.explain
+    spy = lambda logits, features, classes: explained.append(classes) or explain(logits, features, classes)
+    losses = trainer.training_step(labeled, None, dataclasses.replace(trainer.settings, explain=spy))
     assert float(losses.ce) == pytest.approx(float(expected_ce), rel=1e-4)
     # The pair is the centre view and its augmentation, explained for the predicted class.
     assert len(explained) == 2 and torch.equal(explained[0], outputs["view"].argmax(1)) and torch.equal(explained[1], explained[0])
@@ -175,6 +179,7 @@ def test_recipes_and_the_gcc_lambda():
 def test_fgvc_aircraft_in_its_released_layout(tmp_path, demo_cache):
     """torchvision's FGVCAircraft reader on a generated fgvc-aircraft-2013b tree, trained for a few steps."""
     from PIL import Image
+
     from semisup.data.datasets import build_data
     data = tmp_path / "fgvc-aircraft-2013b" / "data"
     (data / "images").mkdir(parents=True)

@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from semisup.method import cgc
 from semisup.data import transforms as T
+from semisup.method import cgc
 from semisup.models.base import build_model
-from semisup.tools.reference import pixel_boxes_and_flips, released_cgc_loss
 from semisup.models.replicas import ReplicaBatchNorm2d, replica_mean, replica_sizes, use_replica_batchnorm
+from semisup.tools.reference import pixel_boxes_and_flips, released_cgc_loss
 
 
 def released_flip_transcription(uniform, coin) -> tuple[bool, bool]:

@@ -78,7 +78,7 @@ def wait_for(condition, timeout_s: float, what: str):
 @pytest.mark.parametrize("split", ["standard", "own"])
 def test_a_sweep_submitted_from_a_fresh_clone_with_downloaded_files_runs_and_reports(tmp_path, split, request):
     clone = fresh_clone(tmp_path / "clone")
-    # Where `python -m semisup.data.splits download` and `python -m semisup.models.pretrained download` put them (git-ignored);
+    # Where `semisup-splits download` and `semisup-pretrained download` put them (git-ignored);
     # or a split file of the user's own beside them, named by a relative path.
     if split == "standard":
         shared_splits = request.getfixturevalue("shared_splits")

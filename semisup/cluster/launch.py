@@ -30,8 +30,8 @@ from pathlib import Path
 
 import yaml
 
-from semisup.errors import Parser, UsageError, UserError, cli
 from semisup.config import PROJECT_ROOT, yaml_problem
+from semisup.errors import Parser, UsageError, UserError, cli
 from semisup.files import read_json, write_json_atomic
 from semisup.runfiles import RunFiles
 
@@ -60,7 +60,9 @@ class TrainJob:
             result = train(parse_config(self.argv))
         except Exception as err:
             if env.global_rank == 0:
-                record_outcome(self.argv, str(env.job_id), "FAILED", f"{type(err).__module__}.{type(err).__name__}: {err}")
+                record_outcome(
+                    self.argv, str(env.job_id), "FAILED", f"{type(err).__module__}.{type(err).__name__}: {err}"
+                )
             raise
         if env.global_rank == 0:
             record_outcome(self.argv, str(env.job_id), "COMPLETED")
@@ -142,7 +144,7 @@ def pin_paths(argv: list[str], base: Path) -> tuple[list[str], dict]:
     for key in path_fields():
         value = getattr(cfg, key)
         if key == "splits_dir" and value is None and not cfg.is_demo and not cfg.split_file:
-            value = str(SPLITS_DIR)  # the submitting checkout's splits/, where `python -m semisup.data.splits download` puts them
+            value = str(SPLITS_DIR)  # the submitting checkout's splits/, where `semisup-splits download` puts them
         if value is None:
             continue
         reads[key] = _absolute(value, base)
@@ -159,7 +161,9 @@ def check_name(name: str, what: str) -> str:
     """Job and run-folder names: letters, digits and ``. _ + = -`` only (they become a Slurm job
     name, a folder and part of the sbatch script)."""
     if not _NAME.match(name):
-        raise UsageError(f"{what} {name!r}: use letters, digits and . _ + = - only (at most 128 characters); nothing was written")
+        raise UsageError(
+            f"{what} {name!r}: use letters, digits and . _ + = - only (at most 128 characters); nothing was written"
+        )
     return name
 
 
@@ -167,8 +171,10 @@ def check_sbatch_value(value, what: str) -> None:
     """A value that goes into the sbatch script: no newline or other control character, quote,
     backslash, ``$``, backtick or ``;`` (a newline would start a new shell line in the script)."""
     if value is not None and _UNSAFE.search(str(value)):
-        raise UsageError(f"{what} {str(value)!r}: newlines, quotes, backslashes, $, ` and ; are not allowed in values that reach "
-                         "the sbatch script; nothing was written")
+        raise UsageError(
+            f"{what} {str(value)!r}: newlines, quotes, backslashes, $, ` and ; are not allowed in values that reach "
+            "the sbatch script; nothing was written"
+        )
 
 
 def _value_name(value) -> str:
@@ -196,14 +202,23 @@ def sweep_commands(path: Path, run_root: Path) -> tuple[str, list[tuple[str, lis
         raise UsageError(f"--sweep {path}: no such file") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise UsageError(f"--sweep {path}: {yaml_problem(err)}") from err
-    if (not isinstance(spec, dict) or not isinstance(spec.get("grid"), dict) or not spec["grid"]
-            or not all(isinstance(v, list) and v for v in spec["grid"].values()) or not isinstance(spec.get("base", []), list)):
-        raise UsageError(f"{path}: a sweep needs 'grid: {{setting: [values]}}' (and optionally 'base: [flags]' and 'name')")
+    if (
+        not isinstance(spec, dict)
+        or not isinstance(spec.get("grid"), dict)
+        or not spec["grid"]
+        or not all(isinstance(v, list) and v for v in spec["grid"].values())
+        or not isinstance(spec.get("base", []), list)
+    ):
+        raise UsageError(
+            f"{path}: a sweep needs 'grid: {{setting: [values]}}' (and optionally 'base: [flags]' and 'name')"
+        )
     sweep_name = check_name(str(spec.get("name", path.stem)), f"{path}: sweep name")
     base = [str(x) for x in spec.get("base", [])]
     if run_dir_of(base) is not None:
-        raise UsageError(f"{path}: --run-dir in 'base' would put every grid point in one folder; each point gets its own under "
-                         "--run-root (remove --run-dir from base)")
+        raise UsageError(
+            f"{path}: --run-dir in 'base' would put every grid point in one folder; each point gets its own under "
+            "--run-root (remove --run-dir from base)"
+        )
     keys = list(spec["grid"])
     for key in keys:
         if canonical_key(str(key)) is None:
@@ -227,8 +242,10 @@ def sweep_commands(path: Path, run_root: Path) -> tuple[str, list[tuple[str, lis
     names = [name for name, _ in commands]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
-        raise UsageError(f"{path}: several grid points would share the run folder {twice[0]!r} (values that differ only in a path's "
-                         "folder or extension); give those files distinct names")
+        raise UsageError(
+            f"{path}: several grid points would share the run folder {twice[0]!r} (values that differ only in a path's "
+            "folder or extension); give those files distinct names"
+        )
     return sweep_name, commands
 
 
@@ -236,10 +253,22 @@ def sweep_commands(path: Path, run_root: Path) -> tuple[str, list[tuple[str, lis
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(description="Submit semisup/run.py as a submitit job (Slurm, local or in-process debug).",
                                 usage="python jobs/submit.py [options] -- <run.py flags>")
-    where = p.add_argument_group("where the job runs")
-    where.add_argument("--cluster", default="auto", choices=["auto", "slurm", "local", "debug"],
-                       help="auto: Slurm when sbatch is here or Slurm options (--partition, --gpus-per-node, --nodes > 1, ...) are "
-                            "given, else local; debug runs in this process (pdb works)")
+    _where_options(p.add_argument_group("where the job runs"))
+    _slurm_options(p.add_argument_group("Slurm"))
+    _what_options(p.add_argument_group("what is submitted"))
+    return p
+
+
+def _where_options(where) -> None:
+    where.add_argument(
+        "--cluster",
+        default="auto",
+        choices=["auto", "slurm", "local", "debug"],
+        help=(
+            "auto: Slurm when sbatch is here or Slurm options (--partition, --gpus-per-node, --nodes > 1, ...) are "
+            "given, else local; debug runs in this process (pdb works)"
+        ),
+    )
     where.add_argument("--nodes", type=int, default=1, help="nodes of the job (more than 1: Slurm)")
     where.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node, one task each (0: a CPU job)")
     where.add_argument("--tasks-per-node", type=int, help="default: one per GPU (1 without GPUs)")
@@ -249,32 +278,64 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--cpus-per-task", type=int,
                        help="default: two loader streams x --workers of the run + 2, within --cpus-per-node (the run's "
                             "--workers is lowered to fit unless given)")
-    where.add_argument("--timeout-min", type=int,
-                       help="time limit (default on Slurm: twice the planner's estimate for this run on this many GPUs, with "
-                            "H100 rates, + 30 min; a job that reaches it checkpoints and is requeued)")
-    sbatch = p.add_argument_group("Slurm")
+    where.add_argument(
+        "--timeout-min",
+        type=int,
+        help=(
+            "time limit (default on Slurm: twice the planner's estimate for this run on this many GPUs, with "
+            "H100 rates, + 30 min; a job that reaches it checkpoints and is requeued)"
+        ),
+    )
+
+
+def _slurm_options(sbatch) -> None:
     sbatch.add_argument("--partition", help="Slurm partition (sbatch --partition)")
     sbatch.add_argument("--account", help="account to charge (sbatch --account)")
     sbatch.add_argument("--qos", help="quality of service (sbatch --qos)")
     sbatch.add_argument("--constraint", help="node features, e.g. a100 (sbatch --constraint)")
     sbatch.add_argument("--mem", help="memory per node, e.g. 480G")
     sbatch.add_argument("--comment")
-    sbatch.add_argument("--wckey", help="Slurm workload characterisation key (default: none; submitit's default 'submitit' is "
-                                        "refused by clusters that enforce wckeys)")
-    sbatch.add_argument("--signal-delay-s", type=int, default=120, help="seconds between Slurm's USR2 and the kill (time to requeue)")
-    sbatch.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE", help="extra sbatch option, repeatable")
-    what = p.add_argument_group("what is submitted")
-    what.add_argument("--name", help="job and run-folder name (default: run.py's own, e.g. imagenet-cgc-frac0.01-seed0)")
+    sbatch.add_argument(
+        "--wckey",
+        help=(
+            "Slurm workload characterisation key (default: none; submitit's default 'submitit' is "
+            "refused by clusters that enforce wckeys)"
+        ),
+    )
+    sbatch.add_argument(
+        "--signal-delay-s", type=int, default=120, help="seconds between Slurm's USR2 and the kill (time to requeue)"
+    )
+    sbatch.add_argument(
+        "--sbatch", action="append", default=[], metavar="KEY=VALUE", help="extra sbatch option, repeatable"
+    )
+
+
+def _what_options(what) -> None:
+    what.add_argument(
+        "--name", help="job and run-folder name (default: run.py's own, e.g. imagenet-cgc-frac0.01-seed0)"
+    )
     what.add_argument("--log-dir", type=Path, default=Path("jobs/logs"), help="submitit logs and code snapshots")
-    what.add_argument("--run-root", type=Path, default=Path("runs"), help="parent of run directories not given by --run-dir")
+    what.add_argument(
+        "--run-root", type=Path, default=Path("runs"), help="parent of run directories not given by --run-dir"
+    )
     what.add_argument("--sweep", type=Path, help="YAML grid: one job per point, submitted as an array")
     what.add_argument("--no-snapshot", action="store_true", help="run the live checkout instead of a snapshot")
-    what.add_argument("--overwrite", action="store_true", help="give every job run.py's --overwrite: a finished run in its folder is "
-                                                                "replaced (its files moved to replaced-<time>/, not deleted)")
-    what.add_argument("--dry-run", action="store_true",
-                      help="print the sbatch script and run run.py's --dry-run checks for every job, in a snapshot as the job "
-                           "would; queue nothing, create nothing")
-    return p
+    what.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=(
+            "give every job run.py's --overwrite: a finished run in its folder is "
+            "replaced (its files moved to replaced-<time>/, not deleted)"
+        ),
+    )
+    what.add_argument(
+        "--dry-run",
+        action="store_true",
+        help=(
+            "print the sbatch script and run run.py's --dry-run checks for every job, in a snapshot as the job "
+            "would; queue nothing, create nothing"
+        ),
+    )
 
 
 SLURM_ONLY = ("partition", "account", "qos", "constraint", "mem", "comment", "wckey")
@@ -285,8 +346,14 @@ def slurm_meant(args) -> bool:
     only Slurm has (a partition, GPUs, several nodes, sbatch extras)."""
     if args.cluster in ("local", "debug"):
         return False
-    return (args.cluster == "slurm" or bool(shutil.which("sbatch")) or args.nodes > 1 or args.gpus_per_node > 0 or bool(args.sbatch)
-            or any(getattr(args, k) is not None for k in SLURM_ONLY))
+    return (
+        args.cluster == "slurm"
+        or bool(shutil.which("sbatch"))
+        or args.nodes > 1
+        or args.gpus_per_node > 0
+        or bool(args.sbatch)
+        or any(getattr(args, k) is not None for k in SLURM_ONLY)
+    )
 
 
 def total_tasks(args) -> int:
@@ -312,7 +379,9 @@ def check_args(args) -> None:
     for item in args.sbatch:
         key, sep, value = item.partition("=")
         if not sep or not re.match(r"^[a-z][a-z0-9-]*$", key):
-            raise UsageError(f"--sbatch {item!r}: expected KEY=VALUE with an sbatch option name as KEY (e.g. reservation=cgc)")
+            raise UsageError(
+                f"--sbatch {item!r}: expected KEY=VALUE with an sbatch option name as KEY (e.g. reservation=cgc)"
+            )
         check_sbatch_value(value, f"--sbatch {key}")
     for key in ("log_dir", "run_root"):
         check_sbatch_value(str(getattr(args, key)), f"--{key.replace('_', '-')}")
@@ -329,12 +398,32 @@ def fit_cpus(args, run_flags_workers: int | None, default_workers: int, slurm: b
     workers = default_workers if run_flags_workers is None else run_flags_workers
     wanted = 2 * workers + 2
     if wanted <= per_task:
-        return wanted, None, f"cpus per task {wanted} (2 streams x {workers} workers + 2), {wanted * tasks_per_node(args)} of --cpus-per-node {budget}"
+        return (
+            wanted,
+            None,
+            (
+                f"cpus per task {wanted} (2 streams x {workers} workers + 2), {wanted * tasks_per_node(args)} of"
+                f" --cpus-per-node {budget}"
+            ),
+        )
     if run_flags_workers is not None:
-        return per_task, None, (f"cpus per task {per_task} (--cpus-per-node {budget} / {tasks_per_node(args)} tasks); the run's --workers "
-                                f"{workers} wants {wanted}: its loaders will share them")
+        return (
+            per_task,
+            None,
+            (
+                f"cpus per task {per_task} (--cpus-per-node {budget} / {tasks_per_node(args)} tasks); the run's"
+                f" --workers {workers} wants {wanted}: its loaders will share them"
+            ),
+        )
     fitted = max(0, (per_task - 2) // 2)
-    return per_task, fitted, f"cpus per task {per_task} (--cpus-per-node {budget} / {tasks_per_node(args)} tasks): --workers {fitted} per stream"
+    return (
+        per_task,
+        fitted,
+        (
+            f"cpus per task {per_task} (--cpus-per-node {budget} / {tasks_per_node(args)} tasks): --workers {fitted}"
+            " per stream"
+        ),
+    )
 
 
 def default_timeout(args, checked: list[dict], slurm: bool) -> tuple[int, str]:
@@ -343,13 +432,26 @@ def default_timeout(args, checked: list[dict], slurm: bool) -> tuple[int, str]:
     if args.timeout_min:
         return args.timeout_min, f"time limit {args.timeout_min} min (--timeout-min)"
     if not slurm or args.gpus_per_node == 0:
-        return LOCAL_TIMEOUT_MIN, f"time limit {LOCAL_TIMEOUT_MIN} min (no GPU: the planner's rates do not apply; --timeout-min sets it)"
+        return (
+            LOCAL_TIMEOUT_MIN,
+            f"time limit {LOCAL_TIMEOUT_MIN} min (no GPU: the planner's rates do not apply; --timeout-min sets it)",
+        )
     from semisup.train import plan
-    longest = max(plan.plan_run(job["settings"], job["summary"], plan.measured_rates("h100"), gpus=total_tasks(args),
-                                cores=args.nodes * args.cpus_per_task * tasks_per_node(args))["total_s"] for job in checked)
+    longest = max(
+        plan.plan_run(
+            job["settings"], job["summary"], plan.measured_rates("h100"), gpus=total_tasks(args),
+            cores=args.nodes * args.cpus_per_task * tasks_per_node(args),
+        )["total_s"]
+        for job in checked
+    )
     minutes = math.ceil(2 * longest / 60 + 30)
-    return minutes, (f"time limit {minutes} min = 2 x the planner's {longest / 60:.1f} min for {total_tasks(args)} GPU(s) at H100 rates "
-                     "+ 30 min (python -m semisup.tools.bench plan; --timeout-min sets it)")
+    return (
+        minutes,
+        (
+            f"time limit {minutes} min = 2 x the planner's {longest / 60:.1f} min for {total_tasks(args)} GPU(s) at"
+            " H100 rates + 30 min (semisup-bench plan; --timeout-min sets it)"
+        ),
+    )
 
 
 def make_executor(args, folder: Path):
@@ -361,9 +463,12 @@ def make_executor(args, folder: Path):
                   cpus_per_task=args.cpus_per_task, timeout_min=args.timeout_min, name=args.name)
     params = {k: v for k, v in params.items() if v is not None}
     if executor.cluster == "slurm":
-        slurm = dict(slurm_partition=args.partition, slurm_account=args.account, slurm_qos=args.qos, slurm_constraint=args.constraint,
-                     slurm_mem=args.mem, slurm_comment=args.comment, slurm_signal_delay_s=args.signal_delay_s,
-                     slurm_additional_parameters=dict(kv.split("=", 1) for kv in args.sbatch) or None)
+        slurm = dict(
+            slurm_partition=args.partition, slurm_account=args.account, slurm_qos=args.qos,
+            slurm_constraint=args.constraint, slurm_mem=args.mem, slurm_comment=args.comment,
+            slurm_signal_delay_s=args.signal_delay_s,
+            slurm_additional_parameters=dict(kv.split("=", 1) for kv in args.sbatch) or None,
+        )
         params.update({k: v for k, v in slurm.items() if v is not None})
         params["slurm_wckey"] = args.wckey
     executor.update_parameters(**params)
@@ -384,8 +489,12 @@ def record_job(run_dir: Path, job, cluster: str, name: str, **details) -> None:
     except UserError:
         history = []  # a damaged record is replaced by this submission's, never a reason to refuse it
     paths = job.paths
-    history.append(dict(job_id=str(job.job_id), cluster=cluster, name=name, folder=str(paths.folder), stdout=str(paths.stdout),
-                        stderr=str(paths.stderr), submitted=time.strftime("%Y-%m-%d %H:%M:%S"), **details))
+    history.append(
+        dict(
+            job_id=str(job.job_id), cluster=cluster, name=name, folder=str(paths.folder), stdout=str(paths.stdout),
+            stderr=str(paths.stderr), submitted=time.strftime("%Y-%m-%d %H:%M:%S"), **details,
+        )
+    )
     write_json_atomic(path, history)
 
 
@@ -405,27 +514,40 @@ def sbatch_script(args, log_dir: Path) -> str:
         return executor._make_submission_file_text(executor._submitit_command_str, "<uid>").rstrip()
 
 
-def preflight(commands: list[tuple[str, list[str]]], tasks: int, code: Path, cwd: Path, decode_check: bool) -> tuple[list[dict], str]:
+def preflight(
+    commands: list[tuple[str, list[str]]], tasks: int, code: Path, cwd: Path, decode_check: bool
+) -> tuple[list[dict], str]:
     """Run the checks of ``semisup.cluster.preflight`` for every job with the job's own code (``code`` on
     the import path) from the job's working directory (``cwd``); returns each job's
     {name, summary, settings} and what the checks printed. A failing check raises its one line,
     naming the job."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "checked.json"
-        request = dict(jobs=[dict(name=n, argv=f) for n, f in commands], tasks=tasks, decode_check=decode_check, out=str(out))
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(code), os.environ.get("PYTHONPATH", "")) if p))
+        request = dict(
+            jobs=[dict(name=n, argv=f) for n, f in commands], tasks=tasks, decode_check=decode_check, out=str(out)
+        )
+        env = dict(
+            os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(code), os.environ.get("PYTHONPATH", "")) if p)
+        )
         for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
             env.pop(key, None)
-        proc = subprocess.run([sys.executable, "-m", "semisup.cluster.preflight"], cwd=cwd, env=env, input=json.dumps(request),
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "semisup.cluster.preflight"], cwd=cwd, env=env, input=json.dumps(request),
+            capture_output=True, text=True,
+        )
         errors = [line[len("error: "):] for line in proc.stderr.splitlines() if line.startswith("error: ")]
         other = [line for line in proc.stderr.splitlines() if not line.startswith("error: ")]
         if proc.returncode:
             print(proc.stdout, end="")
             if errors:
-                raise (UsageError if proc.returncode == UsageError.exit_code else UserError)(f"{errors[-1]}; nothing was queued")
+                raise (UsageError if proc.returncode == UsageError.exit_code else UserError)(
+                    f"{errors[-1]}; nothing was queued"
+                )
             sys.stderr.write("\n".join(other[-30:]) + "\n")
-            raise UserError(f"the checks before queueing crashed in {code} (exit {proc.returncode}; its output is above); nothing was queued")
+            raise UserError(
+                f"the checks before queueing crashed in {code} (exit {proc.returncode}; its output is above); nothing"
+                " was queued"
+            )
         if other:
             sys.stderr.write("\n".join(other) + "\n")
         return read_json(out, list), proc.stdout
@@ -446,11 +568,15 @@ def job_code(args, log_dir: Path):
             if not dest.exists():
                 break
             dest = dest.with_name(f"{dest.name.split('.')[0]}.{n}")
-        created = next(p for p in [*reversed(dest.parents), dest] if not p.exists())  # removed again if nothing is queued
+        created = next(
+            p for p in [*reversed(dest.parents), dest] if not p.exists()
+        )  # removed again if nothing is queued
         info = take_snapshot(dest)
         dirty = " with uncommitted edits to tracked files (recorded as dirty)" if info["dirty"] else ""
         kind = "temporary code snapshot for the checks" if args.dry_run else "code snapshot"
-        print(f"{kind} {dest}: commit {info['commit'][:12]}{dirty}, {info['files']} files, {info['bytes'] / 1e6:.1f} MB")
+        print(
+            f"{kind} {dest}: commit {info['commit'][:12]}{dirty}, {info['files']} files, {info['bytes'] / 1e6:.1f} MB"
+        )
         if info["untracked"]:
             print(f"not in the snapshot (untracked; `git add` them to include): {', '.join(info['untracked'][:8])}"
                   + (" ..." if len(info["untracked"]) > 8 else ""))
@@ -494,30 +620,20 @@ def job_commands(args, run_flags: list[str]) -> tuple[str, list[tuple[str, list[
 
 
 def main(argv: list[str] | None = None) -> list:
-    from semisup.config import parse_config
     argv = sys.argv[1:] if argv is None else list(argv)
     run_flags = argv[argv.index("--") + 1:] if "--" in argv else []
     args = build_parser().parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     check_args(args)
     slurm = slurm_meant(args)
     log_dir = args.log_dir.resolve()
-    if args.overwrite:
-        run_flags = run_flags + ["--overwrite"]
-    args.name, commands = job_commands(args, run_flags)  # names and sweep values are checked here
+    # Names and sweep values are checked here, before anything is created.
+    args.name, commands = job_commands(args, run_flags + (["--overwrite"] if args.overwrite else []))
     if slurm and not args.dry_run and not shutil.which("sbatch"):
-        raise UsageError("Slurm is meant (--cluster slurm, --partition, --gpus-per-node, --nodes, ...) but sbatch is not on this "
-                         "machine's PATH: submit from a Slurm login node, add --dry-run to preview, or pass --cluster local")
-    base = Path.cwd()
-    pinned, reads = [], []
-    for name, flags in commands:
-        flags, read = pin_paths(flags, base)
-        pinned.append((name, flags))
-        reads.append(read)
-    first = parse_config(pinned[0][1])
-    explicit_workers = first.workers if any(a == "--workers" or a.startswith("--workers=") for a in pinned[0][1]) else None
-    args.cpus_per_task, workers, cpus_note = fit_cpus(args, explicit_workers, first.workers, slurm)
-    if workers is not None:
-        pinned = [(name, flags + ["--workers", str(workers)]) for name, flags in pinned]
+        raise UsageError(
+            "Slurm is meant (--cluster slurm, --partition, --gpus-per-node, --nodes, ...) but sbatch is not on this "
+            "machine's PATH: submit from a Slurm login node, add --dry-run to preview, or pass --cluster local"
+        )
+    pinned, reads, cpus_note = pinned_commands(args, commands, slurm)
     with job_code(args, log_dir) as (code, cwd):
         checked, report = preflight(pinned, total_tasks(args), code, cwd, decode_check=args.dry_run)
         args.timeout_min, time_note = default_timeout(args, checked, slurm)
@@ -527,50 +643,87 @@ def main(argv: list[str] | None = None) -> list:
         print(report, end="")
         print(f"{cpus_note}; {time_note}")
         with _job_environment(code, cwd):
-            executor = make_executor(argparse.Namespace(**dict(vars(args), cluster="slurm" if slurm else args.cluster)), log_dir / "%j")
-            if len(pinned) == 1:
-                jobs = [executor.submit(TrainJob(pinned[0][1]))]
-            else:
-                with executor.batch():
-                    jobs = [executor.submit(TrainJob(flags)) for _, flags in pinned]
-    literal = log_dir / "%j"  # submitit's local executors make the folder pattern itself, empty, beside the jobs' folders
+            executor = make_executor(argparse.Namespace(**dict(vars(args), cluster="slurm" if slurm else args.cluster)),
+                                     log_dir / "%j")
+            with executor.batch() if len(pinned) > 1 else contextlib.nullcontext():
+                jobs = [executor.submit(TrainJob(flags)) for _, flags in pinned]
+    literal = log_dir / "%j"  # submitit's local executors make the folder pattern itself, empty, beside the jobs'
     if literal.is_dir() and not any(literal.iterdir()):
         literal.rmdir()
     for (name, flags), job, read, check in zip(pinned, jobs, reads, checked):
-        files = dict(read, split_file=check["summary"].get("split_file", read.get("split_file")), code=str(code), cwd=str(cwd))
+        split_file = check["summary"].get("split_file", read.get("split_file"))
+        files = dict(read, split_file=split_file, code=str(code), cwd=str(cwd))
         files = {k: v for k, v in files.items() if v is not None}
         if executor.cluster != "debug":
             record_job(Path(run_dir_of(flags)), job, executor.cluster, name, reads=files)
         print(f"submitted {name}: job {job.job_id}, logs {job.paths.folder}, run dir {run_dir_of(flags)}")
-    if executor.cluster == "debug":  # submitit's DebugExecutor runs a job when its result is asked for: here, in this process
-        for (name, flags), job, read in zip(pinned, jobs, reads):
-            try:
-                result = job.result()
-            except Exception as err:
-                record_job(Path(run_dir_of(flags)), job, "debug", name, reads=read, state="FAILED", error=f"{type(err).__name__}: {err}")
-                raise
-            record_job(Path(run_dir_of(flags)), job, "debug", name, reads=read, state="COMPLETED")
-            print(f"finished {name} in-process: {result.get('steps')} steps, final top-1 {result['final'].get('top1', float('nan')):.2f}")
+    if executor.cluster == "debug":
+        run_in_process(pinned, jobs, reads)
     return jobs
 
 
-def preview(args, commands: list[tuple[str, list[str]]], log_dir: Path, slurm: bool, notes: list[str], report: str) -> None:
+def pinned_commands(args, commands: list[tuple[str, list[str]]], slurm: bool) -> tuple[list, list, str]:
+    """The jobs' run.py flags with every path absolute (and the fitted --workers), what each reads,
+    and the line saying how the CPUs were shared."""
+    from semisup.config import parse_config
+
+    pinned, reads = [], []
+    for name, flags in commands:
+        flags, read = pin_paths(flags, Path.cwd())
+        pinned.append((name, flags))
+        reads.append(read)
+    first = parse_config(pinned[0][1])
+    given = any(a == "--workers" or a.startswith("--workers=") for a in pinned[0][1])
+    args.cpus_per_task, workers, cpus_note = fit_cpus(args, first.workers if given else None, first.workers, slurm)
+    if workers is not None:
+        pinned = [(name, flags + ["--workers", str(workers)]) for name, flags in pinned]
+    return pinned, reads, cpus_note
+
+
+def run_in_process(pinned: list[tuple[str, list[str]]], jobs: list, reads: list[dict]) -> None:
+    """--cluster debug: submitit's DebugExecutor runs a job when its result is asked for, here."""
+    for (name, flags), job, read in zip(pinned, jobs, reads):
+        run_dir = Path(run_dir_of(flags))
+        try:
+            result = job.result()
+        except Exception as err:
+            record_job(run_dir, job, "debug", name, reads=read, state="FAILED", error=f"{type(err).__name__}: {err}")
+            raise
+        record_job(run_dir, job, "debug", name, reads=read, state="COMPLETED")
+        top1 = result["final"].get("top1", float("nan"))
+        print(f"finished {name} in-process: {result.get('steps')} steps, final top-1 {top1:.2f}")
+
+
+def preview(
+    args, commands: list[tuple[str, list[str]]], log_dir: Path, slurm: bool, notes: list[str], report: str
+) -> None:
     """--dry-run: the exact sbatch script (whenever Slurm is meant, sbatch here or not), how CPUs
     and time were chosen, and each job's flags as it will receive them."""
     if slurm:
-        print(f"# sbatch script of {'each job' if len(commands) == 1 else f'the array of {len(commands)} jobs (one per grid point)'}")
+        print(
+            "# sbatch script of"
+            f" {'each job' if len(commands) == 1 else f'the array of {len(commands)} jobs (one per grid point)'}"
+        )
         print(sbatch_script(args, log_dir))
-        print(f"# requeue: Slurm sends USR2 {args.signal_delay_s} s before the time limit or at preemption; the run writes "
-              "checkpoint.pt at the next step, submitit runs `scontrol requeue`, and the requeued job resumes in the same "
-              "run directory (up to 3 timeouts; preemptions requeue without limit).")
+        print(
+            f"# requeue: Slurm sends USR2 {args.signal_delay_s} s before the time limit or at preemption; the run"
+            " writes checkpoint.pt at the next step, submitit runs `scontrol requeue`, and the requeued job resumes in"
+            " the same run directory (up to 3 timeouts; preemptions requeue without limit)."
+        )
     else:
-        print(f"# {args.cluster if args.cluster != 'auto' else 'local'}: {total_tasks(args)} task(s) on this machine, logs under {log_dir}")
+        print(
+            f"# {args.cluster if args.cluster != 'auto' else 'local'}: {total_tasks(args)} task(s) on this machine,"
+            f" logs under {log_dir}"
+        )
     for note in notes:
         print(f"# {note}")
     for name, flags in commands:
         print(f"# {name}: run.py {' '.join(flags)}")
     print(report, end="")
-    print(f"\ndry run: {len(commands)} job(s) checked in a snapshot of the code, from its folder, as each job will start; nothing queued")
+    print(
+        f"\ndry run: {len(commands)} job(s) checked in a snapshot of the code, from its folder, as each job will start;"
+        " nothing queued"
+    )
 
 
 @cli

@@ -17,9 +17,9 @@ import json
 import sys
 
 from semisup.config import parse_config, validate
+from semisup.data.imagenet import shared_scans
 from semisup.errors import UserError
 from semisup.files import write_json_atomic
-from semisup.data.imagenet import shared_scans
 from semisup.train.trainer import check_start, print_summary, setup_logging
 
 

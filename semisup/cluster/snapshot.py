@@ -18,9 +18,10 @@ import time
 from pathlib import Path
 
 from semisup.config import PROJECT_ROOT
-from semisup.version import MARKER, code_version, git as _git
 from semisup.errors import UsageError
 from semisup.files import write_text_atomic
+from semisup.version import MARKER, code_version
+from semisup.version import git as _git
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,9 @@ def tracked_files(root: Path = REPO) -> list[str]:
     """Paths (relative to ``root``) of the files and symbolic links git tracks that exist in the
     working tree, outside :data:`EXCLUDED`."""
     names = _git(root, "ls-files", "-z", "--cached").split("\0")
-    return sorted(n for n in names if n and not n.startswith(EXCLUDED) and ((root / n).is_symlink() or (root / n).is_file()))
+    return sorted(
+        n for n in names if n and not n.startswith(EXCLUDED) and ((root / n).is_symlink() or (root / n).is_file())
+    )
 
 
 def take_snapshot(dest: Path, root: Path = REPO) -> dict:
@@ -46,8 +49,10 @@ def take_snapshot(dest: Path, root: Path = REPO) -> dict:
         untracked = [n for n in _git(root, "ls-files", "-z", "--others", "--exclude-standard").split("\0")
                      if n.endswith((".py", ".yaml")) and not n.startswith(EXCLUDED)]
     except (OSError, subprocess.CalledProcessError) as err:
-        raise UsageError(f"{root} is not a git checkout ({err}); the code snapshot copies git's tracked files: submit from a "
-                         "clone, or pass --no-snapshot to run the live folder") from err
+        raise UsageError(
+            f"{root} is not a git checkout ({err}); the code snapshot copies git's tracked files: submit from a "
+            "clone, or pass --no-snapshot to run the live folder"
+        ) from err
     size, outside = 0, []
     resolved_root = root.resolve()
     for name in files:
@@ -63,8 +68,11 @@ def take_snapshot(dest: Path, root: Path = REPO) -> dict:
         shutil.copy2(source, target)
         size += target.stat().st_size
     if outside:
-        log.warning("tracked links pointing outside the repository stay links in the snapshot (the job reads their targets "
-                    "when it runs): %s", ", ".join(outside))
+        log.warning(
+            "tracked links pointing outside the repository stay links in the snapshot (the job reads their targets "
+            "when it runs): %s",
+            ", ".join(outside),
+        )
     info = dict(code_version(root), files=len(files), bytes=size, untracked=sorted(untracked), links_outside=outside,
                 taken=time.strftime("%Y-%m-%d %H:%M:%S"), source=str(root))
     info.pop("snapshot")

@@ -47,7 +47,9 @@ def run_state(run_dir: Path) -> dict:
             latest = read_json(progress)
             if int(latest["step"]) >= row["step"]:
                 row.update(epoch=int(latest["epoch"]), step=int(latest["step"]))
-                row["eta"] = f"{latest['eta_s'] / 60:.0f} min" if isinstance(latest.get("eta_s"), (int, float)) else None
+                row["eta"] = (
+                    f"{latest['eta_s'] / 60:.0f} min" if isinstance(latest.get("eta_s"), (int, float)) else None
+                )
         except (UserError, KeyError, TypeError, ValueError) as err:
             problems.append(str(err) if isinstance(err, UserError) else f"{progress}: missing or odd entries ({err})")
     final = RunFiles(run_dir).final
@@ -55,13 +57,18 @@ def run_state(run_dir: Path) -> dict:
         try:
             result = read_json(final)
             metrics_final = result.get("final") if isinstance(result.get("final"), dict) else {}
-            row["state"] = (f"finished (truncated by --max-steps at step {result.get('steps')})" if result.get("truncated")
-                            else "finished")
+            row["state"] = (
+                f"finished (truncated by --max-steps at step {result.get('steps')})"
+                if result.get("truncated")
+                else "finished"
+            )
             row["eta"] = None
             row.update({f"final_{k}": metrics_final.get(k) for k in ("top1", "top5", "ch")})
         except UserError as err:
             row["state"] = "damaged final.json"
-            problems.append(f"{err}; move it aside and rerun the same command to finish the run again from its checkpoint")
+            problems.append(
+                f"{err}; move it aside and rerun the same command to finish the run again from its checkpoint"
+            )
     if problems:
         row["problem"] = "; ".join(problems)
     return row
@@ -185,9 +192,14 @@ def main(argv=None) -> int:
     records = table.to_dict("records")
     for row in records:  # failed jobs: what they raised and where their log is
         scheduler = row.get("scheduler") if isinstance(row.get("scheduler"), str) else ""
-        if isinstance(row.get("error"), str) or scheduler.startswith(("FAILED", "DIED", "CANCELLED", "TIMEOUT", "OUT_OF", "NODE_FAIL")):
+        if isinstance(row.get("error"), str) or scheduler.startswith(
+            ("FAILED", "DIED", "CANCELLED", "TIMEOUT", "OUT_OF", "NODE_FAIL")
+        ):
             error = row["error"] if isinstance(row.get("error"), str) else "no error recorded"
-            print(f"\n{row['run']}: job {row.get('job')} {scheduler}: {error[:200]}{'...' if len(error) > 200 else ''}\n  log: {row.get('log')}")
+            print(
+                f"\n{row['run']}: job {row.get('job')} {scheduler}: {error[:200]}{'...' if len(error) > 200 else ''}\n "
+                f" log: {row.get('log')}"
+            )
     for row in records:  # damaged run files: what is wrong and what to do
         if isinstance(row.get("problem"), str):
             print(f"\n{row['run']}: {row['problem']}")

@@ -61,8 +61,10 @@ def check_box(where, name: str, xmin: float, ymin: float, xmax: float, ymax: flo
     """A box must be finite and not empty or inverted: otherwise its image would score CH 0 (or
     NaN) without a word."""
     if not all(np.isfinite(v) for v in (xmin, ymin, xmax, ymax)) or xmax <= xmin or ymax <= ymin:
-        raise BoxFileError(f"{where}: the box of {name} ({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g}) is empty, inverted or not finite; "
-                           "fix or remove that annotation")
+        raise BoxFileError(
+            f"{where}: the box of {name} ({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g}) is empty, inverted or not finite; "
+            "fix or remove that annotation"
+        )
 
 
 def load_voc_folder(folder: str | Path) -> dict[str, ImageBoxes]:
@@ -100,10 +102,14 @@ def load_cub_boxes(path: str | Path) -> dict[str, ImageBoxes]:
             image_id, x, y, w, h = line.split()
             rel = names[image_id]
         except (ValueError, KeyError) as err:
-            raise BoxFileError(f"{path}:{n}: expected '<id> <x> <y> <width> <height>' with an id listed in images.txt") from err
+            raise BoxFileError(
+                f"{path}:{n}: expected '<id> <x> <y> <width> <height>' with an id listed in images.txt"
+            ) from err
         x, y, w, h = map(float, (x, y, w, h))
         check_box(f"{path}:{n}", rel, x, y, x + w, y + h)
-        out[Path(rel).stem] = ImageBoxes(None, {Path(rel).parent.name: np.array([[x, y, x + w, y + h]], dtype=np.float32)})
+        out[Path(rel).stem] = ImageBoxes(
+            None, {Path(rel).parent.name: np.array([[x, y, x + w, y + h]], dtype=np.float32)}
+        )
     return out
 
 
@@ -136,7 +142,9 @@ def scale_boxes(boxes: np.ndarray, from_hw: tuple[int, int], to_hw: tuple[int, i
 CH_EPS = 1e-8
 
 
-def content_heatmap(cams: torch.Tensor, boxes: list[np.ndarray], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def content_heatmap(
+    cams: torch.Tensor, boxes: list[np.ndarray], size: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """CH of heatmaps whose images share one original size.
 
     Args:

@@ -63,7 +63,7 @@ class FileSource:
 
     def load(self, index: int, min_side: int | None = None) -> torch.Tensor:
         """[3, H, W] uint8. RGB and grayscale JPEGs go through torchvision's libjpeg-turbo
-        decoder (1.8x PIL's speed on ImageNet-like files, ``python -m semisup.tools.bench loader``);
+        decoder (1.8x PIL's speed on ImageNet-like files, ``semisup-bench loader``);
         with ``min_side``, a JPEG at least twice that size is decoded by PIL at 1/2, 1/4 or 1/8
         scale instead (libjpeg's DCT scaling, far cheaper), never below ``min_side``."""
         path = self.paths[index]
@@ -106,7 +106,9 @@ def _decode_jpeg_file(path: str, hw: tuple[int, int]) -> torch.Tensor | None:
     return image if tuple(image.shape[-2:]) == tuple(hw) else None
 
 
-def load_good(source, indices: np.ndarray, position: int, min_side: int | None = None, read=None) -> tuple[object, int, int]:
+def load_good(
+    source, indices: np.ndarray, position: int, min_side: int | None = None, read=None
+) -> tuple[object, int, int]:
     """Decode ``indices[position]``, or the next decodable image of ``indices`` after it (its own
     split: an unreadable labeled image is replaced by another labeled one, never by a file
     outside the split); returns (image, its source index, how many unreadable files were
@@ -200,15 +202,23 @@ class StreamSampler(_Shards):
     augmentation seed depends only on (seed, stream, rank, position).
     """
 
-    def __init__(self, num_samples: int, batch_size: int, seed: int, stream: int, rank: int = 0, world: int = 1, start_batch: int = 0):
+    def __init__(
+        self, num_samples: int, batch_size: int, seed: int, stream: int, rank: int = 0, world: int = 1,
+        start_batch: int = 0,
+    ):
         super().__init__(num_samples, seed, stream, rank, world)
         self.batch_size, self.start_batch = batch_size, start_batch
 
     def __iter__(self):
         position = self.start_batch * self.batch_size
         while True:
-            yield [(int(self.shard(p // self.shard_len)[p % self.shard_len]), _draw_seed(self.seed, self.stream, self.rank, p))
-                   for p in range(position, position + self.batch_size)]
+            yield [
+                (
+                    int(self.shard(p // self.shard_len)[p % self.shard_len]),
+                    _draw_seed(self.seed, self.stream, self.rank, p),
+                )
+                for p in range(position, position + self.batch_size)
+            ]
             position += self.batch_size
 
 
@@ -221,7 +231,10 @@ class EpochSampler(_Shards):
     continues mid-epoch.
     """
 
-    def __init__(self, num_samples: int, batch_size: int, seed: int, stream: int, rank: int = 0, world: int = 1, start_batch: int = 0):
+    def __init__(
+        self, num_samples: int, batch_size: int, seed: int, stream: int, rank: int = 0, world: int = 1,
+        start_batch: int = 0,
+    ):
         super().__init__(num_samples, seed, stream, rank, world)
         self.batch_size, self.start_batch = batch_size, start_batch
         self.batches_per_epoch = math.ceil(self.shard_len / batch_size)
@@ -232,7 +245,10 @@ class EpochSampler(_Shards):
             epoch, j = divmod(k, self.batches_per_epoch)
             shard = self.shard(epoch)
             positions = range(j * self.batch_size, min((j + 1) * self.batch_size, self.shard_len))
-            yield [(int(shard[p]), _draw_seed(self.seed, self.stream, self.rank, epoch * self.shard_len + p)) for p in positions]
+            yield [
+                (int(shard[p]), _draw_seed(self.seed, self.stream, self.rank, epoch * self.shard_len + p))
+                for p in positions
+            ]
             k += 1
 
 
@@ -301,19 +317,30 @@ def build_fgvc_aircraft_bundle(cfg) -> DataBundle:
     trainval / test), for full supervision; no boxes (the released code measures CH on CUB only)."""
     from torchvision.datasets import FGVCAircraft
     try:
-        train, test = (FGVCAircraft(cfg.data, split=split, annotation_level="variant") for split in ("trainval", "test"))
+        train, test = (
+            FGVCAircraft(cfg.data, split=split, annotation_level="variant") for split in ("trainval", "test")
+        )
     except (RuntimeError, OSError, KeyError, ValueError) as err:
         from semisup.errors import UserError
-        raise UserError(f"--data {cfg.data}: not an FGVC-Aircraft tree (expected {cfg.data}/fgvc-aircraft-2013b/data/...: "
-                        f"{type(err).__name__}: {err})") from err
+        raise UserError(
+            f"--data {cfg.data}: not an FGVC-Aircraft tree (expected {cfg.data}/fgvc-aircraft-2013b/data/...: "
+            f"{type(err).__name__}: {err})"
+        ) from err
     if not cfg.full_supervision:
         from semisup.errors import UsageError
-        raise UsageError("--data-format fgvc-aircraft is a full-supervision dataset: use --labeled-fraction 1.0 (or --recipe aircraft)")
+        raise UsageError(
+            "--data-format fgvc-aircraft is a full-supervision dataset: use --labeled-fraction 1.0 (or --recipe"
+            " aircraft)"
+        )
     source = FileSource([str(p) for p in train._image_files], train._labels)
     val_source = FileSource([str(p) for p in test._image_files], test._labels)
-    summary = dict(dataset=str(cfg.data), format="fgvc-aircraft", classes=len(train.classes), labeled=len(source), unlabeled=0,
-                   validation=len(val_source), validation_with_boxes=0)
-    return DataBundle(list(train.classes), source, np.arange(len(source)), None, None, EvalSet(val_source, None), summary)
+    summary = dict(
+        dataset=str(cfg.data), format="fgvc-aircraft", classes=len(train.classes), labeled=len(source), unlabeled=0,
+        validation=len(val_source), validation_with_boxes=0,
+    )
+    return DataBundle(
+        list(train.classes), source, np.arange(len(source)), None, None, EvalSet(val_source, None), summary
+    )
 
 
 def build_demo_bundle(cfg) -> DataBundle:
@@ -325,9 +352,15 @@ def build_demo_bundle(cfg) -> DataBundle:
     labeled = _demo_labeled_indices(demo.train.labels, cfg.labeled_fraction)
     unlabeled = unlabeled_indices(cfg, len(train), labeled)
     val_source = ArraySource(demo.val.images, demo.val.labels)
-    val = EvalSet(val_source, [b[None].astype(np.float32) for b in demo.val.boxes], [tuple(demo.val.images.shape[1:3])] * len(val_source))
-    summary = dict(dataset="demo", classes=len(demo.classes), labeled=len(labeled), unlabeled=0 if unlabeled is None else len(unlabeled),
-                   validation=len(val_source), validation_with_boxes=len(val_source), bad_files=0)
+    val = EvalSet(
+        val_source, [b[None].astype(np.float32) for b in demo.val.boxes],
+        [tuple(demo.val.images.shape[1:3])] * len(val_source),
+    )
+    summary = dict(
+        dataset="demo", classes=len(demo.classes), labeled=len(labeled),
+        unlabeled=0 if unlabeled is None else len(unlabeled), validation=len(val_source),
+        validation_with_boxes=len(val_source), bad_files=0,
+    )
     return DataBundle(demo.classes, train, labeled, train if unlabeled is not None else None, unlabeled, val, summary)
 
 

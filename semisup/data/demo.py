@@ -61,7 +61,8 @@ def load_demo(cache_dir: str | Path | None = None, size: int = 64, seed: int = 0
               train_renders: int = 10, val_renders: int = 2) -> DemoData:
     """Build (or read from the cache) the demo dataset. Deterministic in all arguments."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    name = f"demo-v{VERSION}-o{CUE_OPACITY}-p{PHOTO_CONTRAST}-d{DIGIT_SCALE[0]}-{DIGIT_SCALE[1]}-b{BACKGROUND_BLUR}-c{COLOUR_CAST}-s{size}-seed{seed}-cue{cue_probability}-r{train_renders}x{val_renders}.npz"
+    name = (f"demo-v{VERSION}-o{CUE_OPACITY}-p{PHOTO_CONTRAST}-d{DIGIT_SCALE[0]}-{DIGIT_SCALE[1]}-b{BACKGROUND_BLUR}"
+            f"-c{COLOUR_CAST}-s{size}-seed{seed}-cue{cue_probability}-r{train_renders}x{val_renders}.npz")
     path = cache_dir / name
     if path.is_file():
         try:
@@ -114,8 +115,13 @@ def _render(digit: np.ndarray, label: int, photos: list[np.ndarray], size: int, 
     image = PHOTO_CONTRAST * np.asarray(patch, dtype=np.float32) + 128.0 * (1 - PHOTO_CONTRAST)
 
     digit_side = int(rng.integers(int(DIGIT_SCALE[0] * size), int(DIGIT_SCALE[1] * size) + 1))
-    alpha = np.asarray(Image.fromarray((digit / 16.0 * 255).astype(np.uint8)).resize((digit_side, digit_side), Image.BILINEAR),
-                       dtype=np.float32) / 255.0
+    alpha = (
+        np.asarray(
+            Image.fromarray((digit / 16.0 * 255).astype(np.uint8)).resize((digit_side, digit_side), Image.BILINEAR),
+            dtype=np.float32,
+        )
+        / 255.0
+    )
     y0, x0 = rng.integers(size - digit_side + 1), rng.integers(size - digit_side + 1)
     region = image[y0:y0 + digit_side, x0:x0 + digit_side]
     # Black or white ink, whichever contrasts more with the local background.

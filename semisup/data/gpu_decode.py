@@ -100,13 +100,19 @@ def decode_and_transform(batch: dict, device: torch.device, size: int, resize: i
     out = dict(label=batch["label"].to(device, non_blocking=True), bad=batch["bad"])
     if "crop" in batch:
         params = batch["crop"].tolist()
-        out["image"] = torch.stack([T.apply_crop_flip(img, tuple(p[:4]) + (bool(p[4]),), size) for img, p in zip(images, params)])
+        out["image"] = torch.stack(
+            [T.apply_crop_flip(img, tuple(p[:4]) + (bool(p[4]),), size) for img, p in zip(images, params)]
+        )
     if "pair" in batch:
         views = [T.center_view(img, resize, size) for img in images]
         params = batch["pair"].tolist()
         out["view"] = torch.stack(views)
-        out["aug"] = torch.stack([T.apply_crop_flip(v, tuple(p[:4]) + (bool(p[4]),), size) for v, p in zip(views, params)])
-        out["box"], out["flip"] = batch["box"].to(device, non_blocking=True), batch["flip"].to(device, non_blocking=True)
+        out["aug"] = torch.stack(
+            [T.apply_crop_flip(v, tuple(p[:4]) + (bool(p[4]),), size) for v, p in zip(views, params)]
+        )
+        out["box"], out["flip"] = batch["box"].to(device, non_blocking=True), batch["flip"].to(
+            device, non_blocking=True
+        )
     return out
 
 

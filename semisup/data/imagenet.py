@@ -19,10 +19,10 @@ from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from semisup.data.boxes import load_boxes
-from semisup.errors import UserError
-from semisup.files import read_lines
 from semisup.data.datasets import DECODE_ERRORS, DataBundle, EvalSet, FileSource, unlabeled_indices
 from semisup.data.splits import SPLITS_DIR, SplitError, resolve_labeled, synset_of
+from semisup.errors import UserError
+from semisup.files import read_lines
 
 log = logging.getLogger(__name__)
 
@@ -180,29 +180,39 @@ def _flat_val_labels(cfg, files: list[str], boxes_by_id, val_root: Path) -> list
             if not parts:
                 continue
             if len(parts) != 2 or not parts[1].startswith("n"):
-                raise DatasetLayoutError(f"{cfg.val_labels}:{n}: expected '<file name> <wnid>' (synset ids, not the devkit's numbers)")
+                raise DatasetLayoutError(
+                    f"{cfg.val_labels}:{n}: expected '<file name> <wnid>' (synset ids, not the devkit's numbers)"
+                )
             table[parts[0]] = parts[1]
         missing = [f for f in files if f not in table]
         if missing:
-            raise DatasetLayoutError(f"{cfg.val_labels}: {len(missing)} validation files have no label, e.g. {missing[:5]}")
+            raise DatasetLayoutError(
+                f"{cfg.val_labels}: {len(missing)} validation files have no label, e.g. {missing[:5]}"
+            )
         return [table[f] for f in files]
     if boxes_by_id is not None:
         wnids = []
         for f in files:
             entry = boxes_by_id.get(Path(f).stem)
             if entry is None or not entry.by_class:
-                raise DatasetLayoutError(f"{val_root}/{f}: no annotation in --val-boxes to take its synset from; pass --val-labels")
+                raise DatasetLayoutError(
+                    f"{val_root}/{f}: no annotation in --val-boxes to take its synset from; pass --val-labels"
+                )
             wnids.append(next(iter(entry.by_class)))
         return wnids
-    raise DatasetLayoutError(f"{val_root} is flat: pass --val-labels FILE ('<file> <wnid>' lines) or --val-boxes with the XML annotations, "
-                             "or sort val/ into class folders")
+    raise DatasetLayoutError(
+        f"{val_root} is flat: pass --val-labels FILE ('<file> <wnid>' lines) or --val-boxes with the XML annotations, "
+        "or sort val/ into class folders"
+    )
 
 
 def build_folder_bundle(cfg, decode_check: bool = False) -> DataBundle:
     data = Path(cfg.data)
     classes, paths, labels, skipped = scan_class_folders(data / "train")
     if cfg.num_classes is not None and cfg.num_classes != len(classes):
-        raise DatasetLayoutError(f"--num-classes {cfg.num_classes} but {data / 'train'} has {len(classes)} class folders")
+        raise DatasetLayoutError(
+            f"--num-classes {cfg.num_classes} but {data / 'train'} has {len(classes)} class folders"
+        )
     names = [Path(p).name for p in paths]
     if cfg.full_supervision and not cfg.split_file:
         labeled, split_path = np.arange(len(paths)), None
@@ -212,16 +222,20 @@ def build_folder_bundle(cfg, decode_check: bool = False) -> DataBundle:
     unlabeled = unlabeled_indices(cfg, len(paths), labeled)
     train = FileSource(paths, labels)
     val, val_summary = build_validation(cfg, data, classes)
-    summary = dict(dataset=str(data), classes=len(classes), split_file=str(split_path) if split_path else "all of train/",
-                   labeled=len(labeled), unlabeled=0 if unlabeled is None else len(unlabeled), **val_summary,
-                   non_image_files_skipped=skipped)
+    summary = dict(
+        dataset=str(data), classes=len(classes), split_file=str(split_path) if split_path else "all of train/",
+        labeled=len(labeled), unlabeled=0 if unlabeled is None else len(unlabeled), **val_summary,
+        non_image_files_skipped=skipped,
+    )
     if decode_check:
         # Decode the labeled and validation images now rather than hours into the run, and a
         # sample of the unlabeled stream (all of it would take as long as an epoch of ImageNet).
         sizes = read_sizes([paths[i] for i in labeled] + list(val.source.paths), decode=True)
         summary["bad_files_found"] = sum(s is None for s in sizes)
         if unlabeled is not None:
-            sample = np.random.default_rng(0).choice(unlabeled, size=min(len(unlabeled), DRY_RUN_UNLABELED_SAMPLE), replace=False)
+            sample = np.random.default_rng(0).choice(
+                unlabeled, size=min(len(unlabeled), DRY_RUN_UNLABELED_SAMPLE), replace=False
+            )
             decoded = read_sizes([paths[i] for i in sample], decode=True)
             summary["unlabeled_sample_decoded"] = len(decoded)
             summary["unlabeled_sample_unreadable"] = sum(s is None for s in decoded)

@@ -1,6 +1,6 @@
 """Labeled-subset files: the standard SimCLR ImageNet subsets and seeded stratified ones.
 
-    python -m semisup.data.splits download        # fetch 1percent.txt and 10percent.txt into splits/, verify sha256
+    semisup-splits download        # fetch 1percent.txt and 10percent.txt into splits/, verify sha256
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ STANDARD = {
     0.01: ("1percent.txt", "71e82a48ba78252683ae334c4d019ebd5c6e855b9599c1389fbe83eb9549cf17"),
     0.1: ("10percent.txt", "6d09de11e7bdaf5b1f3b1f249b6183695f97310cdd20f0c03e7235b6b9392091"),
 }
-DOWNLOAD_COMMAND = "python -m semisup.data.splits download"
+DOWNLOAD_COMMAND = "semisup-splits download"
 
 
 class SplitError(UserError, ValueError):
@@ -41,9 +41,14 @@ def read_split(path: str | Path) -> list[str]:
     try:
         lines = path.read_text().splitlines()
     except UnicodeDecodeError as err:
-        raise SplitError(f"{path}: not a text file ({err.reason} at byte {err.start}); a split file has one training file name a line") from err
+        raise SplitError(
+            f"{path}: not a text file ({err.reason} at byte {err.start}); a split file has one training file name a"
+            " line"
+        ) from err
     except OSError as err:
-        raise SplitError(f"{path}: cannot be read ({err.strerror or err}); a split file has one training file name a line") from err
+        raise SplitError(
+            f"{path}: cannot be read ({err.strerror or err}); a split file has one training file name a line"
+        ) from err
     names, seen = [], {}
     for n, line in enumerate(lines, 1):
         name = line.strip()
@@ -70,9 +75,13 @@ def standard_split_path(fraction: float, splits_dir: Path = SPLITS_DIR) -> Path 
         if abs(fraction - value) < 1e-9:
             path = splits_dir / name
             if not path.is_file():
-                raise SplitError(f"{path} is missing: the standard {fraction:g} split is downloaded with `{DOWNLOAD_COMMAND}`")
+                raise SplitError(
+                    f"{path} is missing: the standard {fraction:g} split is downloaded with `{DOWNLOAD_COMMAND}`"
+                )
             if sha256(path) != digest:
-                raise SplitError(f"{path}: sha256 differs from the standard SimCLR file; delete it and run `{DOWNLOAD_COMMAND}`")
+                raise SplitError(
+                    f"{path}: sha256 differs from the standard SimCLR file; delete it and run `{DOWNLOAD_COMMAND}`"
+                )
             return path
     return None
 
@@ -155,7 +164,7 @@ def download(dest: Path = SPLITS_DIR) -> None:
 
 @cli
 def main(argv=None) -> int:
-    parser = Parser(prog="python -m semisup.data.splits", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="semisup-splits", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["download"])
     parser.add_argument("--dest", type=Path, default=SPLITS_DIR)
     args = parser.parse_args(argv)

@@ -42,7 +42,9 @@ def sample_crop(height: int, width: int, scale: tuple[float, float], generator: 
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def draw_crop_flip(height: int, width: int, scale: tuple[float, float], generator: torch.Generator) -> tuple[int, int, int, int, bool]:
+def draw_crop_flip(
+    height: int, width: int, scale: tuple[float, float], generator: torch.Generator
+) -> tuple[int, int, int, int, bool]:
     """(top, left, h, w, flip): RandomResizedCrop's box and RandomHorizontalFlip's coin, drawn in
     that order (the CPU and the GPU decode paths draw the same numbers from the same seed)."""
     top, left, h, w = sample_crop(height, width, scale, generator)
@@ -56,7 +58,9 @@ def apply_crop_flip(image: torch.Tensor, params: tuple[int, int, int, int, bool]
     return TF.horizontal_flip(out) if flip else out
 
 
-def random_crop_flip(image: torch.Tensor, size: int, scale: tuple[float, float], generator: torch.Generator) -> torch.Tensor:
+def random_crop_flip(
+    image: torch.Tensor, size: int, scale: tuple[float, float], generator: torch.Generator
+) -> torch.Tensor:
     """RandomResizedCrop(size, scale) + RandomHorizontalFlip on [3, H, W] uint8."""
     return apply_crop_flip(image, draw_crop_flip(image.shape[-2], image.shape[-1], scale, generator), size)
 
@@ -94,7 +98,9 @@ def draw_pair(size: int, scale: tuple[float, float], generator: torch.Generator,
     return (top, left, h, w, mirrored), flag
 
 
-def pair_box(params: tuple[int, int, int, int, bool], size: int, flag: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_box(
+    params: tuple[int, int, int, int, bool], size: int, flag: bool | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The CGC transform's (box [4] float (top, left, height, width) as fractions of the square
     view, flip bool [], the loss' mirror flag: ``flag``, else the parameters' own) from its drawn
     pixel parameters."""

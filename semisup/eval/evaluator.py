@@ -24,12 +24,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from semisup.method import cgc, explainers
 from semisup import distributed as D
 from semisup.data import transforms as T
 from semisup.data.boxes import content_heatmap  # noqa: F401 (also part of this module's API)
 from semisup.data.datasets import EvalDataset
 from semisup.eval.insertion import InsertionSettings
+from semisup.method import cgc, explainers
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,12 @@ class Evaluator:
             if "knn" in metrics:
                 results["knn_top1"] = self.knn(model, features, labels, progress)
         if metrics & {"iauc", "dauc"}:
-            results.update(self.insertion(model, insertion or InsertionSettings(size=self.cfg.image_size, explainer=self.cfg.explainer), metrics, progress))
+            results.update(
+                self.insertion(
+                    model, insertion or InsertionSettings(size=self.cfg.image_size, explainer=self.cfg.explainer),
+                    metrics, progress,
+                )
+            )
             model.eval()
         results["eval_seconds"] = round(time.time() - start, 1)
         return results
@@ -107,7 +112,9 @@ class Evaluator:
         dataset = InsertionDataset(self.bundle.val.source, self.indices, settings.size)
         loader = DataLoader(dataset, batch_size=CAM_BATCH, shuffle=False, num_workers=self.cfg.workers)
         batches = tqdm(loader, desc="eval insertion/deletion", disable=not self._bars(progress), leave=False)
-        return insertion_metrics(model, batches, settings, self.device, metrics=tuple(m for m in ("iauc", "dauc") if m in metrics))
+        return insertion_metrics(
+            model, batches, settings, self.device, metrics=tuple(m for m in ("iauc", "dauc") if m in metrics)
+        )
 
     def _bars(self, progress: bool) -> bool:
         """Progress bars on the main process, and only where a person watches a terminal (a Slurm
@@ -115,10 +122,7 @@ class Evaluator:
         return progress and self.dist.is_main and sys.stderr.isatty()
 
     def _autocast(self):
-        """bf16/fp16 autocast for the forward passes on GPUs, as in training (heatmaps stay float32)."""
-        from contextlib import nullcontext
-        dtype = D.amp_dtype(self.cfg, self.device)
-        return torch.autocast(self.device.type, dtype=dtype) if dtype is not None else nullcontext()
+        return D.autocast(self.cfg, self.device)
 
     def classify(self, model, progress: bool, features: bool = True, cgc: bool = True) -> dict:
         """Top-1/top-5 on Resize + CenterCrop; with ``features`` also the pooled features for kNN,
@@ -126,10 +130,14 @@ class Evaluator:
         full = features or cgc
         cfg = self.cfg
         dataset = EvalDataset(self.bundle.val.source, cfg.resize_size, cfg.image_size, self.indices)
-        batches = self._shard([list(range(i, min(i + VAL_CGC_BATCH, len(dataset)))) for i in range(0, len(dataset), VAL_CGC_BATCH)])
+        batches = self._shard(
+            [list(range(i, min(i + VAL_CGC_BATCH, len(dataset)))) for i in range(0, len(dataset), VAL_CGC_BATCH)]
+        )
         sums = torch.zeros(6, dtype=torch.float64, device=self.device)  # correct1, correct5, n, loss*n, n_loss, bad
         feats, labels = [], []
-        for batch in tqdm(self._loader(dataset, batches), desc="eval top-1/top-5", disable=not self._bars(progress), leave=False):
+        for batch in tqdm(
+            self._loader(dataset, batches), desc="eval top-1/top-5", disable=not self._bars(progress), leave=False
+        ):
             images = batch["image"].to(self.device, non_blocking=True)
             target = batch["label"].to(self.device)
             with self._autocast():
@@ -157,7 +165,7 @@ class Evaluator:
         return out
 
     def _channels_last(self) -> bool:
-        return self.cfg.channels_last and self.device.type == "cuda"
+        return D.uses_channels_last(self.cfg, self.device)
 
     def _cgc_loss(self, model, images, logits, features, target, index) -> torch.Tensor:
         """Validation CGC loss with transforms seeded by image index (the same for every
@@ -168,11 +176,15 @@ class Evaluator:
             aug, box, flip = T.cgc_pair(image, (self.cfg.crop_scale_min, 1.0), torch.Generator().manual_seed(int(i)))
             augs.append(aug), boxes.append(box), flips.append(flip)
         with self._autocast():
-            aug_logits, aug_features = model(T.normalize(torch.stack(augs).to(self.device), channels_last=self._channels_last()))
+            aug_logits, aug_features = model(
+                T.normalize(torch.stack(augs).to(self.device), channels_last=self._channels_last())
+            )
         cam = self.explain(raw, logits, features, target)
         cam_aug = self.explain(raw, aug_logits, aug_features, target)
-        return cgc.cgc_loss(cam_aug, cam, torch.stack(boxes), torch.stack(flips), self.cfg.temperature, self.cfg.cam_size,
-                            self.cfg.group_size, self.cfg.cgc_negatives)
+        return cgc.cgc_loss(
+            cam_aug, cam, torch.stack(boxes), torch.stack(flips), self.cfg.temperature, self.cfg.cam_size,
+            self.cfg.group_size, self.cfg.cgc_negatives,
+        )
 
     def content_heatmap(self, model, progress: bool, released_swav: bool = True) -> dict:
         """CH (published protocol), strict CH, the count of all-zero heatmaps and (with
@@ -180,7 +192,9 @@ class Evaluator:
         undefined, e.g. no boxes). Heatmaps are resized and masked on the model's device."""
         val = self.bundle.val
         nan = float("nan")
-        undefined = dict(ch=None, ch_strict=None, ch_released_swav=None, ch_zero=0, ch_images=0)  # no boxes: CH is undefined, not 0
+        undefined = dict(
+            ch=None, ch_strict=None, ch_released_swav=None, ch_zero=0, ch_images=0
+        )  # no boxes: CH is undefined, not 0
         if val.boxes is None:
             return undefined
         raw = _unwrap(model)
@@ -188,16 +202,26 @@ class Evaluator:
         dataset = EvalDataset(val.source, self.cfg.ch_short_side, None, indices)
         sizes = [val.sizes[i] for i in indices]
         batches = self._shard(size_grouped_batches(sizes, self.batch_size))
-        sums = torch.zeros(5, dtype=torch.float64)  # ch, ch strict, zero count, images, ch released-swav (nan if undefined)
-        for batch in tqdm(self._loader(dataset, batches), desc="eval Content Heatmap", disable=not self._bars(progress), leave=False):
+        sums = torch.zeros(
+            5, dtype=torch.float64
+        )  # ch, ch strict, zero count, images, ch released-swav (nan if undefined)
+        for batch in tqdm(
+            self._loader(dataset, batches), desc="eval Content Heatmap", disable=not self._bars(progress), leave=False
+        ):
             images = batch["image"].to(self.device, non_blocking=True)
             target = batch["label"].to(self.device)
             logits, features = model(T.normalize(images, channels_last=self._channels_last()))
             index = batch["index"].tolist()
             boxes, size = [val.boxes[i] for i in index], val.sizes[index[0]]
-            ch, strict, zero = content_heatmap(self.explain(raw, logits, features, target), boxes, size)  # Grad-CAM: = pooled (tested)
+            ch, strict, zero = content_heatmap(
+                self.explain(raw, logits, features, target), boxes, size
+            )  # Grad-CAM: = pooled (tested)
             swav = released_swav_cams(features, target) if released_swav else None
-            swav_sum = content_heatmap(swav, boxes, size)[0].sum().cpu() if swav is not None else torch.tensor(nan, dtype=torch.float64)
+            swav_sum = (
+                content_heatmap(swav, boxes, size)[0].sum().cpu()
+                if swav is not None
+                else torch.tensor(nan, dtype=torch.float64)
+            )
             sums += torch.stack([ch.sum().cpu(), strict.sum().cpu(), zero.sum().double().cpu(),
                                  torch.tensor(float(len(index)), dtype=torch.float64), swav_sum])
         sums = D.all_reduce_sum(sums.to(self.device)).cpu()
@@ -205,19 +229,25 @@ class Evaluator:
             log.warning("no evaluated image has a box of its class: Content Heatmap is undefined (check --val-boxes)")
             return undefined
         images = sums[3].item()
-        return dict(ch=100 * sums[0].item() / images, ch_strict=100 * sums[1].item() / images,
-                    ch_released_swav=100 * sums[4].item() / images, ch_zero=int(sums[2].item()), ch_images=int(sums[3].item()))
+        return dict(
+            ch=100 * sums[0].item() / images, ch_strict=100 * sums[1].item() / images,
+            ch_released_swav=100 * sums[4].item() / images, ch_zero=int(sums[2].item()), ch_images=int(sums[3].item()),
+        )
 
     def knn(self, model, val_features: torch.Tensor, val_labels: torch.Tensor, progress: bool) -> float:
         """kNN top-1 (percent) of pooled backbone features, the labeled subset as memory bank."""
         from semisup.eval.knn import knn_classify
         bundle = self.bundle
-        bank_indices = bundle.labeled_indices[: self.cfg.max_eval_images] if self.cfg.max_eval_images else bundle.labeled_indices
+        bank_indices = (
+            bundle.labeled_indices[: self.cfg.max_eval_images] if self.cfg.max_eval_images else bundle.labeled_indices
+        )
         dataset = EvalDataset(bundle.labeled, self.cfg.resize_size, self.cfg.image_size, bank_indices)
         positions = self._shard(list(range(len(dataset))))
         bank, bank_labels = [], []
         batches = [positions[i:i + self.batch_size] for i in range(0, len(positions), self.batch_size)]
-        for batch in tqdm(self._loader(dataset, batches), desc="eval kNN bank", disable=not self._bars(progress), leave=False):
+        for batch in tqdm(
+            self._loader(dataset, batches), desc="eval kNN bank", disable=not self._bars(progress), leave=False
+        ):
             with self._autocast():
                 _, features = model(T.normalize(batch["image"].to(self.device), channels_last=self._channels_last()))
             bank.append(F.normalize(features.float().mean((2, 3)), dim=1))
@@ -225,12 +255,19 @@ class Evaluator:
         width = _unwrap(model).fc.in_features
         # Processes may hold no rows of a small set: gather_rows takes empty tensors.
         bank = D.gather_rows(torch.cat(bank) if bank else torch.zeros(0, width, device=self.device)).cpu()
-        bank_labels = D.gather_rows(torch.cat(bank_labels) if bank_labels else torch.zeros(0, dtype=torch.long, device=self.device)).cpu()
+        bank_labels = D.gather_rows(
+            torch.cat(bank_labels) if bank_labels else torch.zeros(0, dtype=torch.long, device=self.device)
+        ).cpu()
         correct = torch.zeros(2, dtype=torch.float64, device=self.device)
         if val_features is not None:
-            predictions = knn_classify(bank, bank_labels, val_features.cpu(), k=self.cfg.knn_k, temperature=self.cfg.knn_temperature,
-                                       num_classes=len(bundle.classes))
-            correct += torch.tensor([(predictions == val_labels.cpu()).sum().item(), len(val_labels)], dtype=torch.float64, device=self.device)
+            predictions = knn_classify(
+                bank, bank_labels, val_features.cpu(), k=self.cfg.knn_k, temperature=self.cfg.knn_temperature,
+                num_classes=len(bundle.classes),
+            )
+            correct += torch.tensor(
+                [(predictions == val_labels.cpu()).sum().item(), len(val_labels)], dtype=torch.float64,
+                device=self.device,
+            )
         D.all_reduce_sum(correct)
         return 100 * correct[0].item() / max(correct[1].item(), 1)
 
@@ -252,12 +289,17 @@ def _cell(value, width: int, digits: int) -> str:
 def format_results(rows: list[dict]) -> str:
     """A small fixed-width table: method, top-1, top-5, CH (published, strict, released SwAV
     script), CGC loss, kNN."""
-    columns = [("top-1", "top1", 8, 2), ("top-5", "top5", 8, 2), ("CH", "ch", 8, 2), ("CH strict", "ch_strict", 11, 2),
-               ("CH rel.SwAV", "ch_released_swav", 13, 2), ("CGC loss", "cgc_val_loss", 10, 4), ("kNN", "knn_top1", 8, 2)]
+    columns = [
+        ("top-1", "top1", 8, 2), ("top-5", "top5", 8, 2), ("CH", "ch", 8, 2), ("CH strict", "ch_strict", 11, 2),
+        ("CH rel.SwAV", "ch_released_swav", 13, 2), ("CGC loss", "cgc_val_loss", 10, 4), ("kNN", "knn_top1", 8, 2),
+    ]
     columns += [c for c in (("IAUC", "iauc", 8, 2), ("DAUC", "dauc", 8, 2)) if any(c[1] in r for r in rows)]
     name_width = max([26] + [len(str(r["method"])) + 2 for r in rows])  # names are never cut
     header = f"{'method':<{name_width}}" + "".join(f"{title:>{width}}" for title, _, width, _ in columns)
     lines = [header, "-" * len(header)]
     for r in rows:
-        lines.append(f"{r['method']:<{name_width}}" + "".join(_cell(r.get(key), width, digits) for _, key, width, digits in columns))
+        lines.append(
+            f"{r['method']:<{name_width}}"
+            + "".join(_cell(r.get(key), width, digits) for _, key, width, digits in columns)
+        )
     return "\n".join(lines)

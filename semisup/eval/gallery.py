@@ -49,8 +49,12 @@ def gallery_panels(model, dataset: EvalDataset, boxes: list, sizes: list, positi
             ch = 100 * content_heatmap(cam, [boxes[pos]], sizes[pos])[0].item()
         up = F.interpolate(cam.unsqueeze(1), size=image.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
         peak = up.max().item()
-        panels.append(Panel(item["image"].permute(1, 2, 0).numpy(), (up / peak).cpu().numpy() if peak > 0 else np.zeros(up.shape),
-                            int(logits.argmax(1)), int(item["label"]), ch, peak <= 0))
+        panels.append(
+            Panel(
+                item["image"].permute(1, 2, 0).numpy(), (up / peak).cpu().numpy() if peak > 0 else np.zeros(up.shape),
+                int(logits.argmax(1)), int(item["label"]), ch, peak <= 0,
+            )
+        )
     model.train(was_training)
     return panels
 
@@ -68,8 +72,8 @@ def _wrapped(name: str, width: int = 24) -> list[str]:
     return textwrap.wrap(name, width) or [name]
 
 
-def gallery_figure(models: list, names: list[str], bundle, cfg, device: torch.device, count: int | None = None, seed: int = 0,
-                   class_names: dict[str, str] | None = None):
+def gallery_figure(models: list, names: list[str], bundle, cfg, device: torch.device, count: int | None = None,
+                   seed: int = 0, class_names: dict[str, str] | None = None):
     """A matplotlib figure: ``count`` validation images (the same ones for every call with this
     seed), one panel per model side by side for each image. ``class_names`` maps class folder
     names (wnids) to readable names for the titles."""
@@ -78,7 +82,6 @@ def gallery_figure(models: list, names: list[str], bundle, cfg, device: torch.de
     import matplotlib.pyplot as plt
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
-    from matplotlib.patches import Rectangle
 
     val = bundle.val
     count = min(count or cfg.gallery, len(val.source))
@@ -91,36 +94,47 @@ def gallery_figure(models: list, names: list[str], bundle, cfg, device: torch.de
     rows = int(np.ceil(count / images_per_row))
     name_lines = max(len(_wrapped(n)) for n in names) if len(models) > 1 else 0
     # Room for every title line above each panel: titles never run into the panel above.
-    fig, axes = plt.subplots(rows, per_row, figsize=(2.1 * per_row + 0.9, (2.45 + 0.15 * name_lines) * rows), squeeze=False,
-                             layout="constrained")
+    figsize = (2.1 * per_row + 0.9, (2.45 + 0.15 * name_lines) * rows)
+    fig, axes = plt.subplots(rows, per_row, figsize=figsize, squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     classes = [(class_names or {}).get(c, c) for c in bundle.classes]
     for n, pos in enumerate(positions):
+        boxes = val.boxes[pos] if val.boxes is not None else None
         for m, (name, column) in enumerate(zip(names, columns)):
-            panel = column[n]
             ax = axes[n // images_per_row, (n % images_per_row) * len(models) + m]
-            ax.imshow(panel.image)
-            if panel.zero:
-                ax.text(0.5, 0.5, "all-zero\nheatmap", transform=ax.transAxes, ha="center", va="center", fontsize=8,
-                        color="black", bbox=dict(facecolor="orange", alpha=0.85, edgecolor="none"))
-            else:
-                ax.imshow(panel.heatmap, cmap=HEATMAP_CMAP, alpha=0.5, vmin=0, vmax=1)
-            if val.boxes is not None and val.boxes[pos] is not None:
-                for x0, y0, x1, y1 in scale_boxes(val.boxes[pos], val.sizes[pos], panel.image.shape[:2]):
-                    ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="white", linewidth=1.5))
-            right = panel.predicted == panel.label
-            ch = "CH –" if panel.ch != panel.ch else f"CH {panel.ch:.0f} %"
-            lines = (_wrapped(name) if len(models) > 1 else []) + [
-                f"true {_short(classes[panel.label])}", f"pred {_short(classes[panel.predicted])} · {ch}"]
-            ax.set_title("\n".join(lines), fontsize=7, color="black" if right else "red", loc="center")
-    fig.colorbar(ScalarMappable(Normalize(0, 1), cmap=HEATMAP_CMAP), ax=axes, shrink=0.6, label="Grad-CAM of the true class (max = 1)")
-    fig.suptitle("Grad-CAM of the true class; ground-truth boxes in white; red title: wrong prediction", fontsize=9)
+            _draw_panel(ax, column[n], boxes, val.sizes[pos], classes, name if len(models) > 1 else None)
+    method = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++"}.get(cfg.explainer, cfg.explainer)
+    fig.colorbar(ScalarMappable(Normalize(0, 1), cmap=HEATMAP_CMAP), ax=axes, shrink=0.6,
+                 label=f"{method} of the true class (max = 1)")
+    fig.suptitle(f"{method} of the true class; ground-truth boxes in white; red title: wrong prediction", fontsize=9)
     return fig
 
 
-def save_gallery(models: list, names: list[str], bundle, cfg, device: torch.device, path: Path, count: int | None = None, seed: int = 0,
-                 class_names: dict[str, str] | None = None) -> Path:
+def _draw_panel(ax, panel: Panel, boxes, size: tuple[int, int], classes: list[str], model_name: str | None) -> None:
+    """One image with its heatmap, its boxes (original pixels ``size``) and a title: the model's
+    name (several models), the true and predicted class and CH, red where the prediction is wrong."""
+    from matplotlib.patches import Rectangle
+
+    ax.imshow(panel.image)
+    if panel.zero:
+        ax.text(0.5, 0.5, "all-zero\nheatmap", transform=ax.transAxes, ha="center", va="center", fontsize=8,
+                color="black", bbox=dict(facecolor="orange", alpha=0.85, edgecolor="none"))
+    else:
+        ax.imshow(panel.heatmap, cmap=HEATMAP_CMAP, alpha=0.5, vmin=0, vmax=1)
+    if boxes is not None:
+        for x0, y0, x1, y1 in scale_boxes(boxes, size, panel.image.shape[:2]):
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="white", linewidth=1.5))
+    ch = "CH –" if panel.ch != panel.ch else f"CH {panel.ch:.0f} %"
+    lines = (_wrapped(model_name) if model_name else []) + [
+        f"true {_short(classes[panel.label])}", f"pred {_short(classes[panel.predicted])} · {ch}"]
+    ax.set_title("\n".join(lines), fontsize=7, color="black" if panel.predicted == panel.label else "red", loc="center")
+
+
+def save_gallery(
+    models: list, names: list[str], bundle, cfg, device: torch.device, path: Path, count: int | None = None,
+    seed: int = 0, class_names: dict[str, str] | None = None,
+) -> Path:
     """:func:`gallery_figure` written to ``path`` as PNG."""
     import matplotlib.pyplot as plt
     fig = gallery_figure(models, names, bundle, cfg, device, count, seed, class_names)

@@ -90,7 +90,9 @@ def pil_resized(image: torch.Tensor, size: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(pil.resize((size, size), Image.BILINEAR)).copy()).permute(2, 0, 1)
 
 
-def saliency_order(model, images: torch.Tensor, labels: torch.Tensor, settings: InsertionSettings) -> tuple[np.ndarray, torch.Tensor]:
+def saliency_order(
+    model, images: torch.Tensor, labels: torch.Tensor, settings: InsertionSettings
+) -> tuple[np.ndarray, torch.Tensor]:
     """Grad-CAM saliency of the ground-truth classes and the pixel order it gives.
 
     Args:
@@ -104,9 +106,15 @@ def saliency_order(model, images: torch.Tensor, labels: torch.Tensor, settings: 
     with torch.no_grad():
         logits, features = model(images)
         raw = _unwrap(model)
-        cams = explainers.get(settings.explainer)(raw, logits, features, labels).float()  # Grad-CAM: = pytorch-grad-cam's (tested)
+        cams = explainers.get(settings.explainer)(
+            raw, logits, features, labels
+        ).float()  # Grad-CAM: = pytorch-grad-cam's (tested)
     size = settings.size
-    if settings.order == "released" and settings.explainer == "gradcam" and isinstance(getattr(raw, "fc", None), torch.nn.Linear):
+    if (
+        settings.order == "released"
+        and settings.explainer == "gradcam"
+        and isinstance(getattr(raw, "fc", None), torch.nn.Linear)
+    ):
         cams = torch.from_numpy(released_cams(features, raw.fc.weight, labels)).to(images.device)
     if settings.order == "stable":
         up = F.interpolate(cams.unsqueeze(1), size=(size, size), mode="bilinear", align_corners=False).squeeze(1)
@@ -133,7 +141,9 @@ def released_cams(features: torch.Tensor, weight: torch.Tensor, classes: torch.T
     arithmetic, and the rounding decides their order in the insertion game."""
     a = features.detach().float().cpu().numpy()
     h, w = a.shape[-2:]
-    grads = (weight.detach().float().cpu()[classes.cpu()] / (h * w)).numpy()  # [B, C]: d score / d A, as autograd divides
+    grads = (
+        weight.detach().float().cpu()[classes.cpu()] / (h * w)
+    ).numpy()  # [B, C]: d score / d A, as autograd divides
     weights = np.mean(np.broadcast_to(grads[:, :, None, None], a.shape), axis=(2, 3))
     return np.maximum((weights[:, :, None, None] * a).sum(axis=1), 0)
 
@@ -142,7 +152,9 @@ def _cv2_resize(cam: np.ndarray, size: int) -> np.ndarray:
     try:
         import cv2
     except ImportError:  # the same half-pixel bilinear map; rounding differs in the 7th digit
-        return F.interpolate(torch.from_numpy(cam)[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy()
+        return F.interpolate(
+            torch.from_numpy(cam)[None, None], size=(size, size), mode="bilinear", align_corners=False
+        )[0, 0].numpy()
     return cv2.resize(cam, (size, size))
 
 
@@ -173,7 +185,9 @@ def causal_curves(model, images: torch.Tensor, order: torch.Tensor, classes: tor
             chunk = pairs[first:first + batch]
             index = torch.tensor([i for i, _ in chunk], device=images.device)
             steps = torch.tensor([s for _, s in chunk], device=images.device)
-            changed = (rank[index] < (steps * step).view(-1, 1)).view(-1, 1, h, w)  # the pixels already moved at this step
+            changed = (rank[index] < (steps * step).view(-1, 1)).view(
+                -1, 1, h, w
+            )  # the pixels already moved at this step
             x = torch.where(changed, finish[index], start[index])
             probabilities = F.softmax(model(x)[0].float(), dim=1)
             picked = probabilities[torch.arange(len(chunk), device=x.device), classes[index]]
@@ -182,7 +196,8 @@ def causal_curves(model, images: torch.Tensor, order: torch.Tensor, classes: tor
     return scores
 
 
-def insertion_metrics(model, batches, settings: InsertionSettings, device: torch.device, metrics=("iauc", "dauc")) -> dict:
+def insertion_metrics(model, batches, settings: InsertionSettings, device: torch.device,
+                      metrics=("iauc", "dauc")) -> dict:
     """IAUC / DAUC over validation batches (an iterable of (uint8 images [B, 3, S, S], labels
     [B]) in file order), as released: subsets of ``settings.subset`` images, each with its saliency
     pass (train-mode BatchNorm, moving running statistics, in batches of 100) before its scoring
@@ -190,52 +205,57 @@ def insertion_metrics(model, batches, settings: InsertionSettings, device: torch
 
     Returns {iauc, dauc (what was asked), insertion_images, insertion_curve, deletion_curve}."""
     net = copy.deepcopy(_unwrap(model)).to(device)
-    kernel = blur_kernel()
-    curves = {"iauc": [], "dauc": []}
+    subsets, pending_images, pending_labels = [], [], []  # subsets: per subset {metric: curves [steps, n]}
+    run = lambda images, labels: subsets.append(_subset_curves(net, images, labels, settings, device, metrics))
     sizes = []
-    pending_images, pending_labels = [], []
-
-    def run_subset(images: torch.Tensor, labels: torch.Tensor) -> None:
-        net.train(settings.saliency_mode == "train")
-        orders = []
-        for first in range(0, len(images), CAM_BATCH):
-            x = T.normalize(images[first:first + CAM_BATCH].to(device))
-            orders.append(saliency_order(net, x, labels[first:first + CAM_BATCH].to(device), settings)[1])
-        net.eval()
-        for first in range(0, len(images), settings.batch):
-            x = T.normalize(images[first:first + settings.batch].to(device))
-            order = torch.cat(orders)[first:first + settings.batch]
-            with torch.no_grad():
-                top = net(x)[0].argmax(1)
-            if "iauc" in metrics:
-                curves["iauc"].append(causal_curves(net, x, order, top, "ins", settings.pixel_step, blur(x, kernel), settings.batch))
-            if "dauc" in metrics:
-                curves["dauc"].append(causal_curves(net, x, order, top, "del", settings.pixel_step, torch.zeros_like(x), settings.batch))
-        sizes.append(len(images))
-
     for images, labels in batches:
         pending_images.append(images)
         pending_labels.append(labels)
         while sum(len(x) for x in pending_images) >= settings.subset:  # a loader batch may hold several subsets
             images, labels = torch.cat(pending_images), torch.cat(pending_labels)
-            run_subset(images[:settings.subset], labels[:settings.subset])
+            run(images[:settings.subset], labels[:settings.subset])
+            sizes.append(settings.subset)
             pending_images, pending_labels = [images[settings.subset:]], [labels[settings.subset:]]
     rest = torch.cat(pending_images) if pending_images else torch.zeros(0)
     if len(rest):
-        run_subset(rest, torch.cat(pending_labels))
+        run(rest, torch.cat(pending_labels))
+        sizes.append(len(rest))
     out = dict(insertion_images=int(sum(sizes)))
-    for name, parts in curves.items():
-        if name not in metrics or not parts:
+    for name in ("iauc", "dauc"):
+        if name not in metrics or not subsets:
             continue
         # One curve per subset (the mean over its images), one AUC per subset, their mean.
-        per_subset, offset = [], 0
-        merged = np.concatenate(parts, axis=1)
-        for n in sizes:
-            per_subset.append(merged[:, offset:offset + n].mean(1))
-            offset += n
+        per_subset = [curves[name].mean(1) for curves in subsets]
         out[name] = 100 * float(np.mean([auc(c) for c in per_subset]))
-        out[f"{'insertion' if name == 'iauc' else 'deletion'}_curve"] = [round(v, 6) for v in np.mean(per_subset, axis=0).tolist()]
+        key = "insertion_curve" if name == "iauc" else "deletion_curve"
+        out[key] = [round(v, 6) for v in np.mean(per_subset, axis=0).tolist()]
     return out
+
+
+def _subset_curves(net, images: torch.Tensor, labels: torch.Tensor, settings: InsertionSettings, device: torch.device,
+                   metrics) -> dict[str, np.ndarray]:
+    """One subset: its saliency pass (``settings.saliency_mode``), then the insertion (blurred
+    substrate) and deletion (zeros) curves of its images, {metric: [steps, n]}."""
+    net.train(settings.saliency_mode == "train")
+    orders = []
+    for first in range(0, len(images), CAM_BATCH):
+        x = T.normalize(images[first:first + CAM_BATCH].to(device))
+        orders.append(saliency_order(net, x, labels[first:first + CAM_BATCH].to(device), settings)[1])
+    net.eval()
+    kernel, order_all = blur_kernel(), torch.cat(orders)
+    parts = {name: [] for name in ("iauc", "dauc") if name in metrics}
+    for first in range(0, len(images), settings.batch):
+        x = T.normalize(images[first:first + settings.batch].to(device))
+        order = order_all[first:first + settings.batch]
+        with torch.no_grad():
+            top = net(x)[0].argmax(1)
+        if "iauc" in parts:
+            blurred = blur(x, kernel)
+            parts["iauc"].append(causal_curves(net, x, order, top, "ins", settings.pixel_step, blurred, settings.batch))
+        if "dauc" in parts:
+            zeros = torch.zeros_like(x)
+            parts["dauc"].append(causal_curves(net, x, order, top, "del", settings.pixel_step, zeros, settings.batch))
+    return {name: np.concatenate(curves, axis=1) for name, curves in parts.items()}
 
 
 def _unwrap(model):
@@ -256,5 +276,7 @@ class InsertionDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         from semisup.data.datasets import _eval_load
         index = int(self.indices[i])
-        image, _ = _eval_load(self.source, index)  # an unreadable image is a black one, a miss, as everywhere in evaluation
+        image, _ = _eval_load(
+            self.source, index
+        )  # an unreadable image is a black one, a miss, as everywhere in evaluation
         return pil_resized(image, self.size), int(self.source.labels[index])

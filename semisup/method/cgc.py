@@ -11,7 +11,7 @@ anchor, T(view map) as its positive and the other augmented maps of its group as
 
 Every one of those steps is linear and separable, so the S x S heatmaps are never built:
 each inner product is computed exactly from h x h and w x w factors (``_pair_factors``).
-``cgc_loss_dense`` is the same loss on materialised S x S maps; the tests also check both
+``tests/dense_losses.py`` holds the same losses on materialised S x S maps; the tests check both
 against a literal transcription of the released per-sample loop.
 """
 from __future__ import annotations
@@ -88,7 +88,9 @@ def linear_head_cam(features: torch.Tensor, weight: torch.Tensor, classes: torch
 MASK_EPS = 1e-8
 
 
-def _axis_resample(base: torch.Tensor, out_size: int, start: torch.Tensor, length: torch.Tensor, flips: torch.Tensor | None) -> torch.Tensor:
+def _axis_resample(
+    base: torch.Tensor, out_size: int, start: torch.Tensor, length: torch.Tensor, flips: torch.Tensor | None
+) -> torch.Tensor:
     """[B, out_size, m]: the rows of ``base`` [n_in, m] resampled by a crop + bilinear resize
     (+ mirror) along an axis of n_in pixels. With ``base`` the identity these are the resampling
     weights; with an upsampling matrix, the crop composed with the upsampling.
@@ -194,8 +196,16 @@ def _pair_factors(cam_aug: torch.Tensor, cam: torch.Tensor, boxes: torch.Tensor,
     target_sq = ((crop_y.transpose(1, 2) @ crop_y) @ g @ (crop_x.transpose(1, 2) @ crop_x) * g).sum((1, 2))
     target_sq = target_sq + 2 * MASK_EPS * sum_t + MASK_EPS**2 * pixels
     a_local = a[local]
-    cross = target_in_aug.flatten(1) @ a.flatten(1).T + MASK_EPS * (sum_t.view(-1, 1) + sum_a.view(1, -1)) + MASK_EPS**2 * pixels
-    aug_gram = aug_lin[local].flatten(1) @ a.flatten(1).T + MASK_EPS * (sum_a[local].view(-1, 1) + sum_a.view(1, -1)) + MASK_EPS**2 * pixels
+    cross = (
+        target_in_aug.flatten(1) @ a.flatten(1).T
+        + MASK_EPS * (sum_t.view(-1, 1) + sum_a.view(1, -1))
+        + MASK_EPS**2 * pixels
+    )
+    aug_gram = (
+        aug_lin[local].flatten(1) @ a.flatten(1).T
+        + MASK_EPS * (sum_a[local].view(-1, 1) + sum_a.view(1, -1))
+        + MASK_EPS**2 * pixels
+    )
     pos = (target_in_aug * a_local).sum((1, 2)) + MASK_EPS * (sum_t + sum_a[local]) + MASK_EPS**2 * pixels
     return dict(pos=pos, cross=cross, aug_gram=aug_gram, aug_sq=aug_sq, target_sq=target_sq)
 
@@ -254,11 +264,15 @@ def cgc_loss(cam_aug: torch.Tensor, cam: torch.Tensor, boxes: torch.Tensor, flip
     if negatives == "aug":
         positive = f["pos"] / (norm_a[local] * norm_t)
         negative = f["aug_gram"] / (norm_a[local].view(-1, 1) * norm_a.view(1, -1))
-        negative = negative.masked_fill(~same_group | (index.view(-1, 1) == torch.arange(n, device=cam.device)), float("-inf"))
+        negative = negative.masked_fill(
+            ~same_group | (index.view(-1, 1) == torch.arange(n, device=cam.device)), float("-inf")
+        )
         logits = torch.cat([positive.view(-1, 1), negative], 1) / temperature
         per_anchor = F.cross_entropy(logits, torch.zeros(b, dtype=torch.long, device=cam.device), reduction="none")
     else:
-        logits = (f["cross"] / (norm_t.view(-1, 1) * norm_a.view(1, -1))).masked_fill(~same_group, float("-inf")) / temperature
+        logits = (f["cross"] / (norm_t.view(-1, 1) * norm_a.view(1, -1))).masked_fill(
+            ~same_group, float("-inf")
+        ) / temperature
         per_anchor = F.cross_entropy(logits, index, reduction="none")
     group_sizes = torch.bincount(groups)
     weights = (n / b) / (group_sizes.numel() * group_sizes[groups[local]].float())
@@ -266,52 +280,19 @@ def cgc_loss(cam_aug: torch.Tensor, cam: torch.Tensor, boxes: torch.Tensor, flip
 
 
 @float32
-def gcc_l2_per_sample(cam_aug: torch.Tensor, cam: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, size: int = 224) -> torch.Tensor:
+def gcc_l2_per_sample(
+    cam_aug: torch.Tensor, cam: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, size: int = 224
+) -> torch.Tensor:
     """[B] per-sample terms of :func:`gcc_l2_loss`: (2 - 2 cos_i) / S^2."""
     f = _pair_factors(cam_aug, cam, boxes, flips, size, slice(0, cam.shape[0]))
     cosine = f["pos"] / (f["aug_sq"].clamp_min(1e-30).sqrt() * f["target_sq"].clamp_min(1e-30).sqrt())
     return (2 - 2 * cosine) / (size * size)
 
 
-def gcc_l2_loss(cam_aug: torch.Tensor, cam: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, size: int = 224) -> torch.Tensor:
+def gcc_l2_loss(
+    cam_aug: torch.Tensor, cam: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, size: int = 224
+) -> torch.Tensor:
     """The earlier L2 "GCC" baseline as released (``disable_contrast``): no negatives,
     ``mse_loss`` between the L2-normalised flattened masks n(a_i) and T_i(n(g_i)), i.e.
     mean over the batch of (2 - 2 cos_i) / S^2. Args as :func:`cgc_loss`."""
     return gcc_l2_per_sample(cam_aug, cam, boxes, flips, size).mean()
-
-
-def normalized_heatmaps(cam: torch.Tensor, size: int) -> torch.Tensor:
-    """[B, h, w] -> [B, size, size]: bilinear upsampling, scaled to sum 1, plus ``MASK_EPS``
-    (the released ``compute_gradcam_mask``)."""
-    up = F.interpolate(cam.float().unsqueeze(1), size=(size, size), mode="bilinear", align_corners=False).squeeze(1)
-    return up / (up.sum((1, 2), keepdim=True) + MASK_EPS) + MASK_EPS
-
-
-@float32
-def cgc_loss_dense(cam_aug: torch.Tensor, cam: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor,
-                   temperature: float = 0.5, size: int = 224, group_size: int | None = None, negatives: str = "aug") -> torch.Tensor:
-    """:func:`cgc_loss` on materialised S x S masks (reference for tests and benchmarks)."""
-    aug = F.normalize(normalized_heatmaps(cam_aug, size).flatten(1), dim=1)
-    target = F.normalize(transform_cam(normalized_heatmaps(cam, size), boxes, flips, size).flatten(1), dim=1)
-    b = cam.shape[0]
-    groups = _group_ids(b, group_size, cam.device)
-    losses = []
-    for g in groups.unique():
-        rows = (groups == g).nonzero().flatten()
-        a, t = aug[rows], target[rows]
-        if negatives == "aug":
-            neg = (a @ a.T)[~torch.eye(len(rows), dtype=torch.bool, device=cam.device)].view(len(rows), -1)
-            logits = torch.cat([(a * t).sum(1, keepdim=True), neg], 1) / temperature
-            labels = torch.zeros(len(rows), dtype=torch.long, device=cam.device)
-        else:
-            logits, labels = t @ a.T / temperature, torch.arange(len(rows), device=cam.device)
-        losses.append(F.cross_entropy(logits, labels))
-    return torch.stack(losses).mean()
-
-
-@float32
-def gcc_l2_loss_dense(cam_aug, cam, boxes, flips, size: int = 224) -> torch.Tensor:
-    """:func:`gcc_l2_loss` on materialised S x S masks (reference for tests)."""
-    aug = F.normalize(normalized_heatmaps(cam_aug, size).flatten(1), dim=1)
-    target = F.normalize(transform_cam(normalized_heatmaps(cam, size), boxes, flips, size).flatten(1), dim=1)
-    return F.mse_loss(aug, target)

@@ -71,7 +71,9 @@ def _plus_plus_map(grads: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
 
 @register("gradcam++")
 @cgc.float32
-def gradcam_plus_plus(model: nn.Module, logits: torch.Tensor, features: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+def gradcam_plus_plus(
+    model: nn.Module, logits: torch.Tensor, features: torch.Tensor, classes: torch.Tensor
+) -> torch.Tensor:
     """Grad-CAM++ (Chattopadhyay et al.). For a pooled linear head dS_c/dA = W_c / (h w) at every
     position, so the gradients are a broadcast of the class weights (no second backward);
     otherwise they come from autograd, with the graph kept for training."""

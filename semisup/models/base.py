@@ -89,5 +89,8 @@ def build_model(arch: str, num_classes: int) -> CamBackbone:
     """The registered backbone ``arch`` with a fresh ``num_classes``-way head."""
     factory = _factory(arch)
     if factory is None:
-        raise UserError(f"--arch {arch}: unknown architecture; one of {', '.join(sorted(n + ('<name>' if n.endswith('/') else '') for n in BACKBONES))}")
+        raise UserError(
+            f"--arch {arch}: unknown architecture; one of"
+            f" {', '.join(sorted(n + ('<name>' if n.endswith('/') else '') for n in BACKBONES))}"
+        )
     return factory(arch, num_classes)

@@ -102,7 +102,7 @@ def verify_manifest(path: Path) -> dict | None:
         raise CheckpointError(f"{path}: sha256 {digest[:16]}... does not match {sidecar.name} "
                               f"({manifest['sha256'][:16]}...); the file was changed or damaged: "
                               f"`git checkout -- {path}` restores it, or remake it with "
-                              f"`{manifest.get('command', 'python -m semisup.tools.pretrain')}`")
+                              f"`{manifest.get('command', 'semisup-pretrain')}`")
     return manifest
 
 

@@ -1,6 +1,6 @@
 """Self-supervised starting points for ``--pretrained``.
 
-    python -m semisup.models.pretrained download [--name swav_800ep]   # into pretrained/, then verified
+    semisup-pretrained download [--name swav_800ep]   # into pretrained/, then verified
 
 The files are the public SwAV / DeepCluster-v2 ResNet-50 releases (facebookresearch/swav), and
 torchvision's original ImageNet ResNet-50 (``resnet50-19c8e357.pth``, the ``--pretrained`` start
@@ -28,7 +28,9 @@ CHECKPOINTS = {
     "swav_200ep": "swav_200ep_pretrain.pth.tar",
     "swav_100ep": "swav_100ep_pretrain.pth.tar",
     "deepclusterv2_800ep": "deepclusterv2_800ep_pretrain.pth.tar",
-    "torchvision_resnet50_v1": "resnet50-19c8e357.pth",  # the fine-grained recipes' start (models/resnet_multigpu_cgc.py)
+    "torchvision_resnet50_v1": (
+        "resnet50-19c8e357.pth"
+    ),  # the fine-grained recipes' start (models/resnet_multigpu_cgc.py)
     # torchvision's ImageNet classifiers (IMAGENET1K_V1): the poster's cross-entropy rows, evaluated, not trained
     "torchvision_resnet18": "resnet18-f37072fd.pth",
     "torchvision_resnet50": "resnet50-0676ba61.pth",
@@ -54,8 +56,10 @@ def verify(path: Path, arch: str = "resnet50", name: str | None = None) -> dict:
         prefix = path.name.rsplit(".", 1)[0].rsplit("-", 1)[-1]
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         if not digest.startswith(prefix):
-            raise CheckpointError(f"{path}: sha256 {digest[:12]}... does not start with {prefix}, the digest torchvision publishes "
-                                  "in its name (a damaged or other file)")
+            raise CheckpointError(
+                f"{path}: sha256 {digest[:12]}... does not start with {prefix}, the digest torchvision publishes "
+                "in its name (a damaged or other file)"
+            )
     if name in CLASSIFIERS:
         return load_weights(path, arch)[1]
     return load_pretrained(build_model(arch, num_classes=1000), path)
@@ -72,7 +76,9 @@ def download(name: str, dest: Path = PRETRAINED_DIR) -> Path:
         try:
             verify(path, arch, name)
         except CheckpointError as err:
-            print(f"{path} fails verification ({err}); downloading it again (the old file is kept as {path.name}.failed)")
+            print(
+                f"{path} fails verification ({err}); downloading it again (the old file is kept as {path.name}.failed)"
+            )
             path.replace(path.with_name(path.name + ".failed"))
     if not path.is_file():
         part = path.with_suffix(".part")
@@ -93,7 +99,9 @@ def download(name: str, dest: Path = PRETRAINED_DIR) -> Path:
 
 @cli
 def main(argv=None) -> int:
-    parser = Parser(prog="python -m semisup.models.pretrained", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(
+        prog="semisup-pretrained", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("command", choices=["download", "verify"])
     parser.add_argument("--name", choices=sorted(CHECKPOINTS), default="swav_800ep")
     parser.add_argument("--path", type=Path, help="with verify: the file to check")

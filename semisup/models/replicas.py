@@ -59,7 +59,9 @@ class ReplicaBatchNorm2d(nn.BatchNorm2d):
             self.num_batches_tracked.add_(1)
             if self.momentum is None:  # cumulative moving average, as BatchNorm2d
                 momentum = 1.0 / float(self.num_batches_tracked)
-        first = F.batch_norm(pieces[0], self.running_mean, self.running_var, self.weight, self.bias, True, momentum, self.eps)
+        first = F.batch_norm(
+            pieces[0], self.running_mean, self.running_var, self.weight, self.bias, True, momentum, self.eps
+        )
         rest = [F.batch_norm(p, None, None, self.weight, self.bias, True, 0.0, self.eps) for p in pieces[1:]]
         return torch.cat([first, *rest])
 

@@ -1,12 +1,12 @@
 """Benchmarks: one JSON line per result, medians over repeats, each pair run alternately in
 one process so their ratio holds on a noisy machine.
 
-    python -m semisup.tools.bench step   [--arch resnet18 --batch 16 --image-size 224 --device cpu --amp off]
-    python -m semisup.tools.bench loss   [--batch 128]
-    python -m semisup.tools.bench loader [--images 64]
-    python -m semisup.tools.bench eval   [--images 24]
-    python -m semisup.tools.bench gpu    [--out gpu.json]      # on a GPU node: everything in one command
-    python -m semisup.tools.bench plan   [--gpus 1 --cores 16 --gpu h100 --decode cpu]
+    semisup-bench step   [--arch resnet18 --batch 16 --image-size 224 --device cpu --amp off]
+    semisup-bench loss   [--batch 128]
+    semisup-bench loader [--images 64]
+    semisup-bench eval   [--images 24]
+    semisup-bench gpu    [--out gpu.json]      # on a GPU node: everything in one command
+    semisup-bench plan   [--gpus 1 --cores 16 --gpu h100 --decode cpu]
 
 Numbers depend on the machine: report them with the command and the machine.
 """
@@ -16,7 +16,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -29,59 +28,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from semisup.method import cgc, explainers
+from semisup.config import add_setting
 from semisup.data import transforms as T
 from semisup.errors import Parser
 from semisup.files import write_json_atomic
-
-
-def machine() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
-
-
-def emit(**row) -> dict:
-    row["machine"] = machine()
-    print(json.dumps(row), flush=True)
-    return row
-
-
-def alternate(a, b, repeats: int, sync=lambda: None) -> tuple[list[float], list[float]]:
-    """Time a() and b() alternately ``repeats`` times each, after one warm-up of each."""
-    a(), b()
-    sync()
-    ta, tb = [], []
-    for _ in range(repeats):
-        for fn, out in ((a, ta), (b, tb)):
-            start = time.perf_counter()
-            fn()
-            sync()
-            out.append(time.perf_counter() - start)
-    return ta, tb
-
-
-# ---- step ---------------------------------------------------------------------------------
-def _step_setup(args):
-    from semisup.config import make_config
-    from semisup.data.datasets import DataBundle, EvalSet
-    from semisup.distributed import Dist
-    from semisup.train.trainer import Trainer
-
-    device = torch.device(args.device)
-    num_classes = 1000 if args.arch != "resnet_tiny" else 10
-    cfg = make_config(dict(data="bench", arch=args.arch, batch_labeled=args.batch, batch_unlabeled=args.batch, image_size=args.image_size,
-                           amp=args.amp, channels_last=args.channels_last, device=args.device, compile=False,
-                           group_size=getattr(args, "group_size", 64), bn_geometry=getattr(args, "bn_geometry", "replicas")))
-    bundle = DataBundle([str(i) for i in range(num_classes)], None, np.arange(args.batch * 10), object(), np.arange(10), EvalSet(None, None), {})
-    trainer = Trainer(cfg, Dist(device=device), None, bundle)
-    trainer.model.train()
-    g = torch.Generator().manual_seed(0)
-    image = lambda: torch.randint(0, 256, (args.batch, 3, args.image_size, args.image_size), dtype=torch.uint8, generator=g).to(device)
-    labeled = dict(image=image(), label=torch.randint(0, num_classes, (args.batch,), generator=g).to(device))
-    boxes = torch.stack([torch.full((args.batch,), 0.1), torch.full((args.batch,), 0.2), torch.full((args.batch,), 0.6), torch.full((args.batch,), 0.7)], 1)
-    unlabeled = dict(view=image(), aug=image(), box=boxes.to(device), flip=(torch.arange(args.batch) % 2 == 0).to(device))
-    return trainer, labeled, unlabeled
+from semisup.method import cgc, explainers
+from semisup.tools.measure import alternate, emit, machine, step_setup  # noqa: F401 (machine, emit: bench's API)
 
 
 def floor_step(trainer, labeled, unlabeled):
@@ -92,47 +44,56 @@ def floor_step(trainer, labeled, unlabeled):
 
 def bench_step(args):
     if args.variant:  # child process: one variant, report time and peak memory
-        trainer, labeled, unlabeled = _step_setup(args)
-        fn = (lambda: trainer.training_step(labeled, unlabeled)) if args.variant == "cgc" else (lambda: floor_step(trainer, labeled, unlabeled))
+        trainer, labeled, unlabeled = step_setup(args)
+        run = trainer.training_step if args.variant == "cgc" else (lambda a, b: floor_step(trainer, a, b))
         for _ in range(2):
-            fn()
+            run(labeled, unlabeled)
         print(json.dumps(dict(max_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
         return
-    trainer, labeled, unlabeled = _step_setup(args)
+    trainer, labeled, unlabeled = step_setup(args)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
-    t_cgc, t_floor = alternate(lambda: trainer.training_step(labeled, unlabeled), lambda: floor_step(trainer, labeled, unlabeled), args.repeats, sync)
-    row = dict(bench="step", arch=args.arch, batch_per_stream=args.batch, image_size=args.image_size, device=args.device, amp=args.amp,
-               channels_last=args.channels_last, group_size=args.group_size, bn_geometry=args.bn_geometry,
-               replicas_per_process=trainer.geometry.local, step_s=statistics.median(t_cgc), floor_s=statistics.median(t_floor))
+    step = lambda: trainer.training_step(labeled, unlabeled)
+    t_cgc, t_floor = alternate(step, lambda: floor_step(trainer, labeled, unlabeled), args.repeats, sync)
+    row = dict(bench="step", arch=args.arch, batch_per_stream=args.batch, image_size=args.image_size,
+               device=args.device, amp=args.amp, channels_last=args.channels_last, group_size=args.group_size,
+               bn_geometry=args.bn_geometry,
+               replicas_per_process=trainer.geometry.local, step_s=statistics.median(t_cgc),
+               floor_s=statistics.median(t_floor))
     row["step_over_floor"] = row["step_s"] / row["floor_s"]
     row["images_per_s"] = 3 * args.batch / row["step_s"]
     if trainer.geometry.local > 1 and args.bn_geometry == "replicas":
         # What BatchNorm over the replicas costs: the same step with BatchNorm over the whole batch, alternately.
-        plain, _, _ = _step_setup(argparse.Namespace(**dict(vars(args), bn_geometry="batch")))
+        plain, _, _ = step_setup(argparse.Namespace(**dict(vars(args), bn_geometry="batch")))
         plain.model.load_state_dict(trainer.model.state_dict())
         plain.model.train()
-        t_replicas, t_plain = alternate(lambda: trainer.training_step(labeled, unlabeled), lambda: plain.training_step(labeled, unlabeled),
-                                        args.repeats, sync)
-        row.update(step_bn_batch_s=statistics.median(t_plain), replicas_over_batch_bn=statistics.median(t_replicas) / statistics.median(t_plain))
-        del plain
-    if args.device.startswith("cuda"):
-        peaks = []
-        for fn in (lambda: trainer.training_step(labeled, unlabeled), lambda: floor_step(trainer, labeled, unlabeled)):
-            torch.cuda.reset_peak_memory_stats()
-            fn()
-            torch.cuda.synchronize()
-            peaks.append(torch.cuda.max_memory_allocated() / 2**20)
-    else:  # each variant in its own process, so max RSS is its own
-        peaks = []
-        for variant in ("cgc", "floor"):
-            out = subprocess.run([sys.executable, "-m", "semisup.tools.bench", "step", "--variant", variant, *args.passthrough],
-                                 capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-            peaks.append(json.loads(out)["max_rss_mb"])
+        t_replicas, t_plain = alternate(step, lambda: plain.training_step(labeled, unlabeled), args.repeats, sync)
+        row.update(step_bn_batch_s=statistics.median(t_plain),
+                   replicas_over_batch_bn=statistics.median(t_replicas) / statistics.median(t_plain))
+        plain = None
+    peaks = _step_peaks(args, step, lambda: floor_step(trainer, labeled, unlabeled))
     row.update(peak_mb=peaks[0], floor_peak_mb=peaks[1], memory_over_floor=peaks[0] / peaks[1])
     return emit(**row)
 
 
-# ---- loss ---------------------------------------------------------------------------------
+def _step_peaks(args, step, floor) -> list[float]:
+    """Peak memory (MiB) of the step and of its floor: the GPU's allocator, or on the CPU each
+    variant's max RSS in a process of its own."""
+    if args.device.startswith("cuda"):
+        peaks = []
+        for fn in (step, floor):
+            torch.cuda.reset_peak_memory_stats()
+            fn()
+            torch.cuda.synchronize()
+            peaks.append(torch.cuda.max_memory_allocated() / 2**20)
+        return peaks
+    peaks = []
+    for variant in ("cgc", "floor"):
+        command = [sys.executable, "-m", "semisup.tools.bench", "step", "--variant", variant, *args.passthrough]
+        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        peaks.append(json.loads(out)["max_rss_mb"])
+    return peaks
+
+
 def bench_loss(args):
     """Our loss (7 x 7 factors) vs the released per-sample loop on 224 x 224 maps, fwd + bwd."""
     from semisup.tools.reference import pixel_boxes_and_flips, released_cgc_loss
@@ -155,9 +116,11 @@ def bench_loss(args):
     with torch.no_grad():
         a = cgc.cgc_loss(cam_aug, cam, boxes, flips, group_size=args.group).item()
         b = released_cgc_loss(cam_aug, cam, pixel_boxes, flip_list, group_size=args.group).item()
-    return emit(bench="loss", batch=B, group=args.group, device=args.device, ours_s=statistics.median(t_ours), loop_s=statistics.median(t_loop),
-                loop_over_ours=statistics.median(t_loop) / statistics.median(t_ours), loss_ours=a, loss_loop=b,
-                relative_difference=abs(a - b) / abs(b))
+    return emit(
+        bench="loss", batch=B, group=args.group, device=args.device, ours_s=statistics.median(t_ours),
+        loop_s=statistics.median(t_loop), loop_over_ours=statistics.median(t_loop) / statistics.median(t_ours),
+        loss_ours=a, loss_loop=b, relative_difference=abs(a - b) / abs(b),
+    )
 
 
 # ---- loader -------------------------------------------------------------------------------
@@ -256,7 +219,9 @@ def _bench_loader(args):
                 draft[(i, i)]
         t_exact, t_draft = alternate(exact_all, draft_all, args.repeats)
         rows["draft"] = (len(paths) / statistics.median(t_draft), len(paths) / statistics.median(t_exact))
-        gaps = [(draft[(i, i)]["view"].int() - streams["unlabeled"][(i, i)]["view"].int()).abs() for i in range(len(paths))]
+        gaps = [
+            (draft[(i, i)]["view"].int() - streams["unlabeled"][(i, i)]["view"].int()).abs() for i in range(len(paths))
+        ]
         changed = [g for g in gaps if g.max() > 0]
         rows["draft_pixels"] = (len(changed), max((int(g.max()) for g in gaps), default=0),
                                 float(np.mean([g.float().mean().item() for g in changed])) if changed else 0.0)
@@ -285,56 +250,76 @@ def bench_gpu(args):
     throughput; and the planner's estimate of the 1 % row on this node, from these numbers."""
     from types import SimpleNamespace
 
-    from semisup.train import plan
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
     results = dict(device=machine(), arch=args.arch, batch_per_stream=args.batch, image_size=args.image_size)
+    _gpu_step_variants(args, results)
+    trainer, labeled, unlabeled = _gpu_setup(args, "bf16" if cuda else "off", cuda)
+    _gpu_step_over_floor(args, trainer, labeled, unlabeled, results)
+    _gpu_eval_rates(args, trainer.model.eval(), labeled["image"], results)
+    trainer = labeled = unlabeled = None
+    _gpu_decode_rates(args, device, results)
+    loader = _bench_loader(SimpleNamespace(images=args.images, repeats=2))
+    _gpu_plan(results, loader, cuda)
+    if args.out:
+        write_json_atomic(Path(args.out), results)
+    return emit(bench="gpu", **results)
 
-    def setup(amp: str, channels_last: bool):
-        ns = SimpleNamespace(arch=args.arch, batch=args.batch, image_size=args.image_size, device=args.device, amp=amp,
-                             channels_last=channels_last)
-        return _step_setup(ns)
 
-    def rate(fn) -> float:
-        for _ in range(2):
-            fn()
+def _gpu_setup(args, amp: str, channels_last: bool):
+    from types import SimpleNamespace
+
+    return step_setup(SimpleNamespace(arch=args.arch, batch=args.batch, image_size=args.image_size, device=args.device,
+                                      amp=amp, channels_last=channels_last))
+
+
+def _rate(args, fn) -> float:
+    """Images per second of ``fn`` counted as a step's three streams of ``args.batch`` (median of repeats)."""
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    for _ in range(2):
+        fn()
+    sync()
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        fn()
         sync()
-        times = []
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            fn()
-            sync()
-            times.append(time.perf_counter() - start)
-        return 3 * args.batch / statistics.median(times)
+        times.append(time.perf_counter() - start)
+    return 3 * args.batch / statistics.median(times)
 
+
+def _gpu_step_variants(args, results: dict) -> None:
+    """Step images/s in fp32 eager, bf16 + channels_last and (``--compile``) compiled."""
     variants = [("fp32_eager", "off", False, False), ("bf16_channels_last", "bf16", True, False)]
     if args.compile:
         variants.append(("bf16_channels_last_compile", "bf16", True, True))
     for name, amp, channels_last, compiled in variants:
         trainer = labeled = unlabeled = None
         try:
-            trainer, labeled, unlabeled = setup(amp, channels_last)
+            trainer, labeled, unlabeled = _gpu_setup(args, amp, channels_last)
             if compiled:
                 trainer.ddp = torch.compile(trainer.model)
             started = time.perf_counter()
-            results[f"step_images_per_s_{name}"] = rate(lambda: trainer.training_step(labeled, unlabeled))
+            results[f"step_images_per_s_{name}"] = _rate(args, lambda: trainer.training_step(labeled, unlabeled))
             results[f"seconds_{name}"] = round(time.perf_counter() - started, 1)
         except Exception as err:  # a failing variant (e.g. compile) must not lose the others' numbers
             results[f"step_images_per_s_{name}"] = None
             results[f"error_{name}"] = f"{type(err).__name__}: {err}"[:300]
         finally:
-            del trainer, labeled, unlabeled
-            if cuda:
+            trainer = labeled = unlabeled = None  # freed before the next variant is built
+            if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         emit(bench="gpu-progress", variant=name, images_per_s=results[f"step_images_per_s_{name}"])
-    results["bf16_cl_over_fp32"] = _ratio(results.get("step_images_per_s_bf16_channels_last"), results.get("step_images_per_s_fp32_eager"))
+    results["bf16_cl_over_fp32"] = _ratio(results.get("step_images_per_s_bf16_channels_last"),
+                                          results.get("step_images_per_s_fp32_eager"))
 
-    # CGC step vs its floor (same forwards + backward, no explanation work), time and memory.
-    trainer, labeled, unlabeled = setup("bf16" if cuda else "off", cuda)
+
+def _gpu_step_over_floor(args, trainer, labeled, unlabeled, results: dict) -> None:
+    """CGC step vs its floor (same forwards + backward, no explanation work), time and memory."""
+    cuda = args.device.startswith("cuda")
     step = lambda: trainer.training_step(labeled, unlabeled)
     floor = lambda: floor_step(trainer, labeled, unlabeled)
-    t_step, t_floor = alternate(step, floor, args.repeats, sync)
+    t_step, t_floor = alternate(step, floor, args.repeats, torch.cuda.synchronize if cuda else (lambda: None))
     results["step_over_floor"] = statistics.median(t_step) / statistics.median(t_floor)
     if cuda:
         peaks = []
@@ -345,19 +330,26 @@ def bench_gpu(args):
             peaks.append(torch.cuda.max_memory_allocated() / 2**20)
         results.update(peak_mb_step=peaks[0], peak_mb_floor=peaks[1], memory_over_floor=peaks[0] / peaks[1])
 
-    # Evaluation throughput: top-1 forwards at 224 (bf16, inference mode), CH at 448.
-    model = trainer.model.eval()
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-        x = T.normalize(labeled["image"], channels_last=cuda)
-        results["infer_images_per_s"] = rate(lambda: model(x)) / 3
-        big = T.normalize(F.interpolate(labeled["image"][: max(1, args.batch // 4)].float(), size=(args.image_size * 2, args.image_size * 8 // 3)).to(torch.uint8),
-                          channels_last=cuda)
-        ch_fn = lambda: explainers.gradcam(model, *model(big), torch.zeros(big.shape[0], dtype=torch.long, device=device))
-        results["ch_images_per_s"] = rate(ch_fn) / 3 * big.shape[0] / args.batch
-    trainer = labeled = unlabeled = model = None
 
-    # JPEG decode: nvJPEG on this GPU vs one CPU core (libjpeg-turbo via torchvision, and PIL).
+def _gpu_eval_rates(args, model, images: torch.Tensor, results: dict) -> None:
+    """Evaluation throughput: top-1 forwards at the step's size (bf16, inference mode), CH at twice it."""
+    device = images.device
+    cuda = device.type == "cuda"
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+        x = T.normalize(images, channels_last=cuda)
+        results["infer_images_per_s"] = _rate(args, lambda: model(x)) / 3
+        size = (args.image_size * 2, args.image_size * 8 // 3)
+        big = T.normalize(F.interpolate(images[: max(1, args.batch // 4)].float(), size=size).to(torch.uint8),
+                          channels_last=cuda)
+        classes = torch.zeros(big.shape[0], dtype=torch.long, device=device)
+        ch_fn = lambda: explainers.gradcam(model, *model(big), classes)
+        results["ch_images_per_s"] = _rate(args, ch_fn) / 3 * big.shape[0] / args.batch
+
+
+def _gpu_decode_rates(args, device: torch.device, results: dict) -> None:
+    """JPEG decode: nvJPEG on this GPU vs one CPU core (libjpeg-turbo via torchvision, and PIL)."""
     from semisup.data.gpu_decode import decode_rate
+
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_jpegs(Path(tmp), args.images)
         threads = torch.get_num_threads()
@@ -366,27 +358,26 @@ def bench_gpu(args):
             results["cpu_decode_per_core_per_s"] = decode_rate(paths, torch.device("cpu"), batch=16, repeats=2)
         finally:
             torch.set_num_threads(threads)
-        if cuda:
+        if device.type == "cuda":
             results["nvjpeg_per_s"] = decode_rate(paths, device, batch=min(128, len(paths)), repeats=3)
             results["nvjpeg_over_cpu_core"] = results["nvjpeg_per_s"] / results["cpu_decode_per_core_per_s"]
-    loader = _bench_loader(SimpleNamespace(images=args.images, repeats=2))
 
-    # The planner's estimate of the 1 % row on this node, from the numbers just measured.
+
+def _gpu_plan(results: dict, loader: dict, cuda: bool) -> None:
+    """The planner's estimate of the 1 % row on this node, from the numbers just measured."""
+    from semisup.train import plan
+
     best_step = max(v for k, v in results.items() if k.startswith("step_images_per_s_") and v)
     rates = plan.Rates(step_images_per_s=best_step, infer_images_per_s=results["infer_images_per_s"],
                        ch_images_per_s=results["ch_images_per_s"], labeled_per_s=loader["labeled_per_s"],
-                       unlabeled_per_s=loader["unlabeled_per_s"], val_per_s=loader["val_per_s"], ch_val_per_s=loader["ch_val_per_s"],
-                       nvjpeg_images_per_s=results.get("nvjpeg_per_s"))
-    cores = os.cpu_count() or 1
+                       unlabeled_per_s=loader["unlabeled_per_s"], val_per_s=loader["val_per_s"],
+                       ch_val_per_s=loader["ch_val_per_s"], nvjpeg_images_per_s=results.get("nvjpeg_per_s"))
     for decode in ("cpu", "gpu") if cuda else ("cpu",):
-        estimate = plan.plan(plan.RunShape(), rates, gpus=1, cores=cores, decode=decode)
+        estimate = plan.plan(plan.RunShape(), rates, gpus=1, cores=os.cpu_count() or 1, decode=decode)
         print(plan.format_plan(estimate), flush=True)
         results[f"plan_1pct_hours_decode_{decode}"] = estimate["total_h"]
         results[f"plan_1pct_bound_decode_{decode}"] = estimate["bounded_by"]
     results["rates"] = {k: v for k, v in vars(rates).items()}
-    if args.out:
-        write_json_atomic(Path(args.out), results)
-    return emit(bench="gpu", **results)
 
 
 def _ratio(a, b):
@@ -400,24 +391,32 @@ def bench_plan(args):
     configured: the released 1 % run by default (which does not compile), a saved config.yaml or
     YAML of settings (``--config``), run.py's flags after ``--``; its shape, cadence, decode and
     step variant (compiled or eager) come from there."""
-    from semisup.train import plan
     from semisup.errors import UsageError
     from semisup.files import read_json
+    from semisup.train import plan
     if args.rates:
         try:
             rates = plan.Rates(**read_json(Path(args.rates))["rates"])
         except (KeyError, TypeError) as err:
-            raise UsageError(f"--rates {args.rates}: not the JSON `python -m semisup.tools.bench gpu --out` writes ({type(err).__name__}: {err})") from err
+            raise UsageError(
+                f"--rates {args.rates}: not the JSON `semisup-bench gpu --out` writes ({type(err).__name__}: {err})"
+            ) from err
     else:
         rates = plan.measured_rates(args.gpu)
     cfg = planned_config(args.config, args.run_flags)
     settings = cfg.to_dict()
     if args.decode != "cpu":
         settings["decode"] = args.decode
-    summary = dict(labeled=args.labeled, validation=50_000, unlabeled=int(not cfg.full_supervision and cfg.forwards_pairs)) if args.labeled else None
+    summary = (
+        dict(labeled=args.labeled, validation=50_000, unlabeled=int(not cfg.full_supervision and cfg.forwards_pairs))
+        if args.labeled
+        else None
+    )
     result = plan.plan_run(settings, summary, rates, gpus=args.gpus, cores=args.cores)
     print(plan.format_plan(result))
-    result["insertion_deletion_auc_s"] = plan.insertion_seconds(plan.shape_of(settings, summary).val_images, rates, args.gpus)
+    result["insertion_deletion_auc_s"] = plan.insertion_seconds(
+        plan.shape_of(settings, summary).val_images, rates, args.gpus
+    )
     print(f"after the run: insertion + deletion AUC of one checkpoint (evaluate.py --metrics iauc,dauc) "
           f"{result['insertion_deletion_auc_s'] / 60:.1f}m at the GPU's top-1 rate (float32 scoring may be slower)")
     return emit(bench="plan", **{k: v for k, v in result.items() if k != "parts"}, parts=result["parts"])
@@ -453,7 +452,9 @@ def bench_eval(args):
         source = FileSource(paths, list(range(len(paths))))
         sizes = [source.size(i) for i in range(len(paths))]
         boxes = [np.array([[w / 4, h / 4, 3 * w / 4, 3 * h / 4]]) for h, w in sizes]
-        bundle = DataBundle([str(i) for i in range(1000)], source, np.arange(len(paths)), None, None, EvalSet(source, boxes, sizes), {})
+        bundle = DataBundle(
+            [str(i) for i in range(1000)], source, np.arange(len(paths)), None, None, EvalSet(source, boxes, sizes), {}
+        )
         cfg = make_config(dict(data="bench", arch=args.arch, workers=0, ch_short_side=args.short_side))
         evaluator = Evaluator(cfg, bundle, torch.device("cpu"), batch_size=args.batch)
         result = {}
@@ -475,21 +476,25 @@ def bench_eval(args):
         # Insertion + deletion AUC as released (train-mode saliency pass, 2 x 29 scored images each at 224).
         from semisup.eval.insertion import InsertionDataset, InsertionSettings, insertion_metrics
         settings = InsertionSettings(size=args.image_size, batch=max(1, args.batch) * 8)
-        loader = torch.utils.data.DataLoader(InsertionDataset(source, range(len(paths)), args.image_size), batch_size=100)
+        loader = torch.utils.data.DataLoader(
+            InsertionDataset(source, range(len(paths)), args.image_size), batch_size=100
+        )
         started = time.perf_counter()
         auc = insertion_metrics(model, loader, settings, torch.device(args.device if args.device else "cpu"))
         insertion_s = time.perf_counter() - started
-    n = len(paths)
+    n, batched, single = len(paths), statistics.median(t_batched), statistics.median(t_single)
     return emit(bench="eval", arch=args.arch, images=n, short_side=args.short_side, batch=args.batch,
-                batched_per_s=n / statistics.median(t_batched), single_per_s=n / statistics.median(t_single),
-                batched_over_single=statistics.median(t_single) / statistics.median(t_batched),
-                ch_batched=result["batched"], ch_single=result["single"], ch_abs_difference=abs(result["batched"] - result["single"]),
-                insertion_image_size=args.image_size, insertion_scored_images_per_image=2 * (len(auc["insertion_curve"])),
+                batched_per_s=n / batched, single_per_s=n / single, batched_over_single=single / batched,
+                ch_batched=result["batched"], ch_single=result["single"],
+                ch_abs_difference=abs(result["batched"] - result["single"]), insertion_image_size=args.image_size,
+                insertion_scored_images_per_image=2 * (len(auc["insertion_curve"])),
                 insertion_seconds_per_1000_images=1000 * insertion_s / n, iauc=auc["iauc"], dauc=auc["dauc"])
 
 
 # Smallest value of each numeric option (every one also finite).
-_MINIMUM = dict(batch=1, image_size=16, repeats=1, images=1, short_side=16, group=2, group_size=1, gpus=1, cores=1, labeled=1)
+_MINIMUM = dict(
+    batch=1, image_size=16, repeats=1, images=1, short_side=16, group=2, group_size=1, gpus=1, cores=1, labeled=1
+)
 
 
 def check_args(args) -> None:
@@ -500,38 +505,46 @@ def check_args(args) -> None:
         if value is not None and value < low:
             raise UsageError(f"--{key.replace('_', '-')}: must be >= {low}, got {value}")
     if args.rates and not Path(args.rates).is_file():
-        raise UsageError(f"--rates {args.rates}: no such file (write one with `python -m semisup.tools.bench gpu --out FILE`)")
+        raise UsageError(f"--rates {args.rates}: no such file (write one with `semisup-bench gpu --out FILE`)")
 
 
 def build_parser() -> Parser:
     """The command's options (the generated tests read their types from here)."""
-    parser = Parser(prog="python -m semisup.tools.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="semisup-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["step", "loss", "loader", "eval", "gpu", "plan", "e2e"],
                         help="e2e: a short real run beside the planner's prediction (its options: e2e --help)")
-    parser.add_argument("--arch", default="resnet18")
+    # The settings a run has too take the run's flags (spellings, types, choices), with bench's defaults.
+    add_setting(parser, "arch", default="resnet18", help="architecture (default resnet18; gpu: resnet50)")
     parser.add_argument("--batch", type=int, help="per stream (step), heatmaps (loss), images per batch (eval)")
-    parser.add_argument("--image-size", type=int, default=224)
+    add_setting(parser, "image_size", default=224, help="crop size (default 224)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--amp", default="off", choices=["off", "bf16", "fp16", "auto"])
-    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False)
+    add_setting(parser, "amp", default="off", help="step: autocast dtype (default off)")
+    add_setting(parser, "channels_last", default=False, help="step: channels_last memory format on GPUs (default off)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--images", type=int, default=48)
     parser.add_argument("--short-side", type=int, default=448)
     parser.add_argument("--group", type=int, default=64, help="loss: InfoNCE group size (the released 64)")
-    parser.add_argument("--group-size", type=int, default=64, help="step: images per released replica (--batch / this = replicas "
-                                                                       "per process; 2 also times BatchNorm over the whole batch)")
-    parser.add_argument("--bn-geometry", choices=["replicas", "batch"], default="replicas", help="step: BatchNorm statistics")
+    add_setting(parser, "group_size", default=64, help="step: images per released replica (--batch / this = replicas "
+                                                      "per process; 2 also times BatchNorm over the whole batch)")
+    add_setting(parser, "bn_geometry", default="replicas", help="step: BatchNorm statistics (default replicas)")
     parser.add_argument("--variant", choices=["cgc", "floor"], help=argparse.SUPPRESS)
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=torch.cuda.is_available(),
                         help="gpu: also time the step under torch.compile (default on a GPU)")
     parser.add_argument("--out", help="gpu: also write the results (and the planner's rates) to this JSON file")
     parser.add_argument("--gpus", type=int, default=1, help="plan: GPUs of the node")
-    parser.add_argument("--gpu", default="h100", help="plan: GPU kind whose measured rates to use (see semisup/train/plan.py)")
+    parser.add_argument(
+        "--gpu", default="h100", help="plan: GPU kind whose measured rates to use (see semisup/train/plan.py)"
+    )
     parser.add_argument("--cores", type=int, default=16, help="plan: CPU cores of the node")
-    parser.add_argument("--decode", choices=["cpu", "gpu"], default="cpu", help="plan: where JPEGs are decoded")
+    add_setting(parser, "decode", default="cpu", help="plan: where JPEGs are decoded (default cpu)")
     parser.add_argument("--rates", help="plan: JSON written by `bench gpu --out` (rates measured on the target node)")
-    parser.add_argument("--config", help="plan: a run's YAML settings or saved config.yaml (default: the released 1 %% run); "
-                                          "run.py flags after -- too")
+    parser.add_argument(
+        "--config",
+        help=(
+            "plan: a run's YAML settings or saved config.yaml (default: the released 1 %% run); "
+            "run.py flags after -- too"
+        ),
+    )
     parser.add_argument("--labeled", type=int, help="plan: labeled images (default 12,811)")
     return parser
 
@@ -539,7 +552,7 @@ def build_parser() -> Parser:
 def main(argv=None):
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["e2e"]:  # its own options (python -m semisup.tools.bench e2e --help)
+    if argv[:1] == ["e2e"]:  # its own options (semisup-bench e2e --help)
         from semisup.tools import e2e
         return e2e.main(argv[1:])
     run_flags = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -552,7 +565,9 @@ def main(argv=None):
     args.batch = args.batch or defaults[args.what]
     if args.what == "gpu" and "--arch" not in argv:
         args.arch = "resnet50"
-    benches = dict(step=bench_step, loss=bench_loss, loader=bench_loader, eval=bench_eval, gpu=bench_gpu, plan=bench_plan)
+    benches = dict(
+        step=bench_step, loss=bench_loss, loader=bench_loader, eval=bench_eval, gpu=bench_gpu, plan=bench_plan
+    )
     return benches[args.what](args)
 
 

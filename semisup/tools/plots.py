@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+
 from semisup.runfiles import RunFiles
 
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
@@ -67,12 +68,17 @@ def tradeoff_figure(runs: pd.DataFrame):
         for n, ((method, temperature), part) in enumerate(cgc.groupby(["method", "temperature"], sort=True)):
             if len(part):
                 single = "" if several_weights else f", λ {part['cgc_weight'].iloc[0]:g}"
-                scatter = ax.scatter(part["top1"], part["ch"], c=part["cgc_weight"] if several_weights else "tab:red",
-                                     cmap="viridis" if several_weights else None, norm=norm if several_weights else None,
-                                     marker=MARKERS[n % len(MARKERS)], s=45, edgecolor="black", linewidth=0.4,
-                                     label=f"{method.upper()}, T {temperature:g}{single}", zorder=2)
+                scatter = ax.scatter(
+                    part["top1"], part["ch"], c=part["cgc_weight"] if several_weights else "tab:red",
+                    cmap="viridis" if several_weights else None, norm=norm if several_weights else None,
+                    marker=MARKERS[n % len(MARKERS)], s=45, edgecolor="black", linewidth=0.4,
+                    label=f"{method.upper()}, T {temperature:g}{single}", zorder=2,
+                )
         for _, run in frame.iterrows():  # each seed visible
-            ax.annotate(f"s{run['seed']}", (run["top1"], run["ch"]), fontsize=6, xytext=(3, 2), textcoords="offset points", color="dimgray")
+            ax.annotate(
+                f"s{run['seed']}", (run["top1"], run["ch"]), fontsize=6, xytext=(3, 2), textcoords="offset points",
+                color="dimgray",
+            )
         ax.set_title(_title(key), fontsize=10)
         ax.set_xlabel("validation top-1 (%)")
         ax.set_ylabel("Content Heatmap (%)")
@@ -98,7 +104,9 @@ def curves_figure(runs: pd.DataFrame):
     One row of four panels per (labeled fraction, start); CE and CGC-type runs in two colours."""
     plt = _plt()
     panels = _panels(runs)
-    fig, axes = plt.subplots(len(panels), len(CURVES), figsize=(4.0 * len(CURVES), 3.0 * len(panels)), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        len(panels), len(CURVES), figsize=(4.0 * len(CURVES), 3.0 * len(panels)), squeeze=False, layout="constrained"
+    )
     colours = {"ce": "tab:gray", "ce-script": "black", "cgc": "tab:red", "gcc": "tab:blue"}
     for row, (key, frame) in enumerate(panels):
         for method, group in frame.groupby("method"):

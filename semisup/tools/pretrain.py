@@ -1,7 +1,7 @@
 """Self-supervised pretraining of the demo model on the demo's unlabeled training images: the
 demo's stand-in for SwAV, shipped as ``pretrained/demo_swav_resnet_tiny.pth``.
 
-    python -m semisup.tools.pretrain --steps 3000 --out pretrained/demo_swav_resnet_tiny.pth
+    semisup-pretrain --steps 3000 --out pretrained/demo_swav_resnet_tiny.pth
 
 Two augmented views per image (random resized crop, flip, colour jitter with hue rotation,
 20 % grayscale, as SwAV and SimCLR augment), a projection head, and one of two objectives:
@@ -61,7 +61,9 @@ def rotate_hue(images: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bij,bjhw->bihw", matrices, images)
 
 
-def colour_jitter(images: torch.Tensor, generator: torch.Generator, strength: float = 0.8, hue: float = 0.4) -> torch.Tensor:
+def colour_jitter(
+    images: torch.Tensor, generator: torch.Generator, strength: float = 0.8, hue: float = 0.4
+) -> torch.Tensor:
     """Batched brightness, contrast, saturation jitter (factors 1 +- strength), a hue rotation
     of up to +- hue x 180 degrees, and 20 % grayscale, on float [B, 3, H, W] in [0, 1]. Without
     the hue rotation two views share their colours, and matching colours solves the task: the
@@ -99,7 +101,10 @@ def paired_views(dataset: TrainDataset, sampler: StreamSampler):
     collapsed to the uniform loss log K within 100 steps when this was wrong)."""
     for batch in sampler:
         indices = torch.tensor([index for index, _ in batch])
-        views = [torch.stack([dataset[(index, (2 * seed + view) % 2**63)]["image"] for index, seed in batch]) for view in (0, 1)]
+        views = [
+            torch.stack([dataset[(index, (2 * seed + view) % 2**63)]["image"] for index, seed in batch])
+            for view in (0, 1)
+        ]
         yield indices, *views
 
 
@@ -108,7 +113,9 @@ class SwAVHead(nn.Module):
 
     def __init__(self, width: int, hidden: int = 256, dim: int = 64, prototypes: int = 0):
         super().__init__()
-        self.projection_head = nn.Sequential(nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
+        self.projection_head = nn.Sequential(
+            nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim)
+        )
         self.prototypes = nn.Linear(dim, prototypes, bias=False) if prototypes else None
 
     def embed(self, pooled: torch.Tensor) -> torch.Tensor:
@@ -141,8 +148,15 @@ def knn_probe(model: nn.Module, demo_cache: str | None, fraction: float = 0.1) -
     demo = load_demo(demo_cache)
     was_training = model.training
     model.eval()
-    embed = lambda images: torch.cat([F.normalize(model.features(T.normalize(torch.from_numpy(images[i:i + 256]).permute(0, 3, 1, 2))).mean((2, 3)), dim=1)
-                                      for i in range(0, len(images), 256)])
+    embed = lambda images: torch.cat(
+        [
+            F.normalize(
+                model.features(T.normalize(torch.from_numpy(images[i : i + 256]).permute(0, 3, 1, 2))).mean((2, 3)),
+                dim=1,
+            )
+            for i in range(0, len(images), 256)
+        ]
+    )
     bank = _demo_labeled_indices(demo.train.labels, fraction)
     predictions = knn_classify(embed(demo.train.images[bank]), torch.from_numpy(demo.train.labels[bank]),
                                embed(demo.val.images), k=20, num_classes=10)
@@ -150,8 +164,10 @@ def knn_probe(model: nn.Module, demo_cache: str | None, fraction: float = 0.1) -
     return float(100 * (predictions.numpy() == demo.val.labels).mean())
 
 
-def pretrain(steps: int, batch: int, lr: float, seed: int, demo_cache: str | None, objective: str = "contrastive",
-             temperature: float = 0.2, crop_scale_min: float = 0.3, probe_every: int = 0) -> tuple[nn.Module, SwAVHead, list]:
+def pretrain(
+    steps: int, batch: int, lr: float, seed: int, demo_cache: str | None, objective: str = "contrastive",
+    temperature: float = 0.2, crop_scale_min: float = 0.3, probe_every: int = 0,
+) -> tuple[nn.Module, SwAVHead, list]:
     """Returns (model, head, probes): probes are (step, kNN top-1) every ``probe_every`` steps."""
     torch.manual_seed(seed)
     demo = load_demo(demo_cache)
@@ -169,7 +185,9 @@ def pretrain(steps: int, batch: int, lr: float, seed: int, demo_cache: str | Non
         for group in optimizer.param_groups:  # linear warm-up, then cosine to zero
             group["lr"] = lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
         _, *views = next(pairs)
-        pooled = [model.features(T.normalize(colour_jitter(v.float() / 255, generator) * 255)).mean((2, 3)) for v in views]
+        pooled = [
+            model.features(T.normalize(colour_jitter(v.float() / 255, generator) * 255)).mean((2, 3)) for v in views
+        ]
         z = [head.embed(p) for p in pooled]
         if objective == "swav":
             with torch.no_grad():
@@ -182,7 +200,10 @@ def pretrain(steps: int, batch: int, lr: float, seed: int, demo_cache: str | Non
         optimizer.step()
         if probe_every and ((step + 1) % probe_every == 0 or step + 1 == steps):
             probes.append((step + 1, knn_probe(model, demo_cache)))
-            log.info("step %d/%d  loss %.3f  kNN top-1 %.2f %%  %.0f s", step + 1, steps, loss.item(), probes[-1][1], time.time() - start)
+            log.info(
+                "step %d/%d  loss %.3f  kNN top-1 %.2f %%  %.0f s", step + 1, steps, loss.item(), probes[-1][1],
+                time.time() - start,
+            )
     return model, head, probes
 
 
@@ -203,15 +224,19 @@ def at_least_two(text: str) -> int:
 
 @cli
 def main(argv=None) -> int:
-    parser = Parser(prog="python -m semisup.tools.pretrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="semisup-pretrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=at_least_two, default=3000)
-    parser.add_argument("--batch", type=at_least_two, default=128, help="images per step (at least 2: the others are the negatives)")
+    parser.add_argument(
+        "--batch", type=at_least_two, default=128, help="images per step (at least 2: the others are the negatives)"
+    )
     parser.add_argument("--lr", type=float, default=0.3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--objective", choices=["contrastive", "swav"], default="contrastive")
     parser.add_argument("--temperature", type=float, default=0.2, help="contrastive objective's temperature")
     parser.add_argument("--crop-scale-min", type=float, default=0.3, help="lower bound of the views' crop area")
-    parser.add_argument("--probe-every", type=int, default=500, help="kNN probe every N steps (0: only before and after)")
+    parser.add_argument(
+        "--probe-every", type=int, default=500, help="kNN probe every N steps (0: only before and after)"
+    )
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--demo-cache")
     parser.add_argument("--out", type=Path, default=Path(DEMO_START))
@@ -227,16 +252,20 @@ def main(argv=None) -> int:
                                    args.temperature, args.crop_scale_min, args.probe_every)
     after = probes[-1][1] if probes else knn_probe(model, args.demo_cache)
     save_swav_layout(model, head, args.out)
-    command = "python -m semisup.tools.pretrain " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-    manifest = dict(sha256=hashlib.sha256(args.out.read_bytes()).hexdigest(), command=command.strip(),
-                    what=f"{args.objective} self-supervised pretraining on the demo's unlabeled images (demo v{VERSION})",
-                    demo_version=VERSION, steps=args.steps, batch=args.batch, seconds=round(time.time() - start),
-                    knn_top1_random_trunk=round(before, 2), knn_top1_pretrained=round(after, 2), knn_probes=probes,
-                    torch=torch.__version__)
+    command = "semisup-pretrain " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    manifest = dict(
+        sha256=hashlib.sha256(args.out.read_bytes()).hexdigest(), command=command.strip(),
+        what=f"{args.objective} self-supervised pretraining on the demo's unlabeled images (demo v{VERSION})",
+        demo_version=VERSION, steps=args.steps, batch=args.batch, seconds=round(time.time() - start),
+        knn_top1_random_trunk=round(before, 2), knn_top1_pretrained=round(after, 2), knn_probes=probes,
+        torch=torch.__version__,
+    )
     write_text_atomic(args.out.with_name(args.out.name + ".json"), json.dumps(manifest, indent=1) + "\n")
-    print(f"wrote {args.out} ({args.out.stat().st_size / 2**20:.2f} MiB, sha256 {manifest['sha256'][:16]}...) and its manifest; "
-          f"kNN top-1 on the demo validation split (10 % labeled bank): {after:.2f} % pretrained, {before:.2f} % random trunk "
-          f"({after / max(before, 1e-9):.2f}x)")
+    print(
+        f"wrote {args.out} ({args.out.stat().st_size / 2**20:.2f} MiB, sha256 {manifest['sha256'][:16]}...) and its"
+        f" manifest; kNN top-1 on the demo validation split (10 % labeled bank): {after:.2f} % pretrained, {before:.2f}"
+        f" % random trunk ({after / max(before, 1e-9):.2f}x)"
+    )
     return 0
 
 

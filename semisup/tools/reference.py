@@ -1,5 +1,5 @@
 """A literal transcription of the released CGC loss (UCDvision/CGC): the per-sample reference
-that the tests hold ``semisup.method.cgc`` to and that ``python -m semisup.tools.bench loss`` times it against.
+that the tests hold ``semisup.method.cgc`` to and that ``semisup-bench loss`` times it against.
 Slow by design (S x S maps, a Python loop over the batch); not used in training."""
 import torch
 import torch.nn.functional as F
@@ -33,7 +33,9 @@ def released_cgc_loss(cam_aug, cam, pixel_boxes, flips, temperature=0.5, group_s
         transformed = []
         for k, b in enumerate(rows):
             i, j, h, w = pixel_boxes[b]
-            crop = F.interpolate(orig[k][i:i + h, j:j + w].unsqueeze(0).unsqueeze(0), size=224, mode="bilinear", align_corners=False).squeeze()
+            crop = F.interpolate(
+                orig[k][i : i + h, j : j + w].unsqueeze(0).unsqueeze(0), size=224, mode="bilinear", align_corners=False
+            ).squeeze()
             transformed.append(crop.flip(-1) if flips[b] else crop)
         aug = aug.flatten(1) / aug.flatten(1).norm(2, dim=1, keepdim=True)
         orig_aug = torch.stack(transformed).flatten(1)

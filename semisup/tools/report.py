@@ -38,10 +38,14 @@ PUBLISHED_LIMITED = pd.DataFrame([
 
 # Settings that do not change a run's results (or are shown in their own column): two runs that
 # differ only in these are seeds of one row. Every other setting splits the rows.
-NOT_RESULT_SETTINGS = {"seed", "run_dir", "splits_dir", "workers", "decode", "overwrite", "dry_run", "checkpoint_every", "log_every",
-                       "gallery", "device", "demo_cache", "compile", "max_bad_fraction", "recipe", "ch_every", "data", "pretrained"}
+NOT_RESULT_SETTINGS = {
+    "seed", "run_dir", "splits_dir", "workers", "decode", "overwrite", "dry_run", "checkpoint_every", "log_every",
+    "gallery", "device", "demo_cache", "compile", "max_bad_fraction", "recipe", "ch_every", "data", "pretrained",
+}
 # Loss settings that a cross-entropy run (lambda 0) never uses.
-LOSS_ONLY_SETTINGS = {"temperature", "consistency", "group_size", "cgc_negatives", "cam_size", "cam_class", "cgc_warmup_epochs"}
+LOSS_ONLY_SETTINGS = {
+    "temperature", "consistency", "group_size", "cgc_negatives", "cam_size", "cam_class", "cgc_warmup_epochs",
+}
 
 
 def _signature(values: dict, method: str) -> str:
@@ -102,17 +106,34 @@ def load_runs(run_dirs: list[str | Path], settings: tuple[str, ...] = (), quiet:
             continue
         final, cfg = read
         if final.get("truncated") and not quiet:
-            print(f"note: {run_dir} was stopped by --max-steps at step {final.get('steps')} of {final.get('scheduled_steps')}: "
-                  "marked 'truncated' in the tables", file=sys.stderr)
+            print(
+                f"note: {run_dir} was stopped by --max-steps at step {final.get('steps')} of"
+                f" {final.get('scheduled_steps')}: marked 'truncated' in the tables",
+                file=sys.stderr,
+            )
         method = method_key(final)
-        rows.append(dict(run=str(run_dir), method=method, truncated=bool(final.get("truncated")), labeled_fraction=float(cfg.labeled_fraction),
-                         arch=cfg.arch, start=Path(cfg.pretrained).name.split(".")[0] if cfg.pretrained else "scratch",
-                         dataset="demo" if cfg.is_demo else Path(cfg.data).name, seed=cfg.seed, max_eval_images=cfg.max_eval_images,
-                         signature=_signature(cfg.to_dict(), method), finished=(RunFiles(run_dir).final).stat().st_mtime,
-                         **{k: final["final"].get(k) for k in ("top1", "top5", "ch", "ch_strict", "ch_released_swav", "cgc_val_loss", "knn_top1")},
-                         **{"iauc": None, "dauc": None, **evaluated_later(run_dir)},
-                         **{f"best_{k}": (final.get("best") or {}).get(k) for k in ("epoch", "top1", "top5", "ch")},
-                         **{k: getattr(cfg, k) for k in settings}))
+        rows.append(
+            dict(
+                run=str(run_dir),
+                method=method,
+                truncated=bool(final.get("truncated")),
+                labeled_fraction=float(cfg.labeled_fraction),
+                arch=cfg.arch,
+                start=Path(cfg.pretrained).name.split(".")[0] if cfg.pretrained else "scratch",
+                dataset="demo" if cfg.is_demo else Path(cfg.data).name,
+                seed=cfg.seed,
+                max_eval_images=cfg.max_eval_images,
+                signature=_signature(cfg.to_dict(), method),
+                finished=(RunFiles(run_dir).final).stat().st_mtime,
+                **{
+                    k: final["final"].get(k)
+                    for k in ("top1", "top5", "ch", "ch_strict", "ch_released_swav", "cgc_val_loss", "knn_top1")
+                },
+                **{"iauc": None, "dauc": None, **evaluated_later(run_dir)},
+                **{f"best_{k}": (final.get("best") or {}).get(k) for k in ("epoch", "top1", "top5", "ch")},
+                **{k: getattr(cfg, k) for k in settings},
+            )
+        )
     runs = pd.DataFrame(rows)
     if runs.empty:
         return runs
@@ -122,8 +143,11 @@ def load_runs(run_dirs: list[str | Path], settings: tuple[str, ...] = (), quiet:
         if not quiet:
             kept = runs[~repeats & (runs["signature"] == rerun["signature"]) & (runs["seed"] == rerun["seed"])
                         & (runs["start"] == rerun["start"]) & (runs["dataset"] == rerun["dataset"])]["run"].iloc[0]
-            print(f"note: {rerun['run']} and {kept} are the same settings and seed {rerun['seed']}: one seed, the newer ({kept}) "
-                  "is counted", file=sys.stderr)
+            print(
+                f"note: {rerun['run']} and {kept} are the same settings and seed {rerun['seed']}: one seed, the newer"
+                f" ({kept}) is counted",
+                file=sys.stderr,
+            )
     return runs[~repeats].sort_values("run").reset_index(drop=True)
 
 
@@ -188,10 +212,15 @@ def limited_label_table(runs: pd.DataFrame) -> pd.DataFrame:
     if runs.empty:
         return pd.DataFrame()
     runs["Labeled"] = runs["labeled_fraction"].map(lambda f: f"{100 * f:g}%")
-    table = aggregate(runs, ["dataset", "Labeled", "start", "method"],
-                      {"Top-1": ("top1", 2), "Top-5": ("top5", 2), "CH": ("ch", 2), "CH strict": ("ch_strict", 2),
-                       "CH rel. SwAV": ("ch_released_swav", 2), "CGC Loss": ("cgc_val_loss", 4), "kNN": ("knn_top1", 2),
-                       "IAUC": ("iauc", 2), "DAUC": ("dauc", 2), "Top-1 best*": ("best_top1", 2), "CH best*": ("best_ch", 2)})
+    table = aggregate(
+        runs,
+        ["dataset", "Labeled", "start", "method"],
+        {
+            "Top-1": ("top1", 2), "Top-5": ("top5", 2), "CH": ("ch", 2), "CH strict": ("ch_strict", 2),
+            "CH rel. SwAV": ("ch_released_swav", 2), "CGC Loss": ("cgc_val_loss", 4), "kNN": ("knn_top1", 2),
+            "IAUC": ("iauc", 2), "DAUC": ("dauc", 2), "Top-1 best*": ("best_top1", 2), "CH best*": ("best_ch", 2),
+        },
+    )
     table = table.drop(columns=[c for c in ("IAUC", "DAUC") if (table[c] == "–").all()])
     table["method"] = table["method"].map(METHOD_NAMES)
     return table.rename(columns={"dataset": "Dataset", "start": "Start", "method": "Method"})
@@ -201,9 +230,14 @@ def full_supervision_table(runs: pd.DataFrame) -> pd.DataFrame:
     runs = runs[runs["labeled_fraction"] >= 1.0].copy()
     if runs.empty:
         return pd.DataFrame()
-    table = aggregate(runs, ["dataset", "arch", "method"],
-                      {"Top-1": ("top1", 2), "CH": ("ch", 2), "CGC Loss": ("cgc_val_loss", 4), "IAUC": ("iauc", 2), "DAUC": ("dauc", 2),
-                       "Top-1 best*": ("best_top1", 2)})
+    table = aggregate(
+        runs,
+        ["dataset", "arch", "method"],
+        {
+            "Top-1": ("top1", 2), "CH": ("ch", 2), "CGC Loss": ("cgc_val_loss", 4), "IAUC": ("iauc", 2),
+            "DAUC": ("dauc", 2), "Top-1 best*": ("best_top1", 2),
+        },
+    )
     table = table.drop(columns=[c for c in ("IAUC", "DAUC") if (table[c] == "–").all()])
     table["method"] = table["method"].map(METHOD_NAMES)
     return table.rename(columns={"dataset": "Dataset", "arch": "Architecture", "method": "Method"})
@@ -214,7 +248,9 @@ def ablation_table(runs: pd.DataFrame, setting: str) -> pd.DataFrame:
     entropy rows (which do not depend on the setting) show '–' in its column."""
     runs = runs.copy()
     runs["Labeled"] = runs["labeled_fraction"].map(lambda f: f"{100 * f:g}%")
-    runs[setting] = runs[setting].where(~runs["method"].isin(["ce", "ce-script"]))  # NaN: grouped together, shown as '–'
+    runs[setting] = runs[setting].where(
+        ~runs["method"].isin(["ce", "ce-script"])
+    )  # NaN: grouped together, shown as '–'
     runs[setting] = runs[setting].map(lambda v: tuple(v) if isinstance(v, list) else v)  # hashable for grouping
     table = aggregate(runs, ["Labeled", "start", "method", setting],
                       {"Top-1": ("top1", 2), "CH": ("ch", 2), "CH strict": ("ch_strict", 2), "kNN": ("knn_top1", 2)})
@@ -227,18 +263,28 @@ def ablation_table(runs: pd.DataFrame, setting: str) -> pd.DataFrame:
 def main(argv=None) -> int:
     parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dirs", nargs="+")
-    parser.add_argument("--out", type=Path, help="write results.md, results_*.csv and the plots (tradeoff.png, curves.png, "
-                                                   "gallery_*.png) here")
+    parser.add_argument(
+        "--out", type=Path,
+        help="write results.md, results_*.csv and the plots (tradeoff.png, curves.png, gallery_*.png) here",
+    )
     parser.add_argument("--galleries", action=argparse.BooleanOptionalAction, default=True,
                         help="CE vs CGC galleries from the runs' checkpoints (default: on where they exist)")
-    parser.add_argument("--class-names", type=Path, help="'<class folder> <name>' lines (e.g. ImageNet's LOC_synset_mapping.txt): "
-                                                          "gallery titles show names instead of wnids")
+    parser.add_argument(
+        "--class-names",
+        type=Path,
+        help=(
+            "'<class folder> <name>' lines (e.g. ImageNet's LOC_synset_mapping.txt): "
+            "gallery titles show names instead of wnids"
+        ),
+    )
     args = parser.parse_args(argv)
     class_names = read_class_names(args.class_names) if args.class_names else None
     runs = load_runs(args.run_dirs)
     if runs.empty:
-        raise UserError(f"no finished runs among the {len(args.run_dirs)} folder(s) given (a run directory holds final.json and "
-                        "config.yaml; the lines above say why each was skipped)")
+        raise UserError(
+            f"no finished runs among the {len(args.run_dirs)} folder(s) given (a run directory holds final.json and "
+            "config.yaml; the lines above say why each was skipped)"
+        )
     sections = [("Limited labels", limited_label_table(runs)), ("Full supervision", full_supervision_table(runs))]
     text = []
     for title, table in sections:
@@ -246,7 +292,9 @@ def main(argv=None) -> int:
             text.append(f"### {title}\n\n{table.to_markdown(index=False, disable_numparse=True)}\n")
     text.append("\\* best: the epoch of highest validation top-1 (model_best.pt), a selection on the validation set; "
                 "CH rel. SwAV: the released SwAV-start CH script's figure (layer4 channel = class id; FIDELITY.md).\n")
-    text.append(f"### Published (ImageNet, ResNet-50)\n\n{PUBLISHED_LIMITED.to_markdown(index=False, disable_numparse=True)}\n")
+    text.append(
+        f"### Published (ImageNet, ResNet-50)\n\n{PUBLISHED_LIMITED.to_markdown(index=False, disable_numparse=True)}\n"
+    )
     print("\n".join(text))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -266,7 +314,9 @@ def read_class_names(path: Path) -> dict[str, str]:
     try:
         lines = Path(path).read_text().splitlines()
     except (OSError, UnicodeDecodeError) as err:
-        raise UsageError(f"--class-names {path}: unreadable ({type(err).__name__}); expected '<class folder> <name>' lines") from err
+        raise UsageError(
+            f"--class-names {path}: unreadable ({type(err).__name__}); expected '<class folder> <name>' lines"
+        ) from err
     names = {}
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -278,7 +328,9 @@ def read_class_names(path: Path) -> dict[str, str]:
     return names
 
 
-def write_pictures(run_dirs: list[str], out: Path, galleries: bool = True, class_names: dict[str, str] | None = None) -> list[Path]:
+def write_pictures(
+    run_dirs: list[str], out: Path, galleries: bool = True, class_names: dict[str, str] | None = None
+) -> list[Path]:
     """The trade-off plot, the training curves and (where checkpoints exist) one CE vs CGC
     gallery per labeled fraction, start and CGC setting, into ``out``."""
     from semisup.tools.plots import curves_plot, tradeoff_plot
@@ -289,14 +341,16 @@ def write_pictures(run_dirs: list[str], out: Path, galleries: bool = True, class
     return written
 
 
-def compare_galleries(runs: pd.DataFrame, out: Path, count: int = 8, class_names: dict[str, str] | None = None) -> list[Path]:
+def compare_galleries(
+    runs: pd.DataFrame, out: Path, count: int = 8, class_names: dict[str, str] | None = None
+) -> list[Path]:
     """Per (labeled fraction, start) and per distinct CGC setting: the lowest seed's cross-entropy
     and CGC runs side by side (same validation images), from their checkpoint.pt, each labelled
     with the settings that tell it apart; skipped where a checkpoint is missing."""
     import torch
 
-    from semisup.eval.gallery import save_gallery
     from semisup.data.datasets import build_data
+    from semisup.eval.gallery import save_gallery
     from semisup.models.loading import load_run_model
     written = []
     for (fraction, start), frame in runs.groupby(["labeled_fraction", "start"], sort=True):
@@ -308,24 +362,36 @@ def compare_galleries(runs: pd.DataFrame, out: Path, count: int = 8, class_names
         if ce.empty or not len(variants):
             continue
         cgc_runs = frame[frame["method"] == "cgc"].reset_index(drop=True)
-        labels = dict(zip(cgc_runs["signature"], settings_column(cgc_runs, ["labeled_fraction", "start"])))  # what tells the CGC runs apart
+        labels = dict(
+            zip(cgc_runs["signature"], settings_column(cgc_runs, ["labeled_fraction", "start"]))
+        )  # what tells the CGC runs apart
         labels.update({sig: "" for sig in ce["signature"]})
         for n, (signature, cgc) in enumerate(variants):
             chosen = [ce.iloc[0], cgc.sort_values("seed").iloc[0]]
             dirs = [Path(r["run"]) for r in chosen]
             if not all((RunFiles(d).checkpoint).is_file() for d in dirs):
-                print(f"no gallery for {100 * fraction:g} % from {start}: checkpoint.pt missing in {' or '.join(map(str, dirs))}",
-                      file=sys.stderr)
+                print(
+                    f"no gallery for {100 * fraction:g} % from {start}: checkpoint.pt missing in"
+                    f" {' or '.join(map(str, dirs))}",
+                    file=sys.stderr,
+                )
                 continue
             models, cfg = [], None
             for run_dir in dirs:
                 model, cfg, _ = load_run_model(RunFiles(run_dir).checkpoint, {})
                 models.append(model)
-            names = [f"{METHOD_NAMES[r['method']]} (seed {r['seed']}{', ' + labels[r['signature']] if labels[r['signature']] else ''})"
-                     for r in chosen]
+            names = [
+                f"{METHOD_NAMES[r['method']]} (seed"
+                f" {r['seed']}{', ' + labels[r['signature']] if labels[r['signature']] else ''})"
+                for r in chosen
+            ]
             suffix = "" if len(variants) == 1 else f"_{n + 1}"
             path = out / f"gallery_frac{fraction:g}_{start}{suffix}.png"
-            written.append(save_gallery(models, names, build_data(cfg), cfg, torch.device("cpu"), path, count=count, class_names=class_names))
+            written.append(
+                save_gallery(
+                    models, names, build_data(cfg), cfg, torch.device("cpu"), path, count=count, class_names=class_names
+                )
+            )
     return written
 
 

@@ -1,11 +1,11 @@
-"""Predict a run's wall time on a node before queueing it: ``python -m semisup.tools.bench plan``.
+"""Predict a run's wall time on a node before queueing it: ``semisup-bench plan``.
 
 The run is split into what bounds each part: training steps are either GPU-bound (forwards and
 backward) or decode-bound (JPEGs decoded by the node's cores, or by nvJPEG with
 ``--decode gpu``); each evaluation is the same race for its own images. Loading overlaps
 compute (prefetching workers), so each part takes the larger of the two; parts run one after
-another. Rates are measured: GPU rates by ``python -m semisup.tools.bench gpu`` on the named card,
-CPU decode rates per core by ``python -m semisup.tools.bench loader``; both can be overridden.
+another. Rates are measured: GPU rates by ``semisup-bench gpu`` on the named card,
+CPU decode rates per core by ``semisup-bench loader``; both can be overridden.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from semisup.errors import UsageError
 
 # Measured rates: ResNet-50, images/s counted as in the benchmark (3 x 128 images per 1 %-recipe
 # step; inference at 224 and CH at 448 px), CPU rates per core on realistic ImageNet-like JPEGs.
-# GPU: `python -m semisup.tools.bench gpu` on one H100 80GB HBM3 (torch 2.11, bf16 + channels_last +
+# GPU: `semisup-bench gpu` on one H100 80GB HBM3 (torch 2.11, bf16 + channels_last +
 # torch.compile), results/perf/bench_gpu_h100.json. CPU: the same run's loader benchmark on that
 # node's cores (one single-threaded worker each).
 MEASURED_GPU = {
@@ -54,20 +54,31 @@ def shape_of(settings: dict, summary: dict | None = None) -> RunShape:
     labeled images, 50,000 validation images). Evaluation cadence from --eval-every, --ch-every
     (each CH epoch is a full evaluation) and --max-eval-images."""
     fraction = settings["labeled_fraction"]
-    summary = summary or dict(labeled=LABELED_IMAGES.get(fraction, round(fraction * LABELED_IMAGES[1.0])), validation=50_000,
-                              unlabeled=0 if fraction >= 1.0 or settings["cgc_weight"] == 0 and settings.get("ce_baseline") == "plain" else 1)
-    val = summary["validation"] if not settings.get("max_eval_images") else min(summary["validation"], settings["max_eval_images"])
+    summary = summary or dict(
+        labeled=LABELED_IMAGES.get(fraction, round(fraction * LABELED_IMAGES[1.0])), validation=50_000,
+        unlabeled=0 if fraction >= 1.0 or settings["cgc_weight"] == 0 and settings.get("ce_baseline") == "plain" else 1,
+    )
+    val = (
+        summary["validation"]
+        if not settings.get("max_eval_images")
+        else min(summary["validation"], settings["max_eval_images"])
+    )
     ch_epochs = settings["epochs"] // settings["ch_every"] if settings.get("ch_every") else 0
-    return RunShape(labeled=summary["labeled"], batch_labeled=settings["batch_labeled"], batch_unlabeled=settings["batch_unlabeled"],
-                    epochs=settings["epochs"], val_images=val, eval_every=settings["eval_every"], full_evals=2 + max(0, ch_epochs - 1),
-                    uses_unlabeled=summary["unlabeled"] > 0, max_steps=settings.get("max_steps"))
+    return RunShape(
+        labeled=summary["labeled"], batch_labeled=settings["batch_labeled"],
+        batch_unlabeled=settings["batch_unlabeled"], epochs=settings["epochs"], val_images=val,
+        eval_every=settings["eval_every"], full_evals=2 + max(0, ch_epochs - 1),
+        uses_unlabeled=summary["unlabeled"] > 0, max_steps=settings.get("max_steps"),
+    )
 
 
 def plan_run(settings: dict, summary: dict | None, rates: Rates, gpus: int, cores: int) -> dict:
     """:func:`plan` for a configured run: its shape, its decode (``--decode gpu``: nvJPEG) and the
     step rate of its variant (compiled or eager)."""
     decode = "gpu" if settings.get("decode") == "gpu" else "cpu"
-    return plan(shape_of(settings, summary), rates.for_run(bool(settings.get("compile"))), gpus=gpus, cores=cores, decode=decode)
+    return plan(
+        shape_of(settings, summary), rates.for_run(bool(settings.get("compile"))), gpus=gpus, cores=cores, decode=decode
+    )
 
 
 @dataclass
@@ -93,10 +104,10 @@ def measured_rates(gpu: str) -> Rates:
     """The rates measured for ``gpu`` (a key of MEASURED_GPU) and this project's CPU cores."""
     if gpu not in MEASURED_GPU or any(v is None for v in MEASURED_GPU[gpu].values()):
         raise UsageError(f"no measured rates for GPU kind {gpu!r} (measured: "
-                         f"{[k for k, v in MEASURED_GPU.items() if None not in v.values()]}); run `python -m semisup.tools.bench gpu "
+                         f"{[k for k, v in MEASURED_GPU.items() if None not in v.values()]}); run `semisup-bench gpu "
                          "--out rates.json` on that node and pass --rates rates.json")
     if any(v is None for v in MEASURED_CPU_PER_CORE.values()):
-        raise UsageError("no measured CPU decode rates: run `python -m semisup.tools.bench gpu --out rates.json` on the node")
+        raise UsageError("no measured CPU decode rates: run `semisup-bench gpu --out rates.json` on the node")
     return Rates(**MEASURED_GPU[gpu], **MEASURED_CPU_PER_CORE)
 
 
@@ -111,8 +122,14 @@ def plan(shape: RunShape, rates: Rates, gpus: int = 1, cores: int = 16, decode: 
         compute += decode_s  # nvJPEG shares the GPU with the step
         decode_s = 0.0
     else:
-        decode_s = shape.steps * (shape.batch_labeled / rates.labeled_per_s
-                                  + (shape.batch_unlabeled / rates.unlabeled_per_s if shape.uses_unlabeled else 0)) / loader_cores
+        decode_s = (
+            shape.steps
+            * (
+                shape.batch_labeled / rates.labeled_per_s
+                + (shape.batch_unlabeled / rates.unlabeled_per_s if shape.uses_unlabeled else 0)
+            )
+            / loader_cores
+        )
     quick_evals = shape.epochs // shape.eval_every if shape.eval_every else 0
     eval_compute = quick_evals * shape.val_images / (rates.infer_images_per_s * gpus)
     eval_decode = quick_evals * shape.val_images / (rates.val_per_s * loader_cores)
@@ -122,8 +139,7 @@ def plan(shape: RunShape, rates: Rates, gpus: int = 1, cores: int = 16, decode: 
     full_decode = shape.full_evals * ((shape.val_images + shape.labeled) / rates.val_per_s
                                       + shape.val_images / rates.ch_val_per_s) / loader_cores
     parts = {
-        "train": (compute, decode_s),
-        "per-epoch top-1": (eval_compute, eval_decode),
+        "train": (compute, decode_s), "per-epoch top-1": (eval_compute, eval_decode),
         "final CH, kNN, CGC loss": (full_compute, full_decode),
     }
     rows = {name: dict(seconds=max(c, d), gpu_s=c, decode_s=d, bound="GPU" if c >= d else "decode")
@@ -146,6 +162,11 @@ def format_plan(result: dict) -> str:
     lines = [f"node: {node['gpus']} GPU(s), {node['cores']} cores, decode on {node['decode']}"]
     lines.append(f"{'part':<26}{'GPU':>10}{'decode':>10}{'takes':>10}  bound by")
     for name, r in result["parts"].items():
-        lines.append(f"{name:<26}{r['gpu_s'] / 60:>9.1f}m{r['decode_s'] / 60:>9.1f}m{r['seconds'] / 60:>9.1f}m  {r['bound']}")
-    lines.append(f"{'total':<46}{result['total_s'] / 60:>9.1f}m  ({result['total_h']:.2f} h); longest part: {result['bounded_by']}")
+        lines.append(
+            f"{name:<26}{r['gpu_s'] / 60:>9.1f}m{r['decode_s'] / 60:>9.1f}m{r['seconds'] / 60:>9.1f}m  {r['bound']}"
+        )
+    lines.append(
+        f"{'total':<46}{result['total_s'] / 60:>9.1f}m  ({result['total_h']:.2f} h); longest part:"
+        f" {result['bounded_by']}"
+    )
     return "\n".join(lines)

@@ -69,4 +69,6 @@ class SignalCheckpoint:
         self._restore()
         if callable(previous):
             previous(SIGNAL, None)  # submitit: checkpoint() -> scontrol requeue -> sys.exit; returns on ranks > 0
-        raise Preempted(f"stopped by SIGUSR2 at step {step} after writing checkpoint.pt; rerun the same command to resume from it")
+        raise Preempted(
+            f"stopped by SIGUSR2 at step {step} after writing checkpoint.pt; rerun the same command to resume from it"
+        )

@@ -55,16 +55,20 @@ def prepare_run_dir(cfg: Config, check_holder: bool = True) -> RunDir:
             n += 1
             path = base.with_name(f"{base.name}-{n}")
         if n > 1:
-            note = (f"{base} holds a finished run: this is a new run in {path} (rerun with --run-dir {base} --overwrite to "
-                    "replace it instead)")
+            note = (
+                f"{base} holds a finished run: this is a new run in {path} (rerun with --run-dir {base} --overwrite to "
+                "replace it instead)"
+            )
     if path.exists() and not path.is_dir():
         raise RunDirError(f"--run-dir {path} is a file, not a folder")
     if check_holder:
         check_lock(path)
     finished = (RunFiles(path).final).exists()
     if finished and not cfg.overwrite:
-        raise RunDirError(f"{path} already holds a finished run (final.json); choose another --run-dir or pass --overwrite "
-                          "(the finished run's files are then moved to a replaced-<time>/ folder inside it, not deleted)")
+        raise RunDirError(
+            f"{path} already holds a finished run (final.json); choose another --run-dir or pass --overwrite "
+            "(the finished run's files are then moved to a replaced-<time>/ folder inside it, not deleted)"
+        )
     if not finished and (RunFiles(path).checkpoint).exists():
         previous = _saved_config(path)
         changed = differing_keys(previous, cfg) if previous is not None else []
@@ -85,7 +89,11 @@ def _saved_config(path: Path) -> Config | None:
     from semisup.config import config_from_dict
     try:
         state = ckpt.load(RunFiles(path).checkpoint)
-        recorded = config_from_dict(state["config"]) if isinstance(state, dict) and isinstance(state.get("config"), dict) else None
+        recorded = (
+            config_from_dict(state["config"])
+            if isinstance(state, dict) and isinstance(state.get("config"), dict)
+            else None
+        )
     except Exception:  # unreadable: reported by the resume itself
         recorded = None
     if not (RunFiles(path).config).exists():
@@ -93,8 +101,10 @@ def _saved_config(path: Path) -> Config | None:
     written = load_saved_config(RunFiles(path).config)
     edited = differing_keys(written, recorded) if recorded is not None else []
     if edited:
-        raise RunDirError(f"{path / 'config.yaml'} disagrees with the checkpoint's own record of its settings ({', '.join(edited)}): "
-                          "the checkpoint's are what the run trained with; restore config.yaml, or resume with those settings")
+        raise RunDirError(
+            f"{path / 'config.yaml'} disagrees with the checkpoint's own record of its settings ({', '.join(edited)}): "
+            "the checkpoint's are what the run trained with; restore config.yaml, or resume with those settings"
+        )
     return recorded or written
 
 
@@ -142,8 +152,11 @@ def check_lock(path: Path) -> None:
     """Refuse a directory that a live run holds, naming the holder."""
     holder = _holder(path)
     if holder is not None and _alive(holder):
-        raise RunDirError(f"{path} is in use by another run (pid {holder.get('pid')} on {holder.get('host')}, since "
-                          f"{holder.get('started')}); wait for it, choose another --run-dir, or delete {RunFiles(path).lock} if that run is gone")
+        raise RunDirError(
+            f"{path} is in use by another run (pid {holder.get('pid')} on {holder.get('host')}, since"
+            f" {holder.get('started')}); wait for it, choose another --run-dir, or delete {RunFiles(path).lock} if that"
+            " run is gone"
+        )
 
 
 def acquire_lock(path: Path) -> None:
@@ -160,7 +173,9 @@ def acquire_lock(path: Path) -> None:
         holder = _holder(path)
         if holder is not None and _alive(holder):
             tmp.unlink()
-            raise RunDirError(f"{path} is in use by another run (pid {holder.get('pid')} on {holder.get('host')})") from None
+            raise RunDirError(
+                f"{path} is in use by another run (pid {holder.get('pid')} on {holder.get('host')})"
+            ) from None
         os.replace(tmp, RunFiles(path).lock)  # stale: take it over
         return
     tmp.unlink()

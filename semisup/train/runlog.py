@@ -25,18 +25,24 @@ from semisup.runfiles import RunFiles
 log = logging.getLogger("semisup.train.trainer")
 
 # Settings shown in TensorBoard's hyper-parameter table beside the final metrics.
-HPARAMS = ("method", "labeled_fraction", "seed", "arch", "pretrained", "cgc_weight", "temperature", "consistency", "group_size",
-           "lr_trunk", "lr_head", "epochs", "batch_labeled", "batch_unlabeled", "crop_scale_min", "cam_class")
+HPARAMS = (
+    "method", "labeled_fraction", "seed", "arch", "pretrained", "cgc_weight", "temperature", "consistency",
+    "group_size", "lr_trunk", "lr_head", "epochs", "batch_labeled", "batch_unlabeled", "crop_scale_min", "cam_class",
+)
 
 # TensorBoard tag of each number, in namespaces a reader can fold: train/ (losses), lr/, data/
 # (loading and bad files), system/ (speed, memory, time), val/ (evaluation). Epoch means of the
 # losses are train/epoch_*, a different value from the step windows' train/*.
-_STEP_TAGS = dict(ce="train/ce", consistency="train/consistency", loss="train/loss", lr_trunk="lr/trunk", lr_head="lr/head",
-                  images_per_s="system/images_per_s", data_s_per_step="data/wait_s_per_step",
-                  compute_s_per_step="system/compute_s_per_step", peak_gpu_gib="system/peak_gpu_gib", eta_s="system/eta_s")
-_EPOCH_TAGS = dict(train_ce="train/epoch_ce", train_consistency="train/epoch_consistency", train_loss="train/epoch_loss",
-                   bad_images="data/bad_images", labeled_images="data/labeled_images", unlabeled_images="data/unlabeled_images",
-                   eval_seconds="system/eval_seconds")
+_STEP_TAGS = dict(
+    ce="train/ce", consistency="train/consistency", loss="train/loss", lr_trunk="lr/trunk", lr_head="lr/head",
+    images_per_s="system/images_per_s", data_s_per_step="data/wait_s_per_step",
+    compute_s_per_step="system/compute_s_per_step", peak_gpu_gib="system/peak_gpu_gib", eta_s="system/eta_s",
+)
+_EPOCH_TAGS = dict(
+    train_ce="train/epoch_ce", train_consistency="train/epoch_consistency", train_loss="train/epoch_loss",
+    bad_images="data/bad_images", labeled_images="data/labeled_images", unlabeled_images="data/unlabeled_images",
+    eval_seconds="system/eval_seconds",
+)
 _NOT_LOGGED_AT_EPOCHS = ("epoch", "step", "lr_trunk", "lr_head")  # the step lines log the learning rates already
 
 
@@ -66,11 +72,22 @@ class RunLog:
         compute_s_per_step, peak_gpu_gib (nan off GPU), eta_s."""
         eta = numbers["eta_s"]
         memory = numbers["peak_gpu_gib"]
-        log.info("epoch %d step %d/%d  lr %.3g  ce %.4f  cgc %.4f  loss %.4f  %.1f images/s  data %.3fs compute %.3fs per step  "
-                 "peak GPU %s  ETA %s", epoch, step, total_steps, numbers["lr_trunk"], numbers["ce"], numbers["consistency"],
-                 numbers["loss"], numbers["images_per_s"], numbers["data_s_per_step"], numbers["compute_s_per_step"],
-                 f"{memory:.1f} GiB" if math.isfinite(memory) else "-",
-                 time.strftime("%H:%M:%S", time.gmtime(eta)) if eta < 86400 else f"{eta / 3600:.1f} h")
+        log.info(
+            "epoch %d step %d/%d  lr %.3g  ce %.4f  cgc %.4f  loss %.4f  %.1f images/s  data %.3fs compute %.3fs per"
+            " step  peak GPU %s  ETA %s",
+            epoch,
+            step,
+            total_steps,
+            numbers["lr_trunk"],
+            numbers["ce"],
+            numbers["consistency"],
+            numbers["loss"],
+            numbers["images_per_s"],
+            numbers["data_s_per_step"],
+            numbers["compute_s_per_step"],
+            f"{memory:.1f} GiB" if math.isfinite(memory) else "-",
+            time.strftime("%H:%M:%S", time.gmtime(eta)) if eta < 86400 else f"{eta / 3600:.1f} h",
+        )
         if not self.writes:
             return
         for key, value in numbers.items():
@@ -106,7 +123,9 @@ class RunLog:
         """The run's settings with its final (and best) metrics, in TensorBoard's HPARAMS tab."""
         if not self.writes:
             return
-        hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in settings.items() if k in HPARAMS}
+        hparams = {
+            k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in settings.items() if k in HPARAMS
+        }
         hparams["method"] = result.get("method", "")
         metrics = {f"hparam/{which}_{k}": v for which in ("final", "best") for k, v in (result.get(which) or {}).items()
                    if k in ("top1", "top5", "ch", "knn_top1") and isinstance(v, (int, float)) and math.isfinite(v)}

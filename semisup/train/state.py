@@ -24,13 +24,18 @@ class TrainState:
     REQUIRED = ("step", "epoch_sums", "bad_images", "best")  # in every checkpoint this project wrote
 
     def state_dict(self) -> dict:
-        return dict(step=self.step, epoch_sums=self.epoch_sums.cpu().clone(), bad_images=self.bad_images,
-                    labeled_seen=self.labeled_seen, best=self.best, last_row=self.last_row, process_counts=list(self.process_counts))
+        return dict(
+            step=self.step, epoch_sums=self.epoch_sums.cpu().clone(), bad_images=self.bad_images,
+            labeled_seen=self.labeled_seen, best=self.best, last_row=self.last_row,
+            process_counts=list(self.process_counts),
+        )
 
     def load_state_dict(self, state: dict, labeled_per_step: int) -> None:
         """From a checkpoint's entries; ``labeled_per_step`` counts the labeled images of a
         checkpoint written before they were counted."""
-        self.step, self.epoch_sums, self.bad_images, self.best = state["step"], state["epoch_sums"], state["bad_images"], state["best"]
+        self.step, self.epoch_sums, self.bad_images, self.best = (
+            state["step"], state["epoch_sums"], state["bad_images"], state["best"],
+        )
         self.last_row = state.get("last_row") or {}
         self.labeled_seen = state.get("labeled_seen", self.step * labeled_per_step)
         self.process_counts = [int(n) for n in state.get("process_counts") or []]

@@ -52,7 +52,9 @@ class StepSettings:
     autocast: Callable[[], AbstractContextManager] = nullcontext
 
 
-def cgc_step(model: nn.Module, labeled: LabeledBatch, pair: PairBatch | None, weight: float, s: StepSettings) -> StepLosses:
+def cgc_step(
+    model: nn.Module, labeled: LabeledBatch, pair: PairBatch | None, weight: float, s: StepSettings
+) -> StepLosses:
     """The losses of one step (no optimiser work); ``weight`` is lambda at this step."""
     with s.autocast():
         logits, _ = model(labeled.images)
@@ -78,7 +80,9 @@ def cgc_step(model: nn.Module, labeled: LabeledBatch, pair: PairBatch | None, we
     return StepLosses(ce=ce.detach(), consistency=consistency.detach().float(), loss=loss)
 
 
-def to_device(batch: dict, device: torch.device, channels_last: bool, pair: bool) -> tuple[LabeledBatch | None, PairBatch | None]:
+def to_device(
+    batch: dict, device: torch.device, channels_last: bool, pair: bool
+) -> tuple[LabeledBatch | None, PairBatch | None]:
     """A loader's batch (uint8 images, CPU, pinned) as typed device batches: the labeled crop
     when the batch has one, the pair when ``pair``. Copies are asynchronous: a blocking copy
     here would sync the GPU."""

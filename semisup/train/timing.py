@@ -37,6 +37,8 @@ class PartTimes:
         out = {name: self.seconds.get(name, 0.0) for name in PARTS}
         if self._loop_start is not None:
             loop = time.perf_counter() - self._loop_start
-            out["train_steps"] = max(0.0, loop - sum(out[n] for n in ("data_wait", "epoch_eval", "final_eval", "checkpoints")))
+            out["train_steps"] = max(
+                0.0, loop - sum(out[n] for n in ("data_wait", "epoch_eval", "final_eval", "checkpoints"))
+            )
         out["total"] = sum(out[n] for n in PARTS)
         return {k: round(v, 3) for k, v in out.items()}

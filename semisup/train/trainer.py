@@ -12,7 +12,6 @@ import logging
 import math
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -23,27 +22,26 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from semisup.method import cgc, explainers
 from semisup import checkpoint as ckpt
 from semisup import distributed as D
-from semisup.models import replicas as R
-from semisup.distributed import amp_dtype
 from semisup.config import Config, save_config
+from semisup.data.datasets import DataBundle, EpochSampler, StreamSampler, TrainDataset, build_data, make_loader
+from semisup.distributed import amp_dtype
 from semisup.errors import UserError
-from semisup.files import write_json_atomic
-from semisup.train.rundir import RunDirError, acquire_lock, archive_previous, prepare_run_dir, release_lock  # noqa: F401 (RunDirError: re-exported)
-from semisup.data.datasets import DataBundle, EpochSampler, StreamSampler, TrainDataset, make_loader
 from semisup.eval.evaluator import Evaluator, format_results
+from semisup.files import write_json_atomic
+from semisup.method import cgc, explainers
+from semisup.models import replicas as R
 from semisup.models.base import build_model
 from semisup.models.loading import load_pretrained
+from semisup.runfiles import RunFiles
 from semisup.train.preemption import SignalCheckpoint
+from semisup.train.rundir import RunDirError, acquire_lock, archive_previous, prepare_run_dir, release_lock  # noqa: F401 (RunDirError: re-exported)
 from semisup.train.runlog import RunLog
 from semisup.train.state import TrainState
-from semisup.train.timing import PartTimes
 from semisup.train.step import StepLosses, StepSettings, cgc_step, to_device
-from semisup.data.datasets import build_data
+from semisup.train.timing import PartTimes
 from semisup.version import code_version
-from semisup.runfiles import RunFiles
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +117,7 @@ class Trainer:
         self.model = build_model(cfg.arch, len(bundle.classes))
         self.pretrained_report = load_pretrained(self.model, cfg.pretrained) if cfg.pretrained else None
         self.model.to(self.device)
-        self.channels_last = cfg.channels_last and self.device.type == "cuda"
+        self.channels_last = D.uses_channels_last(cfg, self.device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.batch_l, self.batch_u = cfg.batch_labeled // dist.world, cfg.batch_unlabeled // dist.world
@@ -127,7 +125,9 @@ class Trainer:
         self.pair_on_labeled = cfg.full_supervision and cfg.forwards_pairs
         # The released run's DataParallel replicas of --group-size images (2 x 64 at batch 128):
         # the InfoNCE groups always; BatchNorm and the losses' weighting with --bn-geometry replicas.
-        self.geometry = R.geometry(cfg.batch_unlabeled if self.uses_unlabeled else cfg.batch_labeled, cfg.group_size, dist.world)
+        self.geometry = R.geometry(
+            cfg.batch_unlabeled if self.uses_unlabeled else cfg.batch_labeled, cfg.group_size, dist.world
+        )
         self.loss_replicas = self.geometry.local if cfg.bn_geometry == "replicas" else 1
         self.bn_processes = 1
         if cfg.bn_geometry == "replicas" and self.geometry.local > 1:
@@ -135,7 +135,9 @@ class Trainer:
         elif cfg.bn_geometry == "replicas" and self.geometry.processes > 1 and self.device.type == "cuda":
             # A replica spans processes: SyncBatchNorm over them (PyTorch has none on CPU).
             self.bn_processes = self.geometry.processes
-            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model, process_group=D.process_subgroup(self.bn_processes))
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(
+                self.model, process_group=D.process_subgroup(self.bn_processes)
+            )
         head, trunk = self.model.head_parameters(), self.model.trunk_parameters()
         self.optimizer = torch.optim.SGD([dict(params=trunk, lr=cfg.lr_trunk), dict(params=head, lr=cfg.lr_head)],
                                          momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -144,7 +146,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         # An epoch is one pass over the labeled set, its last batch partial (len(train_loader)).
         steps_per_epoch = math.ceil(math.ceil(len(bundle.labeled_indices) / dist.world) / self.batch_l)
-        total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
+        total = (
+            steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
+        )
         self.schedule = Schedule(steps_per_epoch, total, tuple(cfg.lr_milestones), cfg.lr_gamma)
         self.state = TrainState(process_counts=[dist.world])
         self.times = PartTimes()
@@ -159,15 +163,19 @@ class Trainer:
             return local_batch * self.geometry.processes - 1
         return R.replica_sizes(local_batch, self.geometry.local)[0] - 1
 
-    def consistency(self, cam_aug: torch.Tensor, cam: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    def consistency(
+        self, cam_aug: torch.Tensor, cam: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor
+    ) -> torch.Tensor:
         cfg = self.cfg
         if cfg.consistency == "l2":
             return self.replica_weighted(cgc.gcc_l2_per_sample(cam_aug, cam, boxes, flips, cfg.cam_size))
         if self.geometry.processes > 1:
             # A replica spans processes: its negatives come from the others, with gradient.
             all_aug, offset = D.gather_with_grad(cam_aug)
-            return cgc.cgc_loss(cam_aug, cam, boxes, flips, cfg.temperature, cfg.cam_size, cam.shape[0] * self.geometry.processes,
-                                cfg.cgc_negatives, all_aug, offset)
+            return cgc.cgc_loss(
+                cam_aug, cam, boxes, flips, cfg.temperature, cfg.cam_size, cam.shape[0] * self.geometry.processes,
+                cfg.cgc_negatives, all_aug, offset,
+            )
         return cgc.cgc_loss(cam_aug, cam, boxes, flips, cfg.temperature, cfg.cam_size, negatives=cfg.cgc_negatives,
                             replicas=self.geometry.local)
 
@@ -183,13 +191,19 @@ class Trainer:
         return self.cfg.cgc_weight * (min(1.0, self.state.step / ramp_steps) if ramp_steps > 0 else 1.0)
 
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+        return D.autocast(self.cfg, self.device)
 
     def step_settings(self) -> StepSettings:
         cfg, explain = self.cfg, explainers.get(self.cfg.explainer)
-        return StepSettings(ce=lambda out, labels: self.replica_weighted(F.cross_entropy(out.float(), labels, reduction="none")),
-                            consistency=self.consistency, explain=partial(explain, self.model), uses_heatmaps=cfg.cgc_weight > 0,
-                            pair_on_labeled=self.pair_on_labeled, explain_label=cfg.cam_class == "label", autocast=self.autocast)
+        return StepSettings(
+            ce=lambda out, labels: self.replica_weighted(F.cross_entropy(out.float(), labels, reduction="none")),
+            consistency=self.consistency,
+            explain=partial(explain, self.model),
+            uses_heatmaps=cfg.cgc_weight > 0,
+            pair_on_labeled=self.pair_on_labeled,
+            explain_label=cfg.cam_class == "label",
+            autocast=self.autocast,
+        )
 
     def training_step(self, labeled: dict, unlabeled: dict | None, settings: StepSettings | None = None) -> StepLosses:
         """One step on the loaders' batches; the losses stay on the device (no host sync here).
@@ -207,15 +221,19 @@ class Trainer:
     # ---- state ----------------------------------------------------------------------
     def checkpoint_state(self) -> dict:
         """What checkpoint.pt holds: weights, optimiser, the TrainState's entries, RNG and config."""
-        return dict(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
-                    **self.state.state_dict(), epoch=self.state.step // self.schedule.steps_per_epoch, rng=ckpt.rng_state(),
-                    config=self.cfg.to_dict())
+        return dict(
+            model=self.model.state_dict(), optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
+            **self.state.state_dict(), epoch=self.state.step // self.schedule.steps_per_epoch, rng=ckpt.rng_state(),
+            config=self.cfg.to_dict(),
+        )
 
     def stop_non_finite(self, what: str, step: int) -> None:
         path = RunFiles(self.run_dir).checkpoint
         kept = (f"the last good checkpoint is {path} (step {ckpt.load(path)['step']})" if path.exists()
                 else "no checkpoint was written before it")
-        raise NonFiniteLoss(f"non-finite {what} at step {step}; {kept} (try a lower --lr-head/--lr-trunk or --amp bf16)")
+        raise NonFiniteLoss(
+            f"non-finite {what} at step {step}; {kept} (try a lower --lr-head/--lr-trunk or --amp bf16)"
+        )
 
     def save(self) -> None:
         with self.times.part("checkpoints"):
@@ -224,7 +242,9 @@ class Trainer:
     def _save(self) -> None:
         # An update can overflow the weights while the loss that produced it was finite: such a
         # state is never written over the last good checkpoint.
-        tensors = [t for t in self.model.state_dict().values() if t.is_floating_point()]  # weights and BatchNorm statistics
+        tensors = [
+            t for t in self.model.state_dict().values() if t.is_floating_point()
+        ]  # weights and BatchNorm statistics
         if not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
             self.stop_non_finite("weights", self.state.step)
         if self.dist.is_main:
@@ -245,20 +265,31 @@ class Trainer:
         try:
             state = ckpt.load(path)
         except Exception as err:  # torch raises several types for a truncated or damaged file
-            raise self.unusable_checkpoint(path, f"cannot be read, truncated or damaged ({type(err).__name__})") from err
-        missing = [k for k in ("model", "optimizer", "scaler", "rng", *TrainState.REQUIRED) if not isinstance(state, dict) or k not in state]
+            raise self.unusable_checkpoint(
+                path, f"cannot be read, truncated or damaged ({type(err).__name__})"
+            ) from err
+        missing = [
+            k
+            for k in ("model", "optimizer", "scaler", "rng", *TrainState.REQUIRED)
+            if not isinstance(state, dict) or k not in state
+        ]
         if missing:
-            raise self.unusable_checkpoint(path, f"is not a checkpoint to resume from (no {', '.join(missing)}: a model_best.pt "
-                                                 "copied over it?)")
+            raise self.unusable_checkpoint(
+                path, f"is not a checkpoint to resume from (no {', '.join(missing)}: a model_best.pt copied over it?)"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.state.load_state_dict(state, labeled_per_step=self.cfg.batch_labeled)
         earlier = self.state.process_counts
         if earlier and earlier[-1] != self.dist.world:
-            log.warning("resuming on %d process(es); the run trained on %d until step %d: batches per process and the "
-                        "negatives' and BatchNorm's groups follow the new count (recorded in final.json)", self.dist.world,
-                        earlier[-1], state["step"])
+            log.warning(
+                "resuming on %d process(es); the run trained on %d until step %d: batches per process and the "
+                "negatives' and BatchNorm's groups follow the new count (recorded in final.json)",
+                self.dist.world,
+                earlier[-1],
+                state["step"],
+            )
             self.state.process_counts = earlier + [self.dist.world]
         elif not earlier:
             self.state.process_counts = [self.dist.world]
@@ -279,14 +310,23 @@ class Trainer:
         else:
             dataset_type, collate, finish = TrainDataset, None, (lambda batch: batch)
         options = dict(flip_protocol=cfg.flip_protocol, draft=cfg.decode == "cpu-draft")
-        labeled = dataset_type(b.labeled, b.labeled_indices, cfg.image_size, cfg.resize_size, cfg.crop_scale_min, crop=True,
-                               pair=self.pair_on_labeled, **options)
-        sampler = EpochSampler(len(labeled), self.batch_l, cfg.seed, LABELED_STREAM, dist.rank, dist.world, start_batch=self.state.step)
+        labeled = dataset_type(
+            b.labeled, b.labeled_indices, cfg.image_size, cfg.resize_size, cfg.crop_scale_min, crop=True,
+            pair=self.pair_on_labeled, **options,
+        )
+        sampler = EpochSampler(
+            len(labeled), self.batch_l, cfg.seed, LABELED_STREAM, dist.rank, dist.world, start_batch=self.state.step
+        )
         streams = [map(finish, make_loader(labeled, sampler, cfg.workers, pin, collate))]
         if self.uses_unlabeled:
-            unlabeled = dataset_type(b.unlabeled, b.unlabeled_indices, cfg.image_size, cfg.resize_size, cfg.crop_scale_min,
-                                     crop=False, pair=True, **options)
-            sampler = StreamSampler(len(unlabeled), self.batch_u, cfg.seed, UNLABELED_STREAM, dist.rank, dist.world, start_batch=self.state.step)
+            unlabeled = dataset_type(
+                b.unlabeled, b.unlabeled_indices, cfg.image_size, cfg.resize_size, cfg.crop_scale_min, crop=False,
+                pair=True, **options,
+            )
+            sampler = StreamSampler(
+                len(unlabeled), self.batch_u, cfg.seed, UNLABELED_STREAM, dist.rank, dist.world,
+                start_batch=self.state.step,
+            )
             streams.append(map(finish, make_loader(unlabeled, sampler, cfg.workers, pin, collate)))
         return streams
 
@@ -300,7 +340,9 @@ class Trainer:
         startup = time.perf_counter()
         self.resume()
         if self.dist.enabled:
-            self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.ddp = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         if cfg.compile:
             self.ddp = torch.compile(self.ddp)
         self.log_start()
@@ -334,11 +376,17 @@ class Trainer:
             losses = self.training_step(labeled, unlabeled)
             stacked = torch.stack([losses.ce, losses.consistency, losses.loss.detach().float()])
             window += stacked
-            self.state.epoch_sums = self.state.epoch_sums.to(self.device) + torch.cat([stacked.double(), stacked.new_ones(1).double()])
-            self.first_nonfinite = torch.where(torch.isfinite(losses.loss.detach()) | (self.first_nonfinite >= 0), self.first_nonfinite,
-                                               torch.full_like(self.first_nonfinite, self.state.step))
+            self.state.epoch_sums = self.state.epoch_sums.to(self.device) + torch.cat(
+                [stacked.double(), stacked.new_ones(1).double()]
+            )
+            self.first_nonfinite = torch.where(
+                torch.isfinite(losses.loss.detach()) | (self.first_nonfinite >= 0), self.first_nonfinite,
+                torch.full_like(self.first_nonfinite, self.state.step),
+            )
             # Bad-file counts come from the loader on the CPU: no device sync.
-            self.state.bad_images += int(labeled["bad"].sum()) + (int(unlabeled["bad"].sum()) if unlabeled is not None else 0)
+            self.state.bad_images += int(labeled["bad"].sum()) + (
+                int(unlabeled["bad"].sum()) if unlabeled is not None else 0
+            )
             self.state.labeled_seen += len(labeled["label"]) * self.dist.world
             self.state.step += 1
             window_steps += 1
@@ -348,7 +396,9 @@ class Trainer:
             if logged:
                 self.check_health()  # a host-device sync: the window's time below is real compute
                 mean = (window / window_steps).tolist()
-                bar.set_postfix(ce=f"{mean[0]:.3f}", cons=f"{mean[1]:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.3g}")
+                bar.set_postfix(
+                    ce=f"{mean[0]:.3f}", cons=f"{mean[1]:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.3g}"
+                )
                 self.log_step(mean, window_steps, time.perf_counter() - window_start, data_wait)
                 window.zero_()
                 window_steps, window_start, data_wait = 0, time.perf_counter(), 0.0
@@ -361,7 +411,10 @@ class Trainer:
             if self.preemption.requested(self.dist, sync_point=logged) and self.state.step < sched.total_steps:
                 self.check_health()
                 self.save()
-                log.warning("SIGUSR2 at step %d: checkpoint.pt written; handing over to the scheduler's requeue", self.state.step)
+                log.warning(
+                    "SIGUSR2 at step %d: checkpoint.pt written; handing over to the scheduler's requeue",
+                    self.state.step,
+                )
                 self.preemption.hand_over(self.state.step)
         return self.finish(evaluator)
 
@@ -377,7 +430,9 @@ class Trainer:
                        images_per_s=images / max(seconds, 1e-9), data_s_per_step=data_wait / max(steps, 1),
                        compute_s_per_step=(seconds - data_wait) / max(steps, 1), peak_gpu_gib=memory,
                        eta_s=(sched.total_steps - self.state.step) * per_step)
-        self.runlog.step(math.ceil(self.state.step / sched.steps_per_epoch), self.state.step, sched.total_steps, numbers)
+        self.runlog.step(
+            math.ceil(self.state.step / sched.steps_per_epoch), self.state.step, sched.total_steps, numbers
+        )
 
     def check_health(self) -> None:
         """Stop on a non-finite loss (naming the step) or too many unreadable images. Called
@@ -387,8 +442,10 @@ class Trainer:
             self.stop_non_finite("loss", bad_step)
         seen = self.state.labeled_seen + (self.state.step * self.cfg.batch_unlabeled if self.uses_unlabeled else 0)
         if self.state.bad_images > self.cfg.max_bad_fraction * seen and self.state.bad_images > 0:
-            raise BadDataError(f"{self.state.bad_images} unreadable images among {seen} loaded (more than --max-bad-fraction "
-                               f"{self.cfg.max_bad_fraction}); check the dataset (the warnings above name the files)")
+            raise BadDataError(
+                f"{self.state.bad_images} unreadable images among {seen} loaded (more than --max-bad-fraction "
+                f"{self.cfg.max_bad_fraction}); check the dataset (the warnings above name the files)"
+            )
 
     def images_seen(self) -> dict:
         return dict(labeled_images=self.state.labeled_seen,
@@ -398,9 +455,12 @@ class Trainer:
         cfg = self.cfg
         epoch = math.ceil(self.state.step / self.schedule.steps_per_epoch)  # a --max-steps stop counts as its epoch
         sums = D.all_reduce_sum(self.state.epoch_sums.to(self.device).clone()).cpu() / self.dist.world
-        row = dict(epoch=epoch, step=self.state.step, train_ce=sums[0].item() / sums[3].item(), train_consistency=sums[1].item() / sums[3].item(),
-                   train_loss=sums[2].item() / sums[3].item(), lr_trunk=self.optimizer.param_groups[0]["lr"],
-                   lr_head=self.optimizer.param_groups[1]["lr"], bad_images=self.state.bad_images, **self.images_seen())
+        row = dict(
+            epoch=epoch, step=self.state.step, train_ce=sums[0].item() / sums[3].item(),
+            train_consistency=sums[1].item() / sums[3].item(), train_loss=sums[2].item() / sums[3].item(),
+            lr_trunk=self.optimizer.param_groups[0]["lr"], lr_head=self.optimizer.param_groups[1]["lr"],
+            bad_images=self.state.bad_images, **self.images_seen(),
+        )
         last = self.state.step >= self.schedule.total_steps
         full = last or bool(cfg.ch_every and epoch % cfg.ch_every == 0)
         if full or (cfg.eval_every and epoch % cfg.eval_every == 0):
@@ -410,7 +470,9 @@ class Trainer:
             self.model.train()
             for key, value in row.items():
                 if isinstance(value, float) and not math.isfinite(value) and key != "ch_released_swav":
-                    log.warning("validation %s is %s at epoch %d: the model or its heatmaps diverged", key, value, epoch)
+                    log.warning(
+                        "validation %s is %s at epoch %d: the model or its heatmaps diverged", key, value, epoch
+                    )
             # model_best by validation top-1, as the released scripts kept model_best.pth.tar.
             if self.state.best is None or row["top1"] > self.state.best["top1"]:
                 self.state.best = dict(epoch=epoch, step=self.state.step, top1=row["top1"], top5=row["top5"])
@@ -418,7 +480,9 @@ class Trainer:
         self.state.epoch_sums = torch.zeros(4, dtype=torch.float64)
         if self.dist.is_main:
             self.runlog.epoch(row)
-        log.info("epoch %d: %s", epoch, json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}))
+        log.info(
+            "epoch %d: %s", epoch, json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
+        )
         self.state.last_row = row
         self.save()
 
@@ -435,14 +499,19 @@ class Trainer:
 
     def _save_best(self) -> None:
         if self.dist.is_main:
-            ckpt.save_atomic(dict(model=self.model.state_dict(), config=self.cfg.to_dict(), **self.state.best), RunFiles(self.run_dir).best)
+            ckpt.save_atomic(
+                dict(model=self.model.state_dict(), config=self.cfg.to_dict(), **self.state.best),
+                RunFiles(self.run_dir).best,
+            )
         D.barrier()
 
     def log_start(self) -> None:
         cfg, d = self.cfg, self.dist
         if random_start_warning(cfg):
             log.warning("%s", random_start_warning(cfg))
-        log.info("run dir %s; %d process(es) on %s; amp %s", self.run_dir, d.world, self.device, self.amp_dtype or "off")
+        log.info(
+            "run dir %s; %d process(es) on %s; amp %s", self.run_dir, d.world, self.device, self.amp_dtype or "off"
+        )
         log.info("trunk: %s", describe_start(cfg, self.pretrained_report))
         log.info("batch: labeled %d global / %d per process, unlabeled %s; %d steps per epoch, %d epochs, %d steps",
                  cfg.batch_labeled, self.batch_l,
@@ -451,10 +520,18 @@ class Trainer:
         per_process = self.batch_l if self.pair_on_labeled else self.batch_u
         bn = ("each process' batch" if cfg.bn_geometry == "batch" else f"{self.geometry.local} replica(s) per process"
               if self.bn_processes == 1 else f"one replica over {self.bn_processes} processes (SyncBatchNorm)")
-        log.info("released replicas: %d replica(s) of %d images; BatchNorm over %s; pair flip protocol %s%s", self.geometry.replicas,
-                 cfg.group_size, bn, cfg.flip_protocol,
-                 f"; InfoNCE: {self.negatives_per_anchor(per_process)} negatives per anchor"
-                 if cfg.cgc_weight > 0 and cfg.consistency == "cgc" else "")
+        log.info(
+            "released replicas: %d replica(s) of %d images; BatchNorm over %s; pair flip protocol %s%s",
+            self.geometry.replicas,
+            cfg.group_size,
+            bn,
+            cfg.flip_protocol,
+            (
+                f"; InfoNCE: {self.negatives_per_anchor(per_process)} negatives per anchor"
+                if cfg.cgc_weight > 0 and cfg.consistency == "cgc"
+                else ""
+            ),
+        )
 
     def best_metrics(self, evaluator: Evaluator, final: dict) -> dict:
         """The full evaluation of the best-top-1 checkpoint (the final one's when they coincide)."""
@@ -466,7 +543,10 @@ class Trainer:
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         model.load_state_dict(ckpt.load(RunFiles(self.run_dir).best)["model"])
-        return dict(epoch=self.state.best["epoch"], step=self.state.best["step"], **evaluator.run(model, progress=True, full=True))
+        return dict(
+            epoch=self.state.best["epoch"], step=self.state.best["step"],
+            **evaluator.run(model, progress=True, full=True),
+        )
 
     def finish(self, evaluator: Evaluator) -> dict:
         final = {k: v for k, v in self.state.last_row.items() if isinstance(v, (int, float))}
@@ -474,20 +554,34 @@ class Trainer:
             best = self.best_metrics(evaluator, final)
             if self.dist.is_main and self.cfg.gallery:
                 from semisup.eval.gallery import save_gallery
-                save_gallery([self.model], [self.cfg.method], self.bundle, self.cfg, self.device, RunFiles(self.run_dir).gallery)
+                save_gallery(
+                    [self.model], [self.cfg.method], self.bundle, self.cfg, self.device, RunFiles(self.run_dir).gallery
+                )
         scheduled = self.schedule.steps_per_epoch * self.cfg.epochs
-        result = dict(method=self.cfg.method, labeled_fraction=self.cfg.labeled_fraction, seed=self.cfg.seed, arch=self.cfg.arch,
-                      pretrained=self.cfg.pretrained, steps=self.state.step, scheduled_steps=scheduled,
-                      truncated=self.state.step < scheduled,  # stopped by --max-steps: not a result of the recipe
-                      final=final, best=best,
-                      ce_baseline=self.cfg.ce_mode if self.cfg.cgc_weight == 0 else None,
-                      process_counts=self.state.process_counts,  # more than one entry: resumed on another number of processes
-                      weights_sha256=weights_digest(self.model),
-                      note="'final' is the last epoch; 'best' is the epoch of highest validation top-1 (model_best.pt, as the "
-                           "released scripts kept): a selection on the validation set, reported beside 'final', never instead.")
+        result = dict(
+            method=self.cfg.method,
+            labeled_fraction=self.cfg.labeled_fraction,
+            seed=self.cfg.seed,
+            arch=self.cfg.arch,
+            pretrained=self.cfg.pretrained,
+            steps=self.state.step,
+            scheduled_steps=scheduled,
+            truncated=self.state.step < scheduled,  # stopped by --max-steps: not a result of the recipe
+            final=final,
+            best=best,
+            ce_baseline=self.cfg.ce_mode if self.cfg.cgc_weight == 0 else None,
+            process_counts=self.state.process_counts,  # more than one entry: resumed on another number of processes
+            weights_sha256=weights_digest(self.model),
+            note=(
+                "'final' is the last epoch; 'best' is the epoch of highest validation top-1 (model_best.pt, as the "
+                "released scripts kept): a selection on the validation set, reported beside 'final', never instead."
+            ),
+        )
         result["seconds"] = self.times.summary()  # this start of the run only (a resumed run: since its resume)
         if self.dist.is_main:
-            write_json_atomic(RunFiles(self.run_dir).final, result)  # a kill here must not leave a half-written "finished" run
+            write_json_atomic(
+                RunFiles(self.run_dir).final, result
+            )  # a kill here must not leave a half-written "finished" run
             self.runlog.hparams(self.cfg.to_dict(), result)
             self.runlog.close()
         return result
@@ -498,16 +592,20 @@ def random_start_warning(cfg: Config) -> str | None:
     learning rates (head 5) are those of fine-tuning a self-supervised trunk."""
     if cfg.pretrained is not None or cfg.is_demo or cfg.full_supervision:
         return None
-    return ("the trunk starts from random weights, but the limited-label recipe (trunk lr 0.02, head lr 5) fine-tunes a "
-            "self-supervised one: pass --pretrained pretrained/swav_800ep_pretrain.pth.tar (`python -m semisup.models.pretrained "
-            "download`); if random weights are meant, this is only a reminder")
+    return (
+        "the trunk starts from random weights, but the limited-label recipe (trunk lr 0.02, head lr 5) fine-tunes a "
+        "self-supervised one: pass --pretrained pretrained/swav_800ep_pretrain.pth.tar (`semisup-pretrained "
+        "download`); if random weights are meant, this is only a reminder"
+    )
 
 
 def describe_start(cfg: Config, report: dict | None) -> str:
     """Where the trunk's weights came from, said at the start of every run."""
     if report is None:
         warning = random_start_warning(cfg)
-        return ("random initialisation (--pretrained none)" if cfg.is_demo else "random initialisation") + (f"; WARNING: {warning}" if warning else "")
+        return ("random initialisation (--pretrained none)" if cfg.is_demo else "random initialisation") + (
+            f"; WARNING: {warning}" if warning else ""
+        )
     manifest = report.get("manifest")
     if manifest:
         return (f"{cfg.pretrained}: {manifest['what']} (sha256 {manifest['sha256'][:12]} verified; made by "
@@ -588,7 +686,9 @@ def check_start(cfg: Config, decode_check: bool, world: int = 1) -> tuple[dict, 
     function runs ``run.py --dry-run`` and the checks ``jobs/submit.py`` makes before queueing."""
     prepare_run_dir(cfg)
     bundle = build_data(cfg, decode_check=decode_check)
-    trainer = Trainer(cfg, D.Dist(world=world, device=torch.device("cpu")), None, bundle)  # the job's geometry, built on the CPU here
+    trainer = Trainer(
+        cfg, D.Dist(world=world, device=torch.device("cpu")), None, bundle
+    )  # the job's geometry, built on the CPU here
     summary = dict(bundle.summary)
     summary["model"] = cfg.arch
     summary["trunk"] = describe_start(cfg, trainer.pretrained_report)
@@ -615,8 +715,10 @@ def planner_line(cfg: Config, summary: dict) -> str:
     node = (gpus, os.cpu_count() or 1) if gpus else (1, 16)
     estimate = plan.plan_run(cfg.to_dict(), summary, plan.measured_rates("h100"), gpus=node[0], cores=node[1])
     where = f"this node ({node[0]} GPU(s), {node[1]} cores)" if gpus else "1 H100 with 16 cores (no GPU here)"
-    return (f"planner: about {estimate['total_s'] / 60:.1f} min on {where} at H100 rates, longest part {estimate['bounded_by']} "
-            "(python -m semisup.tools.bench plan for other nodes; bench gpu --out measures yours)")
+    return (
+        f"planner: about {estimate['total_s'] / 60:.1f} min on {where} at H100 rates, longest part"
+        f" {estimate['bounded_by']} (semisup-bench plan for other nodes; bench gpu --out measures yours)"
+    )
 
 
 def print_summary(summary: dict) -> None:
@@ -629,10 +731,13 @@ def print_summary(summary: dict) -> None:
 def next_commands(run_dir: Path) -> str:
     """What to run after a finished run: the table, TensorBoard, the status of its folder."""
     parent = run_dir.parent
-    return (f"\nrun directory: {run_dir} (metrics.csv, final.json, gallery.png, tensorboard/)\nnext:\n"
-            f"  python semisup/report.py {parent}/* --out results/        # tables over seeds, plots, galleries\n"
-            f"  tensorboard --logdir {parent}                              # curves, galleries, hyper-parameters\n"
-            f"  python semisup/evaluate.py --checkpoint {run_dir / 'checkpoint.pt'} --metrics iauc,dauc   # insertion / deletion AUC")
+    return (
+        f"\nrun directory: {run_dir} (metrics.csv, final.json, gallery.png, tensorboard/)\nnext:\n  python"
+        f" semisup/report.py {parent}/* --out results/        # tables over seeds, plots, galleries\n  tensorboard"
+        f" --logdir {parent}                              # curves, galleries, hyper-parameters\n  python"
+        f" semisup/evaluate.py --checkpoint {run_dir / 'checkpoint.pt'} --metrics iauc,dauc   # insertion /"
+        " deletion AUC"
+    )
 
 
 def result_rows(cfg: Config, result: dict) -> list[dict]:
