@@ -33,7 +33,7 @@ from semisup.data import transforms as T
 from semisup.errors import Parser
 from semisup.files import write_json_atomic
 from semisup.method import cgc, explainers
-from semisup.tools.measure import alternate, emit, machine, step_setup  # noqa: F401 (machine, emit: bench's API)
+from semisup.tools.measure import alternate, emit, machine, sample_photos, step_setup, write_photo  # noqa: F401 (machine, emit: bench's API)
 
 
 def floor_step(trainer, labeled, unlabeled):
@@ -132,23 +132,12 @@ PHOTO_SHAPES = [(500, 375), (375, 500), (500, 333), (500, 375), (500, 400), (333
 
 def make_jpegs(folder: Path, count: int, seed: int = 0, noise: float = 7.0) -> list[str]:
     """ImageNet-like photographic JPEGs (quality 90); one in eight is a large 1600 x 1200."""
-    from PIL import Image
-    from sklearn.datasets import load_sample_images
-    photos = [np.asarray(p) for p in load_sample_images().images]
-    rng = np.random.default_rng(seed)
+    photos, rng = sample_photos(), np.random.default_rng(seed)
     paths = []
     for i in range(count):
         w, h = PHOTO_SHAPES[i % len(PHOTO_SHAPES)]
-        photo = photos[i % len(photos)]
-        ph, pw = photo.shape[:2]
-        crop_w = int(rng.integers(pw // 2, pw + 1))
-        crop_h = min(ph, int(crop_w * h / w))
-        crop_w = int(crop_h * w / h)
-        top, left = int(rng.integers(0, ph - crop_h + 1)), int(rng.integers(0, pw - crop_w + 1))
-        image = Image.fromarray(photo[top:top + crop_h, left:left + crop_w]).resize((w, h), Image.BICUBIC)
-        noisy = np.asarray(image, dtype=np.float32) + rng.normal(0, noise, size=(h, w, 3))
         path = folder / f"img{i:05d}.JPEG"
-        Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(path, quality=90)
+        write_photo(path, photos[i % len(photos)], w, h, rng, noise)
         paths.append(str(path))
     return paths
 
@@ -322,12 +311,7 @@ def _gpu_step_over_floor(args, trainer, labeled, unlabeled, results: dict) -> No
     t_step, t_floor = alternate(step, floor, args.repeats, torch.cuda.synchronize if cuda else (lambda: None))
     results["step_over_floor"] = statistics.median(t_step) / statistics.median(t_floor)
     if cuda:
-        peaks = []
-        for fn in (step, floor):
-            torch.cuda.reset_peak_memory_stats()
-            fn()
-            torch.cuda.synchronize()
-            peaks.append(torch.cuda.max_memory_allocated() / 2**20)
+        peaks = _step_peaks(args, step, floor)
         results.update(peak_mb_step=peaks[0], peak_mb_floor=peaks[1], memory_over_floor=peaks[0] / peaks[1])
 
 

@@ -61,20 +61,11 @@ def draw_size(rng: np.random.Generator, scale: float) -> tuple[int, int]:
 def write_photos(jobs: list[tuple[str, int, int, int]], noise: float = 7.0) -> None:
     """Write each (path, width, height, seed) as bench's ``make_jpegs`` makes its files: a random
     crop of one of scikit-learn's two photographs, resized, with sensor-like noise, quality 90."""
-    from PIL import Image
-    from sklearn.datasets import load_sample_images
-    photos = [np.asarray(p) for p in load_sample_images().images]
+    from semisup.tools.measure import sample_photos, write_photo
+
+    photos = sample_photos()
     for path, w, h, seed in jobs:
-        rng = np.random.default_rng(seed)
-        photo = photos[seed % len(photos)]
-        ph, pw = photo.shape[:2]
-        crop_w = int(rng.integers(pw // 2, pw + 1))
-        crop_h = min(ph, int(crop_w * h / w))
-        crop_w = int(crop_h * w / h)
-        top, left = int(rng.integers(0, ph - crop_h + 1)), int(rng.integers(0, pw - crop_w + 1))
-        image = Image.fromarray(photo[top:top + crop_h, left:left + crop_w]).resize((w, h), Image.BICUBIC)
-        noisy = np.asarray(image, dtype=np.float32) + rng.normal(0, noise, size=(h, w, 3))
-        Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(path, quality=90)
+        write_photo(path, photos[seed % len(photos)], w, h, np.random.default_rng(seed), noise)
 
 
 def write_all(jobs: list[tuple[str, int, int, int]]) -> None:

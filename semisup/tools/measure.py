@@ -81,3 +81,26 @@ def step_setup(args):
         view=image(), aug=image(), box=boxes.to(device), flip=(torch.arange(args.batch) % 2 == 0).to(device)
     )
     return trainer, labeled, unlabeled
+
+
+def sample_photos() -> list[np.ndarray]:
+    """scikit-learn's two shipped photographs, [H, W, 3] uint8: photographic content without a download."""
+    from sklearn.datasets import load_sample_images
+
+    return [np.asarray(p) for p in load_sample_images().images]
+
+
+def write_photo(path, photo: np.ndarray, w: int, h: int, rng: np.random.Generator, noise: float = 7.0) -> None:
+    """A JPEG (quality 90) of ``w`` x ``h``: a random crop of ``photo`` at that aspect, resized,
+    with sensor-like noise, so file sizes and decode work match real photos."""
+    from PIL import Image
+
+    ph, pw = photo.shape[:2]
+    crop_w = int(rng.integers(pw // 2, pw + 1))
+    crop_h = min(ph, int(crop_w * h / w))
+    crop_w = int(crop_h * w / h)
+    top, left = int(rng.integers(0, ph - crop_h + 1)), int(rng.integers(0, pw - crop_w + 1))
+    image = Image.fromarray(photo[top:top + crop_h, left:left + crop_w]).resize((w, h), Image.BICUBIC)
+    noisy = np.asarray(image, dtype=np.float32) + rng.normal(0, noise, size=(h, w, 3))
+    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(path, quality=90)
+

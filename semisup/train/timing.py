@@ -40,5 +40,6 @@ class PartTimes:
             out["train_steps"] = max(
                 0.0, loop - sum(out[n] for n in ("data_wait", "epoch_eval", "final_eval", "checkpoints"))
             )
-        out["total"] = sum(out[n] for n in PARTS)
-        return {k: round(v, 3) for k, v in out.items()}
+        out = {k: round(v, 3) for k, v in out.items()}
+        out["total"] = sum(out[n] for n in PARTS)  # of the rounded parts: the parts add up to it
+        return out
