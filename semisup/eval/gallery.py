@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from semisup.data import transforms as T
 from semisup.data.boxes import content_heatmap, scale_boxes
 from semisup.data.datasets import EvalDataset
+from semisup.files import write_atomic
 from semisup.method import explainers
 
 
@@ -139,6 +140,6 @@ def save_gallery(
     import matplotlib.pyplot as plt
     fig = gallery_figure(models, names, bundle, cfg, device, count, seed, class_names)
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return path

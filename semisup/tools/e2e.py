@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from semisup.errors import Parser, UsageError
-from semisup.files import read_json, write_json_atomic
+from semisup.files import read_json, write_json_atomic, write_text_atomic
 from semisup.train import plan
 
 # ImageNet's photos: mostly 500 x 375 (both orientations), some 500 x 333 / 500 x 400. A few
@@ -110,9 +110,9 @@ def make_tree(root: Path, classes: int, per_class: int, val_per_class: int, labe
         val.append(jobs[-1][0])
         x0, y0 = int(rng.integers(1, w // 3 + 2)), int(rng.integers(1, h // 3 + 2))
         box = (x0, y0, int(rng.integers(x0 + w // 3, w + 1)), int(rng.integers(y0 + h // 3, h + 1)))
-        (root / "boxes" / f"{image_id}.xml").write_text(voc_xml((w, h), wnid, box))
+        write_text_atomic(root / "boxes" / f"{image_id}.xml", voc_xml((w, h), wnid, box))
     write_all(jobs)
-    (root.parent / "split.txt").write_text("\n".join(split) + "\n")
+    write_text_atomic(root.parent / "split.txt", "\n".join(split) + "\n")
     return Tree(root, root.parent / "split.txt", train, val, labeled)
 
 

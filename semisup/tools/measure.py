@@ -10,6 +10,8 @@ import time
 import numpy as np
 import torch
 
+from semisup.files import write_atomic
+
 
 def machine() -> str:
     if torch.cuda.is_available():
@@ -102,5 +104,6 @@ def write_photo(path, photo: np.ndarray, w: int, h: int, rng: np.random.Generato
     top, left = int(rng.integers(0, ph - crop_h + 1)), int(rng.integers(0, pw - crop_w + 1))
     image = Image.fromarray(photo[top:top + crop_h, left:left + crop_w]).resize((w, h), Image.BICUBIC)
     noisy = np.asarray(image, dtype=np.float32) + rng.normal(0, noise, size=(h, w, 3))
-    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(path, quality=90)
+    picture = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+    write_atomic(path, lambda tmp: picture.save(tmp, format="JPEG", quality=90))
 

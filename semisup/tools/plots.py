@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from semisup.files import write_atomic
 from semisup.runfiles import RunFiles
 
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
@@ -41,7 +42,7 @@ def tradeoff_plot(runs: pd.DataFrame, path: Path) -> Path:
 
 
 def _save(fig, path: Path, dpi: int) -> Path:
-    fig.savefig(path, dpi=dpi)
+    write_atomic(Path(path), lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
     _plt().close(fig)
     return Path(path)
 

@@ -36,6 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from semisup import checkpoint as ckpt
 from semisup.config import DEMO_START
 from semisup.data import transforms as T
 from semisup.data.datasets import ArraySource, StreamSampler, TrainDataset
@@ -212,7 +213,7 @@ def save_swav_layout(model: nn.Module, head: SwAVHead, path: Path) -> None:
     state = {f"module.{k}": weights[k] for k in model.trunk_keys()}
     state.update({f"module.{k}": v for k, v in head.state_dict().items()})
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, path)
+    ckpt.save_atomic(state, path)
 
 
 def at_least_two(text: str) -> int:

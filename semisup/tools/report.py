@@ -20,7 +20,7 @@ import pandas as pd
 
 from semisup.config import Config, load_saved_config
 from semisup.errors import Parser, UsageError, UserError, cli
-from semisup.files import RunFileError, read_json, write_text_atomic
+from semisup.files import RunFileError, read_json, write_atomic, write_text_atomic
 from semisup.runfiles import RunFiles
 
 METHOD_NAMES = {"ce": "Cross-entropy", "ce-script": "Cross-entropy (CGC script, λ 0)", "cgc": "CGC", "gcc": "GCC (L2)"}
@@ -301,8 +301,9 @@ def main(argv=None) -> int:
         write_text_atomic(args.out / "results.md", "\n".join(text))
         for title, table in sections:
             if not table.empty:
-                table.to_csv(args.out / f"results_{title.split()[0].lower()}.csv", index=False)
-        runs.to_csv(args.out / "runs.csv", index=False)
+                csv = args.out / f"results_{title.split()[0].lower()}.csv"
+                write_atomic(csv, lambda tmp, table=table: table.to_csv(tmp, index=False))
+        write_atomic(args.out / "runs.csv", lambda tmp: runs.to_csv(tmp, index=False))
         for png in write_pictures(args.run_dirs, args.out, galleries=args.galleries, class_names=class_names):
             print(f"wrote {png}")
     return 0

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from semisup.files import write_atomic
+from semisup.files import write_atomic, write_text_atomic
 from semisup.runfiles import RunFiles
 
 log = logging.getLogger("semisup.train.trainer")
@@ -96,7 +96,7 @@ class RunLog:
         self.writer.flush()  # what a person watching sees is current (and a resumed run purges it)
         progress = dict(epoch=epoch, step=step, total_steps=total_steps, updated=time.strftime("%Y-%m-%d %H:%M:%S"),
                         **{k: (round(v, 4) if math.isfinite(v) else None) for k, v in numbers.items()})
-        write_atomic(RunFiles(self.run_dir).progress, lambda p: p.write_text(json.dumps(progress)))
+        write_text_atomic(RunFiles(self.run_dir).progress, json.dumps(progress))
 
     def epoch(self, row: dict) -> None:
         """Append (or, after a resume, replace) the epoch's row of metrics.csv; scalars to TensorBoard."""
