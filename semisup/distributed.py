@@ -115,10 +115,10 @@ def amp_dtype(cfg, device: torch.device) -> torch.dtype | None:
     return torch.float16
 
 
-def autocast(cfg, device: torch.device):
-    """The forward passes' autocast context for ``cfg.amp`` on ``device`` (training and evaluation
-    alike; heatmaps and losses leave it, see ``semisup.method.cgc.float32``)."""
-    dtype = amp_dtype(cfg, device)
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """The forward passes' autocast context for ``dtype`` (:func:`amp_dtype`, computed once per run;
+    None: full precision), training and evaluation alike; heatmaps and losses leave it
+    (``semisup.method.cgc.float32``)."""
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 

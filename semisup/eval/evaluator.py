@@ -66,6 +66,7 @@ class Evaluator:
         self.dist = dist or D.Dist(device=device)
         self.batch_size = batch_size
         self.explain = explainers.get(cfg.explainer)  # the run's heatmap method, for CH and the CGC loss
+        self.amp_dtype = D.amp_dtype(cfg, device)  # bf16/fp16 forwards on GPUs, as in training
         n = len(bundle.val.source)
         limit = cfg.max_eval_images or n
         self.indices = np.arange(min(n, limit))
@@ -122,7 +123,7 @@ class Evaluator:
         return progress and self.dist.is_main and sys.stderr.isatty()
 
     def _autocast(self):
-        return D.autocast(self.cfg, self.device)
+        return D.autocast(self.device, self.amp_dtype)
 
     def classify(self, model, progress: bool, features: bool = True, cgc: bool = True) -> dict:
         """Top-1/top-5 on Resize + CenterCrop; with ``features`` also the pooled features for kNN,

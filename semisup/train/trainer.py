@@ -191,7 +191,7 @@ class Trainer:
         return self.cfg.cgc_weight * (min(1.0, self.state.step / ramp_steps) if ramp_steps > 0 else 1.0)
 
     def autocast(self):
-        return D.autocast(self.cfg, self.device)
+        return D.autocast(self.device, self.amp_dtype)
 
     def step_settings(self) -> StepSettings:
         cfg, explain = self.cfg, explainers.get(self.cfg.explainer)
