@@ -190,7 +190,10 @@ class Config:
         choices=("auto", "bf16", "fp16", "off"),
     )
     channels_last: bool = _f(True, "channels_last memory format on GPUs")
-    compile: bool = _f(False, "torch.compile the model")
+    compile: bool | None = _f(
+        None, "torch.compile the model's forwards (default: on CUDA, where a step that cannot compile runs again "
+        "eagerly and the run stays eager, saying so; off on a CPU, where compiling takes longer than a demo trains)"
+    )
     eval_every: int = _f(
         1,
         "top-1/top-5 on validation every N epochs, keeping model_best.pt by top-1 as the released code "

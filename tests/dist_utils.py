@@ -25,6 +25,20 @@ def _train_worker(rank, world, port, args, out_dir):
     torch.save(dict(params={k: v for k, v in trainer.model.named_parameters()}, result=result), f"{out_dir}/rank{rank}.pt")
 
 
+def failing_backend(graph_module, example_inputs):
+    """A torch.compile backend that cannot compile, as on a node without a working compiler."""
+    raise RuntimeError("no compiler on this node (test backend)")
+
+
+def _compiled_train_worker(rank, world, port, args, out_dir, backend):
+    """_train_worker with torch.compile's backend replaced: 'aot_eager' (Dynamo's trace of the DDP
+    module and AOT autograd, without Inductor's code generation, minutes on 2 cores) or
+    'failing'."""
+    import functools
+    torch.compile = functools.partial(torch.compile, backend=failing_backend if backend == "failing" else backend)
+    _train_worker(rank, world, port, args, out_dir)
+
+
 def _loss_worker(rank, world, port, out_dir):
     """Each process holds 4 of 8 rows; the loss with groups of 4 (inside a process) and of 8
     (spanning both, negatives gathered with gradient), and its gradients."""

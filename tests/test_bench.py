@@ -51,11 +51,15 @@ def test_planner_reads_the_run_variant_and_cadence(capsys):
     from semisup.train import plan
     rates = plan.measured_rates("h100")
     default = make_config(dict(data="x")).to_dict()
-    eager = plan.plan_run(default, None, rates, gpus=1, cores=16)
+    eager = plan.plan_run(dict(default, compile=False), None, rates, gpus=1, cores=16)
     compiled = plan.plan_run(dict(default, compile=True), None, rates, gpus=1, cores=16)
-    # The default run does not compile: its train part takes the eager rate (the issue: it took the compiled one).
+    # --no-compile takes the eager rate, --compile the compiled one; unset (the default), the
+    # trainer compiles on CUDA, so a GPU plan does too, and a CPU one (bench e2e) does not.
     assert eager["parts"]["train"]["gpu_s"] / compiled["parts"]["train"]["gpu_s"] == pytest.approx(4653 / 3605)
+    assert default["compile"] is None
+    assert plan.plan_run(default, None, rates, gpus=1, cores=16)["parts"] == compiled["parts"]
+    assert plan.plan_run(default, None, rates, gpus=1, cores=16, device="cpu")["parts"] == eager["parts"]
     sparse = plan.plan_run(dict(default, eval_every=5, ch_every=10), None, rates, gpus=1, cores=16)
     assert sparse["run"]["full_evals"] == 2 + 4 and sparse["parts"]["per-epoch top-1"]["seconds"] < eager["parts"]["per-epoch top-1"]["seconds"]
-    row = bench.main(["plan", "--", "--compile", "--eval-every", "5"])
+    row = bench.main(["plan", "--", "--no-compile", "--eval-every", "5"])
     assert row["run"]["eval_every"] == 5 and row["total_s"] < eager["total_s"]

@@ -34,6 +34,7 @@ from semisup.errors import Parser
 from semisup.files import write_json_atomic
 from semisup.method import cgc, explainers
 from semisup.tools.measure import alternate, emit, machine, sample_photos, step_setup, write_photo  # noqa: F401 (machine, emit: bench's API)
+from semisup.train.compiling import CompiledForward
 
 
 def floor_step(trainer, labeled, unlabeled):
@@ -286,8 +287,7 @@ def _gpu_step_variants(args, results: dict) -> None:
         trainer = labeled = unlabeled = None
         try:
             trainer, labeled, unlabeled = _gpu_setup(args, amp, channels_last)
-            if compiled:
-                trainer.ddp = torch.compile(trainer.model)
+            trainer.forward = CompiledForward(trainer.model, lambda: trainer.model, enabled=compiled)
             started = time.perf_counter()
             results[f"step_images_per_s_{name}"] = _rate(args, lambda: trainer.training_step(labeled, unlabeled))
             results[f"seconds_{name}"] = round(time.perf_counter() - started, 1)
@@ -372,7 +372,7 @@ def _ratio(a, b):
 def bench_plan(args):
     """Predicted wall time of a run on a described node, from measured rates (``--rates``: a
     JSON written by ``bench gpu --out``, else the README's measured H100 numbers), for the run as
-    configured: the released 1 % run by default (which does not compile), a saved config.yaml or
+    configured: the released 1 % run by default (compiled, as on CUDA by default), a saved config.yaml or
     YAML of settings (``--config``), run.py's flags after ``--``; its shape, cadence, decode and
     step variant (compiled or eager) come from there."""
     from semisup.errors import UsageError

@@ -347,7 +347,7 @@ def measure(args, run_flags: list[str]) -> dict:
         rates = read_rates(args.rates) if args.rates else measure_rates(cfg, tree, args.repeats)
         calibrate_s = time.perf_counter() - clock
         summary = dict(labeled=tree.labeled, validation=len(tree.val), unlabeled=len(tree.train))
-        estimate = plan.plan_run(cfg.to_dict(), summary, rates, gpus=1, cores=args.cores)
+        estimate = plan.plan_run(cfg.to_dict(), summary, rates, gpus=1, cores=args.cores, device=args.device)
         clock = time.perf_counter()
         with contextlib.redirect_stdout(sys.stderr):  # the run's own table and "next:" lines; stdout is the report's
             result = train(cfg)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import torch
+
 from semisup.errors import UsageError
 
 # Measured rates: ResNet-50, images/s counted as in the benchmark (3 x 128 images per 1 %-recipe
@@ -72,13 +74,14 @@ def shape_of(settings: dict, summary: dict | None = None) -> RunShape:
     )
 
 
-def plan_run(settings: dict, summary: dict | None, rates: Rates, gpus: int, cores: int) -> dict:
-    """:func:`plan` for a configured run: its shape, its decode (``--decode gpu``: nvJPEG) and the
-    step rate of its variant (compiled or eager)."""
+def plan_run(settings: dict, summary: dict | None, rates: Rates, gpus: int, cores: int, device: str = "cuda") -> dict:
+    """:func:`plan` for a configured run on ``device`` (a planned node's GPU; ``cpu``: bench e2e
+    on a CPU): its shape, its decode (``--decode gpu``: nvJPEG) and the step rate of its variant,
+    compiled or eager (``--compile`` unset: compiled on CUDA, as the trainer does)."""
+    from semisup.train.compiling import compiles
     decode = "gpu" if settings.get("decode") == "gpu" else "cpu"
-    return plan(
-        shape_of(settings, summary), rates.for_run(bool(settings.get("compile"))), gpus=gpus, cores=cores, decode=decode
-    )
+    compiled = compiles(settings.get("compile"), torch.device(device))
+    return plan(shape_of(settings, summary), rates.for_run(compiled), gpus=gpus, cores=cores, decode=decode)
 
 
 @dataclass

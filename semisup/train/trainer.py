@@ -35,6 +35,7 @@ from semisup.models import replicas as R
 from semisup.models.base import build_model
 from semisup.models.loading import load_pretrained
 from semisup.runfiles import RunFiles
+from semisup.train.compiling import CompiledForward, compiles
 from semisup.train.preemption import SignalCheckpoint
 from semisup.train.rundir import RunDirError, acquire_lock, archive_previous, prepare_run_dir, release_lock  # noqa: F401 (RunDirError: re-exported)
 from semisup.train.runlog import RunLog
@@ -152,7 +153,7 @@ class Trainer:
         self.schedule = Schedule(steps_per_epoch, total, tuple(cfg.lr_milestones), cfg.lr_gamma)
         self.state = TrainState(process_counts=[dist.world])
         self.times = PartTimes()
-        self.ddp = self.model
+        self.forward = CompiledForward(self.model, lambda: self.model, enabled=False)  # fit() sets the run's
         self.runlog = RunLog(run_dir, dist.is_main)
         self.settings = self.step_settings()
 
@@ -211,12 +212,18 @@ class Trainer:
         crops, pair = to_device(labeled, self.device, self.channels_last, pair=self.pair_on_labeled)
         if unlabeled is not None:
             _, pair = to_device(unlabeled, self.device, self.channels_last, pair=True)
-        losses = cgc_step(self.ddp, crops, pair, self.consistency_weight(), settings or self.settings)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(losses.loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        return losses
+        weight, settings = self.consistency_weight(), settings or self.settings
+
+        def step(model: nn.Module) -> StepLosses:
+            losses = cgc_step(model, crops, pair, weight, settings)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(losses.loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            return losses
+
+        shapes = (tuple(crops.images.shape), None if pair is None else tuple(pair.view.shape))
+        return self.forward.run(step, shapes, self.optimizer)
 
     # ---- state ----------------------------------------------------------------------
     def checkpoint_state(self) -> dict:
@@ -330,6 +337,15 @@ class Trainer:
             streams.append(map(finish, make_loader(unlabeled, sampler, cfg.workers, pin, collate)))
         return streams
 
+    def wrap(self) -> nn.Module:
+        """The module the step's forwards call, before any compilation: DDP over the model in a
+        distributed run, the model itself otherwise."""
+        if not self.dist.enabled:
+            return self.model
+        return nn.parallel.DistributedDataParallel(
+            self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+        )
+
     def set_lr(self) -> None:
         factor = self.schedule.factor(self.state.step)
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
@@ -339,12 +355,7 @@ class Trainer:
         cfg, sched = self.cfg, self.schedule
         startup = time.perf_counter()
         self.resume()
-        if self.dist.enabled:
-            self.ddp = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
-            )
-        if cfg.compile:
-            self.ddp = torch.compile(self.ddp)
+        self.forward = CompiledForward(self.model, self.wrap, compiles(cfg.compile, self.device))
         self.log_start()
         # SIGUSR2 (preemption / time limit) is caught from here on, before the loader workers fork.
         with SignalCheckpoint() as self.preemption:
@@ -487,11 +498,11 @@ class Trainer:
         self.save()
 
     def gallery_to_tensorboard(self) -> None:
-        """The evaluation's Grad-CAM gallery as a TensorBoard image (main process; --gallery 0: none)."""
+        """The evaluation's Grad-CAM gallery as a TensorBoard image (main process; --gallery 0: none),
+        drawn with PIL: the matplotlib figure took a second per evaluation, a sixth of the CPU demo."""
         if self.dist.is_main and self.cfg.gallery and self.runlog.writes:
-            from semisup.eval.gallery import gallery_figure
-            figure = gallery_figure([self.model], [self.cfg.method], self.bundle, self.cfg, self.device)
-            self.runlog.figure("gallery", figure, self.state.step)
+            from semisup.eval.gallery import gallery_grid
+            self.runlog.image("gallery", gallery_grid(self.model, self.bundle, self.cfg, self.device), self.state.step)
 
     def save_best(self) -> None:
         with self.times.part("checkpoints"):
@@ -510,7 +521,8 @@ class Trainer:
         if random_start_warning(cfg):
             log.warning("%s", random_start_warning(cfg))
         log.info(
-            "run dir %s; %d process(es) on %s; amp %s", self.run_dir, d.world, self.device, self.amp_dtype or "off"
+            "run dir %s; %d process(es) on %s; amp %s; torch.compile %s", self.run_dir, d.world, self.device,
+            self.amp_dtype or "off", "on" if self.forward.compiled else "off",
         )
         log.info("trunk: %s", describe_start(cfg, self.pretrained_report))
         log.info("batch: labeled %d global / %d per process, unlabeled %s; %d steps per epoch, %d epochs, %d steps",
