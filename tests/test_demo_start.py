@@ -121,3 +121,29 @@ def test_gallery_titles_never_overlap_and_zero_heatmaps_are_marked(demo_cache):
     assert all(ax in marked for ax in panels[1::2])  # every panel of the zero model (a random one may have some too)
     assert all(len(ax.images) == (1 if ax in marked else 2) for ax in panels)  # marked panels carry no overlay
     assert any("Grad-CAM of the true class" in ax.get_ylabel() for ax in fig.axes)  # the colour bar
+
+
+def test_tensorboard_gallery_grid_blends_the_heatmap_and_marks_wrong_predictions(demo_cache):
+    """The per-evaluation grid (PIL, milliseconds) draws what the figure draws: half the image
+    under half the colour map, no tint for an all-zero heatmap, white boxes, red captions for
+    wrong predictions."""
+    import matplotlib
+
+    from semisup.data.datasets import build_data
+    from semisup.eval.gallery import CAPTION_LINES, LINE_HEIGHT, PANEL_SIDE, Panel, gallery_grid, panel_image
+    grey = np.full((32, 48, 3), 100, np.uint8)  # landscape: the panel is PANEL_SIDE wide
+    hot = Panel(grey, np.ones((32, 48)), predicted=1, label=1, ch=50.0, zero=False)
+    top = CAPTION_LINES * LINE_HEIGHT + 4
+    cell = np.asarray(panel_image(hot, None, (32, 48), ["a", "b"]))
+    inferno_top = np.array(matplotlib.colormaps["inferno"](1.0)[:3]) * 255
+    assert np.abs(cell[top + 20, 20].astype(float) - (0.5 * 100 + 0.5 * inferno_top)).max() <= 1
+    cold = np.asarray(panel_image(Panel(grey, np.zeros((32, 48)), 1, 1, float("nan"), True), None, (32, 48), ["a", "b"]))
+    assert (cold[top + 5, 5] == 100).all()  # all-zero: the image as it is
+    boxed = np.asarray(panel_image(hot, [(0, 0, 24, 16)], (32, 48), ["a", "b"]))  # the box in original pixels
+    assert (boxed[top + 40, PANEL_SIDE // 2 - 1] == 255).all() and not (cell[top + 40, PANEL_SIDE // 2 - 1] == 255).all()
+    red = lambda image: ((image[:top, :, 0] > 150) & (image[:top, :, 1] < 80)).any()
+    assert not red(cell) and red(np.asarray(panel_image(Panel(grey, np.ones((32, 48)), 0, 1, 50.0, False), None,
+                                                         (32, 48), ["a", "b"])))
+    cfg = parse_config(["--labeled-fraction", "0.01", "--demo-cache", demo_cache, "--pretrained", "none", "--gallery", "6"])
+    grid = gallery_grid(build_model(cfg.arch, 10), build_data(cfg), cfg, torch.device("cpu"))
+    assert grid.dtype == np.uint8 and grid.shape == (2 * (PANEL_SIDE + top + 4), 4 * (PANEL_SIDE + 4), 3)  # 6 panels, 4 a row

@@ -1,5 +1,6 @@
-"""Galleries of Grad-CAM overlays with ground-truth boxes, for one or more models: a PNG, or a
-figure for TensorBoard.
+"""Galleries of Grad-CAM overlays with ground-truth boxes, for one or more models: a matplotlib
+PNG (the end of a run, the report), or a grid drawn with PIL for TensorBoard (every evaluation:
+milliseconds, where the figure takes about a second on a CPU).
 
 Each panel: the validation image, the Grad-CAM of its true class (max-normalised, one shared
 colour bar), the boxes in white, and a title with the true and predicted class and the panel's
@@ -8,6 +9,7 @@ the published CH counts it as uniform) is drawn without overlay and labelled as 
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,6 +75,12 @@ def _wrapped(name: str, width: int = 24) -> list[str]:
     return textwrap.wrap(name, width) or [name]
 
 
+def gallery_positions(images: int, count: int, seed: int = 0) -> list[int]:
+    """The validation positions a gallery shows: the same ``count`` for every call with this seed."""
+    count = min(count, images)
+    return sorted(np.random.default_rng(seed).choice(images, size=count, replace=False).tolist())
+
+
 def gallery_figure(models: list, names: list[str], bundle, cfg, device: torch.device, count: int | None = None,
                    seed: int = 0, class_names: dict[str, str] | None = None):
     """A matplotlib figure: ``count`` validation images (the same ones for every call with this
@@ -85,8 +93,8 @@ def gallery_figure(models: list, names: list[str], bundle, cfg, device: torch.de
     from matplotlib.colors import Normalize
 
     val = bundle.val
-    count = min(count or cfg.gallery, len(val.source))
-    positions = sorted(np.random.default_rng(seed).choice(len(val.source), size=count, replace=False).tolist())
+    positions = gallery_positions(len(val.source), count or cfg.gallery, seed)
+    count = len(positions)
     dataset = EvalDataset(val.source, cfg.ch_short_side)
     explain = explainers.get(cfg.explainer)
     columns = [gallery_panels(m, dataset, val.boxes, val.sizes, positions, device, explain) for m in models]
@@ -143,3 +151,65 @@ def save_gallery(
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return path
+
+
+# ---- the TensorBoard grid ----------------------------------------------------------------
+PANEL_SIDE = 160  # pixels of each panel's longer side in the TensorBoard grid
+CAPTION_LINES, LINE_HEIGHT, COLUMNS = 2, 13, 4
+
+
+@functools.cache
+def _heatmap_colours() -> np.ndarray:
+    """HEATMAP_CMAP as a uint8 [256, 3] table (matplotlib's colour registry, without pyplot)."""
+    import matplotlib
+    return (matplotlib.colormaps[HEATMAP_CMAP](np.linspace(0, 1, 256))[:, :3] * 255).round().astype(np.uint8)
+
+
+def panel_image(panel: Panel, boxes, size: tuple[int, int], classes: list[str]):
+    """One panel as the figure draws it, in PIL: the image under half the heatmap's colour (none
+    when all zero), the boxes in white, a two-line caption, red where the prediction is wrong."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rgb = panel.image.astype(np.float32)
+    if not panel.zero:
+        rgb = 0.5 * rgb + 0.5 * _heatmap_colours()[np.round(panel.heatmap * 255).astype(np.int64)]
+    h, w = panel.image.shape[:2]
+    factor = PANEL_SIDE / max(h, w)
+    picture = Image.fromarray(rgb.round().astype(np.uint8)).resize(
+        (max(1, round(w * factor)), max(1, round(h * factor))), Image.BILINEAR)
+    caption = CAPTION_LINES * LINE_HEIGHT + 4
+    cell = Image.new("RGB", (PANEL_SIDE, PANEL_SIDE + caption), "white")
+    cell.paste(picture, (0, caption))
+    draw, font = ImageDraw.Draw(cell), ImageFont.load_default(size=11)
+    if boxes is not None:
+        for x0, y0, x1, y1 in scale_boxes(boxes, size, panel.image.shape[:2]):
+            draw.rectangle([x0 * factor, caption + y0 * factor, x1 * factor - 1, caption + y1 * factor - 1],
+                           outline="white", width=2)
+    if panel.zero:
+        draw.text((PANEL_SIDE // 2, caption + picture.height // 2), "all-zero heatmap", fill="black", font=font,
+                  anchor="mm", stroke_width=2, stroke_fill="orange")
+    ch = "CH –" if panel.ch != panel.ch else f"CH {panel.ch:.0f} %"
+    colour = "black" if panel.predicted == panel.label else "red"
+    for line, text in enumerate([f"true {_short(classes[panel.label])}",
+                                 f"pred {_short(classes[panel.predicted])} · {ch}"]):
+        draw.text((2, 2 + line * LINE_HEIGHT), text, fill=colour, font=font)
+    return cell
+
+
+def gallery_grid(model, bundle, cfg, device: torch.device, seed: int = 0) -> np.ndarray:
+    """The gallery of one model for TensorBoard: ``cfg.gallery`` panels (the figure's images),
+    ``COLUMNS`` a row, as uint8 [H, W, 3]."""
+    from PIL import Image
+
+    val = bundle.val
+    positions = gallery_positions(len(val.source), cfg.gallery, seed)
+    dataset = EvalDataset(val.source, cfg.ch_short_side)
+    panels = gallery_panels(model, dataset, val.boxes, val.sizes, positions, device, explainers.get(cfg.explainer))
+    cells = [panel_image(p, val.boxes[pos] if val.boxes is not None else None, val.sizes[pos], bundle.classes)
+             for p, pos in zip(panels, positions)]
+    columns = min(COLUMNS, len(cells))
+    width, height = cells[0].size
+    grid = Image.new("RGB", (columns * (width + 4), -(-len(cells) // columns) * (height + 4)), "white")
+    for n, cell in enumerate(cells):
+        grid.paste(cell, ((n % columns) * (width + 4), (n // columns) * (height + 4)))
+    return np.asarray(grid)

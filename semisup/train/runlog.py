@@ -111,13 +111,11 @@ class RunLog:
                 self.writer.add_scalar(epoch_tag(key), value, row["step"])
         self.writer.flush()
 
-    def figure(self, tag: str, figure, step: int) -> None:
-        """A matplotlib figure (the gallery) into TensorBoard's images; closes it."""
-        import matplotlib.pyplot as plt
+    def image(self, tag: str, image, step: int) -> None:
+        """A uint8 [H, W, 3] array (the evaluation's gallery grid) into TensorBoard's images."""
         if self.writes:
-            self.writer.add_figure(tag, figure, step, close=False)
+            self.writer.add_image(tag, image, step, dataformats="HWC")
             self.writer.flush()
-        plt.close(figure)
 
     def hparams(self, settings: dict, result: dict) -> None:
         """The run's settings with its final (and best) metrics, in TensorBoard's HPARAMS tab."""
