@@ -32,7 +32,7 @@ def test_planner_scales_with_the_node_and_names_the_bound(tmp_path, capsys):
     from semisup.train import plan
     rates = plan.Rates(step_images_per_s=1000, infer_images_per_s=5000, ch_images_per_s=800, labeled_per_s=150,
                        unlabeled_per_s=120, val_per_s=300, ch_val_per_s=150, nvjpeg_images_per_s=4000)
-    shape = plan.RunShape()
+    shape = plan.RunShape(workers=8)  # the recipe's 8 workers per stream and process
     one, eight = plan.plan(shape, rates, gpus=1, cores=16), plan.plan(shape, rates, gpus=8, cores=96)
     assert eight["parts"]["train"]["gpu_s"] == pytest.approx(one["parts"]["train"]["gpu_s"] / 8)
     # 5,050 steps x 384 images at 1000 images/s: 32 minutes of GPU work.
@@ -63,3 +63,30 @@ def test_planner_reads_the_run_variant_and_cadence(capsys):
     assert sparse["run"]["full_evals"] == 2 + 4 and sparse["parts"]["per-epoch top-1"]["seconds"] < eager["parts"]["per-epoch top-1"]["seconds"]
     row = bench.main(["plan", "--", "--no-compile", "--eval-every", "5"])
     assert row["run"]["eval_every"] == 5 and row["total_s"] < eager["total_s"]
+
+
+def test_planner_counts_each_evaluation_once_and_the_gallery_and_serial_decode():
+    from semisup.train import plan
+    rates = plan.Rates(step_images_per_s=1000, infer_images_per_s=5000, ch_images_per_s=800, labeled_per_s=150,
+                       unlabeled_per_s=120, val_per_s=300, ch_val_per_s=150, gallery_grid_s=0.5, gallery_png_s=2.0)
+    # 4 epochs of 10 steps: top-1 alone at epochs 1-3, the full evaluation at 4 (it includes top-1),
+    # and the best checkpoint's; with --ch-every 2 epoch 2 is full too.
+    shape = plan.RunShape(labeled=100, batch_labeled=10, batch_unlabeled=10, epochs=4, val_images=100, gallery=0)
+    assert (shape.quick_evals, shape.full_evals) == (3, 2)
+    sparse = plan.RunShape(**{**vars(shape), "ch_every": 2})
+    assert (sparse.quick_evals, sparse.full_evals) == (2, 3)
+    assert plan.RunShape(**{**vars(shape), "max_steps": 15}).full_epochs() == {2}  # stopped in epoch 2
+    base = plan.plan(shape, rates, cores=4)
+    quick = base["parts"]["per-epoch top-1"]
+    assert quick["gpu_s"] == pytest.approx(3 * 100 / 5000) and quick["decode_s"] == pytest.approx(3 * 100 / 300 / 3)
+    # The gallery: a grid at each of the current model's 4 evaluations, the PNG once.
+    drawn = plan.plan(plan.RunShape(**{**vars(shape), "gallery": 16}), rates, cores=4)
+    assert drawn["total_s"] - base["total_s"] == pytest.approx(4 * 0.5 + 2.0) and not drawn["not_counted"]
+    assert plan.plan(plan.RunShape(**{**vars(shape), "gallery": 16}), plan.Rates(**{**vars(rates), "gallery_png_s": None}),
+                     cores=4)["not_counted"]
+    # --workers 0: the step's process decodes, then computes; with workers they overlap.
+    serial = plan.plan(plan.RunShape(**{**vars(shape), "workers": 0}), rates, cores=4)["parts"]["train"]
+    overlapped = plan.plan(plan.RunShape(**{**vars(shape), "workers": 2}), rates, cores=4)["parts"]["train"]
+    assert serial["seconds"] == pytest.approx(serial["gpu_s"] + serial["decode_s"])
+    assert overlapped["seconds"] == pytest.approx(max(overlapped["gpu_s"], overlapped["decode_s"]))
+    assert serial["decode_s"] == pytest.approx(3 * overlapped["decode_s"])  # 1 core against min(3 free, 2 x 2 workers)

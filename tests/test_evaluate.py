@@ -117,6 +117,22 @@ def test_full_evaluation_runs_and_counts(tmp_path):
     assert np.isfinite(result["cgc_val_loss"]) and 0 <= result["knn_top1"] <= 100
 
 
+def test_evaluation_loaders_take_the_workers_of_both_training_streams(tmp_path):
+    """While the model is evaluated the training streams' workers wait: the evaluation decodes
+    with as many (2 x --workers with an unlabeled stream, --workers without), and gives the same
+    numbers as a single-process evaluation."""
+    bundle, cfg = mixed_size_eval(tmp_path)
+    workers = parse_config(["--ch-short-side", "64", "--image-size", "64", "--resize-size", "72", "--workers", "2"])
+    semi = DataBundle(bundle.classes, bundle.labeled, bundle.labeled_indices, bundle.labeled, bundle.labeled_indices,
+                      bundle.val, {})
+    assert Evaluator(workers, semi, torch.device("cpu"))._loader(semi.val.source).num_workers == 4
+    assert Evaluator(workers, bundle, torch.device("cpu"))._loader(bundle.val.source).num_workers == 2
+    model = build_model("resnet_tiny", 3)
+    one = Evaluator(cfg, semi, torch.device("cpu"), batch_size=4).run(model, progress=False, full=False)
+    four = Evaluator(workers, semi, torch.device("cpu"), batch_size=4).run(model, progress=False, full=False)
+    assert {k: v for k, v in one.items() if k != "eval_seconds"} == {k: v for k, v in four.items() if k != "eval_seconds"}
+
+
 def test_knn_recovers_labels_of_well_separated_features():
     g = torch.Generator().manual_seed(0)
     centres = F.normalize(torch.randn(5, 32, generator=g), dim=1)

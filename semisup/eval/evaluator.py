@@ -72,7 +72,10 @@ class Evaluator:
         self.indices = np.arange(min(n, limit))
 
     def _loader(self, dataset, batch_sampler=None):
-        workers = self.cfg.workers
+        # The training streams' workers wait while the model is evaluated: the evaluation takes
+        # as many (--workers per stream, 2 streams with unlabeled images), the cores the run has
+        # for loading; with --workers alone it was decode-bound at half of them (bench plan).
+        workers = self.cfg.workers * (2 if self.bundle.unlabeled is not None else 1)
         kwargs = dict(batch_sampler=batch_sampler) if batch_sampler is not None else dict(batch_size=self.batch_size)
         return DataLoader(dataset, num_workers=workers, pin_memory=self.device.type == "cuda", **kwargs)
 

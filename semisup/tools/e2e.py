@@ -121,7 +121,7 @@ def measure_rates(cfg, tree: Tree, repeats: int) -> plan.Rates:
     """The planner's rates on this node at this run's sizes: the step (bench step's setup,
     ``Trainer.training_step``), forwards and CH as ``bench gpu`` times them, the loaders per core
     as ``bench loader`` does, on the generated files."""
-    return plan.Rates(**device_rates(cfg, repeats), **loader_rates(cfg, tree, repeats))
+    return plan.Rates(**device_rates(cfg, repeats), **loader_rates(cfg, tree, repeats), **gallery_rates(cfg, repeats))
 
 
 def timed(fn, repeats: int, sync) -> float:
@@ -145,8 +145,7 @@ def device_rates(cfg, repeats: int) -> dict:
     from semisup.distributed import amp_dtype
     from semisup.method import explainers
     from semisup.tools.measure import step_setup
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if cfg.device == "auto" else cfg.device)
+    device = run_device(cfg)
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     ns = SimpleNamespace(arch=cfg.arch, batch=cfg.batch_labeled, image_size=cfg.image_size, device=str(device),
@@ -167,6 +166,34 @@ def device_rates(cfg, repeats: int) -> dict:
         seconds = timed(lambda: explainers.gradcam(model, *model(big), classes), repeats, sync)
     out["ch_images_per_s"] = big.shape[0] / seconds
     return out
+
+
+def gallery_rates(cfg, repeats: int) -> dict:
+    """Seconds of an evaluation's TensorBoard grid (median, warm) and of the end of run's
+    gallery.png (one call, the first in this process, as in a run) at the run's --gallery, sizes
+    and architecture, on the generated validation images."""
+    from semisup.data.datasets import build_data
+    from semisup.eval.gallery import gallery_grid, save_gallery
+    from semisup.models.base import build_model
+    if not cfg.gallery:
+        return dict(gallery_grid_s=0.0, gallery_png_s=0.0)
+    device = run_device(cfg)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    bundle = build_data(cfg)
+    model = build_model(cfg.arch, len(bundle.classes)).to(device).eval()
+    with tempfile.TemporaryDirectory(prefix="semisup-gallery-") as folder:
+        start = time.perf_counter()
+        save_gallery([model], [cfg.method], bundle, cfg, device, Path(folder) / "gallery.png")
+        png = time.perf_counter() - start
+    return dict(gallery_grid_s=timed(lambda: gallery_grid(model, bundle, cfg, device), repeats, sync),
+                gallery_png_s=png)
+
+
+def run_device(cfg) -> torch.device:
+    """The device the run trains on (--device auto: CUDA where there is one)."""
+    if cfg.device != "auto":
+        return torch.device(cfg.device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def loader_rates(cfg, tree: Tree, repeats: int, sample: int = 32) -> dict:
@@ -355,8 +382,8 @@ def measure(args, run_flags: list[str]) -> dict:
     rows = report_rows(result["seconds"], wall, estimate)
     source = (f"from {args.rates}" if args.rates else
               f"measured here first ({calibrate_s:.1f} s: step by bench step's setup and Trainer.training_step, "
-              "forward and CH as bench gpu times them, loaders per core as bench loader does, on the generated "
-              "files at this run's sizes)")
+              "forward and CH as bench gpu times them, loaders per core as bench loader does, the gallery's grid "
+              "and PNG as the trainer draws them, on the generated files at this run's sizes)")
     print(f"e2e on {machine()}: {result['steps']} steps of {args.batch} + {args.batch} ({args.arch}, "
           f"{args.image_size} px), {args.epochs} epochs, {tree.labeled} labeled / {len(tree.train)} train / "
           f"{len(tree.val)} val images; planner: 1 device, {args.cores} cores; rates {source}")

@@ -40,21 +40,44 @@ class RunShape:
     epochs: int = 50
     val_images: int = 50_000
     eval_every: int = 1
-    full_evals: int = 2  # CH + kNN + CGC loss at the end, for the final and the best checkpoint
+    ch_every: int = 0  # a full evaluation (CH, kNN, CGC loss) every N epochs besides the last
     uses_unlabeled: bool = True
     max_steps: int | None = None
+    gallery: int = 16  # --gallery: a grid into TensorBoard at each evaluation, gallery.png at the end
+    workers: int | None = None  # loader workers per stream and process (0: decode in the step's process)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.labeled / self.batch_labeled)
 
     @property
     def steps(self) -> int:
-        scheduled = self.epochs * math.ceil(self.labeled / self.batch_labeled)
+        scheduled = self.epochs * self.steps_per_epoch
         return scheduled if self.max_steps is None else min(scheduled, self.max_steps)
+
+    def full_epochs(self) -> set[int]:
+        """Epochs whose evaluation is full: every --ch-every-th and the last the run reaches."""
+        last = math.ceil(self.steps / self.steps_per_epoch)
+        return {e for e in range(1, last + 1) if e == last or (self.ch_every and e % self.ch_every == 0)}
+
+    @property
+    def quick_evals(self) -> int:
+        """Evaluations of top-1 alone: the --eval-every epochs that are not full ones."""
+        last, full = math.ceil(self.steps / self.steps_per_epoch), self.full_epochs()
+        return sum(1 for e in range(1, last + 1) if self.eval_every and e % self.eval_every == 0 and e not in full)
+
+    @property
+    def full_evals(self) -> int:
+        """Full evaluations: the current model's at each full epoch, and the best checkpoint's at
+        the end (counted always; the run skips it when the best epoch is the last)."""
+        return len(self.full_epochs()) + 1
 
 
 def shape_of(settings: dict, summary: dict | None = None) -> RunShape:
     """The shape of a configured run: ``settings`` a config's ``to_dict()``, ``summary`` its
     dry-run summary (image counts of the dataset it names; without it ImageNet's: the split's
     labeled images, 50,000 validation images). Evaluation cadence from --eval-every, --ch-every
-    (each CH epoch is a full evaluation) and --max-eval-images."""
+    and --max-eval-images; --gallery and --workers as given."""
     fraction = settings["labeled_fraction"]
     summary = summary or dict(
         labeled=LABELED_IMAGES.get(fraction, round(fraction * LABELED_IMAGES[1.0])), validation=50_000,
@@ -65,12 +88,12 @@ def shape_of(settings: dict, summary: dict | None = None) -> RunShape:
         if not settings.get("max_eval_images")
         else min(summary["validation"], settings["max_eval_images"])
     )
-    ch_epochs = settings["epochs"] // settings["ch_every"] if settings.get("ch_every") else 0
     return RunShape(
         labeled=summary["labeled"], batch_labeled=settings["batch_labeled"],
         batch_unlabeled=settings["batch_unlabeled"], epochs=settings["epochs"], val_images=val,
-        eval_every=settings["eval_every"], full_evals=2 + max(0, ch_epochs - 1),
+        eval_every=settings["eval_every"], ch_every=settings.get("ch_every") or 0,
         uses_unlabeled=summary["unlabeled"] > 0, max_steps=settings.get("max_steps"),
+        gallery=settings.get("gallery", 16), workers=settings.get("workers"),
     )
 
 
@@ -95,6 +118,8 @@ class Rates:
     ch_val_per_s: float  # per core: decode + resize to 448
     nvjpeg_images_per_s: float | None = None  # per GPU, with --decode gpu
     step_images_per_s_eager: float | None = None  # per GPU, without torch.compile (step_images_per_s: compiled)
+    gallery_grid_s: float | None = None  # seconds of one evaluation's TensorBoard grid (16 images); None: not counted
+    gallery_png_s: float | None = None  # seconds of the end of run's gallery.png (16 images); None: not counted
 
     def for_run(self, compiled: bool) -> "Rates":
         """The rates of a run that does (not) compile its step: the eager step rate where it was measured."""
@@ -116,41 +141,63 @@ def measured_rates(gpu: str) -> Rates:
 
 def plan(shape: RunShape, rates: Rates, gpus: int = 1, cores: int = 16, decode: str = "cpu") -> dict:
     """Predicted seconds per part and in total, and the bounding stage of each part."""
-    loader_cores = max(1, cores - gpus)  # one core per GPU process drives it
+    parts = {"train": (*_train_part(shape, rates, gpus, cores, decode), 0.0), **_eval_parts(shape, rates, gpus, cores)}
+    rows = {name: dict(seconds=_takes(c, d, shape.workers) + g, gpu_s=c, decode_s=d, gallery_s=g,
+                       bound="GPU" if c >= d else "decode")
+            for name, (c, d, g) in parts.items()}
+    total = sum(r["seconds"] for r in rows.values())
+    longest = max(rows, key=lambda k: rows[k]["seconds"])
+    run = dict(asdict(shape), steps=shape.steps, quick_evals=shape.quick_evals, full_evals=shape.full_evals)
+    unmeasured = shape.gallery and (rates.gallery_grid_s is None or rates.gallery_png_s is None)
+    return dict(node=dict(gpus=gpus, cores=cores, decode=decode), run=run, parts=rows, total_s=total,
+                total_h=total / 3600, bounded_by=f"{longest} ({rows[longest]['bound']})",
+                not_counted=["the gallery's drawing (no measured rate: bench e2e measures it)"] if unmeasured else [])
+
+
+def _takes(compute: float, decode: float, workers: int | None) -> float:
+    """A part's seconds: loader workers decode while the step computes (the larger of the two);
+    without workers (``--workers 0``) the step's own process decodes first (their sum)."""
+    return compute + decode if workers == 0 else max(compute, decode)
+
+
+def _loader_cores(cores: int, gpus: int, workers: int | None, streams: int) -> int:
+    """Cores decoding: the node's, less one per GPU process, and no more than the run's workers."""
+    free = max(1, cores - gpus)  # one core per GPU process drives it
+    if workers is None:
+        return free
+    return 1 if workers == 0 else max(1, min(free, workers * streams * gpus))
+
+
+def _train_part(shape: RunShape, rates: Rates, gpus: int, cores: int, decode: str) -> tuple[float, float]:
+    """(compute, decode) seconds of the training steps."""
     images_per_step = shape.batch_labeled + (2 if shape.uses_unlabeled else 0) * shape.batch_unlabeled
     compute = shape.steps * images_per_step / (rates.step_images_per_s * gpus)
     if decode == "gpu" and rates.nvjpeg_images_per_s:
         decoded = shape.steps * (shape.batch_labeled + (shape.batch_unlabeled if shape.uses_unlabeled else 0))
-        decode_s = decoded / (rates.nvjpeg_images_per_s * gpus)
-        compute += decode_s  # nvJPEG shares the GPU with the step
-        decode_s = 0.0
-    else:
-        decode_s = (
-            shape.steps
-            * (
-                shape.batch_labeled / rates.labeled_per_s
-                + (shape.batch_unlabeled / rates.unlabeled_per_s if shape.uses_unlabeled else 0)
-            )
-            / loader_cores
-        )
-    quick_evals = shape.epochs // shape.eval_every if shape.eval_every else 0
-    eval_compute = quick_evals * shape.val_images / (rates.infer_images_per_s * gpus)
-    eval_decode = quick_evals * shape.val_images / (rates.val_per_s * loader_cores)
+        return compute + decoded / (rates.nvjpeg_images_per_s * gpus), 0.0  # nvJPEG shares the GPU with the step
+    per_step = shape.batch_labeled / rates.labeled_per_s + (
+        shape.batch_unlabeled / rates.unlabeled_per_s if shape.uses_unlabeled else 0)
+    return compute, shape.steps * per_step / _loader_cores(cores, gpus, shape.workers, 1 + shape.uses_unlabeled)
+
+
+def _eval_parts(shape: RunShape, rates: Rates, gpus: int, cores: int) -> dict[str, tuple[float, float, float]]:
+    """(compute, decode, gallery) seconds of the quick (top-1) and the full evaluations. Every
+    evaluation of the current model then draws the TensorBoard gallery grid, the run's end
+    gallery.png: on the main process, after the evaluation's loaders are done (added, not
+    overlapped)."""
+    loader_cores = _loader_cores(cores, gpus, shape.workers, 1 + shape.uses_unlabeled)  # as the Evaluator takes
+    grid = (rates.gallery_grid_s or 0.0) if shape.gallery else 0.0
+    png = (rates.gallery_png_s or 0.0) if shape.gallery else 0.0
+    quick_compute = shape.quick_evals * shape.val_images / (rates.infer_images_per_s * gpus)
+    quick_decode = shape.quick_evals * shape.val_images / (rates.val_per_s * loader_cores)
     # A full evaluation: top-1 + the validation CGC loss (2 forwards), CH at 448, kNN bank.
     full_compute = shape.full_evals * ((2 * shape.val_images + shape.labeled) / rates.infer_images_per_s
                                        + shape.val_images / rates.ch_images_per_s) / gpus
     full_decode = shape.full_evals * ((shape.val_images + shape.labeled) / rates.val_per_s
                                       + shape.val_images / rates.ch_val_per_s) / loader_cores
-    parts = {
-        "train": (compute, decode_s), "per-epoch top-1": (eval_compute, eval_decode),
-        "final CH, kNN, CGC loss": (full_compute, full_decode),
-    }
-    rows = {name: dict(seconds=max(c, d), gpu_s=c, decode_s=d, bound="GPU" if c >= d else "decode")
-            for name, (c, d) in parts.items()}
-    total = sum(r["seconds"] for r in rows.values())
-    longest = max(rows, key=lambda k: rows[k]["seconds"])
-    return dict(node=dict(gpus=gpus, cores=cores, decode=decode), run=asdict(shape), parts=rows, total_s=total,
-                total_h=total / 3600, bounded_by=f"{longest} ({rows[longest]['bound']})")
+    full_gallery = (shape.full_evals - 1) * grid + png  # the best checkpoint's evaluation draws none
+    return {"per-epoch top-1": (quick_compute, quick_decode, shape.quick_evals * grid),
+            "final CH, kNN, CGC loss": (full_compute, full_decode, full_gallery)}
 
 
 def insertion_seconds(val_images: int, rates: Rates, gpus: int = 1, steps: int = 29) -> float:
@@ -172,4 +219,5 @@ def format_plan(result: dict) -> str:
         f"{'total':<46}{result['total_s'] / 60:>9.1f}m  ({result['total_h']:.2f} h); longest part:"
         f" {result['bounded_by']}"
     )
+    lines += [f"not counted: {what}" for what in result.get("not_counted", [])]
     return "\n".join(lines)
