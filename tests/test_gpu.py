@@ -60,5 +60,6 @@ def test_the_default_compiles_on_cuda_and_trains_as_eager_does(tmp_path):
     eager = train(parse_config(args + ["--run-dir", str(tmp_path / "eager"), "--no-compile"]))
     log = (tmp_path / "compiled" / "train.log").read_text()
     assert "torch.compile on" in log and "torch.compile failed" not in log
+    assert torch.backends.cudnn.benchmark  # as released
     for key in ("train_ce", "train_consistency"):
         assert compiled["final"][key] == pytest.approx(eager["final"][key], rel=0.05), key

@@ -114,6 +114,8 @@ class Trainer:
     def __init__(self, cfg: Config, dist: D.Dist, run_dir: Path, bundle: DataBundle):
         self.cfg, self.dist, self.run_dir, self.bundle = cfg, dist, run_dir, bundle
         self.device = dist.device
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # as the released scripts set it: fastest kernels for each shape
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg.arch, len(bundle.classes))
         self.pretrained_report = load_pretrained(self.model, cfg.pretrained) if cfg.pretrained else None
