@@ -122,6 +122,19 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def no_cudnn_autotune():
+    """cuDNN's autotuning off inside (on for training on CUDA, as released): Content Heatmap
+    runs at as many sizes as the validation images have, and would time every convolution's
+    algorithms again at each new one."""
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = saved
+
+
 def uses_channels_last(cfg, device: torch.device) -> bool:
     """--channels-last applies on GPUs only (on the CPU it slows the convolutions down)."""
     return bool(cfg.channels_last) and device.type == "cuda"

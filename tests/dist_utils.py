@@ -30,12 +30,27 @@ def failing_backend(graph_module, example_inputs):
     raise RuntimeError("no compiler on this node (test backend)")
 
 
+def failing_backward_backend():
+    """A backend whose forward runs (BatchNorm statistics move, DDP prepares its reducer) and whose
+    backward fails to compile at the first backward, as Inductor's lazily compiled backward can."""
+    from torch._dynamo.backends.common import aot_autograd
+
+    def backward(graph_module, example_inputs):
+        raise RuntimeError("the backward does not compile on this node (test backend)")
+    return aot_autograd(fw_compiler=lambda graph_module, example_inputs: graph_module, bw_compiler=backward)
+
+
+def compile_backend(name: str):
+    """torch.compile's backend for a test: 'failing', 'failing-backward' or a registered name ('aot_eager')."""
+    return {"failing": failing_backend, "failing-backward": failing_backward_backend()}.get(name, name)
+
+
 def _compiled_train_worker(rank, world, port, args, out_dir, backend):
     """_train_worker with torch.compile's backend replaced: 'aot_eager' (Dynamo's trace of the DDP
-    module and AOT autograd, without Inductor's code generation, minutes on 2 cores) or
-    'failing'."""
+    module and AOT autograd, without Inductor's code generation, minutes on 2 cores) or one of the
+    failing ones of compile_backend."""
     import functools
-    torch.compile = functools.partial(torch.compile, backend=failing_backend if backend == "failing" else backend)
+    torch.compile = functools.partial(torch.compile, backend=compile_backend(backend))
     _train_worker(rank, world, port, args, out_dir)
 
 

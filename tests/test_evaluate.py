@@ -1,5 +1,6 @@
 """Content Heatmap, batched evaluation, kNN and the results report."""
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -131,6 +132,46 @@ def test_evaluation_loaders_take_the_workers_of_both_training_streams(tmp_path):
     one = Evaluator(cfg, semi, torch.device("cpu"), batch_size=4).run(model, progress=False, full=False)
     four = Evaluator(workers, semi, torch.device("cpu"), batch_size=4).run(model, progress=False, full=False)
     assert {k: v for k, v in one.items() if k != "eval_seconds"} == {k: v for k, v in four.items() if k != "eval_seconds"}
+
+
+def test_validation_cache_gives_the_decoded_numbers_and_is_rebuilt_when_damaged_or_stale(tmp_path, monkeypatch, caplog):
+    from semisup.data import datasets as data
+    from semisup.data import valcache
+    bundle, cfg = mixed_size_eval(tmp_path)
+    # An unreadable image: a black crop, counted as bad; in Content Heatmap a black image of its
+    # recorded size, so that it stacks with its size group (it used to end the evaluation).
+    (tmp_path / "v3.jpg").write_bytes(b"not a jpeg")
+    cache = tmp_path / "cache"
+    cached_cfg = parse_config(["--ch-short-side", "64", "--image-size", "64", "--resize-size", "72", "--workers", "0",
+                               "--knn-k", "3", "--val-cache", str(cache)])
+    model = build_model("resnet_tiny", 3)
+    evaluate = lambda c: {k: v for k, v in Evaluator(c, bundle, torch.device("cpu"), batch_size=4).run(
+        model, progress=False).items() if k != "eval_seconds"}
+    decoded = evaluate(cfg)
+    assert decoded["bad_val_images"] == 1
+    assert evaluate(cached_cfg) == decoded  # the first evaluation builds the cache
+    [array] = cache.glob("val-*.u8")
+    assert array.stat().st_size == 10 * 3 * 64 * 64
+    # Later evaluations read it: top-1 decodes nothing (CH and kNN still do, at their sizes).
+    monkeypatch.setattr(bundle.val.source, "load", lambda *a, **k: 1 / 0)
+    top1 = Evaluator(cached_cfg, bundle, torch.device("cpu"), batch_size=4).run(model, progress=False, full=False)
+    assert (top1["top1"], top1["top5"], top1["bad_val_images"]) == (decoded["top1"], decoded["top5"], 1)
+    monkeypatch.undo()
+    with open(array, "r+b") as f:  # truncated, as by a full disk
+        f.truncate(100)
+    with caplog.at_level("WARNING"):
+        assert evaluate(cached_cfg) == decoded
+    assert "damaged" in caplog.text and array.stat().st_size == 10 * 3 * 64 * 64
+    os.utime(tmp_path / "v0.jpg", ns=(1, 1))  # a validation file changed: another key, another cache
+    assert evaluate(cached_cfg) == decoded and len(list(cache.glob("val-*.u8"))) == 2
+    assert valcache.open_cache(cache, data.EvalDataset(bundle.val.source, 72, 64)) is not None
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the folder should be")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert evaluate(parse_config(["--ch-short-side", "64", "--image-size", "64", "--resize-size", "72", "--workers",
+                                      "0", "--knn-k", "3", "--val-cache", str(blocked)])) == decoded
+    assert "cannot write the cache" in caplog.text
 
 
 def test_knn_recovers_labels_of_well_separated_features():

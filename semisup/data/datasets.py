@@ -283,10 +283,12 @@ class DataBundle:
 class EvalDataset(Dataset):
     """Validation images resized so the shorter side is ``resize``, then center-cropped to
     ``crop`` (top-1/top-5: 256 and 224) or, with ``crop=None``, not cropped (Content Heatmap).
-    Items: dict(image uint8 [3, H', W'], label, index, bad)."""
+    Items: dict(image uint8 [3, H', W'], label, index, bad). ``sizes`` (the split's original
+    (H, W) per source index) give an unreadable image's black stand-in its size, so that it
+    stacks with the images of its size group (Content Heatmap)."""
 
-    def __init__(self, source, resize: int, crop: int | None = None, indices=None):
-        self.source, self.resize, self.crop = source, resize, crop
+    def __init__(self, source, resize: int, crop: int | None = None, indices=None, sizes=None):
+        self.source, self.resize, self.crop, self.sizes = source, resize, crop, sizes
         self.indices = np.arange(len(source)) if indices is None else np.asarray(indices)
 
     def __len__(self):
@@ -294,7 +296,7 @@ class EvalDataset(Dataset):
 
     def __getitem__(self, i):
         index = int(self.indices[i])
-        image, bad = _eval_load(self.source, index)
+        image, bad = _eval_load(self.source, index, self.sizes[index] if self.sizes else None)
         if self.crop is not None:
             image = T.center_view(image, self.resize, self.crop)
         elif min(image.shape[-2:]) != self.resize:
@@ -302,14 +304,15 @@ class EvalDataset(Dataset):
         return dict(image=image, label=int(self.source.labels[index]), index=index, bad=bad)
 
 
-def _eval_load(source, index: int) -> tuple[torch.Tensor, int]:
+def _eval_load(source, index: int, size: tuple[int, int] | None = None) -> tuple[torch.Tensor, int]:
     """Validation images are never substituted (that would change the benchmark): an unreadable
-    one is evaluated as a black image, which counts as a miss, and is reported."""
+    one is evaluated as a black image (of its recorded ``size``, else 32 x 32), which counts as a
+    miss, and is reported."""
     try:
         return source.load(index), 0
     except DECODE_ERRORS as err:
         log.warning("unreadable validation image %s (%s)", source.name(index), err)
-        return torch.zeros(3, 32, 32, dtype=torch.uint8), 1
+        return torch.zeros(3, *(size or (32, 32)), dtype=torch.uint8), 1
 
 
 def build_fgvc_aircraft_bundle(cfg) -> DataBundle:

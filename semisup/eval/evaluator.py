@@ -17,6 +17,7 @@ import logging
 import sys
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ from tqdm import tqdm
 
 from semisup import distributed as D
 from semisup.data import transforms as T
+from semisup.data import valcache
 from semisup.data.boxes import content_heatmap  # noqa: F401 (also part of this module's API)
 from semisup.data.datasets import EvalDataset
 from semisup.eval.insertion import InsertionSettings
@@ -70,6 +72,7 @@ class Evaluator:
         n = len(bundle.val.source)
         limit = cfg.max_eval_images or n
         self.indices = np.arange(min(n, limit))
+        self._val_cache = None  # top1_dataset's, opened or built once
 
     def _loader(self, dataset, batch_sampler=None):
         # The training streams' workers wait while the model is evaluated: the evaluation takes
@@ -78,6 +81,29 @@ class Evaluator:
         workers = self.cfg.workers * (2 if self.bundle.unlabeled is not None else 1)
         kwargs = dict(batch_sampler=batch_sampler) if batch_sampler is not None else dict(batch_size=self.batch_size)
         return DataLoader(dataset, num_workers=workers, pin_memory=self.device.type == "cuda", **kwargs)
+
+    def top1_dataset(self):
+        """The validation crops top-1 reads: decoded each time, or (--val-cache) read from the
+        cache, which the main process builds the first time; where it cannot be written or read
+        (a full disk, a folder other nodes do not see), decoded, with a warning."""
+        dataset = EvalDataset(self.bundle.val.source, self.cfg.resize_size, self.cfg.image_size, self.indices)
+        if not self.cfg.val_cache:
+            return dataset
+        if self._val_cache is None:
+            folder = Path(self.cfg.val_cache)
+            cached = valcache.open_cache(folder, dataset)
+            if cached is None and self.dist.is_main:
+                positions = list(range(len(dataset)))
+                batches = [positions[i:i + self.batch_size] for i in range(0, len(positions), self.batch_size)]
+                try:
+                    cached = valcache.build_cache(folder, dataset, self._loader(dataset, batches))
+                except OSError as err:
+                    log.warning("--val-cache %s: cannot write the cache (%s); decoding instead", folder, err)
+            D.barrier()
+            self._val_cache = cached or valcache.open_cache(folder, dataset) or dataset
+            if self._val_cache is dataset and not self.dist.is_main:
+                log.warning("--val-cache %s: no cache this process can read; decoding instead", folder)
+        return self._val_cache
 
     def _shard(self, items: list) -> list:
         return items[self.dist.rank::self.dist.world]
@@ -95,7 +121,8 @@ class Evaluator:
             results = self.classify(model, progress, features="knn" in metrics, cgc="cgc-loss" in metrics)
             features, labels = results.pop("_features"), results.pop("_labels")
             if "ch" in metrics:
-                results.update(self.content_heatmap(model, progress))
+                with D.no_cudnn_autotune():
+                    results.update(self.content_heatmap(model, progress))
             if "knn" in metrics:
                 results["knn_top1"] = self.knn(model, features, labels, progress)
         if metrics & {"iauc", "dauc"}:
@@ -132,8 +159,7 @@ class Evaluator:
         """Top-1/top-5 on Resize + CenterCrop; with ``features`` also the pooled features for kNN,
         with ``cgc`` the validation CGC loss."""
         full = features or cgc
-        cfg = self.cfg
-        dataset = EvalDataset(self.bundle.val.source, cfg.resize_size, cfg.image_size, self.indices)
+        dataset = self.top1_dataset()
         batches = self._shard(
             [list(range(i, min(i + VAL_CGC_BATCH, len(dataset)))) for i in range(0, len(dataset), VAL_CGC_BATCH)]
         )
@@ -203,7 +229,7 @@ class Evaluator:
             return undefined
         raw = _unwrap(model)
         indices = [i for i in self.indices if val.boxes[i] is not None]  # CH is defined where boxes exist
-        dataset = EvalDataset(val.source, self.cfg.ch_short_side, None, indices)
+        dataset = EvalDataset(val.source, self.cfg.ch_short_side, None, indices, sizes=val.sizes)
         sizes = [val.sizes[i] for i in indices]
         batches = self._shard(size_grouped_batches(sizes, self.batch_size))
         sums = torch.zeros(

@@ -182,9 +182,9 @@ def panel_image(panel: Panel, boxes, size: tuple[int, int], classes: list[str]):
     cell.paste(picture, (0, caption))
     draw, font = ImageDraw.Draw(cell), ImageFont.load_default(size=11)
     if boxes is not None:
-        for x0, y0, x1, y1 in scale_boxes(boxes, size, panel.image.shape[:2]):
-            draw.rectangle([x0 * factor, caption + y0 * factor, x1 * factor - 1, caption + y1 * factor - 1],
-                           outline="white", width=2)
+        for x0, y0, x1, y1 in scale_boxes(boxes, size, panel.image.shape[:2]) * factor:
+            # A box under a pixel wide (or a degenerate one) is drawn as a line, never refused.
+            draw.rectangle([x0, caption + y0, max(x0, x1 - 1), caption + max(y0, y1 - 1)], outline="white", width=2)
     if panel.zero:
         draw.text((PANEL_SIDE // 2, caption + picture.height // 2), "all-zero heatmap", fill="black", font=font,
                   anchor="mm", stroke_width=2, stroke_fill="orange")

@@ -291,6 +291,8 @@ def _gpu_step_variants(args, results: dict) -> None:
             started = time.perf_counter()
             results[f"step_images_per_s_{name}"] = _rate(args, lambda: trainer.training_step(labeled, unlabeled))
             results[f"seconds_{name}"] = round(time.perf_counter() - started, 1)
+            if compiled and not trainer.forward.compiled:  # fell back: the rate is eager's, not a compiled one
+                raise RuntimeError("torch.compile failed and the step ran eagerly (see the warning above)")
         except Exception as err:  # a failing variant (e.g. compile) must not lose the others' numbers
             results[f"step_images_per_s_{name}"] = None
             results[f"error_{name}"] = f"{type(err).__name__}: {err}"[:300]

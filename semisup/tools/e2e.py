@@ -141,6 +141,7 @@ def timed(fn, repeats: int, sync) -> float:
 def device_rates(cfg, repeats: int) -> dict:
     """Images/s of the step (3 x batch per step), of a top-1 forward at --image-size and of CH
     (forward + Grad-CAM at --ch-short-side, ImageNet's 4:3) on the run's device."""
+    from semisup.config import compiles
     from semisup.data import transforms as T
     from semisup.distributed import amp_dtype
     from semisup.method import explainers
@@ -152,6 +153,9 @@ def device_rates(cfg, repeats: int) -> dict:
                          amp=cfg.amp, channels_last=cfg.channels_last, group_size=cfg.group_size,
                          bn_geometry=cfg.bn_geometry)
     trainer, labeled, unlabeled = step_setup(ns)
+    if compiles(cfg.compile, device.type):  # the run's variant: compiled by default on CUDA
+        from semisup.train.compiling import CompiledForward
+        trainer.forward = CompiledForward(trainer.model, lambda: trainer.model, enabled=True)
     out = dict(step_images_per_s=3 * ns.batch / timed(lambda: trainer.training_step(labeled, unlabeled), repeats, sync))
     model, dtype = trainer.model.eval(), amp_dtype(cfg, device)
     channels_last = cfg.channels_last and cuda
@@ -209,7 +213,9 @@ def loader_rates(cfg, tree: Tree, repeats: int, sample: int = 32) -> dict:
                     ch_val_per_s=(EvalDataset(val, cfg.ch_short_side, None), False))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in a DataLoader worker: the rate is per worker process
+    folder = tempfile.TemporaryDirectory(prefix="semisup-valcache-")
     try:
+        datasets["val_cached_per_s"] = (cached_crops(datasets["val_per_s"][0], Path(folder.name)), False)
         out = {}
         for name, (dataset, seeded) in datasets.items():
             def load_all():
@@ -219,6 +225,15 @@ def loader_rates(cfg, tree: Tree, repeats: int, sample: int = 32) -> dict:
         return out
     finally:
         torch.set_num_threads(threads)
+        folder.cleanup()
+
+
+def cached_crops(dataset, folder: Path):
+    """``dataset``'s crops through ``--val-cache``'s file (written here, then read)."""
+    from torch.utils.data import DataLoader
+
+    from semisup.data import valcache
+    return valcache.build_cache(folder, dataset, DataLoader(dataset, batch_size=16))
 
 
 def read_rates(path: str) -> plan.Rates:

@@ -5,10 +5,12 @@ its gradient buckets); the closed-form heatmap, the loss and the optimiser stay 
 is compiled at the first step of each batch shape it sees: ``dynamic=False``, so the partial
 last batch of an epoch gets a static graph of its own instead of turning every step's graph
 into a dynamic one. A step whose compilation fails (no C++ compiler or Triton, a GPU Triton does
-not support, an operator Dynamo cannot trace) is run again eagerly from the state before it:
-BatchNorm statistics restored, gradients cleared, a fresh DDP wrapper. The run then stays eager
-and says so in one line. Every process compiles the same graphs for the same shapes, so they
-fail, or not, together.
+not support, an operator Dynamo cannot trace, Inductor's backward at the first backward) is run
+again eagerly from the state before it: BatchNorm statistics restored, gradients cleared, a fresh
+DDP wrapper. The run then stays eager and says so in one line. Only the first step of each new
+batch shape is guarded; a recompilation for another reason runs unguarded. Every process compiles
+the same graphs for the same shapes, so they fail, or not, together; a failure on some processes
+only would leave the others in the step's gradient all-reduce (not handled).
 """
 from __future__ import annotations
 
@@ -19,20 +21,6 @@ import torch
 import torch.nn as nn
 
 log = logging.getLogger("semisup.train.trainer")
-
-
-def compile_errors() -> tuple[type[BaseException], ...]:
-    """What a failed compilation raises: Dynamo's errors (tracing, backend), Inductor's (codegen,
-    the C++ or Triton compiler)."""
-    import torch._dynamo.exc
-    import torch._inductor.exc
-    return torch._dynamo.exc.TorchDynamoException, torch._inductor.exc.InductorError
-
-
-def compiles(setting: bool | None, device: torch.device) -> bool:
-    """``--compile`` as given, else (the default) on for CUDA, off elsewhere (on a CPU the
-    compilation takes longer than a demo's training)."""
-    return setting if setting is not None else device.type == "cuda"
 
 
 class CompiledForward:
@@ -56,17 +44,32 @@ class CompiledForward:
         buffers = [b.detach().clone() for b in self.model.buffers()]
         try:
             result = step(self.module)
-        except compile_errors() as err:
+        except Exception as err:  # whatever compiling raised: the eager rerun tells
+            # Inductor compiles the backward at the first backward, and its errors are not
+            # Dynamo's: any error of a first step is retried eagerly, and only the eager
+            # step's own error (a real one) is raised.
             cause = getattr(err, "inner_exception", None) or err  # BackendCompilerFailed: the backend's own error
-            first = (str(cause).strip().splitlines() or [""])[0][:200]
-            log.warning("torch.compile failed at the first step of batch shapes %s (%s: %s); the run continues "
-                        "eager from that step (pass --no-compile to skip the attempt)", shapes,
-                        type(cause).__name__, first)
-            with torch.no_grad():
-                for saved, buffer in zip(buffers, self.model.buffers()):
-                    buffer.copy_(saved)
-            optimizer.zero_grad(set_to_none=True)
-            self.module, self.compiled = self.wrap(), False
-            return step(self.module)
-        self.shapes.add(shapes)
+            reason = f"{type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[0][:200]}"
+        else:
+            self.shapes.add(shapes)
+            return result
+        del cause  # the failed step's frames (activations, the old DDP's reducer) go with it
+        self.fall_back(buffers, optimizer)
+        result = step(self.module)
+        log.warning("torch.compile failed at the first step of batch shapes %s (%s); the step ran again eagerly "
+                    "from the state before it and the run continues eager (pass --no-compile to skip the attempt)",
+                    shapes, reason)
         return result
+
+    def fall_back(self, buffers: list[torch.Tensor], optimizer: torch.optim.Optimizer) -> None:
+        """The state before the failed step (BatchNorm statistics, no gradients) and a fresh eager
+        module: the compiled one, and the DDP wrapper inside it with its reducer's hooks, are freed."""
+        import gc
+        with torch.no_grad():
+            for saved, buffer in zip(buffers, self.model.buffers()):
+                buffer.copy_(saved)
+        optimizer.zero_grad(set_to_none=True)
+        self.module, self.compiled = None, False
+        torch._dynamo.reset()
+        gc.collect()
+        self.module = self.wrap()

@@ -12,8 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-import torch
-
+from semisup.config import compiles
 from semisup.errors import UsageError
 
 # Measured rates: ResNet-50, images/s counted as in the benchmark (3 x 128 images per 1 %-recipe
@@ -45,6 +44,7 @@ class RunShape:
     max_steps: int | None = None
     gallery: int = 16  # --gallery: a grid into TensorBoard at each evaluation, gallery.png at the end
     workers: int | None = None  # loader workers per stream and process (0: decode in the step's process)
+    val_cache: bool = False  # --val-cache: top-1 decodes its crops once, then reads them
 
     @property
     def steps_per_epoch(self) -> int:
@@ -93,7 +93,7 @@ def shape_of(settings: dict, summary: dict | None = None) -> RunShape:
         batch_unlabeled=settings["batch_unlabeled"], epochs=settings["epochs"], val_images=val,
         eval_every=settings["eval_every"], ch_every=settings.get("ch_every") or 0,
         uses_unlabeled=summary["unlabeled"] > 0, max_steps=settings.get("max_steps"),
-        gallery=settings.get("gallery", 16), workers=settings.get("workers"),
+        gallery=settings.get("gallery", 16), workers=settings.get("workers"), val_cache=bool(settings.get("val_cache")),
     )
 
 
@@ -101,9 +101,8 @@ def plan_run(settings: dict, summary: dict | None, rates: Rates, gpus: int, core
     """:func:`plan` for a configured run on ``device`` (a planned node's GPU; ``cpu``: bench e2e
     on a CPU): its shape, its decode (``--decode gpu``: nvJPEG) and the step rate of its variant,
     compiled or eager (``--compile`` unset: compiled on CUDA, as the trainer does)."""
-    from semisup.train.compiling import compiles
     decode = "gpu" if settings.get("decode") == "gpu" else "cpu"
-    compiled = compiles(settings.get("compile"), torch.device(device))
+    compiled = compiles(settings.get("compile"), device)
     return plan(shape_of(settings, summary), rates.for_run(compiled), gpus=gpus, cores=cores, decode=decode)
 
 
@@ -120,12 +119,17 @@ class Rates:
     step_images_per_s_eager: float | None = None  # per GPU, without torch.compile (step_images_per_s: compiled)
     gallery_grid_s: float | None = None  # seconds of one evaluation's TensorBoard grid (16 images); None: not counted
     gallery_png_s: float | None = None  # seconds of the end of run's gallery.png (16 images); None: not counted
+    val_cached_per_s: float | None = None  # per core: a cached top-1 crop read (--val-cache); None: decoded rate
+
+    compiled: bool = False  # step_images_per_s is a compiled step's (for_run sets it)
 
     def for_run(self, compiled: bool) -> "Rates":
         """The rates of a run that does (not) compile its step: the eager step rate where it was measured."""
-        if compiled or self.step_images_per_s_eager is None:
+        if compiled:
+            return Rates(**{**asdict(self), "compiled": True})
+        if self.step_images_per_s_eager is None:
             return self
-        return Rates(**{**asdict(self), "step_images_per_s": self.step_images_per_s_eager})
+        return Rates(**{**asdict(self), "step_images_per_s": self.step_images_per_s_eager, "compiled": False})
 
 
 def measured_rates(gpu: str) -> Rates:
@@ -148,10 +152,20 @@ def plan(shape: RunShape, rates: Rates, gpus: int = 1, cores: int = 16, decode: 
     total = sum(r["seconds"] for r in rows.values())
     longest = max(rows, key=lambda k: rows[k]["seconds"])
     run = dict(asdict(shape), steps=shape.steps, quick_evals=shape.quick_evals, full_evals=shape.full_evals)
-    unmeasured = shape.gallery and (rates.gallery_grid_s is None or rates.gallery_png_s is None)
     return dict(node=dict(gpus=gpus, cores=cores, decode=decode), run=run, parts=rows, total_s=total,
                 total_h=total / 3600, bounded_by=f"{longest} ({rows[longest]['bound']})",
-                not_counted=["the gallery's drawing (no measured rate: bench e2e measures it)"] if unmeasured else [])
+                not_counted=_not_counted(shape, rates))
+
+
+def _not_counted(shape: RunShape, rates: Rates) -> list[str]:
+    """What the plan leaves out, said beside it."""
+    missing = []
+    if shape.gallery and (rates.gallery_grid_s is None or rates.gallery_png_s is None):
+        missing.append("the gallery's drawing (no measured rate: bench e2e measures it)")
+    if rates.compiled:
+        missing.append("torch.compile's compilation at the first step of each batch shape (two: the full batch "
+                       "and the epoch's partial last one; the benchmark's compiled step took 32 s in all on an H100)")
+    return missing
 
 
 def _takes(compute: float, decode: float, workers: int | None) -> float:
@@ -165,7 +179,7 @@ def _loader_cores(cores: int, gpus: int, workers: int | None, streams: int) -> i
     free = max(1, cores - gpus)  # one core per GPU process drives it
     if workers is None:
         return free
-    return 1 if workers == 0 else max(1, min(free, workers * streams * gpus))
+    return min(free, gpus) if workers == 0 else max(1, min(free, workers * streams * gpus))  # 0: each process
 
 
 def _train_part(shape: RunShape, rates: Rates, gpus: int, cores: int, decode: str) -> tuple[float, float]:
@@ -189,11 +203,15 @@ def _eval_parts(shape: RunShape, rates: Rates, gpus: int, cores: int) -> dict[st
     grid = (rates.gallery_grid_s or 0.0) if shape.gallery else 0.0
     png = (rates.gallery_png_s or 0.0) if shape.gallery else 0.0
     quick_compute = shape.quick_evals * shape.val_images / (rates.infer_images_per_s * gpus)
-    quick_decode = shape.quick_evals * shape.val_images / (rates.val_per_s * loader_cores)
+    # With --val-cache the first evaluation decodes (and writes) the crops; every later top-1 reads them.
+    top1_rate = rates.val_cached_per_s if shape.val_cache and rates.val_cached_per_s else rates.val_per_s
+    passes = shape.quick_evals + shape.full_evals
+    top1_decode = (shape.val_images / rates.val_per_s + (passes - 1) * shape.val_images / top1_rate) / passes
+    quick_decode = shape.quick_evals * top1_decode / loader_cores
     # A full evaluation: top-1 + the validation CGC loss (2 forwards), CH at 448, kNN bank.
     full_compute = shape.full_evals * ((2 * shape.val_images + shape.labeled) / rates.infer_images_per_s
                                        + shape.val_images / rates.ch_images_per_s) / gpus
-    full_decode = shape.full_evals * ((shape.val_images + shape.labeled) / rates.val_per_s
+    full_decode = shape.full_evals * (top1_decode + shape.labeled / rates.val_per_s
                                       + shape.val_images / rates.ch_val_per_s) / loader_cores
     full_gallery = (shape.full_evals - 1) * grid + png  # the best checkpoint's evaluation draws none
     return {"per-epoch top-1": (quick_compute, quick_decode, shape.quick_evals * grid),

@@ -24,7 +24,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from semisup import checkpoint as ckpt
 from semisup import distributed as D
-from semisup.config import Config, save_config
+from semisup.config import Config, compiles, save_config
 from semisup.data.datasets import DataBundle, EpochSampler, StreamSampler, TrainDataset, build_data, make_loader
 from semisup.distributed import amp_dtype
 from semisup.errors import UserError
@@ -35,7 +35,7 @@ from semisup.models import replicas as R
 from semisup.models.base import build_model
 from semisup.models.loading import load_pretrained
 from semisup.runfiles import RunFiles
-from semisup.train.compiling import CompiledForward, compiles
+from semisup.train.compiling import CompiledForward
 from semisup.train.preemption import SignalCheckpoint
 from semisup.train.rundir import RunDirError, acquire_lock, archive_previous, prepare_run_dir, release_lock  # noqa: F401 (RunDirError: re-exported)
 from semisup.train.runlog import RunLog
@@ -357,7 +357,7 @@ class Trainer:
         cfg, sched = self.cfg, self.schedule
         startup = time.perf_counter()
         self.resume()
-        self.forward = CompiledForward(self.model, self.wrap, compiles(cfg.compile, self.device))
+        self.forward = CompiledForward(self.model, self.wrap, compiles(cfg.compile, self.device.type))
         self.log_start()
         # SIGUSR2 (preemption / time limit) is caught from here on, before the loader workers fork.
         with SignalCheckpoint() as self.preemption:
