@@ -727,11 +727,16 @@ def planner_line(cfg: Config, summary: dict) -> str:
         return f"planner: its rates are a ResNet-50's; no estimate for --arch {cfg.arch}"
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     node = (gpus, os.cpu_count() or 1) if gpus else (1, 16)
-    estimate = plan.plan_run(cfg.to_dict(), summary, plan.measured_rates("h100"), gpus=node[0], cores=node[1])
+    rates, settings = plan.measured_rates("h100"), cfg.to_dict()
+    estimate = plan.plan_run(settings, summary, rates, gpus=node[0], cores=node[1])
     where = f"this node ({node[0]} GPU(s), {node[1]} cores)" if gpus else "1 H100 with 16 cores (no GPU here)"
+    hint = ""
+    if not cfg.val_cache and estimate["bounded_by"] == "per-epoch top-1 (decode)":
+        cached = plan.plan_run({**settings, "val_cache": "x"}, summary, rates, gpus=node[0], cores=node[1])
+        hint = f"; --val-cache DIR: about {cached['total_s'] / 60:.1f} min (top-1's crops decoded once)"
     return (
         f"planner: about {estimate['total_s'] / 60:.1f} min on {where} at H100 rates, longest part"
-        f" {estimate['bounded_by']} (semisup-bench plan for other nodes; bench gpu --out measures yours)"
+        f" {estimate['bounded_by']}{hint} (semisup-bench plan for other nodes; bench gpu --out measures yours)"
     )
 
 
