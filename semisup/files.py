@@ -69,3 +69,14 @@ def read_lines(path: Path, what: str) -> list[str]:
         raise UserError(f"{what} {path}: a folder, not a file") from None
     except OSError as err:
         raise UserError(f"{what} {path}: cannot be read ({err.strerror or err})") from err
+
+
+def check_writable_folder(path: Path, flag: str) -> None:
+    """Refuse, in one line naming ``flag``, a folder that cannot be made or written: a file in its
+    place, or a nearest existing ancestor that is not a writable folder. Creates nothing."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path} is a file, not a folder")
+    existing = next(p for p in [path, *path.parents] if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: {existing} is not a folder this user can write; choose another")

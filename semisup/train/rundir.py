@@ -17,6 +17,7 @@ from pathlib import Path
 
 from semisup.config import Config, differing_keys, load_saved_config
 from semisup.errors import UsageError
+from semisup.files import check_writable_folder
 from semisup.runfiles import RunFiles
 
 RUN_FILES = RunFiles.WRITTEN  # what --overwrite moves aside
@@ -47,6 +48,8 @@ def prepare_run_dir(cfg: Config, check_holder: bool = True) -> RunDir:
     missing), refuse a directory another live run holds (``check_holder``: the main process
     only; the others of a multi-process run would find the lock their main process just took)."""
     explicit = cfg.run_dir is not None
+    if cfg.val_cache:
+        check_writable_folder(Path(cfg.val_cache), "--val-cache")
     path = Path(cfg.run_dir) if explicit else default_run_dir(cfg)
     note = ""
     if not explicit:  # the default name moves on to -2, -3, ... rather than touch a finished run
