@@ -74,6 +74,8 @@ def read_lines(path: Path, what: str) -> list[str]:
 def check_writable_folder(path: Path, flag: str) -> None:
     """Refuse, in one line naming ``flag``, a folder that cannot be made or written: a file in its
     place, or a nearest existing ancestor that is not a writable folder. Creates nothing."""
+    if not str(path).strip():
+        raise UserError(f"{flag}: an empty path; give a folder (or leave {flag} out)")
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"{flag} {path} is a file, not a folder")

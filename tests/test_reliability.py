@@ -89,8 +89,9 @@ def test_command_line_mistakes_end_in_one_line_and_an_exit_code(tmp_path, demo_c
     report = run_cli("semisup/report.py", str(tmp_path))
     assert report.returncode == 1 and "Traceback" not in report.stderr
     (tmp_path / "cache").write_text("a file")
-    for folder in ("cache", "cache/sub"):  # a file where the folder, or one above it, should be
-        cache = run_cli("semisup/run.py", "--demo-cache", demo_cache, "--val-cache", str(tmp_path / folder),
+    # A file where the folder, or one above it, should be; an empty path.
+    for folder in (str(tmp_path / "cache"), str(tmp_path / "cache" / "sub"), ""):
+        cache = run_cli("semisup/run.py", "--demo-cache", demo_cache, "--val-cache", folder,
                         "--run-dir", str(tmp_path / "z"))
         assert cache.returncode == 1 and "--val-cache" in cache.stderr and cache.stderr.strip().count("\n") == 0
         assert "Traceback" not in cache.stderr and not (tmp_path / "z").exists()

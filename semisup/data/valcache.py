@@ -84,6 +84,7 @@ def open_cache(folder: Path, dataset) -> CachedEvalDataset | None:
     except (OSError, ValueError, KeyError, TypeError) as err:
         log.warning("validation cache %s is damaged (%s); rebuilding it", meta, err)
         return None
+    log.info("validation cache: top-1 reads %s (%d crops)", data, len(dataset))
     return CachedEvalDataset(data, manifest)
 
 
@@ -115,5 +116,5 @@ def build_cache(folder: Path, dataset, batches) -> CachedEvalDataset:
         raise
     manifest = dict(key=key, shape=list(shape), labels=labels, indices=indices, bad=bad)
     write_text_atomic(folder / f"val-{key}.json", json.dumps(manifest))
-    log.info("validation cache written: %s (%d crops, %.1f GB)", data, n, data.stat().st_size / 1e9)
+    log.info("validation cache written: %s (%d crops, %.1f MB)", data, n, data.stat().st_size / 1e6)
     return CachedEvalDataset(data, manifest)

@@ -48,8 +48,8 @@ def prepare_run_dir(cfg: Config, check_holder: bool = True) -> RunDir:
     missing), refuse a directory another live run holds (``check_holder``: the main process
     only; the others of a multi-process run would find the lock their main process just took)."""
     explicit = cfg.run_dir is not None
-    if cfg.val_cache:
-        check_writable_folder(Path(cfg.val_cache), "--val-cache")
+    if cfg.val_cache is not None:
+        check_writable_folder(cfg.val_cache, "--val-cache")
     path = Path(cfg.run_dir) if explicit else default_run_dir(cfg)
     note = ""
     if not explicit:  # the default name moves on to -2, -3, ... rather than touch a finished run
