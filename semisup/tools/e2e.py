@@ -173,7 +173,7 @@ def device_rates(cfg, repeats: int) -> dict:
 
 
 def gallery_rates(cfg, repeats: int) -> dict:
-    """Seconds of an evaluation's TensorBoard grid (median, warm) and of the end of run's
+    """Seconds of an evaluation's TensorBoard grid, drawn and encoded (median, warm), and of the end of run's
     gallery.png (one call, the first in this process, as in a run) at the run's --gallery, sizes
     and architecture, on the generated validation images."""
     from semisup.data.datasets import build_data
@@ -189,8 +189,11 @@ def gallery_rates(cfg, repeats: int) -> dict:
         start = time.perf_counter()
         save_gallery([model], [cfg.method], bundle, cfg, device, Path(folder) / "gallery.png")
         png = time.perf_counter() - start
-    return dict(gallery_grid_s=timed(lambda: gallery_grid(model, bundle, cfg, device), repeats, sync),
-                gallery_png_s=png)
+    from torch.utils.tensorboard.summary import image as tensorboard_image
+
+    def grid_into_tensorboard():  # the grid and its PNG encoding, as RunLog.image hands it to TensorBoard
+        tensorboard_image("gallery", gallery_grid(model, bundle, cfg, device), dataformats="HWC")
+    return dict(gallery_grid_s=timed(grid_into_tensorboard, repeats, sync), gallery_png_s=png)
 
 
 def run_device(cfg) -> torch.device:
