@@ -244,3 +244,20 @@ def test_a_dry_run_says_what_the_planner_expects(demo_cache, capsys):
     assert main(["--dry-run", "--arch", "resnet50", "--pretrained", "none", "--demo-cache", demo_cache]) == 0
     out = capsys.readouterr().out
     assert "planner: about" in out and "1 H100 with 16 cores (no GPU here)" in out
+
+
+def test_a_lock_that_cannot_be_written_leaves_no_partial_file(tmp_path, monkeypatch):
+    """A full disk while the lock record is written: the error is raised, and neither a lock nor its
+    temporary file is left for a later run to trust."""
+    import errno
+    from pathlib import Path
+
+    from semisup.train.rundir import acquire_lock
+
+    def full(self, *args, **kwargs):
+        Path.write_bytes(self, b"{\"pi")  # half a record reaches the disk
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(OSError):
+        acquire_lock(tmp_path / "run")
+    assert list((tmp_path / "run").iterdir()) == []

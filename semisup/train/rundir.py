@@ -168,20 +168,22 @@ def acquire_lock(path: Path) -> None:
     check_lock(path)
     record = dict(pid=os.getpid(), host=socket.gethostname(), job=_job_id(),
                   started=time.strftime("%Y-%m-%d %H:%M:%S"))
+    # The record is written whole under a temporary name, then linked (or, over a stale lock, renamed)
+    # into place: a reader never sees half a lock; the temporary name never outlives this call.
     tmp = path / f"{RunFiles.LOCK}.{os.getpid()}"
-    tmp.write_text(json.dumps(record))
     try:
-        os.link(tmp, RunFiles(path).lock)  # atomic: fails if another run created the lock meanwhile
-    except FileExistsError:
-        holder = _holder(path)
-        if holder is not None and _alive(holder):
-            tmp.unlink()
-            raise RunDirError(
-                f"{path} is in use by another run (pid {holder.get('pid')} on {holder.get('host')})"
-            ) from None
-        os.replace(tmp, RunFiles(path).lock)  # stale: take it over
-        return
-    tmp.unlink()
+        tmp.write_text(json.dumps(record))
+        try:
+            os.link(tmp, RunFiles(path).lock)  # atomic: fails if another run created the lock meanwhile
+        except FileExistsError:
+            holder = _holder(path)
+            if holder is not None and _alive(holder):
+                raise RunDirError(
+                    f"{path} is in use by another run (pid {holder.get('pid')} on {holder.get('host')})"
+                ) from None
+            os.replace(tmp, RunFiles(path).lock)  # stale: take it over
+    finally:
+        tmp.unlink(missing_ok=True)  # after a link, or a failed write (a full disk)
 
 
 def release_lock(path: Path) -> None:
