@@ -44,15 +44,29 @@ def setup(device: str = "auto") -> Dist:
         dev = torch.device("cuda", local_rank)
     else:
         dev = torch.device("cpu")
+    global _control
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo", rank=rank, world_size=world,
                                 device_id=dev if use_cuda else None)
+        # Small decisions every process must share (stop at this step?) travel on the CPU: no device sync.
+        _control = dist.new_group(backend="gloo") if use_cuda else dist.group.WORLD
     return Dist(rank, world, local_rank, dev)
 
 
+_control = None  # the CPU (gloo) group for control flags, made by setup()
+
+
+def all_reduce_control(flag: torch.Tensor):
+    """Post a sum of the CPU tensor ``flag`` over all processes without waiting; returns the
+    work to ``.wait()`` on (in place in ``flag``)."""
+    return dist.all_reduce(flag, group=_control or dist.group.WORLD, async_op=True)
+
+
 def cleanup() -> None:
+    global _control
     if dist.is_initialized():
         dist.destroy_process_group()
+    _control = None
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,3 +21,22 @@ def shared_splits() -> Path:
     if not (SHARED_SPLITS / "1percent.txt").is_file():
         pytest.skip(f"the standard split files are not at {SHARED_SPLITS} (they sit in ../shared/splits beside the project on CI)")
     return SHARED_SPLITS
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """A real Slurm (slurmctld and two slurmd, tests/slurm/cluster.sh) for the session; skipped
+    with the reason where one cannot be started (not root, no namespaces, no apt-get)."""
+    from tests.slurm_harness import CANNOT_INSTALL, CLUSTER_SH, SlurmCluster, unavailable
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    state = tmp_path_factory.mktemp("slurm")
+    started = subprocess.run([str(CLUSTER_SH), "start", str(state)], capture_output=True, text=True, timeout=900)
+    if started.returncode == CANNOT_INSTALL:
+        pytest.skip(started.stderr.strip())
+    assert started.returncode == 0, started.stderr
+    try:
+        yield SlurmCluster(state)
+    finally:
+        subprocess.run([str(CLUSTER_SH), "stop", str(state)], capture_output=True, text=True, timeout=120)

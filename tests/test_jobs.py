@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from semisup.cluster import launch
+from semisup.cluster import launch, sbatch
 from semisup.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +30,7 @@ def test_sbatch_script_has_the_requested_resources(tmp_path, monkeypatch):
                                              "--qos", "high", "--constraint", "volta32gb", "--mem", "480G", "--comment", "cgc",
                                              "--sbatch", "reservation=cgc", "--cluster", "slurm", "--timeout-min", "4320",
                                              "--cpus-per-task", "10"])
-    executor = launch.make_executor(args, tmp_path / "%j")
+    executor = sbatch.make_executor(args, tmp_path / "%j", tasks_per_node=8)
     script = executor._executor._make_submission_file_text("python -u -m submitit.core._submit x", "uid")
     for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=8", "#SBATCH --gpus-per-node=8", "#SBATCH --partition=learnlab",
                  "#SBATCH --account=vision", "#SBATCH --qos=high", "#SBATCH --constraint=volta32gb", "#SBATCH --mem=480G",

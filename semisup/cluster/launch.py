@@ -18,7 +18,6 @@ import argparse
 import contextlib
 import itertools
 import json
-import math
 import os
 import re
 import shutil
@@ -30,77 +29,16 @@ from pathlib import Path
 
 import yaml
 
+from semisup.cluster.job import TrainJob, run_dir_of, with_run_dir
+from semisup.cluster.partition import Partition, check_fits, choose, read_partitions
+from semisup.cluster.resources import default_timeout, fit_cpus, tasks_per_node, total_tasks
+from semisup.cluster.sbatch import make_executor, sbatch_script, submit
 from semisup.config import PROJECT_ROOT, yaml_problem
 from semisup.errors import Parser, UsageError, UserError, cli
 from semisup.files import read_json, write_json_atomic
 from semisup.runfiles import RunFiles
 
 REPO = PROJECT_ROOT
-LOCAL_TIMEOUT_MIN = 24 * 60  # local jobs are killed by submitit at their time limit: a day is never the binding limit
-
-
-class TrainJob:
-    """A submitit job: ``TrainJob(run_py_flags)()`` trains one run (all tasks of it)."""
-
-    def __init__(self, argv: list[str]):
-        self.argv = list(argv)
-
-    def __call__(self) -> dict:
-        import submitit
-
-        from semisup.config import parse_config
-        from semisup.train.trainer import train
-
-        env = submitit.JobEnvironment()
-        if env.num_tasks > 1:
-            # Exports RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT for env:// init;
-            # semisup.distributed.setup then calls torch.cuda.set_device(LOCAL_RANK) first thing.
-            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        try:
-            result = train(parse_config(self.argv))
-        except Exception as err:
-            if env.global_rank == 0:
-                record_outcome(
-                    self.argv, str(env.job_id), "FAILED", f"{type(err).__module__}.{type(err).__name__}: {err}"
-                )
-            raise
-        if env.global_rank == 0:
-            record_outcome(self.argv, str(env.job_id), "COMPLETED")
-        return result
-
-    def checkpoint(self, *args, **kwargs):
-        """Preempted or timed out: resubmit the same command. The weights are not pickled here:
-        the training loop's own checkpoint.pt (every --checkpoint-every steps and each epoch)
-        is what the requeued job resumes from."""
-        import submitit
-        return submitit.helpers.DelayedSubmission(TrainJob(self.argv))
-
-
-def record_outcome(argv: list[str], job_id: str, state: str, error: str | None = None) -> None:
-    """The job's own account of how it ended, as JSON in its run directory (jobs/status.py reads
-    this, never submitit's pickled result: a runs folder received from someone else must not run
-    their code)."""
-    run_dir = run_dir_of(argv)
-    if run_dir and Path(run_dir).is_dir():
-        with contextlib.suppress(OSError):  # a full disk must not hide the run's own error
-            write_json_atomic(RunFiles(run_dir).outcome, dict(job_id=job_id, state=state, error=error,
-                                                            ended=time.strftime("%Y-%m-%d %H:%M:%S")))
-
-
-# ---- the job's flags ------------------------------------------------------------------------
-def run_dir_of(argv: list[str]) -> str | None:
-    value = None
-    for i, arg in enumerate(argv):  # the last occurrence wins, as in argparse
-        if arg == "--run-dir" and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif arg.startswith("--run-dir="):
-            value = arg.split("=", 1)[1]
-    return value
-
-
-def with_run_dir(argv: list[str], default: Path) -> list[str]:
-    """Every job gets an explicit run directory, so a requeued job resumes in it."""
-    return argv if run_dir_of(argv) is not None else argv + ["--run-dir", str(default)]
 
 
 def _without(argv: list[str], spellings: tuple[str, ...]) -> list[str]:
@@ -356,14 +294,6 @@ def slurm_meant(args) -> bool:
     )
 
 
-def total_tasks(args) -> int:
-    return args.nodes * tasks_per_node(args)
-
-
-def tasks_per_node(args) -> int:
-    return args.tasks_per_node or max(1, args.gpus_per_node)
-
-
 def check_args(args) -> None:
     """Refuse numbers that cannot make a job and values that would break the sbatch script."""
     for key in ("nodes", "tasks_per_node", "cpus_per_node", "cpus_per_task", "timeout_min", "signal_delay_s"):
@@ -387,98 +317,6 @@ def check_args(args) -> None:
         check_sbatch_value(str(getattr(args, key)), f"--{key.replace('_', '-')}")
 
 
-def fit_cpus(args, run_flags_workers: int | None, default_workers: int, slurm: bool) -> tuple[int, int | None, str]:
-    """(cpus per task, --workers to give the job or None to keep its own, a line saying why):
-    two loader streams of --workers each plus the training process and a spare, within the
-    node's CPU budget."""
-    budget = args.cpus_per_node or (64 if slurm else (os.cpu_count() or 1))
-    per_task = max(1, budget // tasks_per_node(args))
-    if args.cpus_per_task:
-        return args.cpus_per_task, None, f"cpus per task {args.cpus_per_task} (--cpus-per-task)"
-    workers = default_workers if run_flags_workers is None else run_flags_workers
-    wanted = 2 * workers + 2
-    if wanted <= per_task:
-        return (
-            wanted,
-            None,
-            (
-                f"cpus per task {wanted} (2 streams x {workers} workers + 2), {wanted * tasks_per_node(args)} of"
-                f" --cpus-per-node {budget}"
-            ),
-        )
-    if run_flags_workers is not None:
-        return (
-            per_task,
-            None,
-            (
-                f"cpus per task {per_task} (--cpus-per-node {budget} / {tasks_per_node(args)} tasks); the run's"
-                f" --workers {workers} wants {wanted}: its loaders will share them"
-            ),
-        )
-    fitted = max(0, (per_task - 2) // 2)
-    return (
-        per_task,
-        fitted,
-        (
-            f"cpus per task {per_task} (--cpus-per-node {budget} / {tasks_per_node(args)} tasks): --workers {fitted}"
-            " per stream"
-        ),
-    )
-
-
-def default_timeout(args, checked: list[dict], slurm: bool) -> tuple[int, str]:
-    """(minutes, how they were chosen): on Slurm with GPUs, twice the planner's estimate of the
-    longest job of the submission on its GPUs and CPUs (H100 rates) plus 30 minutes."""
-    if args.timeout_min:
-        return args.timeout_min, f"time limit {args.timeout_min} min (--timeout-min)"
-    if not slurm or args.gpus_per_node == 0:
-        return (
-            LOCAL_TIMEOUT_MIN,
-            f"time limit {LOCAL_TIMEOUT_MIN} min (no GPU: the planner's rates do not apply; --timeout-min sets it)",
-        )
-    from semisup.train import plan
-    longest = max(
-        plan.plan_run(
-            job["settings"], job["summary"], plan.measured_rates("h100"), gpus=total_tasks(args),
-            cores=args.nodes * args.cpus_per_task * tasks_per_node(args),
-        )["total_s"]
-        for job in checked
-    )
-    minutes = math.ceil(2 * longest / 60 + 30)
-    return (
-        minutes,
-        (
-            f"time limit {minutes} min = 2 x the planner's {longest / 60:.1f} min for {total_tasks(args)} GPU(s) at"
-            " H100 rates + 30 min (semisup-bench plan; --timeout-min sets it)"
-        ),
-    )
-
-
-def make_executor(args, folder: Path):
-    import submitit
-
-    cluster = None if args.cluster == "auto" else args.cluster
-    executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
-    params = dict(nodes=args.nodes, tasks_per_node=tasks_per_node(args), gpus_per_node=args.gpus_per_node,
-                  cpus_per_task=args.cpus_per_task, timeout_min=args.timeout_min, name=args.name)
-    params = {k: v for k, v in params.items() if v is not None}
-    if executor.cluster == "slurm":
-        slurm = dict(
-            slurm_partition=args.partition, slurm_account=args.account, slurm_qos=args.qos,
-            slurm_constraint=args.constraint, slurm_mem=args.mem, slurm_comment=args.comment,
-            slurm_signal_delay_s=args.signal_delay_s,
-            slurm_additional_parameters=dict(kv.split("=", 1) for kv in args.sbatch) or None,
-        )
-        params.update({k: v for k, v in slurm.items() if v is not None})
-        params["slurm_wckey"] = args.wckey
-    executor.update_parameters(**params)
-    if executor.cluster == "slurm" and args.wckey is None:
-        # submitit writes `--wckey=submitit` unless told otherwise, and AutoExecutor drops None values:
-        # a None in the Slurm executor's own parameters leaves the line out of the script.
-        executor._executor.parameters["wckey"] = None
-    return executor
-
-
 def record_job(run_dir: Path, job, cluster: str, name: str, **details) -> None:
     """Append the job to ``run_dir/job.json`` (every submission of this run, newest last), where
     ``jobs/status.py`` finds its id, scheduler, logs and the files it reads, even if it never started."""
@@ -496,22 +334,6 @@ def record_job(run_dir: Path, job, cluster: str, name: str, **details) -> None:
         )
     )
     write_json_atomic(path, history)
-
-
-@contextlib.contextmanager
-def _slurm_preview():
-    """Let submitit write an sbatch script on a machine without ``srun`` (a preview only)."""
-    from unittest import mock
-
-    import submitit.slurm.slurm as slurm
-    with mock.patch.object(slurm.SlurmExecutor, "affinity", classmethod(lambda cls: 1)):
-        yield
-
-
-def sbatch_script(args, log_dir: Path) -> str:
-    with _slurm_preview():
-        executor = make_executor(argparse.Namespace(**dict(vars(args), cluster="slurm")), log_dir / "%j")._executor
-        return executor._make_submission_file_text(executor._submitit_command_str, "<uid>").rstrip()
 
 
 def preflight(
@@ -633,20 +455,24 @@ def main(argv: list[str] | None = None) -> list:
             "Slurm is meant (--cluster slurm, --partition, --gpus-per-node, --nodes, ...) but sbatch is not on this "
             "machine's PATH: submit from a Slurm login node, add --dry-run to preview, or pass --cluster local"
         )
-    pinned, reads, cpus_note = pinned_commands(args, commands, slurm)
+    part, part_note = target_partition(args, slurm)
+    pinned, reads, cpus_note = pinned_commands(args, commands, slurm, part)
+    if part is not None:  # a job the partition can never start is refused before anything is checked or queued
+        check_fits(part, args.nodes, tasks_per_node(args), args.gpus_per_node, args.cpus_per_task,
+                   args.timeout_min or 0, "--timeout-min")
     with job_code(args, log_dir) as (code, cwd):
         checked, report = preflight(pinned, total_tasks(args), code, cwd, decode_check=args.dry_run)
-        args.timeout_min, time_note = default_timeout(args, checked, slurm)
+        args.timeout_min, time_note = default_timeout(args, checked, slurm, part)
+        notes = [n for n in (part_note, cpus_note, time_note) if n]
         if args.dry_run:
-            preview(args, pinned, log_dir, slurm, [cpus_note, time_note], report)
+            preview(args, pinned, log_dir, slurm, notes, report)
             return []
         print(report, end="")
-        print(f"{cpus_note}; {time_note}")
+        print("; ".join(notes))
         with _job_environment(code, cwd):
             executor = make_executor(argparse.Namespace(**dict(vars(args), cluster="slurm" if slurm else args.cluster)),
-                                     log_dir / "%j")
-            with executor.batch() if len(pinned) > 1 else contextlib.nullcontext():
-                jobs = [executor.submit(TrainJob(flags)) for _, flags in pinned]
+                                     log_dir / "%j", tasks_per_node(args))
+            jobs = submit(executor, [TrainJob(flags) for _, flags in pinned], log_dir)
     literal = log_dir / "%j"  # submitit's local executors make the folder pattern itself, empty, beside the jobs'
     if literal.is_dir() and not any(literal.iterdir()):
         literal.rmdir()
@@ -662,7 +488,19 @@ def main(argv: list[str] | None = None) -> list:
     return jobs
 
 
-def pinned_commands(args, commands: list[tuple[str, list[str]]], slurm: bool) -> tuple[list, list, str]:
+def target_partition(args, slurm: bool) -> tuple[Partition | None, str | None]:
+    """(the partition a Slurm job goes to, with its limits; a note when they could not be read)."""
+    if not slurm:
+        return None, None
+    partitions = read_partitions()
+    if partitions is None:
+        return None, "partition limits not checked: scontrol does not answer on this machine"
+    return choose(partitions, args.partition), None
+
+
+def pinned_commands(
+    args, commands: list[tuple[str, list[str]]], slurm: bool, part: Partition | None = None
+) -> tuple[list, list, str]:
     """The jobs' run.py flags with every path absolute (and the fitted --workers), what each reads,
     and the line saying how the CPUs were shared."""
     from semisup.config import parse_config
@@ -674,7 +512,8 @@ def pinned_commands(args, commands: list[tuple[str, list[str]]], slurm: bool) ->
         reads.append(read)
     first = parse_config(pinned[0][1])
     given = any(a == "--workers" or a.startswith("--workers=") for a in pinned[0][1])
-    args.cpus_per_task, workers, cpus_note = fit_cpus(args, first.workers if given else None, first.workers, slurm)
+    args.cpus_per_task, workers, cpus_note = fit_cpus(args, first.workers if given else None, first.workers, slurm,
+                                                      part)
     if workers is not None:
         pinned = [(name, flags + ["--workers", str(workers)]) for name, flags in pinned]
     return pinned, reads, cpus_note
@@ -694,22 +533,24 @@ def run_in_process(pinned: list[tuple[str, list[str]]], jobs: list, reads: list[
         print(f"finished {name} in-process: {result.get('steps')} steps, final top-1 {top1:.2f}")
 
 
+SIGNALS_NOTE = (
+    "# signals: USR2 {delay} s before the time limit (the run checkpoints, submitit requeues the job); SIGTERM at "
+    "scancel, scontrol requeue and preemption (the run checkpoints within the cluster's KillWait, 30 s by default, and "
+    "Slurm requeues or ends the job); preemption sends USR2 only where SlurmctldParameters=preempt_send_user_signal"
+)
+
+
 def preview(
     args, commands: list[tuple[str, list[str]]], log_dir: Path, slurm: bool, notes: list[str], report: str
 ) -> None:
     """--dry-run: the exact sbatch script (whenever Slurm is meant, sbatch here or not), how CPUs
     and time were chosen, and each job's flags as it will receive them."""
     if slurm:
-        print(
-            "# sbatch script of"
-            f" {'each job' if len(commands) == 1 else f'the array of {len(commands)} jobs (one per grid point)'}"
-        )
-        print(sbatch_script(args, log_dir))
-        print(
-            f"# requeue: Slurm sends USR2 {args.signal_delay_s} s before the time limit or at preemption; the run"
-            " writes checkpoint.pt at the next step, submitit runs `scontrol requeue`, and the requeued job resumes in"
-            " the same run directory (up to 3 timeouts; preemptions requeue without limit)."
-        )
+        what = "each job" if len(commands) == 1 else f"the array of {len(commands)} jobs (one per grid point)"
+        print(f"# sbatch script of {what}, as sbatch will receive it:")
+        print(sbatch_script(args, log_dir, tasks_per_node(args), len(commands)), end="")
+        print("# (end of the sbatch script)")
+        print(SIGNALS_NOTE.format(delay=args.signal_delay_s))
     else:
         print(
             f"# {args.cluster if args.cluster != 'auto' else 'local'}: {total_tasks(args)} task(s) on this machine,"

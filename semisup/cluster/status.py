@@ -3,10 +3,12 @@
     python jobs/status.py runs/imagenet-1pct
 
 A row per run directory (one with config.yaml, or with job.json: submitted, perhaps never
-started): the run's own state (finished / in progress / not started, truncated runs said so),
-its last step and ETA (progress.json), best and final metrics; and its latest job's scheduler
-state (submitit's result file, else Slurm's ``sacct`` through submitit, else whether the local
-process lives), the error a failed job raised, and the log to read.
+started): the run's own state (finished / in progress / queued / stopped / not started, truncated
+runs said so), its last step and, while it trains, its ETA (progress.json), best and final
+metrics; and its latest job's scheduler state with where it came from (``source``: Slurm's
+``squeue``/``scontrol``, ``sacct`` for jobs the controller has forgotten, the job's own
+``job-outcome.json``, a local job's process; a run started without a job: its lock), the error a
+failed or stopped job gave, and the log to read.
 """
 from __future__ import annotations
 
@@ -18,9 +20,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from semisup import scheduler
 from semisup.errors import Parser, UserError, cli
 from semisup.files import RunFileError, read_json
 from semisup.runfiles import RunFiles
+from semisup.train import runlock
 
 
 def run_state(run_dir: Path) -> dict:
@@ -99,33 +103,52 @@ def _log_error(log_path: str | None) -> str | None:
     return line if re.match(r"^[A-Za-z_][\w.]*(Error|Exception)\b", line) else None
 
 
-def job_state(record: dict, run_dir: Path) -> dict:
-    """Scheduler view of one submitted job: scheduler state, exit code, error, log path.
+def _own_outcome(run_dir: Path, job_id: str) -> tuple[dict | None, str | None]:
+    """(the job's own account of how it ended, a problem reading it): ``job-outcome.json`` when it
+    names this job, written by the job itself (COMPLETED, FAILED, or STOPPED by a signal with its
+    checkpoint written)."""
+    path = RunFiles(run_dir).outcome
+    if not path.is_file():
+        return None, None
+    try:
+        outcome = read_json(path)
+    except UserError as err:
+        return None, str(err)
+    if str(outcome.get("job_id")) == job_id and outcome.get("state") in ("COMPLETED", "FAILED", "STOPPED"):
+        return outcome, None
+    return None, None
 
-    Read from files in formats that cannot run code: the job's own ``job-outcome.json`` (written
-    by the job when it ends), Slurm's ``sacct``, whether a local job's process lives, and the last
-    exception line of its text log. submitit's pickled result files are never opened: a runs folder
-    received from someone else must not execute their code."""
+
+def job_state(record: dict, run_dir: Path, answer: scheduler.JobState | None = None) -> dict:
+    """Scheduler view of one submitted job: its state, where that came from (``source``), exit
+    code, error and log path.
+
+    Slurm's own commands first (``answer``: squeue/scontrol, or sacct where the controller has
+    forgotten the job), then the job's own ``job-outcome.json``, then, for a local job, whether
+    its process lives and the last exception line of its text log. submitit's pickled result
+    files are never opened: a runs folder received from someone else must not execute their code."""
     job_id = str(record.get("job_id"))
     log_path = record.get("stderr")
-    out = dict(job=job_id, scheduler="UNKNOWN", exit=None, error=None, log=log_path)
+    out = dict(job=job_id, scheduler="UNKNOWN", source=None, exit=None, error=None, log=log_path)
     if record.get("state"):  # --cluster debug: the outcome was recorded in-process
-        return dict(out, scheduler=record["state"], error=record.get("error"))
-    outcome_path = RunFiles(run_dir).outcome
-    if outcome_path.is_file():
-        try:
-            outcome = read_json(outcome_path)
-            if str(outcome.get("job_id")) == job_id and outcome.get("state") in ("COMPLETED", "FAILED"):
-                return dict(out, scheduler=outcome["state"], error=outcome.get("error"))
-        except UserError as err:
-            out["error"] = str(err)
+        return dict(out, scheduler=record["state"], source="in-process", error=record.get("error"))
+    outcome, problem = _own_outcome(run_dir, job_id)
+    out["error"] = problem
     if record.get("cluster") == "slurm":
-        try:
-            import submitit
-            info = submitit.SlurmJob(record["folder"], job_id).get_info(mode="force")  # sacct
-        except Exception:  # sacct missing or failing: say so, keep the table
-            info = {}
-        return dict(out, scheduler=info.get("State") or "UNKNOWN (no answer from sacct)", exit=info.get("ExitCode"))
+        if answer is not None and (answer.active or answer.queued):
+            pending = f" ({answer.reason})" if answer.queued and answer.reason else ""
+            return dict(out, scheduler=answer.state + pending, source=answer.source)
+        if answer is not None:  # ended: Slurm's state; the job's own record says why
+            error = (outcome or {}).get("error") or out["error"]
+            if answer.state != "COMPLETED":
+                error = error or _log_error(log_path)
+            return dict(out, scheduler=answer.state, source=answer.source, exit=answer.exit_code, error=error)
+        if outcome is not None:
+            return dict(out, scheduler=outcome["state"], source=RunFiles.OUTCOME, error=outcome.get("error"))
+        return dict(out, scheduler="UNKNOWN", source="none",
+                    error=out["error"] or "no Slurm command knows this job any more and it recorded no outcome")
+    if outcome is not None:
+        return dict(out, scheduler=outcome["state"], source=RunFiles.OUTCOME, error=outcome.get("error"))
     # Local: the job id is the controller's pid; no outcome and no process means it died early or was killed.
     try:
         os.kill(int(job_id), 0)
@@ -135,8 +158,9 @@ def job_state(record: dict, run_dir: Path) -> dict:
     except PermissionError:
         alive = True
     if alive:
-        return dict(out, scheduler="RUNNING")
-    return dict(out, scheduler="DIED", error=out["error"] or _log_error(log_path) or "no outcome recorded (killed?)")
+        return dict(out, scheduler="RUNNING", source="process")
+    return dict(out, scheduler="DIED", source="process",
+                error=out["error"] or _log_error(log_path) or "no outcome recorded (killed?)")
 
 
 def run_dirs(root: Path) -> list[Path]:
@@ -146,31 +170,65 @@ def run_dirs(root: Path) -> list[Path]:
     return sorted({p.parent for p in marks if "replaced-" not in p.parent.name})
 
 
+def latest_job(run_dir: Path) -> tuple[dict | None, int, str | None]:
+    """(the run folder's latest job record, how many submissions it has, a problem reading them)."""
+    jobs = RunFiles(run_dir).jobs
+    if not jobs.exists():
+        return None, 0, None
+    try:
+        history = read_json(jobs, list)
+        if not history or not all(isinstance(h, dict) and "job_id" in h for h in history):
+            raise RunFileError(f"{jobs}: expected a list of job records with job_id")
+    except UserError as err:
+        return None, 0, str(err)
+    return history[-1], len(history), None
+
+
+def _held(run_dir: Path) -> bool:
+    """Whether a live process holds the run's lock (a run started without a job)."""
+    holder = runlock.read_holder(run_dir)
+    return holder is not None and runlock.holder_alive(holder)[0]
+
+
+def _combine(row: dict) -> dict:
+    """The run's files and the scheduler together say more than either alone; a run nothing
+    trains has no ETA."""
+    scheduler_state = row.get("scheduler") or ""
+    running = scheduler_state.startswith(("RUNNING", "COMPLETING", "CONFIGURING"))
+    if running and not row["state"].startswith("finished"):
+        row["state"] = "starting" if row["state"] == "not started" else "in progress"
+    elif row["state"] == "in progress / stopped" and scheduler_state:
+        row["state"] = "queued" if scheduler_state.startswith(tuple(scheduler.QUEUED)) else "stopped"
+    if not running:
+        row["eta"] = None
+    return row
+
+
 def status_table(root: Path) -> pd.DataFrame:
+    dirs = run_dirs(root)
+    latest = {run_dir: latest_job(run_dir) for run_dir in dirs}
+    slurm_ids = [str(rec["job_id"]) for rec, _, _ in latest.values() if rec and rec.get("cluster") == "slurm"]
+    answers = scheduler.slurm_jobs(slurm_ids)  # one query for every job of the table
     rows = []
-    for run_dir in run_dirs(root):
+    for run_dir in dirs:
         row = dict(run=str(run_dir.relative_to(root)) if run_dir != root else run_dir.name, **run_state(run_dir))
-        jobs = RunFiles(run_dir).jobs
-        if jobs.exists():
-            try:
-                history = read_json(jobs, list)
-                if not history or not all(isinstance(h, dict) and "job_id" in h for h in history):
-                    raise RunFileError(f"{jobs}: expected a list of job records with job_id")
-                row.update(job_state(history[-1], run_dir))
-                row["submissions"] = len(history)
-            except UserError as err:
-                row.update(scheduler="UNKNOWN", error=str(err))
-            # The run's files and the scheduler together say more than either alone.
-            if row["scheduler"] == "RUNNING" and not row["state"].startswith("finished"):
-                row["state"] = "starting" if row["state"] == "not started" else "in progress"
-            elif row["state"] == "in progress / stopped" and row["scheduler"] in ("FAILED", "DIED", "COMPLETED"):
-                row["state"] = "stopped"
+        record, submissions, problem = latest[run_dir]
+        if record is not None:
+            row.update(job_state(record, run_dir, answers.get(str(record["job_id"]))), submissions=submissions)
+            row = _combine(row)
+        elif problem is not None:
+            row.update(scheduler="UNKNOWN", error=problem)
+        elif row["state"] == "in progress / stopped":  # started with run.py: its lock says whether it trains
+            held = _held(run_dir)
+            row.update(state="in progress" if held else "stopped", source="lock")
+            if not held:
+                row["eta"] = None
         rows.append(row)
     table = pd.DataFrame(rows)
     for column in ("epoch", "step", "best_epoch", "submissions"):  # counts stay integers where some rows lack them
         if column in table:
             table[column] = table[column].astype("Int64")
-    first = [c for c in ("run", "state", "job", "scheduler", "exit", "epoch", "step", "eta") if c in table]
+    first = [c for c in ("run", "state", "job", "scheduler", "source", "exit", "epoch", "step", "eta") if c in table]
     last = [c for c in ("problem", "error", "log") if c in table]
     return table[first + [c for c in table if c not in first and c not in last] + last]
 
@@ -183,7 +241,7 @@ def main(argv=None) -> int:
     if not run_dirs(args.run_root):
         raise UserError(f"no run directories (with config.yaml or job.json) under {args.run_root}")
     table = status_table(args.run_root)
-    table = table.drop(columns=[c for c in table if table[c].isna().all()])  # e.g. exit codes, known only from sacct
+    table = table.drop(columns=[c for c in table if table[c].isna().all()])  # e.g. exit codes, known once a job ended
     shown = table.drop(columns=[c for c in ("problem", "error", "log") if c in table])
     for column in shown:
         fmt = (lambda v: f"{v:.2f}") if pd.api.types.is_float_dtype(shown[column]) else str
@@ -191,13 +249,13 @@ def main(argv=None) -> int:
     print(shown.to_string(index=False))
     records = table.to_dict("records")
     for row in records:  # failed jobs: what they raised and where their log is
-        scheduler = row.get("scheduler") if isinstance(row.get("scheduler"), str) else ""
-        if isinstance(row.get("error"), str) or scheduler.startswith(
-            ("FAILED", "DIED", "CANCELLED", "TIMEOUT", "OUT_OF", "NODE_FAIL")
+        state = row.get("scheduler") if isinstance(row.get("scheduler"), str) else ""
+        if isinstance(row.get("error"), str) or state.startswith(
+            ("FAILED", "DIED", "CANCELLED", "TIMEOUT", "OUT_OF", "NODE_FAIL", "STOPPED", "PREEMPTED")
         ):
             error = row["error"] if isinstance(row.get("error"), str) else "no error recorded"
             print(
-                f"\n{row['run']}: job {row.get('job')} {scheduler}: {error[:200]}{'...' if len(error) > 200 else ''}\n "
+                f"\n{row['run']}: job {row.get('job')} {state}: {error[:200]}{'...' if len(error) > 200 else ''}\n "
                 f" log: {row.get('log')}"
             )
     for row in records:  # damaged run files: what is wrong and what to do

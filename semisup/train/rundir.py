@@ -1,5 +1,5 @@
 """The run directory: its name, what may happen to a run already there, and the lock that keeps
-two runs out of one directory.
+two runs out of one directory (:mod:`semisup.train.runlock`).
 
 Nothing in a run directory is changed before the new run has proved it can start: with
 ``--overwrite`` a finished run's files are moved to ``replaced-<time>/`` inside it only after the
@@ -7,10 +7,7 @@ data and the model were built, never deleted.
 """
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +16,7 @@ from semisup.config import Config, differing_keys, load_saved_config
 from semisup.errors import UsageError
 from semisup.files import check_writable_folder
 from semisup.runfiles import RunFiles
+from semisup.train import runlock
 
 RUN_FILES = RunFiles.WRITTEN  # what --overwrite moves aside
 
@@ -123,70 +121,11 @@ def archive_previous(path: Path) -> Path | None:
     return archive
 
 
-def _job_id() -> str | None:
-    """The scheduler job this process belongs to (Slurm's, or submitit's local job)."""
-    return os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID")
-
-
-def _holder(path: Path) -> dict | None:
-    try:
-        return json.loads((RunFiles(path).lock).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _alive(holder: dict) -> bool:
-    """Whether the process that wrote the lock still runs. A lock from another host is taken as
-    alive unless it belongs to the same Slurm job (a requeued job finding its own folder)."""
-    if holder.get("job") and holder.get("job") == _job_id():
-        return False
-    if holder.get("host") != socket.gethostname():
-        return True
-    try:
-        os.kill(int(holder["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, KeyError, ValueError, TypeError):
-        return True
-    return int(holder["pid"]) != os.getpid()
-
-
 def check_lock(path: Path) -> None:
-    """Refuse a directory that a live run holds, naming the holder."""
-    holder = _holder(path)
-    if holder is not None and _alive(holder):
-        raise RunDirError(
-            f"{path} is in use by another run (pid {holder.get('pid')} on {holder.get('host')}, since"
-            f" {holder.get('started')}); wait for it, choose another --run-dir, or delete {RunFiles(path).lock} if that"
-            " run is gone"
-        )
+    """Refuse a directory that a live run holds (:mod:`semisup.train.runlock`), naming the holder."""
+    runlock.check_lock(path, RunDirError)
 
 
-def acquire_lock(path: Path) -> None:
-    """Hold ``path`` for this run (a stale lock of a finished process is taken over)."""
-    path.mkdir(parents=True, exist_ok=True)
-    check_lock(path)
-    record = dict(pid=os.getpid(), host=socket.gethostname(), job=_job_id(),
-                  started=time.strftime("%Y-%m-%d %H:%M:%S"))
-    # The record is written whole under a temporary name, then linked (or, over a stale lock, renamed)
-    # into place: a reader never sees half a lock; the temporary name never outlives this call.
-    tmp = path / f"{RunFiles.LOCK}.{os.getpid()}"
-    try:
-        tmp.write_text(json.dumps(record))
-        try:
-            os.link(tmp, RunFiles(path).lock)  # atomic: fails if another run created the lock meanwhile
-        except FileExistsError:
-            holder = _holder(path)
-            if holder is not None and _alive(holder):
-                raise RunDirError(
-                    f"{path} is in use by another run (pid {holder.get('pid')} on {holder.get('host')})"
-                ) from None
-            os.replace(tmp, RunFiles(path).lock)  # stale: take it over
-    finally:
-        tmp.unlink(missing_ok=True)  # after a link, or a failed write (a full disk)
-
-
-def release_lock(path: Path) -> None:
-    holder = _holder(path)
-    if holder is not None and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
-        (RunFiles(path).lock).unlink(missing_ok=True)
+def acquire_lock(path: Path) -> runlock.HeldLock:
+    """Hold ``path`` for this run until ``.release()``; a lock whose holder is gone is taken over."""
+    return runlock.acquire_lock(path, RunDirError)

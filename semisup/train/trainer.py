@@ -36,8 +36,8 @@ from semisup.models.base import build_model
 from semisup.models.loading import load_pretrained
 from semisup.runfiles import RunFiles
 from semisup.train.compiling import CompiledForward
-from semisup.train.preemption import SignalCheckpoint
-from semisup.train.rundir import RunDirError, acquire_lock, archive_previous, prepare_run_dir, release_lock  # noqa: F401 (RunDirError: re-exported)
+from semisup.train.preemption import SignalCheckpoint, signal_name
+from semisup.train.rundir import RunDirError, acquire_lock, archive_previous, prepare_run_dir  # noqa: F401 (RunDirError: re-exported)
 from semisup.train.runlog import RunLog
 from semisup.train.state import TrainState
 from semisup.train.step import StepLosses, StepSettings, cgc_step, to_device
@@ -359,8 +359,8 @@ class Trainer:
         self.resume()
         self.forward = CompiledForward(self.model, self.wrap, compiles(cfg.compile, self.device.type))
         self.log_start()
-        # SIGUSR2 (preemption / time limit) is caught from here on, before the loader workers fork.
-        with SignalCheckpoint() as self.preemption:
+        # SIGTERM, SIGUSR2 and SIGINT are caught from here on, before the loader workers fork.
+        with SignalCheckpoint(self.dist) as self.preemption:
             streams = self.loaders()
             evaluator = Evaluator(cfg, self.bundle, self.device, self.dist)
             window = torch.zeros(3, device=self.device)  # losses since the last log line
@@ -421,15 +421,18 @@ class Trainer:
             elif cfg.checkpoint_every and self.state.step % cfg.checkpoint_every == 0:
                 self.check_health()
                 self.save()
-            if self.preemption.requested(self.dist, sync_point=logged) and self.state.step < sched.total_steps:
-                self.check_health()
-                self.save()
-                log.warning(
-                    "SIGUSR2 at step %d: checkpoint.pt written; handing over to the scheduler's requeue",
-                    self.state.step,
-                )
-                self.preemption.hand_over(self.state.step)
+            if self.preemption.requested() and self.state.step < sched.total_steps:
+                self.stop_at_signal()
         return self.finish(evaluator)
+
+    def stop_at_signal(self) -> None:
+        """A stop signal arrived: checkpoint this step, then hand over to the scheduler (or stop
+        with the command to resume). Signals arriving during the write wait for it."""
+        self.preemption.saving = True
+        self.check_health()
+        self.save()
+        log.warning("%s at step %d: checkpoint.pt written", signal_name(self.preemption.received), self.state.step)
+        self.preemption.hand_over(self.state.step)
 
     def log_step(self, mean: list[float], steps: int, seconds: float, data_wait: float) -> None:
         """The numbers of the last ``steps`` steps (``seconds`` of wall time, ``data_wait`` of it
@@ -655,12 +658,12 @@ def run_training(cfg: Config) -> tuple[dict, Trainer]:
         print(planner_line(cfg, summary))
         return summary, trainer
     dist = D.setup(cfg.device)
-    run, file_log = None, None
+    run, file_log, lock = None, None, None
     try:
         run = prepare_run_dir(cfg, check_holder=dist.is_main)
         created = not run.path.exists()  # only a folder this run made is removed again if it fails to start
         if dist.is_main:
-            acquire_lock(run.path)
+            lock = acquire_lock(run.path)
             ckpt.remove_temporaries(run.path)  # left by a process of this run killed mid-write
         D.barrier()
         setup_logging(dist.is_main)
@@ -673,6 +676,8 @@ def run_training(cfg: Config) -> tuple[dict, Trainer]:
             file_log = log_to_file(RunFiles(run.path).log)
             if archived:
                 log.info("--overwrite: the finished run's files were moved to %s", archived)
+            if lock.took_over:
+                log.warning("took over the run lock of a run that is gone (%s)", lock.took_over)
         D.barrier()
         result = trainer.fit()
         if dist.is_main:
@@ -685,8 +690,9 @@ def run_training(cfg: Config) -> tuple[dict, Trainer]:
         if file_log is not None:
             logging.getLogger().removeHandler(file_log)
             file_log.close()
+        if lock is not None:
+            lock.release()
         if run is not None and dist.is_main:
-            release_lock(run.path)
             if created and run.path.is_dir() and not any(run.path.iterdir()):
                 run.path.rmdir()  # a run that failed before writing anything leaves no empty folder behind
         D.cleanup()

@@ -1,0 +1,117 @@
+"""A real Slurm for the tests (``tests/slurm/cluster.sh``): start it, submit to it as a user does,
+wait for its jobs."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER_SH = ROOT / "tests" / "slurm" / "cluster.sh"
+CANNOT_INSTALL = 3  # cluster.sh's exit code when apt-get cannot install Slurm and munge
+
+
+def unavailable() -> str | None:
+    """Why a Slurm cluster cannot be started here, or None."""
+    if os.environ.get("SEMISUP_SLURM_TESTS") == "0":
+        return "SEMISUP_SLURM_TESTS=0"
+    if not sys.platform.startswith("linux"):
+        return "the test cluster's hosts are Linux network namespaces"
+    if os.geteuid() != 0:
+        return "starting the test Slurm cluster needs root (network namespaces, a bridge, /etc/hosts)"
+    for tool in ("ip", "nsenter", "unshare"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (iproute2, util-linux)"
+    if shutil.which("slurmctld") is None and shutil.which("apt-get") is None:
+        return "Slurm is not installed and there is no apt-get to install it"
+    return None
+
+
+def submitted_ids(stdout: str) -> list[str]:
+    """Job ids from semisup-submit's 'submitted NAME: job ID, ...' lines."""
+    return re.findall(r"^submitted \S+: job (\S+),", stdout, flags=re.M)
+
+
+class SlurmCluster:
+    """Slurm on a head host and two compute hosts; commands run on the head host, as on a login node."""
+
+    def __init__(self, state: Path):
+        self.state = state
+
+    def run(self, *argv: str, cwd: Path | None = None, check: bool = True, timeout: float = 300):
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+        proc = subprocess.run([str(CLUSTER_SH), "run", str(self.state), "--", *argv], cwd=cwd, env=env,
+                              capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def submit(self, *args: str, cwd: Path, check: bool = True):
+        """``semisup-submit ARGS`` from ``cwd`` on the head host."""
+        command = shutil.which("semisup-submit")
+        argv = [command] if command else [sys.executable, str(ROOT / "jobs" / "submit.py")]
+        return self.run(*argv, *args, cwd=cwd, check=check)
+
+    def status(self, root: Path) -> str:
+        command = shutil.which("semisup-status")
+        argv = [command] if command else [sys.executable, str(ROOT / "jobs" / "status.py")]
+        return self.run(*argv, str(root)).stdout
+
+    def job(self, job_id: str) -> dict[str, str]:
+        """The controller's record of a job (``scontrol show job``), {} once it has forgotten it."""
+        out = self.run("scontrol", "show", "job", "-o", job_id, check=False).stdout
+        return dict(re.findall(r"(\w+)=(\S*)", out.splitlines()[0])) if out.strip() else {}
+
+    def state(self, job_id: str) -> str:
+        return self.job(job_id).get("JobState", "UNKNOWN")
+
+    def wait_ended(self, job_ids: list[str], timeout_s: float = 300, restarts: int = 0) -> dict[str, str]:
+        """Wait until every job has ended after at least ``restarts`` requeues; returns their states."""
+        ended = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED")
+        deadline = time.time() + timeout_s
+        while True:
+            records = {j: self.job(j) for j in job_ids}
+            states = {j: r.get("JobState", "UNKNOWN") for j, r in records.items()}
+            if all(s in ended and int(records[j].get("Restarts", 0)) >= restarts for j, s in states.items()):
+                return states
+            if time.time() > deadline:
+                raise AssertionError(f"jobs did not end in {timeout_s} s: {states}\n{self.logs()}")
+            time.sleep(0.5)
+
+    def wait_running(self, job_id: str, timeout_s: float = 120) -> None:
+        deadline = time.time() + timeout_s
+        while self.state(job_id) != "RUNNING":
+            if time.time() > deadline:
+                raise AssertionError(f"job {job_id} did not start: {self.job(job_id)}")
+            time.sleep(0.2)
+
+    def logs(self) -> str:
+        """The daemons' last log lines, for a failing test's report."""
+        parts = []
+        for path in sorted((self.state / "log").glob("*.log")):
+            parts.append(f"== {path.name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-15:]))
+        return "\n".join(parts)
+
+
+def wait_for_step(run_dir: Path, step: int, timeout_s: float = 180) -> int:
+    """Poll the run's progress.json until it has logged ``step``; returns the step it shows."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            shown = json.loads((run_dir / "progress.json").read_text())["step"]
+            if shown >= step:
+                return shown
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{run_dir} did not reach step {step}")
+
+
+def job_logs(log_dir: Path, job_id: str) -> str:
+    """Every stdout/stderr log of a job (all tasks), for a failing assertion's message."""
+    return "\n".join(f"== {p}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(log_dir.glob(f"*/{job_id}_*log.*")))
