@@ -170,3 +170,20 @@ def test_gpu_decode_path_gives_the_cpu_path_crops(tree):
             assert diff.mean() < 1.5, (paths[n], key, diff.mean())  # of 255: decoder rounding, not another crop
     truncated = paths.index(str(info["truncated"]))
     assert batch["bad"][truncated] == 1  # replaced by the next readable file, and counted
+
+
+def test_the_report_says_what_share_a_custom_split_file_labeled(tmp_path, capsys):
+    """--split-file decides the labeled set, not --labeled-fraction (left at its 1 % default): the
+    report's Labeled column counts what the file labeled."""
+    from semisup.tools.report import main as report_main
+    root = tmp_path / "imagenet"
+    make_tree(root, bad=False)
+    split = tmp_path / "half.txt"
+    split.write_text("".join(f"{w}_{k}.JPEG\n" for w in WNIDS for k in range(4)))  # 12 of 24
+    run_dir = tmp_path / "run"
+    assert main(folder_args(root, tmp_path, "--split-file", str(split), "--epochs", "1", "--max-steps", "1",
+                            "--run-dir", str(run_dir))) == 0
+    capsys.readouterr()
+    assert report_main([str(run_dir)]) == 0
+    ours = capsys.readouterr().out.split("### Published")[0]
+    assert "| 50%" in ours and "| 1%" not in ours, ours

@@ -93,6 +93,20 @@ def evaluated_later(run_dir: Path) -> dict:
     return found
 
 
+def labeled_share(cfg: Config, final: dict) -> float:
+    """The share of the training images the run had labels for: counted where a --split-file chose
+    them (its lines, not --labeled-fraction, decide), else --labeled-fraction."""
+    labeled, total = final.get("labeled_images"), final.get("train_images")
+    if cfg.split_file and isinstance(labeled, int) and isinstance(total, int) and total > 0:
+        return labeled / total
+    return float(cfg.labeled_fraction)
+
+
+def percent(share: float) -> str:
+    """0.01 -> "1%"; 12811 / 1281167 -> "1%"; 0.125 -> "12.5%"."""
+    return f"{100 * share:.3g}%"
+
+
 def load_runs(run_dirs: list[str | Path], settings: tuple[str, ...] = (), quiet: bool = False) -> pd.DataFrame:
     """One row per finished run and seed: its settings (``settings`` adds those config keys as
     columns; ``signature`` holds all that change results) and final metrics. A rerun of the
@@ -119,6 +133,7 @@ def load_runs(run_dirs: list[str | Path], settings: tuple[str, ...] = (), quiet:
                 method=method,
                 truncated=bool(final.get("truncated")),
                 labeled_fraction=float(cfg.labeled_fraction),
+                labeled_share=labeled_share(cfg, final),
                 arch=cfg.arch,
                 start=Path(cfg.pretrained).name.split(".")[0] if cfg.pretrained else "scratch",
                 dataset="demo" if cfg.is_demo else Path(cfg.data).name,
@@ -212,7 +227,7 @@ def limited_label_table(runs: pd.DataFrame) -> pd.DataFrame:
     runs = runs[runs["labeled_fraction"] < 1.0].copy()
     if runs.empty:
         return pd.DataFrame()
-    runs["Labeled"] = runs["labeled_fraction"].map(lambda f: f"{100 * f:g}%")
+    runs["Labeled"] = runs["labeled_share"].map(percent)
     table = aggregate(
         runs,
         ["dataset", "Labeled", "start", "method"],
@@ -248,7 +263,7 @@ def ablation_table(runs: pd.DataFrame, setting: str) -> pd.DataFrame:
     """Mean ± std over seeds per labeled fraction, value of ``setting`` and method. Cross-
     entropy rows (which do not depend on the setting) show '–' in its column."""
     runs = runs.copy()
-    runs["Labeled"] = runs["labeled_fraction"].map(lambda f: f"{100 * f:g}%")
+    runs["Labeled"] = runs["labeled_share"].map(percent)
     runs[setting] = runs[setting].where(
         ~runs["method"].isin(["ce", "ce-script"])
     )  # NaN: grouped together, shown as '–'

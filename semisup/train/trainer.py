@@ -434,6 +434,17 @@ class Trainer:
         log.warning("%s at step %d: checkpoint.pt written", signal_name(self.preemption.received), self.state.step)
         self.preemption.hand_over(self.state.step)
 
+    def batchnorm_scope(self) -> str:
+        """What one BatchNorm normalises over, in words (the log and the dry run say it)."""
+        if self.cfg.bn_geometry == "batch":
+            return "each process' batch"
+        if self.bn_processes > 1:
+            return f"one replica over {self.bn_processes} processes (SyncBatchNorm)"
+        if self.geometry.processes > 1:  # a replica spans processes, but SyncBatchNorm needs CUDA
+            return (f"each process' part of a replica (a replica spans {self.geometry.processes} processes; "
+                    "SyncBatchNorm needs CUDA, so on CPU the number of processes changes the statistics)")
+        return f"{self.geometry.local} replica(s) per process"
+
     def log_step(self, mean: list[float], steps: int, seconds: float, data_wait: float) -> None:
         """The numbers of the last ``steps`` steps (``seconds`` of wall time, ``data_wait`` of it
         waiting for batches) for the step line, TensorBoard and progress.json."""
@@ -535,13 +546,11 @@ class Trainer:
                  f"{cfg.batch_unlabeled} global / {self.batch_u} per process" if self.uses_unlabeled else "not used",
                  self.schedule.steps_per_epoch, cfg.epochs, self.schedule.total_steps)
         per_process = self.batch_l if self.pair_on_labeled else self.batch_u
-        bn = ("each process' batch" if cfg.bn_geometry == "batch" else f"{self.geometry.local} replica(s) per process"
-              if self.bn_processes == 1 else f"one replica over {self.bn_processes} processes (SyncBatchNorm)")
         log.info(
             "released replicas: %d replica(s) of %d images; BatchNorm over %s; pair flip protocol %s%s",
             self.geometry.replicas,
             cfg.group_size,
-            bn,
+            self.batchnorm_scope(),
             cfg.flip_protocol,
             (
                 f"; InfoNCE: {self.negatives_per_anchor(per_process)} negatives per anchor"
@@ -578,6 +587,9 @@ class Trainer:
         result = dict(
             method=self.cfg.method,
             labeled_fraction=self.cfg.labeled_fraction,
+            # What the split actually labeled (a --split-file sets it, not --labeled-fraction).
+            labeled_images=len(self.bundle.labeled_indices),
+            train_images=len(self.bundle.labeled),
             seed=self.cfg.seed,
             arch=self.cfg.arch,
             pretrained=self.cfg.pretrained,
@@ -717,7 +729,8 @@ def check_start(cfg: Config, decode_check: bool, world: int = 1) -> tuple[dict, 
     if cfg.cgc_weight > 0 and cfg.consistency == "cgc":
         per_process = trainer.batch_l if trainer.pair_on_labeled else trainer.batch_u
         summary["negatives_per_anchor"] = trainer.negatives_per_anchor(per_process)
-    summary["batchnorm"] = f"{cfg.bn_geometry}: {trainer.geometry.replicas} replica(s) of {cfg.group_size}"
+    summary["batchnorm"] = (f"{cfg.bn_geometry}: {trainer.geometry.replicas} replica(s) of {cfg.group_size}; over "
+                            f"{trainer.batchnorm_scope()}")
     summary["flip_protocol"] = cfg.flip_protocol
     summary["total_steps"] = trainer.schedule.total_steps
     return summary, trainer
