@@ -56,10 +56,10 @@ def setup(device: str = "auto") -> Dist:
 _control = None  # the CPU (gloo) group for control flags, made by setup()
 
 
-def all_reduce_control(flag: torch.Tensor):
-    """Post a sum of the CPU tensor ``flag`` over all processes without waiting; returns the
-    work to ``.wait()`` on (in place in ``flag``)."""
-    return dist.all_reduce(flag, group=_control or dist.group.WORLD, async_op=True)
+def all_reduce_control(flag: torch.Tensor, op=dist.ReduceOp.SUM):
+    """Post a reduction (``op``) of the CPU tensor ``flag`` over all processes without waiting;
+    returns the work to ``.wait()`` on (the result lands in ``flag``)."""
+    return dist.all_reduce(flag, op=op, group=_control or dist.group.WORLD, async_op=True)
 
 
 def cleanup() -> None:

@@ -4,7 +4,9 @@ A mistake in what the user asked for or gave (a flag, a config file, a data fold
 and an ordinary fault of the machine (a full disk, a removed or read-only folder: ``OSError``) end
 in one line on stderr and a non-zero exit, on every rank; anything else is a bug and keeps its
 traceback. Exit codes: 2 = the command as given cannot run (a setting, a run directory);
-1 = the run failed on its inputs or on the way (data, checkpoint, network, non-finite loss).
+1 = the run failed on its inputs or on the way (data, checkpoint, network, non-finite loss);
+128 + N = stopped by signal N after writing a checkpoint (143 SIGTERM, 140 SIGUSR2, 130 SIGINT), or
+interrupted by a second Ctrl-C (130).
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import errno
 import functools
 import sys
 
-EXIT_FAILURE, EXIT_USAGE = 1, 2
+EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 # What to check, by the errno of an OSError that reached a command.
 _OS_HINTS = dict(
     ENOSPC=" (the disk is full: free space, then rerun the same command)",
@@ -46,6 +48,10 @@ def cli(main):
         except UserError as err:
             print(f"error: {err}", file=sys.stderr)
             return err.exit_code
+        except KeyboardInterrupt:  # a second Ctrl-C (the first writes a checkpoint and stops by itself)
+            print("error: interrupted by Ctrl-C; a run resumes from its last checkpoint.pt when the same command runs "
+                  "again", file=sys.stderr)
+            return EXIT_INTERRUPTED
         except OSError as err:  # an ordinary fault: a full disk, a removed or read-only folder, a permission
             where = f": {err.filename}" if getattr(err, "filename", None) else ""
             hint = _OS_HINTS.get(errno.errorcode.get(err.errno or 0, ""), "")

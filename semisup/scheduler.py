@@ -31,6 +31,7 @@ class JobState:
     reason: str | None = None  # why it pends or ended (Slurm's Reason), None when there is none
     exit_code: str | None = None  # "code:signal", known once it ended
     restarts: int | None = None  # how often Slurm requeued it
+    preempting: bool = False  # Slurm has chosen it for preemption (PreemptTime set; its GraceTime may run)
 
     @property
     def active(self) -> bool:
@@ -72,12 +73,12 @@ def _int(text, default=None):
         return default
 
 
-def _run(argv: list[str]) -> subprocess.CompletedProcess | None:
+def _run(argv: list[str], timeout_s: float = QUERY_TIMEOUT_S) -> subprocess.CompletedProcess | None:
     """A Slurm command's result, or None when it is missing or takes too long."""
     if shutil.which(argv[0]) is None:
         return None
     try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=QUERY_TIMEOUT_S)
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -88,7 +89,7 @@ def slurm_output(argv: list[str]) -> str | None:
     return proc.stdout if proc is not None and proc.returncode == 0 else None
 
 
-def _fields(line: str) -> dict[str, str]:
+def fields(line: str) -> dict[str, str]:
     """``Key=Value Key2=Value2`` (scontrol's one-line output) as a dict; values hold no spaces
     except in a few free-text keys this module does not read."""
     return dict(m.groups() for m in re.finditer(r"(\w+)=(\S*)", line))
@@ -99,28 +100,29 @@ def _base_state(text: str) -> str:
     return re.split(r"[\s+]", text.strip(), maxsplit=1)[0].upper()
 
 
-def scontrol_job(job_id: str) -> JobState | None:
+def scontrol_job(job_id: str, timeout_s: float = QUERY_TIMEOUT_S) -> JobState | None:
     """``scontrol show job``: the controller's record; state UNKNOWN when the controller answers
     that it does not know the job (it ended more than MinJobAge ago); None without an answer."""
-    proc = _run(["scontrol", "show", "job", "-o", str(job_id)])
+    proc = _run(["scontrol", "show", "job", "-o", str(job_id)], timeout_s)
     if proc is None:
         return None
     if proc.returncode != 0 or not proc.stdout.strip():
         forgotten = "invalid job id" in proc.stderr.lower()
         return JobState("UNKNOWN", "scontrol", "not known to the controller") if forgotten else None
-    fields = _fields(proc.stdout.splitlines()[0])
-    if "JobState" not in fields:
+    record = fields(proc.stdout.splitlines()[0])
+    if "JobState" not in record:
         return None
-    reason = fields.get("Reason")
-    return JobState(_base_state(fields["JobState"]), "scontrol", None if reason in (None, "None") else reason,
-                    fields.get("ExitCode"), _int(fields.get("Restarts")))
+    reason = record.get("Reason")
+    return JobState(_base_state(record["JobState"]), "scontrol", None if reason in (None, "None") else reason,
+                    record.get("ExitCode"), _int(record.get("Restarts")),
+                    preempting=record.get("PreemptTime", "None") not in ("None", "Unknown", ""))
 
 
 def controller_jobs(job_ids: list[str]) -> dict[str, JobState]:
     """The jobs the controller still holds (queued, running, or ended within MinJobAge), by id."""
     if not job_ids:
         return {}
-    out = slurm_output(["squeue", "-h", "-t", "all", "-j", ",".join(job_ids),
+    out = slurm_output(["squeue", "-h", "-r", "-t", "all", "-j", ",".join(job_ids),
                 "-O", "JobArrayID:64|,State:32|,Reason:128|,RestartCnt:12|"])
     found = {}
     for line in (out or "").splitlines():

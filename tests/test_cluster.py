@@ -238,3 +238,17 @@ def test_sweep_values_give_distinct_checked_run_folders(tmp_path):
     sweep.write_text(yaml.safe_dump(dict(base=["--run-dir", "x"], grid=dict(seed=[0, 1]))))
     with pytest.raises(UsageError, match="--run-dir in 'base'"):
         launch.sweep_commands(sweep, tmp_path)
+
+
+@pytest.mark.parametrize("gres, gpus", [("(null)", 0), ("gpu:8", 8), ("gpu:a100:4(S:0-1)", 4), ("gpu:4(S:0,2)", 4),
+                                        ("gpu:a100:4,gpu:v100:2", 6), ("gpu:h100:8(S:0-1),shard:8", 8)])
+def test_gpus_are_counted_from_a_nodes_gres(gres, gpus):
+    from semisup.cluster.partition import gpu_count
+    assert gpu_count(gres) == gpus
+
+
+@pytest.mark.parametrize("text, minutes", [("08:00:00", 480), ("1-00:00:00", 1440), ("30", 30), ("5:30", 6), ("2-12", 3600),
+                                           ("1-2:30", 1590), ("UNLIMITED", None), ("INFINITE", None)])
+def test_slurm_times_read_in_minutes_rounded_up(text, minutes):
+    from semisup.cluster.partition import slurm_minutes
+    assert slurm_minutes(text) == minutes

@@ -40,12 +40,15 @@ def straight(tmp_path_factory, demo_cache) -> str:
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_and_ctrl_c_write_a_checkpoint_and_the_same_command_resumes_to_the_same_weights(
         tmp_path, demo_cache, straight, signum):
+    """The signal reaches every process of the run, loader workers too, as Slurm and a terminal send it."""
     run_dir = tmp_path / "run"
-    argv = [sys.executable, str(ROOT / "semisup" / "run.py"), *LONG, "--demo-cache", demo_cache, "--run-dir", str(run_dir)]
+    argv = [sys.executable, str(ROOT / "semisup" / "run.py"), *LONG, "--demo-cache", demo_cache, "--run-dir", str(run_dir),
+            "--workers", "1"]
     env = dict(os.environ, OMP_NUM_THREADS="2")
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     wait_for_step(run_dir, 3)
-    proc.send_signal(signum)
+    os.killpg(proc.pid, signum)
     out, err = proc.communicate(timeout=120)
     name = signal.Signals(signum).name
     assert proc.returncode == 128 + signum, err
@@ -160,3 +163,36 @@ def test_the_heartbeat_refreshes_the_lock_and_stops_when_taken_over(tmp_path, mo
     assert json.loads((tmp_path / "run" / ".lock").read_text())["token"] == "someone-else"  # never overwritten
     lock.release()
     assert (tmp_path / "run" / ".lock").exists()  # not ours to remove
+
+
+def test_a_lock_that_cannot_be_read_is_never_taken_for_free(tmp_path):
+    (tmp_path / "run" / ".lock").mkdir(parents=True)  # reading it fails with an OSError, as an NFS error would
+    with pytest.raises(RunDirError, match=r"\.lock: the run lock cannot be read .*check the file system"):
+        acquire_lock(tmp_path / "run")
+
+
+def test_a_damaged_lock_is_taken_over_saying_so(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / ".lock").write_text("{not json")
+    lock = acquire_lock(tmp_path / "run")
+    assert lock.took_over == "a damaged lock file (not a record)"
+    lock.release()
+
+
+def test_a_run_whose_lock_was_taken_over_stops_without_writing_again(tmp_path, demo_cache, monkeypatch):
+    """Its holder was judged gone (say, a hung file system outlived the lease) and another run took
+    the folder: the first run stops at its next step instead of writing over the second's files."""
+    import threading
+    monkeypatch.setattr(runlock, "HEARTBEAT_S", 0.05)
+    run_dir = tmp_path / "run"
+
+    def take_over():
+        wait_for_step(run_dir, 2)
+        write_lock(run_dir, token="newcomer", pid=1, host="elsewhere", started="just now")
+    threading.Thread(target=take_over, daemon=True).start()
+    with pytest.raises(RunDirError, match=r"the run lock was taken over by pid 1 on elsewhere, since just now; this run "
+                                          r"stops at step \d+ and writes nothing more"):
+        train(parse_config(LONG + ["--max-steps", "200", "--epochs", "5", "--demo-cache", demo_cache,
+                                   "--run-dir", str(run_dir)]))
+    assert json.loads((run_dir / ".lock").read_text())["token"] == "newcomer"  # left to its holder
+    assert not (run_dir / "checkpoint.pt").exists()  # --checkpoint-every 0 and no epoch end: nothing written

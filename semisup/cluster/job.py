@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from semisup import scheduler
 from semisup.errors import UserError
 from semisup.files import read_json, write_json_atomic
 from semisup.runfiles import RunFiles
@@ -97,8 +98,10 @@ def record_outcome(argv: list[str], job_id: str, state: str, error: str | None =
     run_dir = run_dir_of(argv)
     if run_dir and Path(run_dir).is_dir():
         with contextlib.suppress(OSError):  # a full disk must not hide the run's own error
-            write_json_atomic(RunFiles(run_dir).outcome, dict(job_id=job_id, state=state, error=error,
-                                                            ended=time.strftime("%Y-%m-%d %H:%M:%S")))
+            write_json_atomic(RunFiles(run_dir).outcome, dict(
+                job_id=job_id, restarts=scheduler.this_job().restarts, state=state, error=error,
+                ended=time.strftime("%Y-%m-%d %H:%M:%S"),
+            ))
 
 
 def run_dir_of(argv: list[str]) -> str | None:

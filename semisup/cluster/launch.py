@@ -489,13 +489,25 @@ def main(argv: list[str] | None = None) -> list:
 
 
 def target_partition(args, slurm: bool) -> tuple[Partition | None, str | None]:
-    """(the partition a Slurm job goes to, with its limits; a note when they could not be read)."""
+    """(the partition a Slurm job goes to, with its limits; a note when they are not checked):
+    --partition, else ``--sbatch partition=``, else $SBATCH_PARTITION (as sbatch reads it), else
+    the cluster's default."""
     if not slurm:
         return None, None
+    extra = dict(kv.split("=", 1) for kv in args.sbatch)
+    name, flag = next(((v, f) for v, f in ((args.partition, "--partition"),
+                                           (extra.get("partition"), "--sbatch partition="),
+                                           (os.environ.get("SBATCH_PARTITION"), "$SBATCH_PARTITION")) if v),
+                      (None, "--partition"))
+    if name is not None and "," in name:
+        return None, f"partition limits not checked: {flag} {name} names several (sbatch picks one)"
     partitions = read_partitions()
     if partitions is None:
         return None, "partition limits not checked: scontrol does not answer on this machine"
-    return choose(partitions, args.partition), None
+    part = choose(partitions, name, flag)
+    state = "" if part.state == "UP" else f"; partition {part.name} is {part.state}: jobs wait until it is UP"
+    return part, (f"partition {part.name}: {len(part.nodes)} node(s), MaxTime "
+                  f"{part.max_time_min if part.max_time_min is not None else 'UNLIMITED'} min{state}")
 
 
 def pinned_commands(

@@ -59,15 +59,15 @@ def slurm_minutes(text: str) -> int | None:
 def gpu_count(gres: str) -> int:
     """GPUs in a node's GRES: ``gpu:8``, ``gpu:a100:4(S:0-1)``, ``gpu:a100:4,gpu:v100:2``; 0 for (null)."""
     total = 0
-    for item in gres.split(","):
-        parts = re.sub(r"\(.*?\)", "", item).split(":")
+    for item in re.sub(r"\(.*?\)", "", gres).split(","):  # socket lists in (...) hold commas too
+        parts = item.split(":")
         if parts[0] == "gpu":
             total += int(parts[-1]) if len(parts) > 1 and parts[-1].isdigit() else 1
     return total
 
 
 def _records(text: str) -> list[dict[str, str]]:
-    return [dict(re.findall(r"(\w+)=(\S*)", line)) for line in text.splitlines() if line.strip()]
+    return [scheduler.fields(line) for line in text.splitlines() if line.strip()]
 
 
 def _number(text: str | None) -> int | None:
@@ -77,14 +77,15 @@ def _number(text: str | None) -> int | None:
 def read_partitions() -> dict[str, Partition] | None:
     """Every partition by name, None where scontrol does not answer (no Slurm here, or its
     controller is down)."""
-    partitions_text = scheduler.slurm_output(["scontrol", "show", "partition", "-o"])
-    nodes_text = scheduler.slurm_output(["scontrol", "show", "node", "-o"])
+    partitions_text = scheduler.slurm_output(["scontrol", "-a", "show", "partition", "-o"])  # hidden ones too
+    nodes_text = scheduler.slurm_output(["scontrol", "-a", "show", "node", "-o"])
     if partitions_text is None or nodes_text is None:
         return None
     nodes = {}
     for rec in _records(nodes_text):
-        node = Node(rec.get("NodeName", "?"), _number(rec.get("CPUTot")) or 0, gpu_count(rec.get("Gres", "")),
-                    _number(rec.get("RealMemory")))
+        # CPUEfctv: the CPUs a job can have (CPUTot less those a CoreSpecCount/CpuSpecList keeps for the system).
+        cpus = _number(rec.get("CPUEfctv")) or _number(rec.get("CPUTot")) or 0
+        node = Node(rec.get("NodeName", "?"), cpus, gpu_count(rec.get("Gres", "")), _number(rec.get("RealMemory")))
         for name in rec.get("Partitions", "").split(","):
             nodes.setdefault(name, []).append(node)
     return {
@@ -97,8 +98,10 @@ def read_partitions() -> dict[str, Partition] | None:
     }
 
 
-def choose(partitions: dict[str, Partition], name: str | None) -> Partition:
-    """The partition a job goes to: ``name``, or the cluster's default; one line naming the choices otherwise."""
+def choose(partitions: dict[str, Partition], name: str | None, flag: str = "--partition") -> Partition:
+    """The partition a job goes to: ``name`` (given as ``flag``), or the cluster's default; one
+    line naming the choices otherwise. A partition with several names (``a,b``: sbatch takes the
+    first that can start the job) is not checked here: None."""
     names = ", ".join(sorted(partitions)) or "none"
     if name is None:
         default = next((p for p in partitions.values() if p.default), None)
@@ -106,14 +109,16 @@ def choose(partitions: dict[str, Partition], name: str | None) -> Partition:
             raise UsageError(f"no --partition given and this cluster has no default partition (partitions: {names})")
         return default
     if name not in partitions:
-        raise UsageError(f"--partition {name}: no such partition on this cluster (partitions: {names})")
+        raise UsageError(f"{flag} {name}: no such partition on this cluster (partitions: {names})")
+    if not partitions[name].nodes:
+        raise UsageError(f"{flag} {name}: the partition has no nodes; choose another (partitions: {names})")
     return partitions[name]
 
 
 def check_fits(part: Partition, nodes: int, tasks_per_node: int, gpus_per_node: int, cpus_per_task: int,
                timeout_min: int, time_flag: str) -> None:
     """Refuse, in one line naming the limit, a job that partition ``part`` can never start."""
-    fitting = part.nodes_with(gpus_per_node)
+    fitting = part.nodes_with(gpus_per_node)  # (a partition with no nodes was refused by choose)
     if gpus_per_node and not fitting:
         most = max((n.gpus for n in part.nodes), default=0)
         raise UsageError(

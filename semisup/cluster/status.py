@@ -138,7 +138,10 @@ def job_state(record: dict, run_dir: Path, answer: scheduler.JobState | None = N
         if answer is not None and (answer.active or answer.queued):
             pending = f" ({answer.reason})" if answer.queued and answer.reason else ""
             return dict(out, scheduler=answer.state + pending, source=answer.source)
-        if answer is not None:  # ended: Slurm's state; the job's own record says why
+        if answer is not None:  # ended: Slurm's state; the job's own record (of this start of it) says why
+            if outcome is not None and None not in (outcome.get("restarts"), answer.restarts) and \
+                    outcome["restarts"] != answer.restarts:
+                outcome = None  # written by an earlier start of the job, before a requeue
             error = (outcome or {}).get("error") or out["error"]
             if answer.state != "COMPLETED":
                 error = error or _log_error(log_path)
@@ -184,16 +187,25 @@ def latest_job(run_dir: Path) -> tuple[dict | None, int, str | None]:
     return history[-1], len(history), None
 
 
-def _held(run_dir: Path) -> bool:
-    """Whether a live process holds the run's lock (a run started without a job)."""
-    holder = runlock.read_holder(run_dir)
-    return holder is not None and runlock.holder_alive(holder)[0]
+def _by_lock(row: dict, run_dir: Path) -> dict:
+    """A run's state where no scheduler tells: in progress while a live process holds its lock."""
+    if row["state"] != "in progress / stopped":
+        return row
+    try:
+        holder = runlock.read_holder(run_dir)
+    except OSError:
+        return dict(row, state="unknown (its lock cannot be read)")
+    held = holder is not None and runlock.holder_alive(holder)[0]
+    return dict(row, state="in progress" if held else "stopped", eta=row.get("eta") if held else None,
+                source=row.get("source") if row.get("scheduler") else "lock")
 
 
-def _combine(row: dict) -> dict:
+def _combine(row: dict, run_dir: Path) -> dict:
     """The run's files and the scheduler together say more than either alone; a run nothing
-    trains has no ETA."""
+    trains has no ETA. Where no scheduler answered, the run's lock tells whether it trains."""
     scheduler_state = row.get("scheduler") or ""
+    if scheduler_state.startswith("UNKNOWN"):
+        return _by_lock(row, run_dir)
     running = scheduler_state.startswith(("RUNNING", "COMPLETING", "CONFIGURING"))
     if running and not row["state"].startswith("finished"):
         row["state"] = "starting" if row["state"] == "not started" else "in progress"
@@ -215,14 +227,11 @@ def status_table(root: Path) -> pd.DataFrame:
         record, submissions, problem = latest[run_dir]
         if record is not None:
             row.update(job_state(record, run_dir, answers.get(str(record["job_id"]))), submissions=submissions)
-            row = _combine(row)
+            row = _combine(row, run_dir)
         elif problem is not None:
             row.update(scheduler="UNKNOWN", error=problem)
         elif row["state"] == "in progress / stopped":  # started with run.py: its lock says whether it trains
-            held = _held(run_dir)
-            row.update(state="in progress" if held else "stopped", source="lock")
-            if not held:
-                row["eta"] = None
+            row = _by_lock(row, run_dir)
         rows.append(row)
     table = pd.DataFrame(rows)
     for column in ("epoch", "step", "best_epoch", "submissions"):  # counts stay integers where some rows lack them

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import warnings
 from dataclasses import dataclass, field
 
@@ -254,7 +255,18 @@ class EpochSampler(_Shards):
 
 def make_loader(dataset: Dataset, sampler, workers: int, pin_memory: bool, collate_fn=None) -> DataLoader:
     return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=pin_memory, collate_fn=collate_fn,
-                      persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
+                      persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
+                      worker_init_fn=leave_stop_signals_to_the_main_process)
+
+
+def leave_stop_signals_to_the_main_process(worker_id: int) -> None:
+    """A loader worker ignores SIGTERM, SIGINT and SIGUSR2: they are the main process's to act on
+    (a checkpoint, then a stop that ends its workers itself). Slurm sends them to every process of
+    a job step and Ctrl-C to the whole foreground group; PyTorch's own SIGTERM handler in a worker
+    re-raises a signal not sent by its parent, and the worker's death ends the run before its
+    checkpoint ("DataLoader worker ... is killed by signal: Terminated")."""
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 @dataclass

@@ -29,7 +29,7 @@ from semisup import distributed as D
 from semisup.data import transforms as T
 from semisup.data import valcache
 from semisup.data.boxes import content_heatmap  # noqa: F401 (also part of this module's API)
-from semisup.data.datasets import EvalDataset
+from semisup.data.datasets import EvalDataset, leave_stop_signals_to_the_main_process
 from semisup.eval.insertion import InsertionSettings
 from semisup.method import cgc, explainers
 
@@ -80,7 +80,8 @@ class Evaluator:
         # for loading; with --workers alone it was decode-bound at half of them (bench plan).
         workers = self.cfg.workers * (2 if self.bundle.unlabeled is not None else 1)
         kwargs = dict(batch_sampler=batch_sampler) if batch_sampler is not None else dict(batch_size=self.batch_size)
-        return DataLoader(dataset, num_workers=workers, pin_memory=self.device.type == "cuda", **kwargs)
+        return DataLoader(dataset, num_workers=workers, pin_memory=self.device.type == "cuda",
+                          worker_init_fn=leave_stop_signals_to_the_main_process, **kwargs)
 
     def top1_dataset(self):
         """The validation crops top-1 reads: decoded each time, or (--val-cache) read from the
@@ -141,7 +142,8 @@ class Evaluator:
         file order, as released (``semisup.eval.insertion``); one process."""
         from semisup.eval.insertion import CAM_BATCH, InsertionDataset, insertion_metrics
         dataset = InsertionDataset(self.bundle.val.source, self.indices, settings.size)
-        loader = DataLoader(dataset, batch_size=CAM_BATCH, shuffle=False, num_workers=self.cfg.workers)
+        loader = DataLoader(dataset, batch_size=CAM_BATCH, shuffle=False, num_workers=self.cfg.workers,
+                            worker_init_fn=leave_stop_signals_to_the_main_process)
         batches = tqdm(loader, desc="eval insertion/deletion", disable=not self._bars(progress), leave=False)
         return insertion_metrics(
             model, batches, settings, self.device, metrics=tuple(m for m in ("iauc", "dauc") if m in metrics)

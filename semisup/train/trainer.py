@@ -36,7 +36,7 @@ from semisup.models.base import build_model
 from semisup.models.loading import load_pretrained
 from semisup.runfiles import RunFiles
 from semisup.train.compiling import CompiledForward
-from semisup.train.preemption import SignalCheckpoint, signal_name
+from semisup.train.preemption import SignalCheckpoint, Stop, signal_name
 from semisup.train.rundir import RunDirError, acquire_lock, archive_previous, prepare_run_dir  # noqa: F401 (RunDirError: re-exported)
 from semisup.train.runlog import RunLog
 from semisup.train.state import TrainState
@@ -113,6 +113,7 @@ class Schedule:
 class Trainer:
     def __init__(self, cfg: Config, dist: D.Dist, run_dir: Path, bundle: DataBundle):
         self.cfg, self.dist, self.run_dir, self.bundle = cfg, dist, run_dir, bundle
+        self.lock = None  # the main process's hold on the run folder (run_training sets it)
         self.device = dist.device
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # as the released scripts set it: fastest kernels for each shape
@@ -359,8 +360,10 @@ class Trainer:
         self.resume()
         self.forward = CompiledForward(self.model, self.wrap, compiles(cfg.compile, self.device.type))
         self.log_start()
-        # SIGTERM, SIGUSR2 and SIGINT are caught from here on, before the loader workers fork.
-        with SignalCheckpoint(self.dist) as self.preemption:
+        # SIGTERM, SIGUSR2 and SIGINT are caught from here on: until the first step they stop the run
+        # at once (the checkpoint on disk holds its state), in the loop at the next step boundary.
+        with SignalCheckpoint(self.dist, self.lock) as self.preemption:
+            self.preemption.stop_at_once(self.state.step)
             streams = self.loaders()
             evaluator = Evaluator(cfg, self.bundle, self.device, self.dist)
             window = torch.zeros(3, device=self.device)  # losses since the last log line
@@ -379,6 +382,7 @@ class Trainer:
     def _loop(self, streams, evaluator: Evaluator, window: torch.Tensor, bar) -> dict:
         cfg, sched = self.cfg, self.schedule
         window_steps, window_start, data_wait = 0, time.perf_counter(), 0.0
+        self.preemption.stop_at_once(None)
         while self.state.step < sched.total_steps:
             self.set_lr()
             waited = time.perf_counter()
@@ -421,8 +425,14 @@ class Trainer:
             elif cfg.checkpoint_every and self.state.step % cfg.checkpoint_every == 0:
                 self.check_health()
                 self.save()
-            if self.preemption.requested() and self.state.step < sched.total_steps:
+            stop = self.preemption.requested()
+            if stop == Stop.LOCK_LOST:
+                raise RunDirError(f"{self.run_dir}: {self.lock.lost if self.lock else 'the run lock was taken over'}; "
+                                  f"this run stops at step {self.state.step} and writes nothing more into the folder")
+            if stop == Stop.SIGNAL and self.state.step < sched.total_steps:
                 self.stop_at_signal()
+        # The last checkpoint holds the final step: a signal during the final evaluation stops at once.
+        self.preemption.stop_at_once(self.state.step)
         return self.finish(evaluator)
 
     def stop_at_signal(self) -> None:
@@ -681,6 +691,7 @@ def run_training(cfg: Config) -> tuple[dict, Trainer]:
         setup_logging(dist.is_main)
         bundle = build_data(cfg)
         trainer = Trainer(cfg, dist, run.path, bundle)
+        trainer.lock = lock
         log.info("%s", run.note)  # said once the data and the model are there: a run that cannot start says only why
         if dist.is_main:
             archived = archive_previous(run.path) if run.replaces_finished else None
