@@ -114,8 +114,10 @@ def stop_by(work: Work, how: str, done: threading.Event) -> dict:
     """A run stopped by ``how`` at step 3 or later, which Slurm (or submitit) then resumes."""
     name = "signal-" + re.sub(r"[^a-z0-9]+", "-", how).strip("-")
     node = SECOND if how == "preemption" else FIRST
+    # The preempted run loads with a worker process: Slurm signals it too, and it must not end the run.
+    flags = TINY + (["--workers", "1"] if how == "preemption" else [])
     try:
-        job = work.submit_one(name, node=node)
+        job = work.submit_one(name, node=node, flags=flags)
         wait_for_step(work.runs / name, 3)
         if how == "preemption":
             work.slurm.run("sbatch", "-p", "high", "-w", node, "--exclusive", "-o", "/dev/null", "--wrap", "sleep 1")

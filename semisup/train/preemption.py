@@ -171,5 +171,8 @@ class SignalCheckpoint:
     def _hint(signum: int, job: scheduler.ThisJob, state: scheduler.JobState | None, only_a_signal: bool) -> str:
         if not job.slurm or signum == signal.SIGINT or state is None or only_a_signal:
             return "rerun the same command to resume from it"
-        return (f"Slurm job {job.id} is {state.state}{' (preempted)' if state.preempting else ''} after "
-                f"{state.restarts} restart(s): a requeued job resumes from it, and so does the same command again")
+        if (state.restarts or 0) > job.restarts:
+            preempted = " (preempted)" if state.preempting else ""
+            return f"Slurm is requeuing job {job.id}{preempted}: it resumes from this step"
+        return (f"Slurm is ending job {job.id} ({state.state}{', preempted' if state.preempting else ''}): submit the "
+                "same command again to resume from this step")
