@@ -77,6 +77,11 @@ class Config:
     )
     max_bad_fraction: float = _f(0.001, "stop the run if more than this fraction of decoded images are unreadable")
     workers: int = _f(8, "data loading worker processes per stream and process")
+    threads: int | None = _f(
+        None, "torch CPU threads of each training process (default: the CPUs it may use, from its affinity mask, "
+        "SLURM_CPUS_PER_TASK and a cgroup quota, shared among the node's processes, less its loader workers; "
+        "OMP_NUM_THREADS, where set, wins)"
+    )
     decode: str = _f(
         "cpu",
         "where training JPEGs are decoded: 'cpu' (loader workers, the full image as PIL decodes it, by "
@@ -299,7 +304,7 @@ def recipe_names() -> list[str]:
 RESUME_NEUTRAL = {
     "run_dir", "splits_dir", "workers", "decode", "overwrite", "dry_run", "eval_every", "ch_every", "checkpoint_every",
     "log_every", "gallery", "device", "demo_cache", "compile", "max_eval_images", "max_bad_fraction", "recipe",
-    "val_cache",
+    "val_cache", "threads",
 }
 
 
@@ -330,6 +335,7 @@ _RANGES = {
     "weight_decay": (lambda v: v >= 0, ">= 0"),
     "max_bad_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "workers": (lambda v: v >= 0, ">= 0"),
+    "threads": (lambda v: v > 0, "> 0 (omit it for the CPUs this process may use)"),
     "num_classes": (lambda v: v > 1, "> 1"),
     "eval_every": (lambda v: v >= 0, ">= 0 (0: only at the end)"),
     "ch_every": (lambda v: v >= 0, ">= 0 (0: only at the end)"),
@@ -460,7 +466,7 @@ HELP_GROUPS = {
     "evaluation": ("eval_every", "ch_every", "ch_short_side", "knn_k", "knn_temperature", "gallery", "max_eval_images",
                    "val_cache"),
     "run directory": ("run_dir", "checkpoint_every", "log_every", "overwrite", "dry_run"),
-    "system": ("device", "amp", "channels_last", "compile", "workers", "decode"),
+    "system": ("device", "amp", "channels_last", "compile", "workers", "threads", "decode"),
 }
 
 

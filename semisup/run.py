@@ -11,6 +11,10 @@ try:
 except ModuleNotFoundError:
     sys.exit("semisup is not installed in this Python: run `pip install -e .` in the checkout")
 
+from semisup import cpus  # noqa: E402
+
+cpus.wait_passively()  # before torch loads OpenMP: idle threads sleep, so runs sharing a node share its cores
+
 from semisup.config import parse_config  # noqa: E402
 from semisup.errors import cli  # noqa: E402
 from semisup.train.trainer import train  # noqa: E402

@@ -44,7 +44,9 @@ class SlurmCluster:
         self.state = state
 
     def run(self, *argv: str, cwd: Path | None = None, check: bool = True, timeout: float = 300):
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+        # Jobs take their threads from SLURM_CPUS_PER_TASK (semisup.cpus), as on a user's cluster.
+        env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+        env["PYTHONUNBUFFERED"] = "1"
         proc = subprocess.run([str(CLUSTER_SH), "run", str(self.state), "--", *argv], cwd=cwd, env=env,
                               capture_output=True, text=True, timeout=timeout)
         if check and proc.returncode != 0:

@@ -68,6 +68,7 @@ def test_local_executor_two_tasks_train_with_gloo_to_identical_weights(tmp_path,
     assert result[0]["weights_sha256"] == result[1]["weights_sha256"]
     log = (tmp_path / "runs" / "two" / "train.log").read_text()
     assert "2 process(es) on cpu" in log and "16 per process" in log
+    assert "1 thread(s) per process: 1 CPU (affinity" in log and "/ 2 processes on this node)" in log  # not 2 x all cores
     # One replica of 32 images spans both processes; on CPU each normalises its own half, and says so.
     assert "BatchNorm over each process' part of a replica (a replica spans 2 processes; SyncBatchNorm needs CUDA" in log
     # The job ran from the code snapshot taken at submission.

@@ -317,4 +317,6 @@ def test_two_nodes_of_one_task_and_one_node_of_two_tasks_end_with_the_same_weigh
     layouts = outcome(seen, "layouts")
     assert set(layouts["states"].values()) == {"COMPLETED"}, work.explain(layouts["spread"])
     assert "2 process(es) on cpu" in work.log("two-nodes") and "2 process(es) on cpu" in work.log("two-tasks")
+    # One thread each: what the job asked per task (--cpus-per-task 1), not the machine's cores.
+    assert "1 thread(s) per process: 1 CPU (affinity" in work.log("two-tasks") and "SLURM_CPUS_PER_TASK 1)" in work.log("two-tasks")
     assert digest(work.runs / "two-nodes") == digest(work.runs / "two-tasks")

@@ -69,7 +69,7 @@ def test_a_signal_to_one_of_two_processes_stops_both_at_the_same_step(tmp_path, 
     submission resumes and ends as an uninterrupted two-process run."""
     common = ["--cluster", "local", "--tasks-per-node", "2", "--log-dir", str(tmp_path / "logs"), "--run-root",
               str(tmp_path / "runs"), "--timeout-min", "10"]
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two processes on this machine's cores
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # each of the two processes takes its share of the cores
     flags = LONG + ["--demo-cache", demo_cache, "--max-steps", "12"]
     straight = launch.main(common + ["--name", "straight", "--"] + flags)[0]
     straight.results()
@@ -196,3 +196,24 @@ def test_a_run_whose_lock_was_taken_over_stops_without_writing_again(tmp_path, d
                                    "--run-dir", str(run_dir)]))
     assert json.loads((run_dir / ".lock").read_text())["token"] == "newcomer"  # left to its holder
     assert not (run_dir / "checkpoint.pt").exists()  # --checkpoint-every 0 and no epoch end: nothing written
+
+
+# ---- threads -------------------------------------------------------------------------------------
+def dry_run_threads(demo_cache: str, env: dict, affinity: set[int] | None = None) -> str:
+    """The thread count run.py's --dry-run reports in a subprocess with ``env`` and ``affinity``."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "SLURM_", "LOCAL_WORLD", "WORLD_SIZE"))}
+    proc = subprocess.run([sys.executable, str(ROOT / "semisup" / "run.py"), "--labeled-fraction", "0.1", "--workers", "0",
+                           "--demo-cache", demo_cache, "--dry-run"], env=dict(base, **env), capture_output=True, text=True,
+                          preexec_fn=(lambda: os.sched_setaffinity(0, affinity)) if affinity else None, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return re.search(r"^\s+threads\s+(.*)$", proc.stdout, flags=re.M).group(1)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs to restrict")
+def test_the_thread_count_follows_the_affinity_mask_and_slurm_and_omp_num_threads_wins(demo_cache):
+    cpus = len(os.sched_getaffinity(0))
+    assert dry_run_threads(demo_cache, {}) == f"{cpus} per process ({cpus} CPUs (affinity {cpus}))"
+    assert dry_run_threads(demo_cache, {}, affinity={0}) == "1 per process (1 CPU (affinity 1))"
+    assert dry_run_threads(demo_cache, {"SLURM_CPUS_PER_TASK": "1"}) == f"1 per process (1 CPU (affinity {cpus}, SLURM_CPUS_PER_TASK 1))"
+    assert dry_run_threads(demo_cache, {"LOCAL_WORLD_SIZE": str(cpus)}).startswith(f"1 per process (1 CPU (affinity {cpus} / {cpus} processes")
+    assert dry_run_threads(demo_cache, {"OMP_NUM_THREADS": "3", "SLURM_CPUS_PER_TASK": "1"}) == "3 per process (OMP_NUM_THREADS)"

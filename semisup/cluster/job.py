@@ -35,6 +35,9 @@ class TrainJob:
     def __call__(self) -> dict:
         import submitit
 
+        from semisup import cpus
+        cpus.wait_passively()  # before torch loads OpenMP (nothing in this process has imported it yet)
+
         from semisup.config import parse_config
         from semisup.train.preemption import Preempted
         from semisup.train.trainer import train

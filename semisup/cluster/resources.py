@@ -3,8 +3,8 @@ node and the partition it goes to (:mod:`semisup.cluster.partition`)."""
 from __future__ import annotations
 
 import math
-import os
 
+from semisup import cpus
 from semisup.cluster.partition import Partition
 
 LOCAL_TIMEOUT_MIN = 24 * 60  # jobs without GPUs: a day (local jobs are killed by submitit at their limit)
@@ -21,16 +21,16 @@ def tasks_per_node(args) -> int:
 def cpu_budget(args, slurm: bool, part: Partition | None) -> tuple[int, str]:
     """(the CPUs of a node the job may take, where that number comes from): --cpus-per-node, else
     what the partition's nodes have (the smallest of those with the job's GPUs), else 64 on Slurm
-    and this machine's cores locally."""
+    and locally the CPUs this process may use (its affinity mask, a cgroup quota)."""
     if args.cpus_per_node:
         return args.cpus_per_node, f"--cpus-per-node {args.cpus_per_node}"
     if slurm and part is not None and part.nodes_with(args.gpus_per_node):
-        cpus = min(n.cpus for n in part.nodes_with(args.gpus_per_node))
-        return cpus, f"the {cpus} CPUs of partition {part.name}'s nodes"
+        smallest = min(n.cpus for n in part.nodes_with(args.gpus_per_node))
+        return smallest, f"the {smallest} CPUs of partition {part.name}'s nodes"
     if slurm:
         return 64, "--cpus-per-node 64 (default; the partition's nodes were not read)"
-    cores = os.cpu_count() or 1
-    return cores, f"this machine's {cores} cores"
+    cores, how = cpus.process_cpus(processes=1)
+    return cores, f"the {cores} CPUs this process may use ({how})"
 
 
 def fit_cpus(args, run_flags_workers: int | None, default_workers: int, slurm: bool,

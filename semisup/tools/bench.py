@@ -7,6 +7,7 @@ one process so their ratio holds on a noisy machine.
     semisup-bench eval   [--images 24]
     semisup-bench gpu    [--out gpu.json]      # on a GPU node: everything in one command
     semisup-bench plan   [--gpus 1 --cores 16 --gpu h100 --decode cpu]
+    semisup-bench share  [--steps 40 --repeats 2 --compare]   # two runs on one machine at once
 
 Numbers depend on the machine: report them with the command and the machine.
 """
@@ -497,8 +498,9 @@ def check_args(args) -> None:
 def build_parser() -> Parser:
     """The command's options (the generated tests read their types from here)."""
     parser = Parser(prog="semisup-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["step", "loss", "loader", "eval", "gpu", "plan", "e2e"],
-                        help="e2e: a short real run beside the planner's prediction (its options: e2e --help)")
+    parser.add_argument("what", choices=["step", "loss", "loader", "eval", "gpu", "plan", "e2e", "share"],
+                        help="e2e: a short real run beside the planner's prediction (its options: e2e --help); "
+                             "share: a run alone, then two at once (share --help)")
     # The settings a run has too take the run's flags (spellings, types, choices), with bench's defaults.
     add_setting(parser, "arch", default="resnet18", help="architecture (default resnet18; gpu: resnet50)")
     parser.add_argument("--batch", type=int, help="per stream (step), heatmaps (loss), images per batch (eval)")
@@ -541,6 +543,9 @@ def main(argv=None):
     if argv[:1] == ["e2e"]:  # its own options (semisup-bench e2e --help)
         from semisup.tools import e2e
         return e2e.main(argv[1:])
+    if argv[:1] == ["share"]:  # its own options (semisup-bench share --help)
+        from semisup.tools import share
+        return share.main(argv[1:])
     run_flags = argv[argv.index("--") + 1:] if "--" in argv else []
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     args.run_flags = run_flags

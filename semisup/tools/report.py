@@ -41,7 +41,7 @@ PUBLISHED_LIMITED = pd.DataFrame([
 NOT_RESULT_SETTINGS = {
     "seed", "run_dir", "splits_dir", "workers", "decode", "overwrite", "dry_run", "checkpoint_every", "log_every",
     "gallery", "device", "demo_cache", "compile", "max_bad_fraction", "recipe", "ch_every", "data", "pretrained",
-    "val_cache",
+    "val_cache", "threads",
 }
 # Loss settings that a cross-entropy run (lambda 0) never uses.
 LOSS_ONLY_SETTINGS = {

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from semisup import checkpoint as ckpt
+from semisup import cpus
 from semisup import distributed as D
 from semisup.config import Config, compiles, save_config
 from semisup.data.datasets import DataBundle, EpochSampler, StreamSampler, TrainDataset, build_data, make_loader
@@ -114,6 +115,7 @@ class Trainer:
     def __init__(self, cfg: Config, dist: D.Dist, run_dir: Path, bundle: DataBundle):
         self.cfg, self.dist, self.run_dir, self.bundle = cfg, dist, run_dir, bundle
         self.lock = None  # the main process's hold on the run folder (run_training sets it)
+        self.threads = None  # the torch threads this process took and why (run_training sets them)
         self.device = dist.device
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # as the released scripts set it: fastest kernels for each shape
@@ -546,9 +548,10 @@ class Trainer:
         cfg, d = self.cfg, self.dist
         if random_start_warning(cfg):
             log.warning("%s", random_start_warning(cfg))
+        threads = f"{self.threads.threads} thread(s) per process: {self.threads.why}" if self.threads else ""
         log.info(
-            "run dir %s; %d process(es) on %s; amp %s; torch.compile %s", self.run_dir, d.world, self.device,
-            self.amp_dtype or "off", "on" if self.forward.compiled else "off",
+            "run dir %s; %d process(es) on %s; %s; amp %s; torch.compile %s", self.run_dir, d.world, self.device,
+            threads, self.amp_dtype or "off", "on" if self.forward.compiled else "off",
         )
         log.info("trunk: %s", describe_start(cfg, self.pretrained_report))
         log.info("batch: labeled %d global / %d per process, unlabeled %s; %d steps per epoch, %d epochs, %d steps",
@@ -610,6 +613,7 @@ class Trainer:
             best=best,
             ce_baseline=self.cfg.ce_mode if self.cfg.cgc_weight == 0 else None,
             process_counts=self.state.process_counts,  # more than one entry: resumed on another number of processes
+            threads=dict(count=self.threads.threads, why=self.threads.why) if self.threads else None,
             weights_sha256=weights_digest(self.model),
             note=(
                 "'final' is the last epoch; 'best' is the epoch of highest validation top-1 (model_best.pt, as the "
@@ -690,8 +694,9 @@ def run_training(cfg: Config) -> tuple[dict, Trainer]:
         D.barrier()
         setup_logging(dist.is_main)
         bundle = build_data(cfg)
+        threads = use_threads(cfg, bundle)
         trainer = Trainer(cfg, dist, run.path, bundle)
-        trainer.lock = lock
+        trainer.lock, trainer.threads = lock, threads
         log.info("%s", run.note)  # said once the data and the model are there: a run that cannot start says only why
         if dist.is_main:
             archived = archive_previous(run.path) if run.replaces_finished else None
@@ -721,6 +726,14 @@ def run_training(cfg: Config) -> tuple[dict, Trainer]:
         D.cleanup()
 
 
+def use_threads(cfg: Config, bundle: DataBundle, processes: int | None = None) -> cpus.ThreadChoice:
+    """Set this process's torch threads (:mod:`semisup.cpus`): its CPUs less its loader workers."""
+    streams = 2 if bundle.unlabeled is not None else 1
+    choice = cpus.choose_threads(cfg.threads, cfg.workers * streams, processes)
+    torch.set_num_threads(choice.threads)
+    return choice
+
+
 def check_start(cfg: Config, decode_check: bool, world: int = 1) -> tuple[dict, Trainer]:
     """Everything a run does before its first step, writing nothing: the run directory's state
     (finished, held, other settings), the dataset, split and boxes, the model and its pretrained
@@ -744,19 +757,20 @@ def check_start(cfg: Config, decode_check: bool, world: int = 1) -> tuple[dict, 
                             f"{trainer.batchnorm_scope()}")
     summary["flip_protocol"] = cfg.flip_protocol
     summary["total_steps"] = trainer.schedule.total_steps
+    streams = 2 if bundle.unlabeled is not None else 1
+    choice = cpus.choose_threads(cfg.threads, cfg.workers * streams, world if world > 1 else None)
+    summary["threads"] = f"{choice.threads} per process ({choice.why})"
     return summary, trainer
 
 
 def planner_line(cfg: Config, summary: dict) -> str:
     """The planner's estimate of this run (measured H100 rates) on the node the dry run ran on,
     or, without a GPU here, on one H100 with 16 cores."""
-    import os
-
     from semisup.train import plan
     if cfg.arch != "resnet50":
         return f"planner: its rates are a ResNet-50's; no estimate for --arch {cfg.arch}"
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    node = (gpus, os.cpu_count() or 1) if gpus else (1, 16)
+    node = (gpus, cpus.process_cpus(processes=1)[0]) if gpus else (1, 16)  # the CPUs this job may use
     rates, settings = plan.measured_rates("h100"), cfg.to_dict()
     estimate = plan.plan_run(settings, summary, rates, gpus=node[0], cores=node[1])
     where = f"this node ({node[0]} GPU(s), {node[1]} cores)" if gpus else "1 H100 with 16 cores (no GPU here)"
