@@ -2,7 +2,7 @@
 
 Layers, lowest first (a module imports only from its own layer or below; ``tests/test_layout.py``):
 foundation (``errors``, ``files``, ``config``, ``checkpoint``, ``distributed``, ``version``, ``runfiles``,
-``scheduler``, ``cpus``) <
+``scheduler``, ``cpus``, ``launchenv``) <
 ``models`` (backbones, pretrained loading, replica BatchNorm), ``data`` (datasets, transforms,
 splits, boxes) < ``method`` (Grad-CAM and its explainers, heatmap transforms, losses) < ``eval`` <
 ``train`` < ``cluster``, ``tools`` < the commands (``run``, ``evaluate``, ``report``, ``jobs/``).

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import os
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from semisup import launchenv
 from semisup.errors import Parser, UsageError
 
 # The checkout (or snapshot) holding this package: recipes, splits/ and pretrained/ sit in it.
@@ -384,8 +384,9 @@ def _check_type(key: str, value, kind) -> None:
 def validate(cfg: "Config", world: int | None = None) -> "Config":
     """Refuse a config that cannot run as meant, before anything is created: types, choices and
     ranges of every setting (flags, YAML and recipes alike), a known architecture, and batch
-    sizes divisible by the process count. Raises ConfigError naming the setting."""
-    world = int(os.environ.get("WORLD_SIZE", 1)) if world is None else world
+    sizes divisible by the process count. Raises ConfigError naming the setting. ``world`` None:
+    the processes the launcher's variables describe (:mod:`semisup.launchenv`, checked)."""
+    world = launchenv.read().world if world is None else world  # the launcher's variables, checked
     hints = typing.get_type_hints(Config)
     for f in dataclasses.fields(Config):
         try:
@@ -397,6 +398,19 @@ def validate(cfg: "Config", world: int | None = None) -> "Config":
     return cfg
 
 
+def check_device(device: str) -> None:
+    """A CUDA device this machine has: asked by the run (and its dry run) on the machine it runs
+    on, before anything is created; never at submission, whose login node may have no GPU."""
+    if not device.startswith("cuda"):
+        return
+    import torch  # only here: the rest of the settings never need it
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(device[5:]) if device.startswith("cuda:") else 0
+    if index >= count:
+        raise ConfigError(f"{_name('device')}: {device!r}, but torch sees {count} CUDA GPU(s) on this machine; use "
+                          "--device cpu, or auto (a GPU where there is one)")
+
+
 def _check_field(cfg: "Config", f: dataclasses.Field, hints: dict) -> None:
     """Type, choices, finiteness and range of one setting."""
     value = getattr(cfg, f.name)
@@ -405,6 +419,8 @@ def _check_field(cfg: "Config", f: dataclasses.Field, hints: dict) -> None:
             raise ConfigError(f"{_name(f.name)}: a value is required")
         return
     _check_type(f.name, value, _field_type(f))
+    if f.metadata["path"] and isinstance(value, str) and not value.strip():
+        raise ConfigError(f"{_name(f.name)}: an empty path; give a file or folder, or leave the setting out")
     numbers = value if isinstance(value, (list, tuple)) else [value]
     if any(isinstance(x, float) and not math.isfinite(x) for x in numbers):
         raise ConfigError(f"{_name(f.name)}: must be a finite number, got {value!r}")

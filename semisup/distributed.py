@@ -6,11 +6,16 @@ parses SLURM variables. NCCL on GPUs, gloo on CPU.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from semisup import launchenv
+from semisup.errors import UserError
 
 
 @dataclass
@@ -32,25 +37,48 @@ class Dist:
 def setup(device: str = "auto") -> Dist:
     """Initialise the process group when WORLD_SIZE > 1 and pick this process' device.
 
-    ``torch.cuda.set_device(local_rank)`` runs before anything touches CUDA, otherwise all
+    The launcher's variables are read through :mod:`semisup.launchenv` (checked, a stale one
+    named). ``torch.cuda.set_device(local_rank)`` runs before anything touches CUDA, otherwise all
     processes of a node would share GPU 0.
     """
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    rank = int(os.environ.get("RANK", 0))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    env = launchenv.read()
     use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
     if use_cuda:
-        torch.cuda.set_device(local_rank)
-        dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(env.local_rank)
+        dev = torch.device("cuda", env.local_rank)
     else:
         dev = torch.device("cpu")
     global _control
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo", rank=rank, world_size=world,
-                                device_id=dev if use_cuda else None)
+    if env.world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", store=rendezvous(env), rank=env.rank,
+                                world_size=env.world, device_id=dev if use_cuda else None)
         # Small decisions every process must share (stop at this step?) travel on the CPU: no device sync.
         _control = dist.new_group(backend="gloo") if use_cuda else dist.group.WORLD
-    return Dist(rank, world, local_rank, dev)
+    return Dist(env.rank, env.world, env.local_rank, dev)
+
+
+class RendezvousError(UserError, RuntimeError):
+    """The processes of a run did not all arrive."""
+
+
+def rendezvous(env: launchenv.LaunchEnv) -> dist.Store:
+    """The store where the run's processes meet (rank 0 serves it at MASTER_ADDR:MASTER_PORT, or
+    torchrun's agent does), waiting at most ``env.rendezvous_timeout_s`` for all of them and saying
+    so first; a timeout is one line (a stale WORLD_SIZE waited torch's 30 minutes in silence)."""
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)  # torchrun's agent serves the store
+    if env.rank == 0:
+        print(f"waiting for the {env.world} processes of this run at {env.master_addr}:{env.master_port} (at most "
+              f"{env.rendezvous_timeout_s} s)", file=sys.stderr, flush=True)
+    try:
+        return dist.TCPStore(env.master_addr, env.master_port, env.world, is_master=env.rank == 0 and not agent,
+                             timeout=datetime.timedelta(seconds=env.rendezvous_timeout_s), wait_for_workers=True)
+    except (RuntimeError, OSError, ValueError) as err:  # torch's DistStoreError is a RuntimeError
+        raise RendezvousError(
+            f"the {env.world} processes of this run (WORLD_SIZE) did not all meet at {env.master_addr}:"
+            f"{env.master_port} within {env.rendezvous_timeout_s} s ({str(err).strip().splitlines()[0][:160]}): the "
+            "others never started, or WORLD_SIZE, RANK and MASTER_ADDR are a launcher's leftovers in this shell "
+            "(unset them for one process); SEMISUP_RENDEZVOUS_TIMEOUT_S waits longer"
+        ) from None
 
 
 _control = None  # the CPU (gloo) group for control flags, made by setup()

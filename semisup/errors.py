@@ -26,6 +26,7 @@ _OS_HINTS = dict(
     ENOENT=" (removed while the command ran, or never there)",
     EEXIST=" (a file is in the way where a folder is needed)",
     ENOTDIR=" (a file is in the way where a folder is needed)", EISDIR=" (a folder where a file is needed)",
+    ELOOP=" (a symbolic link where the run writes a file of its own: remove the link)",
 )
 
 

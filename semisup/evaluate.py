@@ -25,6 +25,7 @@ from semisup.config import add_setting
 from semisup.errors import Parser, UsageError, UserError, cli
 from semisup.eval.evaluator import FULL_METRICS, METRICS, Evaluator, format_results
 from semisup.eval.insertion import InsertionSettings
+from semisup.files import open_for_append
 from semisup.runfiles import RunFiles
 
 
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_results(rows))
     out = Path(args.out or (f"eval-{Path(args.weights).name}" if args.weights else Path(args.checkpoint).parent))
     out.mkdir(parents=True, exist_ok=True)
-    with open(RunFiles(out).eval, "a") as f:  # an append-only log: one line per evaluation
+    with open_for_append(RunFiles(out).eval) as f:  # an append-only log: one line per evaluation, never through a link
         for row in rows:
             f.write(json.dumps(dict(row, time=time.strftime("%Y-%m-%d %H:%M:%S"))) + "\n")
     if args.gallery and head:

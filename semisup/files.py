@@ -82,3 +82,21 @@ def check_writable_folder(path: Path, flag: str) -> None:
     existing = next(p for p in [path, *path.parents] if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"{flag} {path}: {existing} is not a folder this user can write; choose another")
+
+
+def open_for_append(path: Path):
+    """``path`` opened to append text, never through a symbolic link (O_NOFOLLOW): a run appends
+    only to files of its own, not to whatever a link in its folder points at (an ``OSError``
+    ELOOP, one line from the commands, where a link is in the way)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    return os.fdopen(fd, "a")
+
+
+def linked_out(path: Path, folder: Path) -> str | None:
+    """Where ``path`` (a file of ``folder``'s run) leads if it is a symbolic link out of ``folder``,
+    else None. A link inside the folder is the folder's own business."""
+    path = Path(path)
+    if not path.is_symlink():
+        return None
+    target = path.resolve()
+    return None if target.is_relative_to(Path(folder).resolve()) else str(target)

@@ -89,11 +89,11 @@ def test_command_line_mistakes_end_in_one_line_and_an_exit_code(tmp_path, demo_c
     report = run_cli("semisup/report.py", str(tmp_path))
     assert report.returncode == 1 and "Traceback" not in report.stderr
     (tmp_path / "cache").write_text("a file")
-    # A file where the folder, or one above it, should be; an empty path.
-    for folder in (str(tmp_path / "cache"), str(tmp_path / "cache" / "sub"), ""):
+    # A file where the folder, or one above it, should be (a fault, 1); an empty path (a setting, 2).
+    for folder, code in ((str(tmp_path / "cache"), 1), (str(tmp_path / "cache" / "sub"), 1), ("", 2)):
         cache = run_cli("semisup/run.py", "--demo-cache", demo_cache, "--val-cache", folder,
                         "--run-dir", str(tmp_path / "z"))
-        assert cache.returncode == 1 and "--val-cache" in cache.stderr and cache.stderr.strip().count("\n") == 0
+        assert cache.returncode == code and "--val-cache" in cache.stderr and cache.stderr.strip().count("\n") == 0
         assert "Traceback" not in cache.stderr and not (tmp_path / "z").exists()
 
 

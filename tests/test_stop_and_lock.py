@@ -215,5 +215,6 @@ def test_the_thread_count_follows_the_affinity_mask_and_slurm_and_omp_num_thread
     assert dry_run_threads(demo_cache, {}) == f"{cpus} per process ({cpus} CPUs (affinity {cpus}))"
     assert dry_run_threads(demo_cache, {}, affinity={0}) == "1 per process (1 CPU (affinity 1))"
     assert dry_run_threads(demo_cache, {"SLURM_CPUS_PER_TASK": "1"}) == f"1 per process (1 CPU (affinity {cpus}, SLURM_CPUS_PER_TASK 1))"
-    assert dry_run_threads(demo_cache, {"LOCAL_WORLD_SIZE": str(cpus)}).startswith(f"1 per process (1 CPU (affinity {cpus} / {cpus} processes")
+    launched = dict(WORLD_SIZE=str(cpus), RANK="0", LOCAL_WORLD_SIZE=str(cpus), MASTER_ADDR="127.0.0.1", MASTER_PORT="29999")
+    assert dry_run_threads(demo_cache, launched).startswith(f"1 per process (1 CPU (affinity {cpus} / {cpus} processes")
     assert dry_run_threads(demo_cache, {"OMP_NUM_THREADS": "3", "SLURM_CPUS_PER_TASK": "1"}) == "3 per process (OMP_NUM_THREADS)"

@@ -491,6 +491,12 @@ def check_args(args) -> None:
         value = getattr(args, key, None)
         if value is not None and value < low:
             raise UsageError(f"--{key.replace('_', '-')}: must be >= {low}, got {value}")
+    if args.what != "plan":  # the benchmarks that run here need the device here
+        from semisup.config import ConfigError, check_device
+        try:
+            check_device(args.device)
+        except ConfigError as err:
+            raise UsageError(str(err).replace("--device / device", "--device")) from None
     if args.rates and not Path(args.rates).is_file():
         raise UsageError(f"--rates {args.rates}: no such file (write one with `semisup-bench gpu --out FILE`)")
 

@@ -377,13 +377,14 @@ def main(argv: list[str]) -> dict:
 
 def measure(args, run_flags: list[str]) -> dict:
     """The tree, the rates, the planner's estimate and the run, in a temporary folder; prints the table."""
-    from semisup.config import parse_config
+    from semisup.config import check_device, parse_config
     from semisup.tools.measure import machine
     from semisup.train.trainer import train
     with tempfile.TemporaryDirectory(prefix="semisup-e2e-", dir=args.tmp_dir) as name:
         tmp, clock = Path(name), time.perf_counter()
         # run.py's flags are checked before any photo is written (minutes at the recipe's batch).
-        parse_config(run_argv(args, Tree(tmp / "imagenet", tmp / "split.txt", [], [], 0), tmp, run_flags))
+        check_device(parse_config(run_argv(args, Tree(tmp / "imagenet", tmp / "split.txt", [], [], 0), tmp,
+                                           run_flags)).device)
         per_class = args.per_class or math.ceil(labeled_images(args) / args.classes)
         tree = make_tree(tmp / "imagenet", args.classes, per_class, args.val_per_class, labeled_images(args),
                          args.image_scale)

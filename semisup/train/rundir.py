@@ -14,7 +14,7 @@ from pathlib import Path
 
 from semisup.config import Config, differing_keys, load_saved_config
 from semisup.errors import UsageError
-from semisup.files import check_writable_folder
+from semisup.files import check_writable_folder, linked_out
 from semisup.runfiles import RunFiles
 from semisup.train import runlock
 
@@ -62,6 +62,7 @@ def prepare_run_dir(cfg: Config, check_holder: bool = True) -> RunDir:
             )
     if path.exists() and not path.is_dir():
         raise RunDirError(f"--run-dir {path} is a file, not a folder")
+    check_own_files(path)
     if check_holder:
         check_lock(path)
     finished = (RunFiles(path).final).exists()
@@ -119,6 +120,17 @@ def archive_previous(path: Path) -> Path | None:
     for name in present:
         shutil.move(str(path / name), str(archive / name))
     return archive
+
+
+def check_own_files(path: Path) -> None:
+    """Refuse a run folder where a file the run writes is a symbolic link out of it (a run would
+    append to, or read as its own, a file somewhere else)."""
+    files = RunFiles(path)
+    for name in (*RunFiles.WRITTEN, RunFiles.JOBS, RunFiles.LOCK):
+        target = linked_out(Path(files.root) / name, path)
+        if target is not None:
+            raise RunDirError(f"{path / name} is a symbolic link to {target}, outside the run folder: a run writes "
+                              "only files of its own; remove the link (or move the file into the folder)")
 
 
 def check_lock(path: Path) -> None:

@@ -25,12 +25,12 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from semisup import checkpoint as ckpt
 from semisup import cpus
 from semisup import distributed as D
-from semisup.config import Config, compiles, save_config
+from semisup.config import Config, check_device, compiles, save_config
 from semisup.data.datasets import DataBundle, EpochSampler, StreamSampler, TrainDataset, build_data, make_loader
 from semisup.distributed import amp_dtype
 from semisup.errors import UserError
 from semisup.eval.evaluator import Evaluator, format_results
-from semisup.files import write_json_atomic
+from semisup.files import open_for_append, write_json_atomic
 from semisup.method import cgc, explainers
 from semisup.models import replicas as R
 from semisup.models.base import build_model
@@ -93,7 +93,7 @@ def setup_logging(is_main: bool) -> None:
 
 def log_to_file(path: Path) -> logging.Handler:
     """Also write the log to ``path`` (train.log), from the moment the run has started."""
-    handler = logging.FileHandler(path)
+    handler = logging.StreamHandler(open_for_append(path))  # never through a link out of the run folder
     handler.setFormatter(LOG_FORMAT)
     logging.getLogger().addHandler(handler)
     return handler
@@ -677,6 +677,7 @@ def run_training(cfg: Config) -> tuple[dict, Trainer]:
     Order matters for trust: the run directory is checked and locked first, then the data and the
     model are built (a bad --data or --pretrained stops here), and only then is anything in the
     run directory written or, with --overwrite, a finished run's files moved aside."""
+    check_device(cfg.device)  # a GPU asked for where there is none: one line, before anything is created
     if cfg.dry_run:
         setup_logging(True)
         summary, trainer = check_start(cfg, decode_check=True)
