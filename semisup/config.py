@@ -445,6 +445,10 @@ def _check_combinations(cfg: "Config", world: int) -> None:
     for key in ("batch_labeled", "batch_unlabeled"):
         if getattr(cfg, key) % world:
             raise ConfigError(f"{_name(key)}: {getattr(cfg, key)} is not divisible by the {world} processes")
+    if cfg.resize_size < cfg.image_size:
+        raise ConfigError(f"{_name('resize_size')} {cfg.resize_size} is below {_name('image_size')} {cfg.image_size}: "
+                          "the center crop of the view and of top-1 would be zero-padded; give a resize at least as "
+                          "large as the crop (the released 256 for 224)")
     if cfg.decode in ("gpu", "cpu-draft") and cfg.is_demo:
         raise ConfigError(
             f"--decode {cfg.decode} decodes image files: it needs --data (the demo dataset is held in memory)"
@@ -612,6 +616,41 @@ def load_recipe(name: str) -> dict:
     return dict(values, recipe=name)
 
 
+# Settings a dataset or mode never reads: (where, when, which). Given there with a value other than
+# its default, such a setting is refused rather than ignored (a --split-file on the demo trained
+# on the demo's own subset; --num-classes was never checked). The generated tests read this table.
+STANDARD_FRACTIONS = (0.01, 0.1)  # the SimCLR split files (semisup.data.splits.STANDARD)
+UNUSED_WHERE = (
+    ("the embedded demo (no --data)", lambda c: c.is_demo,
+     ("split_file", "splits_dir", "split_seed", "val_boxes", "val_labels", "val_dir", "data_format", "num_classes")),
+    ("a dataset on disk (--data)", lambda c: not c.is_demo, ("demo_cache",)),
+    ("--data-format fgvc-aircraft (its own trainval/test split, no boxes)",
+     lambda c: not c.is_demo and c.data_format == "fgvc-aircraft",
+     ("split_file", "splits_dir", "split_seed", "val_boxes", "val_labels", "val_dir", "num_classes", "unlabeled")),
+    ("full supervision (--labeled-fraction 1.0: every image labeled, the pairs formed on them)",
+     lambda c: c.full_supervision, ("unlabeled", "split_seed")),
+    ("a standard split (--labeled-fraction 0.01 or 0.1 read from the SimCLR file, no --split-file)",
+     lambda c: not c.is_demo and not c.split_file and c.labeled_fraction in STANDARD_FRACTIONS, ("split_seed",)),
+    ("a --split-file (it names the labeled images)", lambda c: c.split_file is not None, ("split_seed",)),
+)
+# Not refused although unread in some modes, because one command line serves several: --splits-dir
+# (a folder, like --run-root) beside a --split-file, and --batch-unlabeled in full supervision (a sweep
+# over fractions shares it; the start line says "unlabeled not used").
+
+
+def check_used(cfg: Config, explicit: dict) -> None:
+    """Refuse a setting given (flag or config file) where the dataset or mode never reads it."""
+    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
+    if cfg.is_demo:
+        defaults.update(DEMO_PRESET)
+    for where, applies, keys in UNUSED_WHERE:
+        if not applies(cfg):
+            continue
+        for key in keys:
+            if explicit.get(key) is not None and getattr(cfg, key) != defaults[key]:
+                raise ConfigError(f"{_name(key)}: {getattr(cfg, key)!r} means nothing for {where}; leave it out")
+
+
 def make_config(explicit: dict, recipe: str | None = None) -> Config:
     """Resolve a Config from explicitly chosen values (flags and config-file entries) over a
     named recipe, over the demo preset (no --data), over the dataclass defaults."""
@@ -632,7 +671,9 @@ def make_config(explicit: dict, recipe: str | None = None) -> Config:
         values["pretrained"] = None  # --pretrained none: random initialisation
     if isinstance(values.get("lr_milestones"), list):
         values["lr_milestones"] = tuple(values["lr_milestones"])
-    return validate(Config(**values))
+    cfg = validate(Config(**values))
+    check_used(cfg, explicit)
+    return cfg
 
 
 def parse_config(argv: list[str] | None = None) -> Config:

@@ -144,3 +144,87 @@ def test_an_evaluation_never_appends_through_a_link(tmp_path, demo_cache, monkey
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 1 and out.stderr.strip().count("\n") == 0 and "symbolic link" in out.stderr, out.stderr
     assert outside.read_text() == "mine\n"
+
+
+def other_value(key: str, current):
+    """A value of setting ``key`` other than ``current`` (its type's, within its range)."""
+    import dataclasses
+
+    from semisup.config import Config, _field_type
+    field = next(f for f in dataclasses.fields(Config) if f.name == key)
+    if field.metadata["choices"]:
+        return next(c for c in field.metadata["choices"] if c != current)
+    if field.metadata["path"] or _field_type(field) is str:
+        return "somewhere"
+    return (current or 2) + 1
+
+
+def test_every_setting_a_dataset_or_mode_never_reads_is_refused_there(tmp_path):
+    """From the config's own table (UNUSED_WHERE): each setting, given where it means nothing, is
+    refused naming it; the same value where it is read is accepted."""
+    from semisup.config import UNUSED_WHERE, flag_spellings, make_config
+    bases = [{}, {"data": str(tmp_path)}, {"labeled_fraction": 1.0}, {"data": str(tmp_path), "labeled_fraction": 1.0},
+             {"data": str(tmp_path), "data_format": "fgvc-aircraft", "labeled_fraction": 1.0},
+             {"data": str(tmp_path), "labeled_fraction": 0.1},
+             {"data": str(tmp_path), "split_file": "half.txt"}]
+    refused = 0
+
+    def first_row(cfg, key):  # the row that refuses ``key`` under ``cfg``: the first that applies and lists it
+        return next((row for row in UNUSED_WHERE if row[1](cfg) and key in row[2]), None)
+    for row in UNUSED_WHERE:
+        where, applies, keys = row
+        for key in keys:
+            base = next(b for b in bases if first_row(make_config(dict(b)), key) is row)
+            cfg = make_config(dict(base))
+            value = other_value(key, getattr(cfg, key))
+            with pytest.raises(UserError, match=rf"{flag_spellings(key)[-1]}.*means nothing for {where.split(' (')[0]}"):
+                make_config(dict(base, **{key: value}))
+            refused += 1
+            make_config(dict(base, **{key: getattr(cfg, key)}))  # its default, given: changes nothing, accepted
+    print(f"unused settings: {refused} (setting, dataset or mode) cases refused")
+    assert refused >= 20
+
+
+def test_degenerate_method_settings_and_empty_data_are_refused_before_training(tmp_path, demo_cache, monkeypatch):
+    from semisup.run import main
+    from tests.imagenet_tree import WNIDS, make_tree
+    clean_environment(monkeypatch)
+    root = tmp_path / "imagenet"
+    make_tree(root, bad=False)
+    folder = ["--data", str(root), "--arch", "resnet_tiny", "--image-size", "32", "--resize-size", "36",
+              "--ch-short-side", "32", "--workers", "0", "--splits-dir", str(tmp_path / "splits"), "--batch-labeled", "4",
+              "--batch-unlabeled", "4", "--gallery", "0", "--epochs", "1", "--max-steps", "1"]
+    no_splits_dir = folder[:folder.index("--splits-dir")] + folder[folder.index("--splits-dir") + 2:]
+    labels = tmp_path / "labels.txt"
+    flat, flat_one = tmp_path / "flat", tmp_path / "flat_one"
+    for folder_ in (flat, flat_one):
+        (folder_ / "val").mkdir(parents=True)
+        (folder_ / "train").symlink_to(root / "train")
+    (flat_one / "val" / "a.JPEG").write_bytes((root / "train" / WNIDS[0] / f"{WNIDS[0]}_0.JPEG").read_bytes())
+    cases = {
+        "--batch-unlabeled 1 ": (QUICK + ["--demo-cache", demo_cache, "--batch-unlabeled", "1"],
+                                 "without a negative (InfoNCE would be 0"),
+        "view smaller than its crop": (QUICK + ["--demo-cache", demo_cache, "--resize-size", "48", "--image-size", "64"],
+                                       "would be zero-padded"),
+        "every image labeled, --unlabeled rest": (no_splits_dir + ["--labeled-fraction", "0.9999", "--unlabeled", "rest",
+                                                                   "--split-file", str(tmp_path / "all.txt")],
+                                                  "none is left for the unlabeled stream"),
+        "an empty validation folder": (["--data", str(flat), *folder[2:], "--labeled-fraction", "0.5"],
+                                       "no validation images"),
+        "a file labeled twice": (["--data", str(flat_one), *folder[2:], "--labeled-fraction", "0.5", "--val-labels",
+                                  str(labels)], "listed a second time"),
+    }
+    (tmp_path / "all.txt").write_text("".join(f"{w}_{k}.JPEG\n" for w in WNIDS for k in range(8)))
+    labels.write_text("a.JPEG n00000001\na.JPEG n00000002\n")
+    for name, (argv, message) in cases.items():
+        run_dir = tmp_path / f"run-{len(name)}"
+        assert main(argv + ["--run-dir", str(run_dir)]) != 0, name
+        assert not run_dir.exists(), name  # refused before the run folder was made (or it was removed again)
+    import io
+    from contextlib import redirect_stderr
+    for name, (argv, message) in cases.items():
+        err = io.StringIO()
+        with redirect_stderr(err):
+            main(argv + ["--run-dir", str(tmp_path / "again"), "--dry-run"])
+        last = err.getvalue().strip().splitlines()[-1]  # after the dry run's own log lines
+        assert last.startswith("error: ") and message in last and "Traceback" not in err.getvalue(), (name, last)

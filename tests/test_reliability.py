@@ -58,7 +58,8 @@ def test_bad_config_files_are_refused_like_flags(yaml_text, named, tmp_path):
 
 
 def test_batches_must_divide_by_the_processes(monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "3")
+    for name, value in dict(WORLD_SIZE="3", RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT="29500").items():
+        monkeypatch.setenv(name, value)  # as torchrun sets them for the third process
     with pytest.raises(ConfigError, match="batch_labeled: 32 is not divisible by the 3 processes"):
         make_config(dict(batch_labeled=32, batch_unlabeled=30))
 

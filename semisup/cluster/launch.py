@@ -81,7 +81,8 @@ def pin_paths(argv: list[str], base: Path) -> tuple[list[str], dict]:
     reads = {}
     for key in path_fields():
         value = getattr(cfg, key)
-        if key == "splits_dir" and value is None and not cfg.is_demo and not cfg.split_file:
+        reads_splits = not (cfg.is_demo or cfg.split_file or cfg.full_supervision or cfg.data_format != "imagefolder")
+        if key == "splits_dir" and value is None and reads_splits:
             value = str(SPLITS_DIR)  # the submitting checkout's splits/, where `semisup-splits download` puts them
         if value is None:
             continue

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from semisup.config import Config
 from semisup.data import transforms as T
 from semisup.data.splits import stratified_choice
+from semisup.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -393,7 +394,13 @@ def unlabeled_indices(cfg, count: int, labeled: np.ndarray) -> np.ndarray | None
     outside the labeled subset (--unlabeled); None where no pair is formed on unlabeled images."""
     if cfg.full_supervision or not cfg.forwards_pairs:
         return None
-    return np.arange(count) if cfg.unlabeled == "all" else np.setdiff1d(np.arange(count), labeled)
+    if cfg.unlabeled == "all":
+        return np.arange(count)
+    rest = np.setdiff1d(np.arange(count), labeled)
+    if not len(rest):
+        raise UsageError(f"--unlabeled rest: all {count} training images are labeled, none is left for the unlabeled "
+                         "stream; use --unlabeled all, or label fewer")
+    return rest
 
 
 def build_data(cfg: Config, decode_check: bool | None = None) -> DataBundle:

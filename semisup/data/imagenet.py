@@ -147,9 +147,12 @@ def build_validation(cfg, data: Path, classes: list[str]) -> tuple[EvalSet, dict
     elif val_root.is_dir():  # flat val/ with labels from --val-labels or from the XML annotations
         files = sorted(e.name for e in os.scandir(val_root) if e.is_file() and is_image_file(e.name))
         paths = [str(val_root / f) for f in files]
-        wnids = _flat_val_labels(cfg, files, boxes_by_id, val_root)
+        wnids = _flat_val_labels(cfg, files, boxes_by_id, val_root) if files else []
     else:
         raise DatasetLayoutError(f"{val_root}: no validation folder")
+    if not paths:
+        raise DatasetLayoutError(f"{val_root}: no validation images (a run would finish with top-1 0.0); put the "
+                                 "validation set there, or name its folder with --val-dir")
     unknown = sorted({w for w in wnids if w not in class_index})
     if unknown:
         raise DatasetLayoutError(f"{val_root}: validation labels name synsets not in train/: {unknown[:5]}")
@@ -183,6 +186,9 @@ def _flat_val_labels(cfg, files: list[str], boxes_by_id, val_root: Path) -> list
                 raise DatasetLayoutError(
                     f"{cfg.val_labels}:{n}: expected '<file name> <wnid>' (synset ids, not the devkit's numbers)"
                 )
+            if parts[0] in table:
+                raise DatasetLayoutError(f"{cfg.val_labels}:{n}: {parts[0]} is listed a second time (which label is "
+                                         "meant?); keep one line per file")
             table[parts[0]] = parts[1]
         missing = [f for f in files if f not in table]
         if missing:

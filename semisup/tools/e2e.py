@@ -347,7 +347,7 @@ def labeled_images(args) -> int:
 def run_argv(args, tree: Tree, tmp: Path, run_flags: list[str]) -> list[str]:
     """run.py's flags for this run: the recipe's defaults, shrunk by the options."""
     argv = ["--data", str(tree.root), "--val-boxes", str(tree.root / "boxes"), "--split-file", str(tree.split),
-            "--splits-dir", str(tmp / "splits"), "--run-dir", str(tmp / "run"), "--arch", args.arch,
+            "--run-dir", str(tmp / "run"), "--arch", args.arch,
             "--batch-labeled", str(args.batch), "--batch-unlabeled", str(args.batch),
             "--image-size", str(args.image_size),
             "--resize-size", str(round(args.image_size * 256 / 224)), "--ch-short-side", str(args.image_size * 2),

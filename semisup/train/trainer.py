@@ -25,7 +25,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from semisup import checkpoint as ckpt
 from semisup import cpus
 from semisup import distributed as D
-from semisup.config import Config, check_device, compiles, save_config
+from semisup.config import Config, ConfigError, check_device, compiles, save_config
 from semisup.data.datasets import DataBundle, EpochSampler, StreamSampler, TrainDataset, build_data, make_loader
 from semisup.distributed import amp_dtype
 from semisup.errors import UserError
@@ -135,6 +135,7 @@ class Trainer:
             cfg.batch_unlabeled if self.uses_unlabeled else cfg.batch_labeled, cfg.group_size, dist.world
         )
         self.loss_replicas = self.geometry.local if cfg.bn_geometry == "replicas" else 1
+        self.check_negatives()
         self.bn_processes = 1
         if cfg.bn_geometry == "replicas" and self.geometry.local > 1:
             R.use_replica_batchnorm(self.model, self.geometry.local)
@@ -163,11 +164,28 @@ class Trainer:
         self.settings = self.step_settings()
 
     # ---- one optimisation step -------------------------------------------------------
-    def negatives_per_anchor(self, local_batch: int) -> int:
-        """InfoNCE negatives of an anchor in a full batch of ``local_batch`` per process."""
+    def negatives_per_anchor(self, local_batch: int, fewest: bool = False) -> int:
+        """InfoNCE negatives of an anchor in a full batch of ``local_batch`` per process (``fewest``:
+        in the smallest replica, else the first)."""
         if self.geometry.processes > 1:
             return local_batch * self.geometry.processes - 1
-        return R.replica_sizes(local_batch, self.geometry.local)[0] - 1
+        sizes = R.replica_sizes(local_batch, self.geometry.local)
+        return (min(sizes) if fewest else sizes[0]) - 1
+
+    def check_negatives(self) -> None:
+        """Refuse a CGC run whose anchors would have no negative: its InfoNCE would be exactly 0
+        every step (--batch-unlabeled 1, or a replica of one image)."""
+        cfg = self.cfg
+        if cfg.cgc_weight == 0 or cfg.consistency != "cgc":
+            return
+        key = "batch_labeled" if self.pair_on_labeled else "batch_unlabeled"
+        per_process = self.batch_l if self.pair_on_labeled else self.batch_u
+        if self.negatives_per_anchor(per_process, fewest=True) < 1:
+            raise ConfigError(
+                f"--{key.replace('_', '-')} {getattr(cfg, key)} with --group-size {cfg.group_size} on "
+                f"{self.dist.world} process(es) leaves an anchor of the consistency loss without a negative (InfoNCE "
+                "would be 0 at every step); give at least 2 images to every replica"
+            )
 
     def consistency(
         self, cam_aug: torch.Tensor, cam: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor
