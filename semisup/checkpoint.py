@@ -1,11 +1,13 @@
 """Atomic checkpoints of plain types and tensors (loadable with ``weights_only=True``)."""
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
 import torch
 
+from semisup.files import named
 from semisup.runfiles import RunFiles
 
 
@@ -19,12 +21,20 @@ def save_atomic(obj: dict, path: Path, keep_previous: bool = False) -> None:
     """Write to a temporary file in the same folder, then rename: a run killed mid-write
     leaves the previous checkpoint intact. With ``keep_previous`` the replaced file stays as
     :func:`previous` (one generation), so a checkpoint damaged later on disk is not the only one;
-    ``path`` exists at every moment."""
+    ``path`` exists at every moment. The checkpoint is serialised in memory first and written with
+    Python's own I/O, so a full disk is an ``OSError`` naming the file (torch's writer reports it as
+    one of several RuntimeErrors)."""
     path = Path(path)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        torch.save(obj, tmp)
-    except BaseException:  # a full disk: no half-written temporary file is left behind
+        with open(tmp, "wb") as f:
+            f.write(buffer.getbuffer())
+    except OSError as err:  # a full disk: no half-written temporary file is left behind
+        tmp.unlink(missing_ok=True)
+        raise named(err, path) from None
+    except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     if keep_previous and path.exists():

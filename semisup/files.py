@@ -27,9 +27,19 @@ def write_atomic(path: Path, write) -> None:
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise named(err, path) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def named(err: OSError, path: Path) -> OSError:
+    """``err`` with the file it is about (a failed ``write`` on a full disk names none)."""
+    if err.filename:
+        return err
+    return OSError(err.errno, err.strerror or str(err), str(path))
 
 
 def write_text_atomic(path: Path, text: str) -> None:

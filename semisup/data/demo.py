@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,11 +72,26 @@ def load_demo(cache_dir: str | Path | None = None, size: int = 64, seed: int = 0
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             log.warning("demo cache %s unreadable; rebuilding it", path)
     arrays = _build(size, seed, cue_probability, train_renders, val_renders)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)  # atomic: concurrent first uses never read a half-written file
+    _save_cache(cache_dir, path, arrays)
     return _from_arrays(arrays)
+
+
+def _save_cache(cache_dir: Path, path: Path, arrays: dict) -> None:
+    """Write the cache atomically (concurrent first uses never read a half-written file); where it
+    cannot be written (a full disk, no permission) the run goes on with the dataset built in memory,
+    and nothing half-written, nor a folder this made, is left."""
+    made = next((p for p in [*reversed(cache_dir.parents), cache_dir] if not p.exists()), None)
+    tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        log.warning("the demo dataset could not be cached in %s (%s): built in memory for this run", cache_dir,
+                    err.strerror or err)
 
 
 def _from_arrays(a: dict) -> DemoData:

@@ -97,7 +97,11 @@ def build_cache(folder: Path, dataset, batches) -> CachedEvalDataset:
     tmp = data.with_name(f".{data.name}.tmp{os.getpid()}")
     shape = (n, 3, crop, crop)
     try:
-        array = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)
+        # The whole file is allocated before it is mapped: on a disk with too little space that is an
+        # OSError (ENOSPC) now, not a SIGBUS when a page of the map is first written.
+        with open(tmp, "wb") as f:
+            os.posix_fallocate(f.fileno(), 0, int(np.prod(shape)))
+        array = np.memmap(tmp, dtype=np.uint8, mode="r+", shape=shape)
         labels, indices, bad, filled = [], [], [], 0
         for batch in batches:
             images = batch["image"].numpy()

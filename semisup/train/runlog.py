@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
 from pathlib import Path
 
@@ -50,22 +51,48 @@ def epoch_tag(key: str) -> str:
     return _EPOCH_TAGS.get(key, f"val/{key}")
 
 
+def _quiet_tensorboard_thread(args) -> None:
+    """TensorBoard's writer thread dies of a full disk with a traceback on stderr; RunLog says it
+    in one line instead (the same error reaches its next call)."""
+    if isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread":
+        return
+    _previous_excepthook(args)
+
+
+_previous_excepthook = threading.excepthook
+
+
 class RunLog:
     def __init__(self, run_dir: Path | None, is_main: bool):
         self.run_dir = run_dir
         self.writes = is_main and run_dir is not None
         self._writer = None
+        self._tensorboard_failed = False
         self.purge_after: int | None = None  # set on resume: events logged after the checkpoint's step are dropped
 
     @property
     def writer(self):
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
+            threading.excepthook = _quiet_tensorboard_thread
             # A resumed run repeats the steps after its checkpoint: TensorBoard drops what the
             # stopped run logged from purge_step on, so each step is shown once.
             purge = None if self.purge_after is None else self.purge_after + 1
             self._writer = SummaryWriter(RunFiles(self.run_dir).tensorboard, purge_step=purge)
         return self._writer
+
+    def tensorboard(self, write) -> None:
+        """``write(writer)``, best effort: TensorBoard is a view of numbers metrics.csv, progress.json
+        and train.log keep; where its event file cannot be written (a full disk) the run goes on
+        without it, saying so once."""
+        if self._tensorboard_failed:
+            return
+        try:
+            write(self.writer)
+        except OSError as err:
+            self._tensorboard_failed = True
+            log.warning("TensorBoard's event file could not be written (%s): the run goes on without it; "
+                        "metrics.csv, progress.json and train.log have the numbers", err.strerror or err)
 
     def step(self, epoch: int, step: int, total_steps: int, numbers: dict) -> None:
         """numbers: ce, consistency, loss, lr_trunk, lr_head, images_per_s, data_s_per_step,
@@ -90,10 +117,12 @@ class RunLog:
         )
         if not self.writes:
             return
-        for key, value in numbers.items():
-            if math.isfinite(value):
-                self.writer.add_scalar(_STEP_TAGS[key], value, step)
-        self.writer.flush()  # what a person watching sees is current (and a resumed run purges it)
+        def scalars(writer):
+            for key, value in numbers.items():
+                if math.isfinite(value):
+                    writer.add_scalar(_STEP_TAGS[key], value, step)
+            writer.flush()  # what a person watching sees is current (and a resumed run purges it)
+        self.tensorboard(scalars)
         progress = dict(epoch=epoch, step=step, total_steps=total_steps, updated=time.strftime("%Y-%m-%d %H:%M:%S"),
                         **{k: (round(v, 4) if math.isfinite(v) else None) for k, v in numbers.items()})
         write_text_atomic(RunFiles(self.run_dir).progress, json.dumps(progress))
@@ -106,16 +135,17 @@ class RunLog:
         frame = pd.read_csv(path) if path.exists() else pd.DataFrame()
         frame = frame[frame["epoch"] < row["epoch"]] if len(frame) else frame  # a resumed run rewrites its epoch once
         write_atomic(path, lambda p: pd.concat([frame, pd.DataFrame([row])], ignore_index=True).to_csv(p, index=False))
-        for key, value in row.items():
-            if isinstance(value, (int, float)) and key not in _NOT_LOGGED_AT_EPOCHS:
-                self.writer.add_scalar(epoch_tag(key), value, row["step"])
-        self.writer.flush()
+        def scalars(writer):
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and key not in _NOT_LOGGED_AT_EPOCHS:
+                    writer.add_scalar(epoch_tag(key), value, row["step"])
+            writer.flush()
+        self.tensorboard(scalars)
 
     def image(self, tag: str, image, step: int) -> None:
         """A uint8 [H, W, 3] array (the evaluation's gallery grid) into TensorBoard's images."""
         if self.writes:
-            self.writer.add_image(tag, image, step, dataformats="HWC")
-            self.writer.flush()
+            self.tensorboard(lambda writer: (writer.add_image(tag, image, step, dataformats="HWC"), writer.flush()))
 
     def hparams(self, settings: dict, result: dict) -> None:
         """The run's settings with its final (and best) metrics, in TensorBoard's HPARAMS tab."""
@@ -127,9 +157,8 @@ class RunLog:
         hparams["method"] = result.get("method", "")
         metrics = {f"hparam/{which}_{k}": v for which in ("final", "best") for k, v in (result.get(which) or {}).items()
                    if k in ("top1", "top5", "ch", "knn_top1") and isinstance(v, (int, float)) and math.isfinite(v)}
-        self.writer.add_hparams(hparams, metrics, run_name=".")
-        self.writer.flush()
+        self.tensorboard(lambda writer: (writer.add_hparams(hparams, metrics, run_name="."), writer.flush()))
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
+        if self._writer is not None and not self._tensorboard_failed:
+            self.tensorboard(lambda writer: writer.close())

@@ -7,6 +7,7 @@ consistency loss is applied to the labeled images with their true class instead.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -91,9 +92,34 @@ def setup_logging(is_main: bool) -> None:
     root._semisup_configured = True
 
 
-def log_to_file(path: Path) -> logging.Handler:
-    """Also write the log to ``path`` (train.log), from the moment the run has started."""
-    handler = logging.StreamHandler(open_for_append(path))  # never through a link out of the run folder
+class RunLogFile(logging.StreamHandler):
+    """train.log, appended without following a link out of the run folder; a full disk ends this copy
+    of the log with one line (the console keeps it), never a traceback for every record."""
+
+    def __init__(self, path: Path):
+        super().__init__(open_for_append(path))
+        self.path = path
+
+    def handleError(self, record) -> None:
+        err = sys.exc_info()[1]
+        if not isinstance(err, OSError):
+            return super().handleError(record)
+        logging.getLogger().removeHandler(self)
+        sys.stderr.write(f"warning: {self.path} could not be written ({err.strerror or err}); the log goes on in the "
+                         "console only\n")
+
+
+def log_to_file(path: Path) -> logging.Handler | None:
+    """Also write the log to ``path`` (train.log), from the moment the run has started; None where
+    the file cannot be made (a full disk: the console keeps the log; a link: refused earlier)."""
+    try:
+        handler = RunLogFile(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise
+        sys.stderr.write(f"warning: {path} could not be written ({err.strerror or err}); the log goes on in the "
+                         "console only\n")
+        return None
     handler.setFormatter(LOG_FORMAT)
     logging.getLogger().addHandler(handler)
     return handler
