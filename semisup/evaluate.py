@@ -27,6 +27,7 @@ from semisup.eval.evaluator import FULL_METRICS, METRICS, Evaluator, format_resu
 from semisup.eval.insertion import InsertionSettings
 from semisup.files import open_for_append
 from semisup.runfiles import RunFiles
+from semisup.train.trainer import weights_digest
 
 
 def _metric_list(text: str) -> set[str]:
@@ -207,8 +208,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"{path}: its head has {model.fc.out_features} classes, the dataset {len(bundle.classes)}; pass the"
                 " --data it was trained for"
             )
-        result = evaluate_one(args, model.to(device), cfg, bundle, device, head)
-        rows.append(dict(method=name, checkpoint=str(path), step=step, metrics=sorted(args.metrics), **result))
+        result, images = evaluate_one(args, model.to(device), cfg, bundle, device, head)
+        # What the numbers were computed on: these weights (the digest final.json records) and images.
+        rows.append(dict(method=name, checkpoint=str(path), step=step, metrics=sorted(args.metrics),
+                         weights_sha256=weights_digest(model), images=images, validation=len(bundle.val.source),
+                         **result))
         models.append(model)
     print(format_results(rows))
     out = Path(args.out or (f"eval-{Path(args.weights).name}" if args.weights else Path(args.checkpoint).parent))
@@ -257,15 +261,16 @@ def load_models(args) -> tuple[list[tuple], bool]:
     return loaded, True
 
 
-def evaluate_one(args, model, cfg, bundle, device: torch.device, head: bool) -> dict:
-    """The asked metrics of one model, without those --ch-protocol leaves out (or a trunk cannot give)."""
+def evaluate_one(args, model, cfg, bundle, device: torch.device, head: bool) -> tuple[dict, int]:
+    """The asked metrics of one model, without those --ch-protocol leaves out (or a trunk cannot
+    give), and how many validation images they were computed on."""
     settings = InsertionSettings(size=cfg.image_size, subset=args.iauc_subset, saliency_mode=args.iauc_saliency,
                                  order=args.iauc_order, explainer=cfg.explainer)
     evaluator = Evaluator(cfg, bundle, device, batch_size=args.batch_size)
     result = evaluator.run(model, metrics=args.metrics, insertion=settings)
     dropped = {"published": ("ch_released_swav",), "released-swav": ("ch", "ch_strict", "ch_zero"), "both": ()}
     left_out = dropped[args.ch_protocol] + (() if head else ("top1", "top5", "ch", "ch_strict", "ch_zero"))
-    return {k: v for k, v in result.items() if k not in left_out}
+    return {k: v for k, v in result.items() if k not in left_out}, len(evaluator.indices)
 
 
 if __name__ == "__main__":

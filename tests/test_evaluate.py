@@ -188,11 +188,11 @@ def test_knn_recovers_labels_of_well_separated_features():
 
 
 def fake_run(path, method, fraction, seed, top1, ch, arch="resnet50", pretrained="pretrained/swav_800ep_pretrain.pth.tar", weight=0.25,
-             **settings):
+             data_override="/data/imagenet", **settings):
     path.mkdir(parents=True)
     weight = 0 if method == "ce" else weight
     (path / "config.yaml").write_text(yaml.safe_dump(dict(labeled_fraction=fraction, arch=arch, pretrained=pretrained,
-                                                          data="/data/imagenet", seed=seed, cgc_weight=weight, **settings)))
+                                                          data=data_override, seed=seed, cgc_weight=weight, **settings)))
     final = dict(top1=top1, top5=top1 + 20, ch=ch, ch_strict=ch - 1, cgc_val_loss=4.0, knn_top1=40.0)
     best = dict(final, epoch=7, top1=top1 + 1)
     (path / "final.json").write_text(json.dumps(dict(method=method, final=final, best=best)))

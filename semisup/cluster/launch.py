@@ -431,6 +431,9 @@ def _job_environment(code: Path, cwd: Path):
 def job_commands(args, run_flags: list[str]) -> tuple[str, list[tuple[str, list[str]]]]:
     """(job name, [(run name, flags)]) with run directories given and absolute."""
     if args.sweep:
+        if run_dir_of(run_flags) is not None:
+            raise UsageError("--run-dir after -- would send every point of the sweep into one folder; each point gets "
+                             "its own under --run-root (pass --run-root instead)")
         sweep_name, commands = sweep_commands(args.sweep.resolve(), args.run_root.resolve())
         return args.name or sweep_name, [(name, flags + run_flags) for name, flags in commands]
     from semisup.config import parse_config

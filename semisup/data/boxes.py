@@ -17,6 +17,11 @@ import torch.nn.functional as F
 from semisup.errors import UserError
 from semisup.files import read_lines
 
+# The most pixels an image (or an annotation's frame) may have: a decoded image or a Content
+# Heatmap at that size takes hundreds of MB; a hostile file claims far more. Larger files are
+# counted as unreadable (PIL's decompression-bomb warning is silenced with its EXIF warnings).
+MAX_PIXELS = 50_000_000
+
 
 class BoxFileError(UserError, ValueError):
     pass
@@ -42,7 +47,14 @@ def parse_voc_xml(path: str | Path) -> ImageBoxes:
     size = None
     node = root.find("size")
     if node is not None and node.findtext("width") and node.findtext("height"):
-        size = (int(float(node.findtext("height"))), int(float(node.findtext("width"))))
+        try:
+            size = (int(float(node.findtext("height"))), int(float(node.findtext("width"))))
+        except (ValueError, OverflowError) as err:
+            raise BoxFileError(f"{path}: <size> needs numeric width and height") from err
+        if min(size) < 1 or size[0] * size[1] > MAX_PIXELS:
+            # Content Heatmap upsamples each heatmap to this size: 60000 x 60000 asked for 14 GB.
+            raise BoxFileError(f"{path}: <size> {size[1]} x {size[0]} is not an image's size (at most "
+                               f"{MAX_PIXELS // 10**6} megapixels); fix or remove that annotation")
     by_class: dict[str, list] = {}
     for obj in root.iter("object"):
         name, bndbox = obj.findtext("name"), obj.find("bndbox")

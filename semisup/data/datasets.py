@@ -12,15 +12,17 @@ import math
 import signal
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
-from semisup.config import Config
+from semisup.config import DEMO_VERSION, Config
 from semisup.data import transforms as T
-from semisup.data.splits import stratified_choice
+from semisup.data.boxes import MAX_PIXELS
+from semisup.data.splits import dataset_digest, stratified_choice
 from semisup.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,10 @@ class FileSource:
                     # Resizing a 4000 x 1 image to a shorter side of 448 makes a 3 x 448 x 1,792,000
                     # tensor: such files are counted as unreadable instead.
                     raise ValueError(f"{w} x {h} pixels: an aspect ratio beyond {MAX_ASPECT}:1")
+                if w * h > MAX_PIXELS:  # a 136 KB PNG can hold 12000 x 12000 pixels (1.5 GB decoded)
+                    raise ValueError(f"{w} x {h} pixels: beyond {MAX_PIXELS // 10**6} megapixels")
+                if img.mode in WIDE_GRAY:
+                    return _wide_gray(img)
                 if img.format == "JPEG" and img.mode in ("RGB", "L") and (min_side is None or min(w, h) < 2 * min_side):
                     decoded = _decode_jpeg_file(path, (h, w))
                     if decoded is not None:
@@ -91,6 +97,21 @@ class FileSource:
         """(H, W) from the file header, without decoding."""
         with Image.open(self.paths[index]) as img:
             return img.size[1], img.size[0]
+
+
+WIDE_GRAY = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # 16-bit, 32-bit and float grayscale PNGs and TIFFs
+
+
+def _wide_gray(img: Image.Image) -> torch.Tensor:
+    """[3, H, W] uint8 from a grayscale image of more than 8 bits, scaled by its type's range (PIL's
+    convert("RGB") clips such values at 255: a 16-bit PNG came out white)."""
+    array = np.asarray(img, dtype=np.float64)
+    if img.mode == "F":
+        top = 1.0
+    else:
+        top = 65535.0 if img.mode.startswith("I;16") or array.max(initial=0) <= 65535 else 2.0**32 - 1
+    gray = np.clip(np.rint(array / top * 255.0), 0, 255).astype(np.uint8)
+    return torch.from_numpy(np.ascontiguousarray(np.broadcast_to(gray, (3, *gray.shape))))
 
 
 def _decode_jpeg_file(path: str, hw: tuple[int, int]) -> torch.Tensor | None:
@@ -309,7 +330,14 @@ class EvalDataset(Dataset):
 
     def __getitem__(self, i):
         index = int(self.indices[i])
-        image, bad = _eval_load(self.source, index, self.sizes[index] if self.sizes else None)
+        recorded = self.sizes[index] if self.sizes else None
+        image, bad = _eval_load(self.source, index, recorded)
+        if self.crop is None and recorded is not None and not bad and tuple(image.shape[-2:]) != tuple(recorded):
+            # Content Heatmap scores the map in the annotation's frame, and batches the images of one
+            # recorded size together: a file of another size is not the image its boxes describe.
+            log.warning("validation image %s is %d x %d, but its annotation says %d x %d: evaluated as unreadable",
+                        self.source.name(index), image.shape[-1], image.shape[-2], recorded[1], recorded[0])
+            image, bad = torch.zeros(3, *recorded, dtype=torch.uint8), 1
         if self.crop is not None:
             image = T.center_view(image, self.resize, self.crop)
         elif min(image.shape[-2:]) != self.resize:
@@ -353,6 +381,7 @@ def build_fgvc_aircraft_bundle(cfg) -> DataBundle:
     summary = dict(
         dataset=str(cfg.data), format="fgvc-aircraft", classes=len(train.classes), labeled=len(source), unlabeled=0,
         validation=len(val_source), validation_with_boxes=0,
+        dataset_digest=dataset_digest([Path(p).name for p in source.paths + val_source.paths]),
     )
     return DataBundle(
         list(train.classes), source, np.arange(len(source)), None, None, EvalSet(val_source, None), summary
@@ -375,7 +404,7 @@ def build_demo_bundle(cfg) -> DataBundle:
     summary = dict(
         dataset="demo", classes=len(demo.classes), labeled=len(labeled),
         unlabeled=0 if unlabeled is None else len(unlabeled), validation=len(val_source),
-        validation_with_boxes=len(val_source), bad_files=0,
+        validation_with_boxes=len(val_source), bad_files=0, dataset_digest=f"demo-v{DEMO_VERSION}",
     )
     return DataBundle(demo.classes, train, labeled, train if unlabeled is not None else None, unlabeled, val, summary)
 

@@ -20,7 +20,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from semisup.data.boxes import load_boxes
 from semisup.data.datasets import DECODE_ERRORS, DataBundle, EvalSet, FileSource, unlabeled_indices
-from semisup.data.splits import SPLITS_DIR, SplitError, resolve_labeled, synset_of
+from semisup.data.splits import SPLITS_DIR, SplitError, dataset_digest, resolve_labeled, synset_of
 from semisup.errors import UserError
 from semisup.files import read_lines
 
@@ -232,6 +232,8 @@ def build_folder_bundle(cfg, decode_check: bool = False) -> DataBundle:
         dataset=str(data), classes=len(classes), split_file=str(split_path) if split_path else "all of train/",
         labeled=len(labeled), unlabeled=0 if unlabeled is None else len(unlabeled), **val_summary,
         non_image_files_skipped=skipped,
+        # What the dataset is, whatever its folder is called: its training and validation files' names.
+        dataset_digest=dataset_digest(names + [Path(p).name for p in val.source.paths]),
     )
     if decode_check:
         # Decode the labeled and validation images now rather than hours into the run, and a

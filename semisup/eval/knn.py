@@ -28,6 +28,9 @@ def knn_classify(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.T
     similarity, neighbours = index.search(query_np, k)
     num_classes = num_classes or int(bank_labels.max()) + 1
     votes = torch.zeros(len(query_np), num_classes, dtype=torch.float64)
-    weights = torch.from_numpy(similarity).double().div(temperature).exp()
+    # exp((cos - the query's best cos) / T): the same vote up to a factor per query, which the argmax
+    # ignores, and finite at any temperature (exp(cos / 0.001) overflowed to inf for every neighbour).
+    similarity = torch.from_numpy(similarity).double()
+    weights = (similarity - similarity.max(1, keepdim=True).values).div(temperature).exp()
     votes.scatter_add_(1, bank_labels[torch.from_numpy(neighbours)], weights)
     return votes.argmax(1)

@@ -384,7 +384,7 @@ def bench_plan(args):
     if args.rates:
         try:
             rates = plan.Rates(**read_json(Path(args.rates))["rates"])
-        except (KeyError, TypeError) as err:
+        except (KeyError, TypeError, ValueError) as err:
             raise UsageError(
                 f"--rates {args.rates}: not the JSON `semisup-bench gpu --out` writes ({type(err).__name__}: {err})"
             ) from err
@@ -491,6 +491,11 @@ def check_args(args) -> None:
         value = getattr(args, key, None)
         if value is not None and value < low:
             raise UsageError(f"--{key.replace('_', '-')}: must be >= {low}, got {value}")
+    from semisup.config import _RANGES  # the run's own ranges for the settings a benchmark shares with it
+    for key in ("image_size", "group_size"):
+        value, (test, what) = getattr(args, key, None), _RANGES[key]
+        if value is not None and not test(value):
+            raise UsageError(f"--{key.replace('_', '-')}: must be {what}, got {value}")
     if args.what != "plan":  # the benchmarks that run here need the device here
         from semisup.config import ConfigError, check_device
         try:

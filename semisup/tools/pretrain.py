@@ -1,7 +1,8 @@
 """Self-supervised pretraining of the demo model on the demo's unlabeled training images: the
 demo's stand-in for SwAV, shipped as ``pretrained/demo_swav_resnet_tiny.pth``.
 
-    semisup-pretrain --steps 3000 --out pretrained/demo_swav_resnet_tiny.pth
+    semisup-pretrain --steps 1800               # into runs/pretrain/ (a trial)
+    semisup-pretrain --steps 1800 --out pretrained/demo_swav_resnet_tiny.pth --replace-shipped   # remake the start
 
 Two augmented views per image (random resized crop, flip, colour jitter with hue rotation,
 20 % grayscale, as SwAV and SimCLR augment), a projection head, and one of two objectives:
@@ -27,6 +28,7 @@ import json
 import logging
 import math
 import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,7 +43,7 @@ from semisup.config import DEMO_START
 from semisup.data import transforms as T
 from semisup.data.datasets import ArraySource, StreamSampler, TrainDataset
 from semisup.data.demo import VERSION, load_demo
-from semisup.errors import Parser, cli
+from semisup.errors import Parser, UsageError, UserError, cli
 from semisup.files import write_text_atomic
 from semisup.models.base import build_model
 
@@ -223,6 +225,35 @@ def at_least_two(text: str) -> int:
     return value
 
 
+def check_args(args) -> None:
+    """Numbers no pretraining can run with, and an --out the repository ships: one line each."""
+    rules = dict(lr=(lambda v: v > 0, "> 0"), temperature=(lambda v: v > 0, "> 0"),
+                 crop_scale_min=(lambda v: 0 < v <= 1, "in (0, 1]"), probe_every=(lambda v: v >= 0, ">= 0"),
+                 threads=(lambda v: v is None or v >= 1, ">= 1"), seed=(lambda v: 0 <= v < 2**32, "in [0, 2**32)"))
+    for key, (test, what) in rules.items():
+        value = getattr(args, key)
+        if (isinstance(value, float) and not math.isfinite(value)) or not test(value):
+            raise UsageError(f"--{key.replace('_', '-')}: must be {what} and finite, got {value}")
+    if not args.replace_shipped and shipped(args.out):
+        raise UsageError(f"--out {args.out}: a file the repository ships (tracked by git); a trial would replace it. "
+                         "Write elsewhere (the default runs/pretrain/), or pass --replace-shipped to remake it")
+
+
+def shipped(path: Path) -> bool:
+    """Whether ``path`` is a file of the project's checkout that git tracks (or the demo's start)."""
+    from semisup.config import PROJECT_ROOT
+    target = Path(path).resolve()
+    if target == Path(DEMO_START).resolve():
+        return True
+    if not target.is_relative_to(PROJECT_ROOT.resolve()):
+        return False
+    try:
+        return subprocess.run(["git", "ls-files", "--error-unmatch", str(target)], cwd=PROJECT_ROOT,
+                              capture_output=True).returncode == 0
+    except OSError:
+        return False
+
+
 @cli
 def main(argv=None) -> int:
     parser = Parser(prog="semisup-pretrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -240,8 +271,13 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--demo-cache")
-    parser.add_argument("--out", type=Path, default=Path(DEMO_START))
+    parser.add_argument("--out", type=Path, default=Path("runs") / "pretrain" / Path(DEMO_START).name,
+                        help="where the weights and their manifest go (default runs/pretrain/; the shipped start in "
+                             "pretrained/ is replaced only with --replace-shipped)")
+    parser.add_argument("--replace-shipped", action="store_true",
+                        help="allow --out to replace a file the repository ships (the demo's start): its maintainers")
     args = parser.parse_args(argv)
+    check_args(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -251,6 +287,10 @@ def main(argv=None) -> int:
     start = time.time()
     model, head, probes = pretrain(args.steps, args.batch, args.lr, args.seed, args.demo_cache, args.objective,
                                    args.temperature, args.crop_scale_min, args.probe_every)
+    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise UserError(f"the pretraining diverged: non-finite weights ({bad[0]}, ...) after {args.steps} steps; "
+                        f"nothing was written; lower --lr (it was {args.lr:g})")
     after = probes[-1][1] if probes else knn_probe(model, args.demo_cache)
     save_swav_layout(model, head, args.out)
     command = "semisup-pretrain " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))

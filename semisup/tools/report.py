@@ -71,9 +71,11 @@ def _read_run(run_dir: Path) -> tuple[dict, Config] | None:
         return None
 
 
-def evaluated_later(run_dir: Path) -> dict:
-    """Metrics ``semisup/evaluate.py`` appended to the run's eval.jsonl for its final checkpoint
-    (insertion / deletion AUC are not part of a run's own evaluation): the latest of each."""
+def evaluated_later(run_dir: Path, final: dict) -> dict:
+    """Metrics ``semisup/evaluate.py`` appended to the run's eval.jsonl for the run's own final
+    weights (insertion / deletion AUC are not part of a run's own evaluation): the latest of each,
+    with the number of images it was computed on. A row of other weights (another run's checkpoint
+    evaluated with --out into this folder) or without a digest (older evaluations) is left out."""
     found = {}
     path = RunFiles(run_dir).eval
     if not path.is_file():
@@ -83,13 +85,23 @@ def evaluated_later(run_dir: Path) -> dict:
     except (OSError, UnicodeDecodeError):
         print(f"note: {path} is unreadable; its metrics are left out", file=sys.stderr)
         return found
+    others = 0
     for line in lines:
         try:
             row = json.loads(line)
         except ValueError:
             continue  # a line cut by a kill: the others still count
-        if isinstance(row, dict) and Path(str(row.get("checkpoint", ""))).name == RunFiles.CHECKPOINT:
-            found.update({k: row[k] for k in ("iauc", "dauc") if isinstance(row.get(k), (int, float))})
+        if not isinstance(row, dict) or not any(isinstance(row.get(k), (int, float)) for k in ("iauc", "dauc")):
+            continue
+        if not _of_the_final_weights(row, final):
+            others += 1
+            continue
+        for key in ("iauc", "dauc"):
+            if isinstance(row.get(key), (int, float)):
+                found.update({key: row[key], f"{key}_images": row.get("images"), f"{key}_of": row.get("validation")})
+    if others:
+        print(f"note: {path}: {others} evaluation(s) of other weights than the run's final ones (or without their "
+              "digest) left out of its IAUC/DAUC", file=sys.stderr)
     return found
 
 
@@ -137,6 +149,8 @@ def load_runs(run_dirs: list[str | Path], settings: tuple[str, ...] = (), quiet:
                 arch=cfg.arch,
                 start=Path(cfg.pretrained).name.split(".")[0] if cfg.pretrained else "scratch",
                 dataset="demo" if cfg.is_demo else Path(cfg.data).name,
+                # The dataset's identity: its files' digest (older runs: the folder's full path).
+                dataset_id=final.get("dataset_digest") or ("demo" if cfg.is_demo else str(Path(cfg.data).resolve())),
                 seed=cfg.seed,
                 max_eval_images=cfg.max_eval_images,
                 signature=_signature(cfg.to_dict(), method),
@@ -145,7 +159,7 @@ def load_runs(run_dirs: list[str | Path], settings: tuple[str, ...] = (), quiet:
                     k: final["final"].get(k)
                     for k in ("top1", "top5", "ch", "ch_strict", "ch_released_swav", "cgc_val_loss", "knn_top1")
                 },
-                **{"iauc": None, "dauc": None, **evaluated_later(run_dir)},
+                **{"iauc": None, "dauc": None, **evaluated_later(run_dir, final)},
                 **{f"best_{k}": (final.get("best") or {}).get(k) for k in ("epoch", "top1", "top5", "ch")},
                 **{k: getattr(cfg, k) for k in settings},
             )
@@ -153,6 +167,7 @@ def load_runs(run_dirs: list[str | Path], settings: tuple[str, ...] = (), quiet:
     runs = pd.DataFrame(rows)
     if runs.empty:
         return runs
+    runs = tell_datasets_apart(runs)
     runs = runs.sort_values("finished")
     repeats = runs.duplicated(["dataset", "start", "signature", "seed"], keep="last")
     for _, rerun in runs[repeats].iterrows():
@@ -165,6 +180,24 @@ def load_runs(run_dirs: list[str | Path], settings: tuple[str, ...] = (), quiet:
                 file=sys.stderr,
             )
     return runs[~repeats].sort_values("run").reset_index(drop=True)
+
+
+def _of_the_final_weights(row: dict, final: dict) -> bool:
+    """Whether an evaluate.py row scored the run's final weights: by their digest, or for rows and
+    runs older than the digest, by the checkpoint's file name."""
+    if row.get("weights_sha256") and final.get("weights_sha256"):
+        return row["weights_sha256"] == final["weights_sha256"]
+    return Path(str(row.get("checkpoint", ""))).name == RunFiles.CHECKPOINT
+
+
+def tell_datasets_apart(runs: pd.DataFrame) -> pd.DataFrame:
+    """Runs of different datasets whose folders share a name (two "imagenet"s) are never seeds of
+    one row: such names get the dataset's digest, e.g. ``imagenet [3fa2c1e0]``."""
+    runs = runs.copy()
+    for name, frame in runs.groupby("dataset"):
+        if frame["dataset_id"].nunique() > 1:
+            runs.loc[frame.index, "dataset"] = [f"{name} [{str(i)[-8:]}]" for i in frame["dataset_id"]]
+    return runs
 
 
 def _mean_std(values: pd.Series, digits: int) -> str:
@@ -213,6 +246,10 @@ def aggregate(runs: pd.DataFrame, keys: list[str], metrics: dict[str, tuple[str,
             notes.append(f"{int(frame['truncated'].sum())} truncated")
         if "max_eval_images" in frame and frame["max_eval_images"].notna().any():
             notes.append(f"evaluated on ≤ {int(frame['max_eval_images'].max())} val images")
+        for key in ("iauc", "dauc"):  # an insertion metric computed on part of the validation set says so
+            images, total = frame.get(f"{key}_images"), frame.get(f"{key}_of")
+            if images is not None and total is not None and (images.dropna() < total.dropna()).any():
+                notes.append(f"{key.upper()} on {int(images.min())} of {int(total.max())} val images")
         seeds = frame["seed"].nunique() if "seed" in frame else len(frame)
         row["Seeds"] = f"{seeds} ({'; '.join(notes)})" if notes else seeds
         out.append(row)

@@ -10,7 +10,7 @@ CPU decode rates per core by ``semisup-bench loader``; both can be overridden.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 from semisup.config import compiles
 from semisup.errors import UsageError
@@ -125,6 +125,17 @@ class Rates:
     val_cached_per_s: float | None = None  # per core: a cached top-1 crop read (--val-cache); None: decoded rate
 
     compiled: bool = False  # step_images_per_s is a compiled step's (for_run sets it)
+
+    def __post_init__(self):
+        """A rate is a positive finite number (seconds for the two gallery times; None: not measured):
+        a zero or negative one made a plan a traceback or a negative time."""
+        for item in fields(self):
+            value = getattr(self, item.name)
+            name = item.name
+            if name == "compiled" or (value is None and item.default is None):
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"rate {name} must be a positive number, got {value!r}")
 
     def for_run(self, compiled: bool) -> "Rates":
         """The rates of a run that does (not) compile its step: the eager step rate where it was measured."""

@@ -647,6 +647,7 @@ class Trainer:
             # What the split actually labeled (a --split-file sets it, not --labeled-fraction).
             labeled_images=len(self.bundle.labeled_indices),
             train_images=len(self.bundle.labeled),
+            dataset_digest=self.bundle.summary.get("dataset_digest"),  # the dataset's identity, not its folder name
             seed=self.cfg.seed,
             arch=self.cfg.arch,
             pretrained=self.cfg.pretrained,
