@@ -81,6 +81,48 @@ def test_saliency_is_pytorch_grad_cams_gradcam():
     assert order.shape == (4, 32 * 32)
 
 
+def released_input(images: torch.Tensor) -> torch.Tensor:
+    """The released scripts' input: PIL images through torchvision's ToTensor, then Normalize."""
+    from PIL import Image
+    from torchvision import transforms as TV
+    to_input = TV.Compose([TV.ToTensor(), TV.Normalize(T.IMAGENET_MEAN, T.IMAGENET_STD)])
+    return torch.stack([to_input(Image.fromarray(image.permute(1, 2, 0).numpy())) for image in images])
+
+
+def test_the_input_arithmetic_is_torchvisions_to_tensor_then_normalize_bit_for_bit():
+    # Every uint8 value in every channel, then random images in both memory layouts.
+    ramp = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16).expand(1, 3, 16, 16).contiguous()
+    images = torch.cat([ramp, torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8,
+                                             generator=torch.Generator().manual_seed(0))])
+    released = released_input(images)
+    assert torch.equal(T.normalize(images), released)
+    assert torch.equal(T.normalize(images, channels_last=True), released)
+    # The arithmetic this replaced, (x - 255 mean) / (255 std), differs in the last bit: the test can tell.
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) * 255 for v in (T.IMAGENET_MEAN, T.IMAGENET_STD))
+    assert not torch.equal((images.float() - mean) / std, released)
+
+
+def test_insertion_auc_per_image_equals_the_released_pipeline():
+    pytest.importorskip("cv2")
+    model = tiny(seed=3)
+    g = torch.Generator().manual_seed(7)
+    images = torch.randint(0, 256, (6, 3, 64, 64), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 5, (6,), generator=g)
+    settings = I.InsertionSettings(size=64, subset=6, batch=6)
+    ours = I._subset_curves(copy.deepcopy(model), images, labels, settings, torch.device("cpu"), ("iauc", "dauc"))
+    net = copy.deepcopy(model).train()
+    x = released_input(images)
+    saliency = vendored_gradcam(net, x, labels.tolist())
+    scorer = nn.Sequential(Logits(net), nn.Softmax(dim=1)).eval()
+    for mode, name, substrate_fn in (("ins", "iauc", lambda z: F.conv2d(z, gkern(11, 5), padding=5)),
+                                     ("del", "dauc", torch.zeros_like)):
+        with torch.no_grad():
+            scores = CausalMetric(scorer, mode, 64 * 8, substrate_fn, hw=64 * 64, n_classes=5).evaluate(
+                x.clone(), saliency, batch_size=100)
+        for i in range(len(images)):
+            assert I.auc(ours[name][:, i]) == pytest.approx(released_auc(np.asarray(scores)[:, i]), abs=1e-6), (name, i)
+
+
 def vendored_gradcam(net, x, targets):
     """RISE/pytorch_grad_cam (the CGC repository's copy): BaseCAM.forward with GradCAM's weights."""
     import cv2
@@ -123,7 +165,7 @@ def test_insertion_metrics_reproduce_the_released_script_with_its_train_mode_sal
     net = copy.deepcopy(model)
     results = {"ins": [], "del": []}
     for part in (slice(0, 5), slice(5, 10)):
-        x = T.normalize(images[part])
+        x = released_input(images[part])
         net.train()
         saliency = vendored_gradcam(net, x, labels[part].tolist())
         scorer = nn.Sequential(Logits(net), nn.Softmax(dim=1)).eval()

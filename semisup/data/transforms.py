@@ -122,10 +122,19 @@ def cgc_pair(view: torch.Tensor, scale: tuple[float, float], generator: torch.Ge
 
 
 def normalize(images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
-    """uint8 [B, 3, H, W] on the device -> normalised float32 [B, 3, H, W] (autocast lowers it where it pays)."""
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1) * 255
-    out = (images.float() - mean) / std
+    """uint8 [B, 3, H, W] on the device -> normalised float32 [B, 3, H, W] (autocast lowers it where
+    it pays), in the released arithmetic: torchvision's ``ToTensor`` (``x / 255``) then
+    ``Normalize`` (``(x - mean) / std``), bit for bit. ``(x - 255 mean) / (255 std)`` differs in
+    the last bit for half the inputs, which train-mode BatchNorm amplifies enough to reorder
+    near-tied pixels of the insertion metric (FIDELITY.md)."""
+    out = normalize_unit(images.float() / 255)
     if channels_last:
         out = out.contiguous(memory_format=torch.channels_last)
     return out
+
+
+def normalize_unit(images: torch.Tensor) -> torch.Tensor:
+    """float [B, 3, H, W] in [0, 1] -> ``(x - mean) / std`` per channel, as ``Normalize`` computes it."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    return (images - mean) / std

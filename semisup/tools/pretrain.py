@@ -189,7 +189,7 @@ def pretrain(
             group["lr"] = lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
         _, *views = next(pairs)
         pooled = [
-            model.features(T.normalize(colour_jitter(v.float() / 255, generator) * 255)).mean((2, 3)) for v in views
+            model.features(T.normalize_unit(colour_jitter(v.float() / 255, generator))).mean((2, 3)) for v in views
         ]
         z = [head.embed(p) for p in pooled]
         if objective == "swav":
