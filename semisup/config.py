@@ -86,9 +86,9 @@ class Config:
         "cpu",
         "where training JPEGs are decoded: 'cpu' (loader workers, the full image as PIL decodes it, by "
         "libjpeg-turbo), 'cpu-draft' (as cpu, but files at least twice the view are decoded at 1/2-1/8 scale by "
-        "libjpeg's DCT scaling for the unlabeled view: faster, pixels differ from the released full decode, README "
-        "Performance) or 'gpu' (workers only read bytes and draw crops; nvJPEG decodes and the GPU crops; for nodes "
-        "with few cores per GPU)",
+        "libjpeg's DCT scaling for the unlabeled view: faster, pixels differ from the released full decode: "
+        "docs/performance.md) or 'gpu' (workers only read bytes and draw crops; nvJPEG decodes and the GPU "
+        "crops; for nodes with few cores per GPU)",
         choices=("cpu", "cpu-draft", "gpu"),
     )
     demo_cache: str | None = _f(None, "where the embedded demo dataset is cached (default ~/.cache/semisup)", path=True)
@@ -269,8 +269,10 @@ class Config:
 
 # Settings that make the embedded demo finish in minutes on a 2-core CPU. Applied only to
 # fields the user did not set (by flag or config file) when no --data is given. lambda 0.1,
-# not the published 0.25: on the demo 0.25 cost 5.9 top-1 at 10 % labels and 0.1 kept
-# top-1 at cross-entropy's level with most of the CH gain (README, "Ablations").
+# not the published 0.25: in the lambda sweep of the earlier demo (dataset version 2, from
+# scratch, before the loss matched the released one: results/demo/v2/pre-fidelity/ablations/lambda.md)
+# 0.25 cost 5.4 top-1 against 0.1 at 10 % labels (25.39 vs 30.78) for 2.9 more CH, and 0.1 kept
+# top-1 at cross-entropy's level (29.97). Not swept again on version 3.
 # The demo's self-supervised start, shipped in the repository (pretrained/README.md): the
 # quick start fine-tunes it as the published pipeline fine-tunes SwAV. --pretrained none: scratch.
 # The embedded demo dataset's version (its images change with it): recorded in every demo run, so a

@@ -10,7 +10,9 @@ linear (``model.fc``, every backbone here) a method may use its closed form and 
 backward through the network; otherwise it goes through autograd. The training loss, Content
 Heatmap, the gallery and the insertion metric all call the explainer ``--explainer`` names.
 
-Adding a method is one function here (or in a file of its own) with ``@register("name")``.
+Adding a method is two edits: one function here (or in a file of its own, imported here) with
+``@register("name")``, and its name in ``semisup.config.EXPLAINER_NAMES``, which the settings'
+validation reads before any model is built (a test checks the two lists agree).
 """
 from __future__ import annotations
 

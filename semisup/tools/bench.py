@@ -374,7 +374,7 @@ def _ratio(a, b):
 # ---- plan ---------------------------------------------------------------------------------
 def bench_plan(args):
     """Predicted wall time of a run on a described node, from measured rates (``--rates``: a
-    JSON written by ``bench gpu --out``, else the README's measured H100 numbers), for the run as
+    JSON written by ``bench gpu --out``, else the measured H100 numbers of docs/performance.md), for the run as
     configured: the released 1 % run by default (compiled, as on CUDA by default), a saved config.yaml or
     YAML of settings (``--config``), run.py's flags after ``--``; its shape, cadence, decode and
     step variant (compiled or eager) come from there."""

@@ -12,7 +12,7 @@ Two augmented views per image (random resized crop, flip, colour jitter with hue
 - ``swav``: SwAV's swapped prediction of Sinkhorn-Knopp codes over learned prototypes.
 
 On this dataset, with the CPU minutes a demo can spend, only the contrastive objective beat
-random features (README, "The demo's self-supervised start": SwAV's swapped prediction stayed
+random features (docs/getting-started.md, "The demo's self-supervised start": SwAV's swapped prediction stayed
 below a random trunk's kNN for the 500-1,500 steps tried, with and without hue jitter and a
 queue); SwAV is kept for comparison. Either way the file has the key layout of the public SwAV
 checkpoints (``module.`` prefix, ``projection_head.*``; ``prototypes.*`` for swav), so
