@@ -16,13 +16,11 @@ from pathlib import Path
 
 import yaml
 
-from semisup import launchenv
+from semisup import launchenv, registry
 from semisup.errors import Parser, UsageError
 
 # The checkout (or snapshot) holding this package: recipes, splits/ and pretrained/ sit in it.
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-# The heatmap methods semisup/method/explainers.py registers (a test checks the two agree).
-EXPLAINER_NAMES = ("gradcam", "gradcam++")
 
 
 def _f(default, help: str, flags: tuple[str, ...] = (), choices=None, cli: bool = True, path: bool = False):
@@ -65,8 +63,7 @@ class Config:
         "imagefolder",
         "layout of --data: 'imagefolder' (train/<class>/, <val-dir>/) or 'fgvc-aircraft' (the "
         "FGVC-Aircraft 2013b archive as torchvision's FGVCAircraft reads it: trainval for training, test for "
-        "validation, the 100 variants)",
-        choices=("imagefolder", "fgvc-aircraft"),
+        "validation, the 100 variants), or a plugin's (semisup.registry.DATA_FORMATS)",
     )
     num_classes: int | None = _f(None, "number of classes (default: the number of class folders)")
     image_size: int = _f(224, "training crop size and the size of the unlabeled view")
@@ -81,6 +78,11 @@ class Config:
         None, "torch CPU threads of each training process (default: the CPUs it may use, from its affinity mask, "
         "SLURM_CPUS_PER_TASK and a cgroup quota, shared among the node's processes, less its loader workers; "
         "OMP_NUM_THREADS, where set, wins)"
+    )
+    plugins: str | None = _f(
+        None,
+        "comma-separated Python modules that register explainers, heatmap metrics or data formats "
+        "(semisup/registry.py; their folder on PYTHONPATH); SEMISUP_PLUGINS and 'semisup.plugins' entry points too",
     )
     decode: str = _f(
         "cpu",
@@ -174,8 +176,8 @@ class Config:
     explainer: str = _f(
         "gradcam",
         "heatmap method of the consistency loss, Content Heatmap, the gallery and the insertion metric: "
-        "'gradcam' (the method and the published numbers) or 'gradcam++' (semisup/method/explainers.py)",
-        choices=EXPLAINER_NAMES,
+        "'gradcam' (the method and the published numbers), 'gradcam++', 'layercam', 'pgc/<Class>' (any "
+        "pytorch-grad-cam method; evaluation only) or a plugin's (semisup.registry.EXPLAINERS)",
     )
     cgc_warmup_epochs: float = _f(
         0.0,
@@ -398,6 +400,7 @@ def validate(cfg: "Config", world: int | None = None) -> "Config":
         except ConfigError as err:
             err.key = f.name
             raise
+    _check_registered(cfg)
     _check_combinations(cfg, world)
     return cfg
 
@@ -434,6 +437,25 @@ def _check_field(cfg: "Config", f: dataclasses.Field, hints: dict) -> None:
     rule = _RANGES.get(f.name)
     if rule and not rule[0](value):
         raise ConfigError(f"{_name(f.name)}: must be {rule[1]}, got {value!r}")
+
+
+def load_plugins(cfg: "Config") -> None:
+    """Import the plugin modules a run names (``--plugins``), and those of the environment."""
+    registry.load_plugins(m.strip() for m in (cfg.plugins or "").split(",") if m.strip())
+
+
+def _check_registered(cfg: "Config") -> None:
+    """Names that registries hold (semisup/registry.py), after the run's plugin modules are imported."""
+    load_plugins(cfg)
+    if cfg.explainer not in registry.EXPLAINERS:
+        raise ConfigError(f"{_name('explainer')}: {cfg.explainer!r} is not one of "
+                          f"{', '.join(registry.EXPLAINERS.names())} (a plugin module adds more: --plugins MODULE)")
+    if cfg.cgc_weight > 0 and not registry.EXPLAINERS.get(cfg.explainer).differentiable:
+        raise ConfigError(f"{_name('explainer')} {cfg.explainer}: not differentiable, so it cannot train the "
+                          "consistency loss; use it to evaluate (semisup/evaluate.py --explainer), or --lambda 0")
+    if cfg.data_format not in registry.DATA_FORMATS:
+        raise ConfigError(f"{_name('data_format')}: {cfg.data_format!r} is not one of "
+                          f"{', '.join(registry.DATA_FORMATS.names())} (a plugin module adds more: --plugins MODULE)")
 
 
 def _check_combinations(cfg: "Config", world: int) -> None:
@@ -490,7 +512,7 @@ HELP_GROUPS = {
     "evaluation": ("eval_every", "ch_every", "ch_short_side", "knn_k", "knn_temperature", "gallery", "max_eval_images",
                    "val_cache"),
     "run directory": ("run_dir", "checkpoint_every", "log_every", "overwrite", "dry_run"),
-    "system": ("device", "amp", "channels_last", "compile", "workers", "threads", "decode"),
+    "system": ("device", "amp", "channels_last", "compile", "workers", "threads", "decode", "plugins"),
 }
 
 

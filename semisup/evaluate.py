@@ -21,11 +21,12 @@ try:
 except ModuleNotFoundError:
     sys.exit("semisup is not installed in this Python: run `pip install -e .` in the checkout")
 
-from semisup.config import add_setting
+from semisup.config import add_setting, load_plugins
 from semisup.errors import Parser, UsageError, UserError, cli
 from semisup.eval.evaluator import FULL_METRICS, METRICS, Evaluator, format_results
 from semisup.eval.insertion import InsertionSettings
 from semisup.files import open_for_append
+from semisup.method import explainers
 from semisup.runfiles import RunFiles
 from semisup.train.trainer import weights_digest
 
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_args(args)
     logging.basicConfig(level=logging.WARNING)
-    from semisup.data.datasets import build_data
+    from semisup.data.formats import build_data
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     loaded, head = load_models(args)
@@ -257,6 +258,8 @@ def load_models(args) -> tuple[list[tuple], bool]:
     loaded = []
     for path in [args.checkpoint] + ([args.compare] if args.compare else []):
         model, cfg, step = load_run_model(path, overrides)
+        load_plugins(cfg)  # the run's explainers, metrics and data formats
+        explainers.get(cfg.explainer)  # an unknown --explainer: one line naming the choices
         loaded.append((model, cfg, step, path, f"{cfg.method} {Path(path).parent.name}"))
     return loaded, True
 

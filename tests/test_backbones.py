@@ -71,10 +71,28 @@ def test_timm_features_at_content_heatmap_size_keep_the_stride_and_the_closed_fo
 
 
 @needs_timm
+def test_a_vit_gives_its_patch_tokens_on_the_grid_and_no_closed_form():
+    model = build_model(TIMM_VIT, 5).eval()
+    for height, width in ((64, 64), (64, 96)):
+        x = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(0))
+        logits, features = model(x)
+        assert logits.shape == (2, 5) and features.shape == (2, model.body.num_features, height // 16, width // 16)
+    assert explainers.pooled_linear_head(model) is None  # the class token's head: the autograd path
+    # The map is the patch tokens entering the last block, row by row; the class token is left out.
+    tokens = []
+    hook = model.body.blocks[-1].norm1.register_forward_hook(lambda m, i, o: tokens.append(o.detach()))
+    model.body.forward_features(x)
+    hook.remove()
+    torch.testing.assert_close(features, tokens[0][:, 1:].transpose(1, 2).reshape(features.shape))
+    cam = explainers.explain("gradcam", model, x, logits, features, torch.tensor([1, 3]))
+    assert cam.shape == (2, 4, 6) and cam.sum() > 0
+
+
+@needs_timm
 def test_a_model_without_a_feature_map_is_refused_in_one_line():
     with pytest.raises(UserError) as err:
-        build_model(TIMM_VIT, 5)  # ViT: [B, tokens, C]
-    assert TIMM_VIT in str(err.value) and "\n" not in str(err.value)
+        build_model("timm/mixer_s32_224", 5)  # MLP-Mixer: [B, patches, C] without a class token
+    assert "mixer_s32_224" in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(UserError, match="timm/no_such_net: timm .* has no model") as err:
         build_model("timm/no_such_net", 5)
     assert "\n" not in str(err.value)

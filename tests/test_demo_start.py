@@ -94,7 +94,7 @@ def test_report_writes_the_tradeoff_and_curve_plots_from_run_directories(tmp_pat
 
 
 def test_gallery_titles_never_overlap_and_zero_heatmaps_are_marked(demo_cache):
-    from semisup.data.datasets import build_data
+    from semisup.data.formats import build_data
     from semisup.eval.gallery import gallery_figure
     cfg = parse_config(["--labeled-fraction", "0.01", "--demo-cache", demo_cache, "--pretrained", "none"])
     bundle = build_data(cfg)
@@ -129,7 +129,7 @@ def test_tensorboard_gallery_grid_blends_the_heatmap_and_marks_wrong_predictions
     wrong predictions."""
     import matplotlib
 
-    from semisup.data.datasets import build_data
+    from semisup.data.formats import build_data
     from semisup.eval.gallery import CAPTION_LINES, LINE_HEIGHT, PANEL_SIDE, Panel, gallery_grid, panel_image
     grey = np.full((32, 48, 3), 100, np.uint8)  # landscape: the panel is PANEL_SIDE wide
     hot = Panel(grey, np.ones((32, 48)), predicted=1, label=1, ch=50.0, zero=False)

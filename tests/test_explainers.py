@@ -1,10 +1,10 @@
-"""Heatmap methods over one interface: Grad-CAM and Grad-CAM++, closed form and autograd, and
-the reference library's Grad-CAM++."""
+"""Heatmap methods over one interface: Grad-CAM, Grad-CAM++ and LayerCAM, closed form and autograd,
+the reference library's Grad-CAM++, and any of its methods through the evaluation adapter."""
 import numpy as np
 import pytest
 import torch
 
-from semisup.config import EXPLAINER_NAMES, parse_config
+from semisup.config import ConfigError, parse_config
 from semisup.eval import insertion as I
 from semisup.method import explainers
 from semisup.models.base import build_model
@@ -20,16 +20,26 @@ def forward(seed: int = 0, arch: str = "resnet_tiny", classes: int = 5):
     return model, logits, features, torch.tensor([0, 2, 4])
 
 
-def test_the_config_offers_every_registered_explainer():
-    assert set(EXPLAINER_NAMES) == set(explainers.EXPLAINERS)
+DIFFERENTIABLE = [name for name, e in explainers.EXPLAINERS.items() if e.differentiable]
 
 
-@pytest.mark.parametrize("name", sorted(explainers.EXPLAINERS))
+def test_the_registry_is_the_only_list_of_names():
+    assert {"gradcam", "gradcam++", "layercam"} <= set(DIFFERENTIABLE)
+    assert parse_config(["--explainer", "layercam"]).explainer == "layercam"
+    with pytest.raises(ConfigError, match="'nope' is not one of gradcam, gradcam\\+\\+, layercam, pgc/<name>"):
+        parse_config(["--explainer", "nope"])
+    # An evaluation-only method cannot train the consistency loss.
+    with pytest.raises(ConfigError, match="not differentiable"):
+        parse_config(["--explainer", "pgc/ScoreCAM"])
+    assert parse_config(["--explainer", "pgc/ScoreCAM", "--lambda", "0"]).explainer == "pgc/ScoreCAM"
+
+
+@pytest.mark.parametrize("name", DIFFERENTIABLE)
 @pytest.mark.parametrize("arch", ["resnet_tiny", "resnet18"])
 def test_closed_form_equals_the_autograd_definition_in_value_and_gradient(name, arch):
     model, logits, features, classes = forward(arch=arch)
     assert explainers.pooled_linear_head(model) is not None  # the closed form is what is compared
-    closed = explainers.get(name)(model, logits, features, classes)
+    closed = explainers.explain(name, model, None, logits, features, classes)
     defined = explainers.autograd_definition(name)(model, logits, features, classes)
     assert closed.shape == features.shape[:1] + features.shape[2:] and closed.max() > 0
     torch.testing.assert_close(closed, defined, rtol=1e-4, atol=1e-7)
@@ -73,3 +83,40 @@ def test_a_run_with_gradcam_plus_plus_trains_and_evaluates(tmp_path, demo_cache)
     assert np.isfinite(plus["final"]["ch"]) and np.isfinite(plus["final"]["train_consistency"])
     assert plus["final"]["train_consistency"] != plain["final"]["train_consistency"]
     assert plus["weights_sha256"] != plain["weights_sha256"]
+
+
+def test_layercam_weighs_positions_by_positive_gradients():
+    model, logits, features, classes = forward()
+    layer = explainers.layercam(explainers._NoClosedForm(), logits, features, classes)
+    (grads,) = torch.autograd.grad(logits.gather(1, classes.view(-1, 1)).sum(), features)
+    by_hand = torch.relu((torch.relu(grads) * features).sum(1))
+    torch.testing.assert_close(layer, by_hand)
+    # For a linear head every gradient of class c is W_c / (h w): LayerCAM keeps only W_c > 0.
+    assert not torch.allclose(layer, explainers.gradcam(model, logits, features, classes))
+
+
+def test_an_autograd_explainer_recomputes_the_forward_when_the_caller_kept_no_graph():
+    model, _, _, classes = forward()
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    with_graph = explainers.explain("gradcam", explainers._NoClosedForm(), x, *model(x), classes)
+    with torch.no_grad():
+        logits, features = model(x)
+    request = explainers.ExplainRequest(explainers._NoClosedForm(), x, logits, features, classes, forward=model)
+    torch.testing.assert_close(explainers.get("gradcam")(request), with_graph)
+
+
+def test_any_pytorch_grad_cam_method_through_one_adapter():
+    grad_cam = pytest.importorskip("pytorch_grad_cam")
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    torch.manual_seed(0)
+    model = build_model("resnet_tiny", 5).train()
+    images, labels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3)), torch.tensor([1, 3])
+    with torch.no_grad():
+        logits, features = model(images)
+    ours = explainers.explain("pgc/ScoreCAM", model, images, logits, features, labels)
+    assert model.training and ours.shape == (2, 32, 32)  # the library's eval mode is undone
+    with grad_cam.ScoreCAM(model=Logits(model), target_layers=[model.layer4]) as cam:
+        theirs = cam(input_tensor=images, targets=[ClassifierOutputTarget(int(c)) for c in labels])
+    np.testing.assert_allclose(ours.numpy(), theirs, atol=1e-5)
+    with pytest.raises(Exception, match="no such method; one of .*pgc/ScoreCAM"):
+        explainers.explain("pgc/NoSuchCAM", model, images, logits, features, labels)

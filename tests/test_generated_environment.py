@@ -152,8 +152,11 @@ def other_value(key: str, current):
 
     from semisup.config import Config, _field_type
     field = next(f for f in dataclasses.fields(Config) if f.name == key)
-    if field.metadata["choices"]:
-        return next(c for c in field.metadata["choices"] if c != current)
+    from semisup.registry import DATA_FORMATS, EXPLAINERS
+    registered = {"data_format": DATA_FORMATS, "explainer": EXPLAINERS}.get(key)
+    choices = field.metadata["choices"] or (registered.names() if registered else None)
+    if choices:
+        return next(c for c in choices if c != current)
     if field.metadata["path"] or _field_type(field) is str:
         return "somewhere"
     return (current or 2) + 1

@@ -25,9 +25,12 @@ def test_an_image_of_too_many_pixels_is_unreadable_before_it_is_decoded(tmp_path
     path = tmp_path / "bomb.png"
     Image.new("1", (width, height)).save(path)  # a few hundred KB on disk, gigabytes decoded
     assert path.stat().st_size < 30 * 2**20
-    probe = ("import resource, sys; from semisup.data.datasets import FileSource\n"
+    # The peak from /proc (VmHWM, this process's own memory): getrusage's ru_maxrss survives exec,
+    # so it reported the forking pytest's size (4 GB in a full run) instead of the probe's.
+    probe = ("import sys; from semisup.data.datasets import FileSource\n"
              "try:\n    FileSource([sys.argv[1]], [0]).load(0)\nexcept ValueError as err:\n    print(err)\n"
-             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)")
+             "hwm = next(l for l in open('/proc/self/status') if l.startswith('VmHWM:'))\n"
+             "print(int(hwm.split()[1]) // 1024)")
     out = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, timeout=120)
     message, peak_mb = out.stdout.strip().splitlines()
     assert "pixels" in message and ("megapixels" in message or "aspect ratio" in message), message

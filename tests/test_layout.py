@@ -7,7 +7,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # Lowest first (semisup/__init__.py draws the same picture).
 LAYERS = [
-    {"semisup", "errors", "files", "config", "checkpoint", "distributed", "version", "runfiles", "scheduler", "cpus", "launchenv"},
+    {"semisup", "errors", "files", "config", "checkpoint", "distributed", "version", "runfiles", "scheduler", "cpus", "launchenv", "registry"},
     {"models", "data"},
     {"method"},
     {"eval"},

@@ -136,7 +136,7 @@ def test_full_supervision_sums_three_cross_entropies_and_explains_the_predicted_
     expected_ce = sum(F.cross_entropy(outputs[key], labels) for key in outputs)
     explained = []
     explain = trainer.settings.explain
-    spy = lambda logits, features, classes: explained.append(classes) or explain(logits, features, classes)
+    spy = lambda images, logits, features, classes: explained.append(classes) or explain(images, logits, features, classes)
     losses = trainer.training_step(labeled, None, dataclasses.replace(trainer.settings, explain=spy))
     assert float(losses.ce) == pytest.approx(float(expected_ce), rel=1e-4)
     # The pair is the centre view and its augmentation, explained for the predicted class.
@@ -180,7 +180,7 @@ def test_fgvc_aircraft_in_its_released_layout(tmp_path, demo_cache):
     """torchvision's FGVCAircraft reader on a generated fgvc-aircraft-2013b tree, trained for a few steps."""
     from PIL import Image
 
-    from semisup.data.datasets import build_data
+    from semisup.data.formats import build_data
     data = tmp_path / "fgvc-aircraft-2013b" / "data"
     (data / "images").mkdir(parents=True)
     variants = ["707-320", "A320", "DC-3"]

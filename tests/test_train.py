@@ -79,7 +79,8 @@ def test_explained_class_on_unlabeled_images_and_lambda_warmup(tmp_path, demo_ca
     labeled, unlabeled = (next(stream) for stream in trainer.loaders())
     explained = []
     explain = trainer.settings.explain
-    spy = lambda logits, features, classes: explained.append((logits.detach(), classes)) or explain(logits, features, classes)
+    spy = lambda images, logits, features, classes: explained.append((logits.detach(), classes)) or explain(
+        images, logits, features, classes)
     losses = trainer.training_step(labeled, unlabeled, dataclasses.replace(trainer.settings, explain=spy))
     view_logits, classes = explained[0]  # the first heatmap is the unlabeled view's
     expected = unlabeled["label"] if cam_class == "label" else view_logits.argmax(1)

@@ -11,7 +11,6 @@ import logging
 import math
 import signal
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +18,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
-from semisup.config import DEMO_VERSION, Config
+from semisup.config import DEMO_VERSION
 from semisup.data import transforms as T
 from semisup.data.boxes import MAX_PIXELS
+from semisup.data.bundle import DataBundle, EvalSet  # noqa: F401 (re-exported: the readers' callers import them here)
 from semisup.data.splits import dataset_digest, stratified_choice
 from semisup.errors import UsageError
 
@@ -291,29 +291,6 @@ def leave_stop_signals_to_the_main_process(worker_id: int) -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
-@dataclass
-class EvalSet:
-    """Validation data. ``boxes[i]`` is a float array [n, 4] (xmin, ymin, xmax, ymax) in pixels of
-    the original image (max exclusive), the boxes of the image's ground-truth class, or None
-    where the image has no annotation (left out of Content Heatmap). ``sizes[i]`` is the
-    original (H, W), the frame of the boxes."""
-    source: object
-    boxes: list[np.ndarray] | None
-    sizes: list[tuple[int, int]] = field(default_factory=list)
-
-
-@dataclass
-class DataBundle:
-    """Everything training and evaluation need from the data side."""
-    classes: list[str]
-    labeled: object            # source of labeled training images
-    labeled_indices: np.ndarray
-    unlabeled: object | None   # source of unlabeled training images (None: full supervision / CE only)
-    unlabeled_indices: np.ndarray | None
-    val: EvalSet
-    summary: dict
-
-
 class EvalDataset(Dataset):
     """Validation images resized so the shorter side is ``resize``, then center-cropped to
     ``crop`` (top-1/top-5: 256 and 224) or, with ``crop=None``, not cropped (Content Heatmap).
@@ -430,15 +407,3 @@ def unlabeled_indices(cfg, count: int, labeled: np.ndarray) -> np.ndarray | None
         raise UsageError(f"--unlabeled rest: all {count} training images are labeled, none is left for the unlabeled "
                          "stream; use --unlabeled all, or label fewer")
     return rest
-
-
-def build_data(cfg: Config, decode_check: bool | None = None) -> DataBundle:
-    """The labeled/unlabeled/validation bundle a config names: the embedded demo, FGVC-Aircraft
-    in its released layout, or an ImageNet-style folder. ``decode_check`` (default: a dry run's)
-    decodes the folder's labeled and validation images and a sample of the unlabeled ones."""
-    if cfg.is_demo:
-        return build_demo_bundle(cfg)
-    if cfg.data_format == "fgvc-aircraft":
-        return build_fgvc_aircraft_bundle(cfg)
-    from semisup.data.imagenet import build_folder_bundle
-    return build_folder_bundle(cfg, cfg.dry_run if decode_check is None else decode_check)

@@ -19,7 +19,8 @@ from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from semisup.data.boxes import load_boxes
-from semisup.data.datasets import DECODE_ERRORS, DataBundle, EvalSet, FileSource, unlabeled_indices
+from semisup.data.bundle import DataBundle, EvalSet
+from semisup.data.datasets import DECODE_ERRORS, FileSource, unlabeled_indices
 from semisup.data.splits import SPLITS_DIR, SplitError, dataset_digest, resolve_labeled, synset_of
 from semisup.errors import UserError
 from semisup.files import read_lines

@@ -30,8 +30,10 @@ from semisup.data import transforms as T
 from semisup.data import valcache
 from semisup.data.boxes import content_heatmap  # noqa: F401 (also part of this module's API)
 from semisup.data.datasets import EvalDataset, leave_stop_signals_to_the_main_process
+from semisup.eval.heatmap_metrics import scores as heatmap_scores
 from semisup.eval.insertion import InsertionSettings
 from semisup.method import cgc, explainers
+from semisup.registry import HEATMAP_METRICS
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +69,7 @@ class Evaluator:
         self.cfg, self.bundle, self.device = cfg, bundle, device
         self.dist = dist or D.Dist(device=device)
         self.batch_size = batch_size
-        self.explain = explainers.get(cfg.explainer)  # the run's heatmap method, for CH and the CGC loss
+        self.explainer = explainers.get(cfg.explainer)  # the run's heatmap method, for CH and the CGC loss
         self.amp_dtype = D.amp_dtype(cfg, device)  # bf16/fp16 forwards on GPUs, as in training
         n = len(bundle.val.source)
         limit = cfg.max_eval_images or n
@@ -118,7 +120,9 @@ class Evaluator:
         metrics = set(metrics) if metrics is not None else (FULL_METRICS if full else {"top1"})
         model.eval()
         start = time.time()
-        with torch.inference_mode():
+        # Inference mode where the heatmaps need no autograd (closed forms); else gradients stay possible.
+        grad_free = not self.explainer.needs_autograd(_unwrap(model))
+        with torch.inference_mode() if grad_free else torch.no_grad():
             results = self.classify(model, progress, features="knn" in metrics, cgc="cgc-loss" in metrics)
             features, labels = results.pop("_features"), results.pop("_labels")
             if "ch" in metrics:
@@ -196,6 +200,10 @@ class Evaluator:
             out["cgc_val_loss"] = sums[3].item() / max(sums[4].item(), 1)
         return out
 
+    def explain(self, model, images, logits, features, classes) -> torch.Tensor:
+        """[B, h, w] heatmaps of ``classes`` by the run's explainer (``images``: the normalised input)."""
+        return self.explainer(explainers.ExplainRequest(model, images, logits, features, classes))
+
     def _channels_last(self) -> bool:
         return D.uses_channels_last(self.cfg, self.device)
 
@@ -207,12 +215,12 @@ class Evaluator:
         for image, i in zip(images.cpu(), index.tolist()):
             aug, box, flip = T.cgc_pair(image, (self.cfg.crop_scale_min, 1.0), torch.Generator().manual_seed(int(i)))
             augs.append(aug), boxes.append(box), flips.append(flip)
+        aug_images = T.normalize(torch.stack(augs).to(self.device), channels_last=self._channels_last())
         with self._autocast():
-            aug_logits, aug_features = model(
-                T.normalize(torch.stack(augs).to(self.device), channels_last=self._channels_last())
-            )
-        cam = self.explain(raw, logits, features, target)
-        cam_aug = self.explain(raw, aug_logits, aug_features, target)
+            aug_logits, aug_features = model(aug_images)
+        view_images = T.normalize(images, channels_last=self._channels_last())
+        cam = self.explain(raw, view_images, logits, features, target)
+        cam_aug = self.explain(raw, aug_images, aug_logits, aug_features, target)
         return cgc.cgc_loss(
             cam_aug, cam, torch.stack(boxes), torch.stack(flips), self.cfg.temperature, self.cfg.cam_size,
             self.cfg.group_size, self.cfg.cgc_negatives,
@@ -225,7 +233,8 @@ class Evaluator:
         val = self.bundle.val
         nan = float("nan")
         undefined = dict(
-            ch=None, ch_strict=None, ch_released_swav=None, ch_zero=0, ch_images=0
+            ch=None, ch_strict=None, ch_released_swav=None, ch_zero=0, ch_images=0,
+            **{name: None for name, _ in HEATMAP_METRICS.items()},
         )  # no boxes: CH is undefined, not 0
         if val.boxes is None:
             return undefined
@@ -237,17 +246,20 @@ class Evaluator:
         sums = torch.zeros(
             5, dtype=torch.float64
         )  # ch, ch strict, zero count, images, ch released-swav (nan if undefined)
+        registered = {name: torch.zeros((), dtype=torch.float64) for name, _ in HEATMAP_METRICS.items()}
         for batch in tqdm(
             self._loader(dataset, batches), desc="eval Content Heatmap", disable=not self._bars(progress), leave=False
         ):
             images = batch["image"].to(self.device, non_blocking=True)
             target = batch["label"].to(self.device)
-            logits, features = model(T.normalize(images, channels_last=self._channels_last()))
+            normalised = T.normalize(images, channels_last=self._channels_last())
+            logits, features = model(normalised)
             index = batch["index"].tolist()
             boxes, size = [val.boxes[i] for i in index], val.sizes[index[0]]
-            ch, strict, zero = content_heatmap(
-                self.explain(raw, logits, features, target), boxes, size
-            )  # Grad-CAM: = pooled (tested)
+            cams = self.explain(raw, normalised, logits, features, target)
+            ch, strict, zero = content_heatmap(cams, boxes, size)  # Grad-CAM: = pooled (tested)
+            for name, values in heatmap_scores(cams, boxes, size).items():
+                registered[name] += values.sum().cpu()
             swav = released_swav_cams(features, target) if released_swav else None
             swav_sum = (
                 content_heatmap(swav, boxes, size)[0].sum().cpu()
@@ -257,6 +269,7 @@ class Evaluator:
             sums += torch.stack([ch.sum().cpu(), strict.sum().cpu(), zero.sum().double().cpu(),
                                  torch.tensor(float(len(index)), dtype=torch.float64), swav_sum])
         sums = D.all_reduce_sum(sums.to(self.device)).cpu()
+        registered = {k: D.all_reduce_sum(v.to(self.device)).cpu() for k, v in registered.items()}
         if sums[3].item() == 0:
             log.warning("no evaluated image has a box of its class: Content Heatmap is undefined (check --val-boxes)")
             return undefined
@@ -264,6 +277,7 @@ class Evaluator:
         return dict(
             ch=100 * sums[0].item() / images, ch_strict=100 * sums[1].item() / images,
             ch_released_swav=100 * sums[4].item() / images, ch_zero=int(sums[2].item()), ch_images=int(sums[3].item()),
+            **{name: 100 * total.item() / images for name, total in registered.items()},
         )
 
     def knn(self, model, val_features: torch.Tensor, val_labels: torch.Tensor, progress: bool) -> float:

@@ -36,7 +36,7 @@ class Panel:
 
 @torch.no_grad()
 def gallery_panels(model, dataset: EvalDataset, boxes: list, sizes: list, positions: list[int], device: torch.device,
-                   explain=explainers.gradcam) -> list[Panel]:
+                   explainer: str = "gradcam") -> list[Panel]:
     """One :class:`Panel` per validation position (``boxes``/``sizes``: the split's, original pixels)."""
     was_training = model.training
     model.eval()
@@ -45,8 +45,9 @@ def gallery_panels(model, dataset: EvalDataset, boxes: list, sizes: list, positi
         item = dataset[pos]
         image = item["image"].unsqueeze(0).to(device)
         label = torch.tensor([item["label"]], device=device)
-        logits, features = model(T.normalize(image))
-        cam = explain(model, logits, features, label).float()
+        normalised = T.normalize(image)
+        logits, features = model(normalised)
+        cam = explainers.explain(explainer, model, normalised, logits, features, label).float()
         ch = float("nan")
         if boxes is not None and boxes[pos] is not None:
             ch = 100 * content_heatmap(cam, [boxes[pos]], sizes[pos])[0].item()
@@ -96,8 +97,7 @@ def gallery_figure(models: list, names: list[str], bundle, cfg, device: torch.de
     positions = gallery_positions(len(val.source), count or cfg.gallery, seed)
     count = len(positions)
     dataset = EvalDataset(val.source, cfg.ch_short_side)
-    explain = explainers.get(cfg.explainer)
-    columns = [gallery_panels(m, dataset, val.boxes, val.sizes, positions, device, explain) for m in models]
+    columns = [gallery_panels(m, dataset, val.boxes, val.sizes, positions, device, cfg.explainer) for m in models]
     images_per_row = max(1, 4 // len(models))
     per_row = images_per_row * len(models)  # panels per figure row
     rows = int(np.ceil(count / images_per_row))
@@ -204,7 +204,7 @@ def gallery_grid(model, bundle, cfg, device: torch.device, seed: int = 0) -> np.
     val = bundle.val
     positions = gallery_positions(len(val.source), cfg.gallery, seed)
     dataset = EvalDataset(val.source, cfg.ch_short_side)
-    panels = gallery_panels(model, dataset, val.boxes, val.sizes, positions, device, explainers.get(cfg.explainer))
+    panels = gallery_panels(model, dataset, val.boxes, val.sizes, positions, device, cfg.explainer)
     cells = [panel_image(p, val.boxes[pos] if val.boxes is not None else None, val.sizes[pos], bundle.classes)
              for p, pos in zip(panels, positions)]
     columns = min(COLUMNS, len(cells))

@@ -106,9 +106,8 @@ def saliency_order(
     with torch.no_grad():
         logits, features = model(images)
         raw = _unwrap(model)
-        cams = explainers.get(settings.explainer)(
-            raw, logits, features, labels
-        ).float()  # Grad-CAM: = pytorch-grad-cam's (tested)
+        # Grad-CAM: = pytorch-grad-cam's (tested)
+        cams = explainers.explain(settings.explainer, raw, images, logits, features, labels).float()
     size = settings.size
     if (
         settings.order == "released"

@@ -176,7 +176,7 @@ def gallery_rates(cfg, repeats: int) -> dict:
     """Seconds of an evaluation's TensorBoard grid, drawn and encoded (median, warm), and of the end of run's
     gallery.png (one call, the first in this process, as in a run) at the run's --gallery, sizes
     and architecture, on the generated validation images."""
-    from semisup.data.datasets import build_data
+    from semisup.data.formats import build_data
     from semisup.eval.gallery import gallery_grid, save_gallery
     from semisup.models.base import build_model
     if not cfg.gallery:

@@ -21,6 +21,7 @@ import pandas as pd
 from semisup.config import Config, load_saved_config
 from semisup.errors import Parser, UsageError, UserError, cli
 from semisup.files import RunFileError, read_json, write_atomic, write_text_atomic
+from semisup.registry import HEATMAP_METRICS
 from semisup.runfiles import RunFiles
 
 METHOD_NAMES = {"ce": "Cross-entropy", "ce-script": "Cross-entropy (CGC script, λ 0)", "cgc": "CGC", "gcc": "GCC (L2)"}
@@ -157,7 +158,8 @@ def load_runs(run_dirs: list[str | Path], settings: tuple[str, ...] = (), quiet:
                 finished=(RunFiles(run_dir).final).stat().st_mtime,
                 **{
                     k: final["final"].get(k)
-                    for k in ("top1", "top5", "ch", "ch_strict", "ch_released_swav", "cgc_val_loss", "knn_top1")
+                    for k in ("top1", "top5", "ch", "ch_strict", "ch_released_swav", "cgc_val_loss", "knn_top1",
+                              *registered_metric_names())
                 },
                 **{"iauc": None, "dauc": None, **evaluated_later(run_dir, final)},
                 **{f"best_{k}": (final.get("best") or {}).get(k) for k in ("epoch", "top1", "top5", "ch")},
@@ -260,6 +262,15 @@ def aggregate(runs: pd.DataFrame, keys: list[str], metrics: dict[str, tuple[str,
     return table.drop(columns="signature")
 
 
+def registered_metric_names() -> list[str]:
+    return [name for name, _ in HEATMAP_METRICS.items()]
+
+
+def registered_columns() -> dict[str, tuple[str, int]]:
+    """The report columns of the registered heatmap metrics (semisup/eval/heatmap_metrics.py and plugins)."""
+    return {metric.column: (name, 2) for name, metric in HEATMAP_METRICS.items()}
+
+
 def limited_label_table(runs: pd.DataFrame) -> pd.DataFrame:
     runs = runs[runs["labeled_fraction"] < 1.0].copy()
     if runs.empty:
@@ -271,10 +282,11 @@ def limited_label_table(runs: pd.DataFrame) -> pd.DataFrame:
         {
             "Top-1": ("top1", 2), "Top-5": ("top5", 2), "CH": ("ch", 2), "CH strict": ("ch_strict", 2),
             "CH rel. SwAV": ("ch_released_swav", 2), "CGC Loss": ("cgc_val_loss", 4), "kNN": ("knn_top1", 2),
-            "IAUC": ("iauc", 2), "DAUC": ("dauc", 2), "Top-1 best*": ("best_top1", 2), "CH best*": ("best_ch", 2),
+            "IAUC": ("iauc", 2), "DAUC": ("dauc", 2), **registered_columns(),
+            "Top-1 best*": ("best_top1", 2), "CH best*": ("best_ch", 2),
         },
     )
-    table = table.drop(columns=[c for c in ("IAUC", "DAUC") if (table[c] == "–").all()])
+    table = table.drop(columns=[c for c in ("IAUC", "DAUC", *registered_columns()) if (table[c] == "–").all()])
     table["method"] = table["method"].map(METHOD_NAMES)
     return table.rename(columns={"dataset": "Dataset", "start": "Start", "method": "Method"})
 
@@ -288,10 +300,10 @@ def full_supervision_table(runs: pd.DataFrame) -> pd.DataFrame:
         ["dataset", "arch", "method"],
         {
             "Top-1": ("top1", 2), "CH": ("ch", 2), "CGC Loss": ("cgc_val_loss", 4), "IAUC": ("iauc", 2),
-            "DAUC": ("dauc", 2), "Top-1 best*": ("best_top1", 2),
+            "DAUC": ("dauc", 2), **registered_columns(), "Top-1 best*": ("best_top1", 2),
         },
     )
-    table = table.drop(columns=[c for c in ("IAUC", "DAUC") if (table[c] == "–").all()])
+    table = table.drop(columns=[c for c in ("IAUC", "DAUC", *registered_columns()) if (table[c] == "–").all()])
     table["method"] = table["method"].map(METHOD_NAMES)
     return table.rename(columns={"dataset": "Dataset", "arch": "Architecture", "method": "Method"})
 
@@ -403,7 +415,7 @@ def compare_galleries(
     with the settings that tell it apart; skipped where a checkpoint is missing."""
     import torch
 
-    from semisup.data.datasets import build_data
+    from semisup.data.formats import build_data
     from semisup.eval.gallery import save_gallery
     from semisup.models.loading import load_run_model
     written = []

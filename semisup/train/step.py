@@ -44,8 +44,9 @@ class StepSettings:
     """What a step needs besides the model and the batches."""
     ce: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits [B, K], labels [B]) -> [] mean CE
     consistency: Callable[..., torch.Tensor]  # (cam_aug, cam [B, h, w], boxes, flips) -> []
-    explain: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None  # (logits, features, classes)
-    # -> heatmaps [B, h, w]; None: the benchmark's floor (same forwards and backward, no heatmap)
+    # (images [B, 3, S, S], logits [B, K], features [B, C, h, w], classes [B]) -> heatmaps [B, h, w]
+    explain: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None
+    # None; None: the benchmark's floor (same forwards and backward, no heatmap)
     uses_heatmaps: bool = True  # lambda > 0 in the config: the pair's graph is kept
     pair_on_labeled: bool = False  # full supervision: the pair is the labeled images, CE on all three forwards
     explain_label: bool = False  # --cam-class label: explain the true class (a diagnostic)
@@ -73,8 +74,8 @@ def cgc_step(
             if s.explain is None:
                 consistency = s.ce(view_logits, classes) + s.ce(aug_logits, classes)
             elif s.uses_heatmaps:
-                cam = s.explain(view_logits, view_features, classes)
-                cam_aug = s.explain(aug_logits, aug_features, classes)
+                cam = s.explain(pair.view, view_logits, view_features, classes)
+                cam_aug = s.explain(pair.aug, aug_logits, aug_features, classes)
                 consistency = s.consistency(cam_aug, cam, pair.boxes, pair.flips)
     loss = ce + weight * consistency
     return StepLosses(ce=ce.detach(), consistency=consistency.detach().float(), loss=loss)

@@ -14,7 +14,6 @@ import math
 import sys
 import time
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -27,7 +26,8 @@ from semisup import checkpoint as ckpt
 from semisup import cpus
 from semisup import distributed as D
 from semisup.config import Config, ConfigError, check_device, compiles, save_config
-from semisup.data.datasets import DataBundle, EpochSampler, StreamSampler, TrainDataset, build_data, make_loader
+from semisup.data.datasets import DataBundle, EpochSampler, StreamSampler, TrainDataset, make_loader
+from semisup.data.formats import build_data
 from semisup.distributed import amp_dtype
 from semisup.errors import UserError
 from semisup.eval.evaluator import Evaluator, format_results
@@ -244,11 +244,12 @@ class Trainer:
         return D.autocast(self.device, self.amp_dtype)
 
     def step_settings(self) -> StepSettings:
-        cfg, explain = self.cfg, explainers.get(self.cfg.explainer)
+        cfg, explainer = self.cfg, explainers.get(self.cfg.explainer)
         return StepSettings(
             ce=lambda out, labels: self.replica_weighted(F.cross_entropy(out.float(), labels, reduction="none")),
             consistency=self.consistency,
-            explain=partial(explain, self.model),
+            explain=lambda images, logits, features, classes: explainer(
+                explainers.ExplainRequest(self.model, images, logits, features, classes)),
             uses_heatmaps=cfg.cgc_weight > 0,
             pair_on_labeled=self.pair_on_labeled,
             explain_label=cfg.cam_class == "label",

@@ -1,0 +1,71 @@
+"""Heatmap metrics, registered by name: each scores the run's heatmaps of the validation images
+with boxes, computed in the Content Heatmap pass (the same heatmaps, no extra forward).
+
+A metric declares its name (the key in ``final.json``, ``metrics.csv`` and ``eval.jsonl``), its
+report column, its TensorBoard tag, and how it scores a batch::
+
+    score(cams [B, h, w], boxes: B arrays [n_i, 4] (original pixels), size (H, W)) -> [B] float64 in [0, 1]
+
+It runs where CH runs (every ``--ch-every`` epochs, the final and the best checkpoint,
+``semisup/evaluate.py --metrics ch``), costs one upsampling per image beside CH's, and is reported
+as the percentage mean over images. Content Heatmap itself, with its published-protocol details,
+is :func:`semisup.data.boxes.content_heatmap`. A new metric is one function in a file of its own::
+
+    from semisup.eval.heatmap_metrics import register_heatmap_metric
+    @register_heatmap_metric("my_metric", column="Mine")
+    def my_metric(cams, boxes, size): ...       # -> [B]
+
+loaded with ``--plugins MODULE`` where it lies outside the package.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from semisup.data.boxes import box_mask
+from semisup.registry import HEATMAP_METRICS
+
+Score = Callable[[torch.Tensor, list[np.ndarray], tuple[int, int]], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class HeatmapMetric:
+    name: str  # the results key
+    column: str  # the report's column
+    tag: str  # TensorBoard's tag
+    score: Score  # (cams, boxes, size) -> [B] in [0, 1]
+    summary: str
+
+
+def register_heatmap_metric(name: str, column: str | None = None, tag: str | None = None) -> Callable[[Score], Score]:
+    """``@register_heatmap_metric("name", column="Column")`` on ``score(cams, boxes, size) -> [B]``."""
+    def add(score: Score) -> Score:
+        summary = ((score.__doc__ or name).strip().splitlines() or [name])[0]
+        HEATMAP_METRICS.register(name, HeatmapMetric(name, column or name, tag or f"val/{name}", score, summary))
+        return score
+    return add
+
+
+def upsampled(cams: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """[B, h, w] -> [B, H, W] bilinear, as Content Heatmap resizes (half-pixel centres)."""
+    return F.interpolate(cams.float().unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
+
+
+@register_heatmap_metric("pointing_game", column="Pointing")
+def pointing_game(cams: torch.Tensor, boxes: list[np.ndarray], size: tuple[int, int]) -> torch.Tensor:
+    """Pointing game (Zhang et al. 2016): a hit where the heatmap's maximum, at the annotated
+    image's size, lies inside a box of the class (the first maximum in row-major order; an
+    all-zero map points at the top-left pixel)."""
+    up = upsampled(cams, size)
+    peak = up.flatten(1).argmax(1)
+    masks = torch.stack([box_mask(b, *size) for b in boxes]).to(up.device)
+    return masks.flatten(1).gather(1, peak[:, None]).squeeze(1).double()
+
+
+def scores(cams: torch.Tensor, boxes: list[np.ndarray], size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """{name: [B] float64} of every registered heatmap metric."""
+    return {name: metric.score(cams, boxes, size).double() for name, metric in HEATMAP_METRICS.items()}

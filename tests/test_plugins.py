@@ -1,0 +1,150 @@
+"""The platform: an explainer, a heatmap metric and a dataset format added from a module outside
+the package, through the registries alone, then trained and evaluated with through the commands
+a user runs; a ViT from timm trained with CGC and scored with CH; a Score-CAM evaluation of a
+run's checkpoint; the pointing game against a hand computation."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from semisup.eval.heatmap_metrics import pointing_game
+from semisup.registry import DATA_FORMATS, EXPLAINERS, HEATMAP_METRICS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+EXTENSION = textwrap.dedent('''
+    """A researcher's extension, outside the package: one explainer, one metric, one data format."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from semisup.data.bundle import DataBundle, EvalSet
+    from semisup.data.datasets import ArraySource
+    from semisup.data.formats import register_data_format
+    from semisup.eval.heatmap_metrics import register_heatmap_metric, upsampled
+    from semisup.method.explainers import get, register_explainer
+
+
+    @register_explainer("bright-gradcam")
+    def bright_gradcam(request):
+        """Grad-CAM weighted by each region's mean input brightness: it sees the images."""
+        cam = get("gradcam")(request)
+        brightness = F.adaptive_avg_pool2d(request.images.mean(1, keepdim=True), cam.shape[-2:])[:, 0]
+        return cam * torch.sigmoid(brightness)
+
+
+    @register_heatmap_metric("top_half_mass", column="Top half")
+    def top_half_mass(cams, boxes, size):
+        """Share of the heatmap's mass in the image's top half."""
+        up = upsampled(cams, size).clamp_min(0).double()
+        return up[:, : size[0] // 2].sum((1, 2)) / up.sum((1, 2)).clamp_min(1e-12)
+
+
+    @register_data_format("stripes")
+    def stripes(cfg, decode_check):
+        """4 classes of 32 x 32 images: a bright stripe at one of 4 heights; the box is the stripe."""
+        rng = np.random.default_rng(0)
+        def make(n):
+            labels = np.arange(n) % 4
+            images = rng.integers(0, 60, (n, 32, 32, 3), dtype=np.uint8)
+            for i, c in enumerate(labels):
+                images[i, 8 * c: 8 * c + 8] = 220
+            boxes = [np.array([[0, 8 * c, 32, 8 * c + 8]], dtype=np.float32) for c in labels]
+            return ArraySource(images, labels), boxes
+        train, _ = make(64)
+        val, boxes = make(16)
+        labeled = np.arange(0, 64, 4)
+        summary = dict(dataset="stripes", classes=4, labeled=len(labeled), unlabeled=64, validation=16,
+                       validation_with_boxes=16, dataset_digest="stripes-v1")
+        return DataBundle(["a", "b", "c", "d"], train, labeled, train, np.arange(64),
+                          EvalSet(val, boxes, [(32, 32)] * 16), summary)
+''')
+
+
+def run(*argv: str, env: dict | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=cwd, timeout=600,
+                          env={**os.environ, **(env or {})})
+
+
+def test_an_explainer_a_metric_and_a_data_format_from_a_module_outside_the_package(tmp_path):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "stripes_extension.py").write_text(EXTENSION)
+    env = {"PYTHONPATH": str(plugins)}
+    run_dir = tmp_path / "run"
+    out = run("semisup/run.py", "--plugins", "stripes_extension", "--data", str(tmp_path), "--data-format", "stripes",
+              "--explainer", "bright-gradcam", "--arch", "resnet_tiny", "--image-size", "32", "--resize-size", "32",
+              "--ch-short-side", "32", "--batch-labeled", "8", "--batch-unlabeled", "8", "--group-size", "8",
+              "--epochs", "2", "--workers", "0", "--gallery", "0", "--run-dir", str(run_dir), env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    final = json.loads((run_dir / "final.json").read_text())
+    assert final["final"]["top_half_mass"] is not None and 0 <= final["final"]["top_half_mass"] <= 100
+    assert 0 <= final["final"]["pointing_game"] <= 100 and np.isfinite(final["final"]["train_consistency"])
+    assert "top_half_mass" in (run_dir / "metrics.csv").read_text().splitlines()[0]
+    # The same run evaluated later loads its plugin from its own settings; the report gets the column.
+    out = run("semisup/evaluate.py", "--checkpoint", str(run_dir / "checkpoint.pt"), "--metrics", "top1,ch",
+              "--gallery", "0", env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = run("semisup/report.py", str(run_dir), env={**env, "SEMISUP_PLUGINS": "stripes_extension"})
+    assert report.returncode == 0 and "Top half" in report.stdout, report.stdout + report.stderr
+    # Without the module on the path: one line naming it.
+    missing = run("semisup/run.py", "--plugins", "stripes_extension", "--dry-run")
+    assert missing.returncode != 0 and missing.stderr.count("\n") == 1
+    assert "--plugins stripes_extension: cannot import it" in missing.stderr
+
+
+def test_a_vit_from_timm_trains_with_cgc_and_is_scored_with_ch(tmp_path, demo_cache):
+    pytest.importorskip("timm")
+    from semisup.config import parse_config
+    from semisup.train.trainer import train
+    result = train(parse_config([
+        "--arch", "timm/deit_tiny_patch16_224", "--labeled-fraction", "0.05", "--max-steps", "3", "--batch-labeled", "8",
+        "--batch-unlabeled", "8", "--group-size", "8", "--workers", "0", "--max-eval-images", "16", "--gallery", "0",
+        "--pretrained", "none", "--demo-cache", demo_cache, "--run-dir", str(tmp_path / "vit")]))
+    final = result["final"]
+    assert result["steps"] == 3 and np.isfinite(final["train_consistency"]) and final["train_consistency"] > 0
+    assert final["ch"] is not None and 0 < final["ch"] <= 100
+
+
+def test_a_score_cam_evaluation_of_a_runs_checkpoint_prints_ch(tmp_path, demo_cache):
+    pytest.importorskip("pytorch_grad_cam")
+    run_dir = tmp_path / "run"
+    out = run("semisup/run.py", "--labeled-fraction", "0.05", "--max-steps", "2", "--batch-labeled", "8",
+              "--batch-unlabeled", "8", "--group-size", "8", "--workers", "0", "--max-eval-images", "8", "--gallery", "0",
+              "--demo-cache", demo_cache, "--run-dir", str(run_dir))
+    assert out.returncode == 0, out.stderr[-2000:]
+    out = run("semisup/evaluate.py", "--checkpoint", str(run_dir / "checkpoint.pt"), "--explainer", "pgc/ScoreCAM",
+              "--metrics", "ch", "--max-eval-images", "8", "--gallery", "0", "--out", str(tmp_path / "scorecam"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    header, *rows = [line for line in out.stdout.splitlines() if "CH" in line or line.startswith("cgc")]
+    row = json.loads((tmp_path / "scorecam" / "eval.jsonl").read_text().splitlines()[-1])
+    assert 0 < row["ch"] <= 100 and f"{row['ch']:.2f}" in out.stdout
+    unknown = run("semisup/evaluate.py", "--checkpoint", str(run_dir / "checkpoint.pt"), "--explainer", "pgc/Nope",
+                  "--metrics", "ch")
+    assert unknown.returncode != 0 and unknown.stderr.count("\n") == 1 and "pgc/ScoreCAM" in unknown.stderr
+
+
+def test_the_pointing_game_against_a_hand_computation():
+    cams = torch.zeros(3, 4, 4)
+    cams[0, 0, 0] = 1.0  # peak top-left
+    cams[1, 3, 3] = 1.0  # peak bottom-right
+    # Third: all zero: the first maximum, the top-left pixel.
+    boxes = [np.array([[0, 0, 4, 4]], np.float32), np.array([[0, 0, 4, 4]], np.float32),
+             np.array([[4, 4, 8, 8]], np.float32)]
+    hits = pointing_game(cams, boxes, (8, 8))
+    # Upsampled x2, the peaks sit at pixels (0, 0) and (7, 7): inside the top-left box, outside it.
+    assert hits.tolist() == [1.0, 0.0, 0.0]
+
+
+def test_the_registries_are_the_only_lists_of_names():
+    assert {"gradcam", "gradcam++", "layercam"} <= set(EXPLAINERS.names())
+    assert "pointing_game" in HEATMAP_METRICS
+    assert {"imagefolder", "fgvc-aircraft"} == set(DATA_FORMATS.names())
+    help_text = run("semisup/run.py", "--help").stdout
+    assert "layercam" in help_text and "pgc/<Class>" in help_text
