@@ -124,9 +124,7 @@ def gradcam(model: nn.Module, logits: torch.Tensor, features: torch.Tensor, clas
 @register_explainer("gradcam", closed_form=True)
 def _gradcam(r: ExplainRequest) -> torch.Tensor:
     """Grad-CAM as CGC trains it (the released method): relu(sum_k dS_c/dA_k * A_k)."""
-    if pooled_linear_head(r.model) is not None:
-        return gradcam(r.model, r.logits, r.features, r.classes)
-    return gradcam(r.model, *r.graph(), r.classes)
+    return _on_request(gradcam, r)
 
 
 # pytorch-grad-cam's GradCAMPlusPlus adds this to the alpha denominator.
@@ -145,6 +143,28 @@ def _plus_plus_map(grads: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
     return F.relu((weights * features).sum(1))
 
 
+def class_gradients(model: nn.Module, logits: torch.Tensor, features: torch.Tensor, classes: torch.Tensor
+                    ) -> torch.Tensor:
+    """dS_c/dA [B, C, h, w] of each image's class score: for a pooled linear head W_c / (h w) at
+    every position, a broadcast of the class weights (no second backward); otherwise from
+    autograd, with the graph kept for training."""
+    head = pooled_linear_head(model)
+    if head is not None:
+        h, w = features.shape[-2:]
+        return (head.weight.float()[classes] / (h * w))[:, :, None, None].expand_as(features)
+    score = logits.float().gather(1, classes.view(-1, 1)).sum()
+    (grads,) = torch.autograd.grad(score, features, create_graph=True)
+    return grads
+
+
+def _on_request(method: Callable, r: ExplainRequest) -> torch.Tensor:
+    """``method(model, logits, features, classes)`` on a request: its own tensors where a closed
+    form needs no graph, else the logits and features of a graph."""
+    if pooled_linear_head(r.model) is not None:
+        return method(r.model, r.logits, r.features, r.classes)
+    return method(r.model, *r.graph(), r.classes)
+
+
 @cgc.float32
 def gradcam_plus_plus(
     model: nn.Module, logits: torch.Tensor, features: torch.Tensor, classes: torch.Tensor
@@ -153,22 +173,13 @@ def gradcam_plus_plus(
     position, so the gradients are a broadcast of the class weights (no second backward);
     otherwise they come from autograd, with the graph kept for training."""
     features = features.float()
-    head = pooled_linear_head(model)
-    if head is not None:
-        h, w = features.shape[-2:]
-        grads = (head.weight.float()[classes] / (h * w))[:, :, None, None].expand_as(features)
-    else:
-        score = logits.float().gather(1, classes.view(-1, 1)).sum()
-        (grads,) = torch.autograd.grad(score, features, create_graph=True)
-    return _plus_plus_map(grads.float(), features)
+    return _plus_plus_map(class_gradients(model, logits, features, classes).float(), features)
 
 
 @register_explainer("gradcam++", closed_form=True)
 def _gradcam_plus_plus(r: ExplainRequest) -> torch.Tensor:
     """Grad-CAM++ (Chattopadhyay et al.), pytorch-grad-cam's formula."""
-    if pooled_linear_head(r.model) is not None:
-        return gradcam_plus_plus(r.model, r.logits, r.features, r.classes)
-    return gradcam_plus_plus(r.model, *r.graph(), r.classes)
+    return _on_request(gradcam_plus_plus, r)
 
 
 @cgc.float32
@@ -176,22 +187,13 @@ def layercam(model: nn.Module, logits: torch.Tensor, features: torch.Tensor, cla
     """LayerCAM (Jiang et al. 2021): relu(sum_k relu(dS_c/dA_k) * A_k), [B, h, w]. For a pooled
     linear head the gradient is W_c / (h w) at every position (a closed form)."""
     features = features.float()
-    head = pooled_linear_head(model)
-    if head is not None:
-        h, w = features.shape[-2:]
-        grads = (head.weight.float()[classes] / (h * w))[:, :, None, None].expand_as(features)
-    else:
-        score = logits.float().gather(1, classes.view(-1, 1)).sum()
-        (grads,) = torch.autograd.grad(score, features, create_graph=True)
-    return F.relu((F.relu(grads) * features).sum(1))
+    return F.relu((F.relu(class_gradients(model, logits, features, classes)) * features).sum(1))
 
 
 @register_explainer("layercam", closed_form=True)
 def _layercam(r: ExplainRequest) -> torch.Tensor:
     """LayerCAM: positive gradients weight each position of each channel."""
-    if pooled_linear_head(r.model) is not None:
-        return layercam(r.model, r.logits, r.features, r.classes)
-    return layercam(r.model, *r.graph(), r.classes)
+    return _on_request(layercam, r)
 
 
 def autograd_definition(name: str) -> Callable:
