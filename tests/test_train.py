@@ -91,5 +91,5 @@ def test_explained_class_on_unlabeled_images_and_lambda_warmup(tmp_path, demo_ca
     weights = []
     for step in (epoch, 2 * epoch, 5 * epoch):
         trainer.state.step = step
-        weights.append(trainer.consistency_weight())
+        weights.append(trainer.cgc_weight())
     assert weights == pytest.approx([0.25, 0.5, 0.5])

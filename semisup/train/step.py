@@ -54,9 +54,9 @@ class StepSettings:
 
 
 def cgc_step(
-    model: nn.Module, labeled: LabeledBatch, pair: PairBatch | None, weight: float, s: StepSettings
+    model: nn.Module, labeled: LabeledBatch, pair: PairBatch | None, cgc_weight: float, s: StepSettings
 ) -> StepLosses:
-    """The losses of one step (no optimiser work); ``weight`` is lambda at this step."""
+    """The losses of one step (no optimiser work); ``cgc_weight`` is lambda (``--lambda``) at this step."""
     with s.autocast():
         logits, _ = model(labeled.images)
         ce = s.ce(logits, labeled.labels)
@@ -77,7 +77,7 @@ def cgc_step(
                 cam = s.explain(pair.view, view_logits, view_features, classes)
                 cam_aug = s.explain(pair.aug, aug_logits, aug_features, classes)
                 consistency = s.consistency(cam_aug, cam, pair.boxes, pair.flips)
-    loss = ce + weight * consistency
+    loss = ce + cgc_weight * consistency
     return StepLosses(ce=ce.detach(), consistency=consistency.detach().float(), loss=loss)
 
 

@@ -234,7 +234,7 @@ class Trainer:
         averaged (a partial last batch weighs its pieces equally)."""
         return R.replica_mean(per_sample, self.loss_replicas)
 
-    def consistency_weight(self) -> float:
+    def cgc_weight(self) -> float:
         """Lambda at the current step, ramped linearly over --cgc-warmup-epochs (a Python
         float computed from the step counter: no device sync)."""
         ramp_steps = self.cfg.cgc_warmup_epochs * self.schedule.steps_per_epoch
@@ -262,10 +262,10 @@ class Trainer:
         crops, pair = to_device(labeled, self.device, self.channels_last, pair=self.pair_on_labeled)
         if unlabeled is not None:
             _, pair = to_device(unlabeled, self.device, self.channels_last, pair=True)
-        weight, settings = self.consistency_weight(), settings or self.settings
+        cgc_weight, settings = self.cgc_weight(), settings or self.settings
 
         def step(model: nn.Module) -> StepLosses:
-            losses = cgc_step(model, crops, pair, weight, settings)
+            losses = cgc_step(model, crops, pair, cgc_weight, settings)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(losses.loss).backward()
             self.scaler.step(self.optimizer)
