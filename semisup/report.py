@@ -1,4 +1,4 @@
-"""Results tables, plots and galleries from run directories: ``python semisup/report.py runs/* --out results/``.
+"""Results tables, plots and galleries from run directories: ``python semisup/report.py runs/* --out reports/``.
 
 The tables' code is ``semisup.tools.report``; ``--help`` lists the options.
 """

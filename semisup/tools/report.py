@@ -1,6 +1,6 @@
 """Results tables from run directories, in the published layouts.
 
-    python semisup/report.py runs/*  [--out results/]
+    python semisup/report.py runs/*  [--out reports/]
 
 Limited-label table: Method | Labeled | Start | Top-1 | Top-5 | CH (mean ± std over seeds).
 Full-supervision table: Architecture | Method | Top-1 | CH | CGC Loss.

@@ -37,6 +37,7 @@ from semisup.models import replicas as R
 from semisup.models.base import build_model
 from semisup.models.loading import load_pretrained
 from semisup.runfiles import RunFiles
+from semisup.train.checkpointer import Checkpointer, NonFiniteLoss, UnreadableCheckpoint  # noqa: F401 (re-exported)
 from semisup.train.compiling import CompiledForward
 from semisup.train.preemption import SignalCheckpoint, Stop, signal_name
 from semisup.train.rundir import RunDirError, acquire_lock, archive_previous, prepare_run_dir  # noqa: F401 (RunDirError: re-exported)
@@ -51,16 +52,8 @@ log = logging.getLogger(__name__)
 LABELED_STREAM, UNLABELED_STREAM = 0, 1
 
 
-class NonFiniteLoss(UserError, RuntimeError):
-    """The loss became NaN or infinite (too high a learning rate, fp16 overflow)."""
-
-
 class BadDataError(UserError, RuntimeError):
     """More unreadable images than --max-bad-fraction allows."""
-
-
-class UnreadableCheckpoint(UserError, RuntimeError):
-    """The checkpoint to resume from is truncated or damaged."""
 
 
 LOG_FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
@@ -187,6 +180,8 @@ class Trainer:
         self.times = PartTimes()
         self.forward = CompiledForward(self.model, lambda: self.model, enabled=False)  # fit() sets the run's
         self.runlog = RunLog(run_dir, dist.is_main)
+        self.checkpointer = Checkpointer(run_dir, dist, self.model, self.optimizer, self.scaler, self.state,
+                                         cfg.to_dict(), steps_per_epoch)
         self.settings = self.step_settings()
 
     # ---- one optimisation step -------------------------------------------------------
@@ -276,84 +271,18 @@ class Trainer:
         return self.forward.run(step, shapes, self.optimizer)
 
     # ---- state ----------------------------------------------------------------------
-    def checkpoint_state(self) -> dict:
-        """What checkpoint.pt holds: weights, optimiser, the TrainState's entries, RNG and config."""
-        return dict(
-            model=self.model.state_dict(), optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
-            **self.state.state_dict(), epoch=self.state.step // self.schedule.steps_per_epoch, rng=ckpt.rng_state(),
-            config=self.cfg.to_dict(),
-        )
-
     def stop_non_finite(self, what: str, step: int) -> None:
-        path = RunFiles(self.run_dir).checkpoint
-        kept = (f"the last good checkpoint is {path} (step {ckpt.load(path)['step']})" if path.exists()
-                else "no checkpoint was written before it")
-        raise NonFiniteLoss(
-            f"non-finite {what} at step {step}; {kept} (try a lower --lr-head/--lr-trunk or --amp bf16)"
-        )
+        self.checkpointer.stop_non_finite(what, step)
 
     def save(self) -> None:
         with self.times.part("checkpoints"):
-            self._save()
-
-    def _save(self) -> None:
-        # An update can overflow the weights while the loss that produced it was finite: such a
-        # state is never written over the last good checkpoint.
-        tensors = [
-            t for t in self.model.state_dict().values() if t.is_floating_point()
-        ]  # weights and BatchNorm statistics
-        if not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
-            self.stop_non_finite("weights", self.state.step)
-        if self.dist.is_main:
-            ckpt.save_atomic(self.checkpoint_state(), RunFiles(self.run_dir).checkpoint, keep_previous=True)
-        D.barrier()
-
-    @staticmethod
-    def unusable_checkpoint(path: Path, what: str) -> "UnreadableCheckpoint":
-        prev = ckpt.previous(path)
-        earlier = (f"the previous checkpoint {prev} is kept: `mv {prev} {path}` resumes from it"
-                   if prev.exists() else "no earlier checkpoint exists")
-        return UnreadableCheckpoint(f"{path} {what}; {earlier}; or `mv {path} {path}.damaged` to start the run anew")
+            self.checkpointer.save()
 
     def resume(self) -> bool:
-        path = RunFiles(self.run_dir).checkpoint
-        if not path.exists():
-            return False
-        try:
-            state = ckpt.load(path)
-        except Exception as err:  # torch raises several types for a truncated or damaged file
-            raise self.unusable_checkpoint(
-                path, f"cannot be read, truncated or damaged ({type(err).__name__})"
-            ) from err
-        missing = [
-            k
-            for k in ("model", "optimizer", "scaler", "rng", *TrainState.REQUIRED)
-            if not isinstance(state, dict) or k not in state
-        ]
-        if missing:
-            raise self.unusable_checkpoint(
-                path, f"is not a checkpoint to resume from (no {', '.join(missing)}: a model_best.pt copied over it?)"
-            )
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.state.load_state_dict(state, labeled_per_step=self.cfg.batch_labeled)
-        earlier = self.state.process_counts
-        if earlier and earlier[-1] != self.dist.world:
-            log.warning(
-                "resuming on %d process(es); the run trained on %d until step %d: batches per process and the "
-                "negatives' and BatchNorm's groups follow the new count (recorded in final.json)",
-                self.dist.world,
-                earlier[-1],
-                state["step"],
-            )
-            self.state.process_counts = earlier + [self.dist.world]
-        elif not earlier:
-            self.state.process_counts = [self.dist.world]
-        ckpt.set_rng_state(state["rng"])
-        self.runlog.purge_after = self.state.step
-        log.info("resumed from %s at step %d (epoch %d)", path, self.state.step, state["epoch"])
-        return True
+        resumed = self.checkpointer.resume(labeled_per_step=self.cfg.batch_labeled)
+        if resumed:
+            self.runlog.purge_after = self.state.step  # TensorBoard's steps after the checkpoint go
+        return resumed
 
     # ---- loop ------------------------------------------------------------------------
     def loaders(self):
@@ -579,15 +508,7 @@ class Trainer:
 
     def save_best(self) -> None:
         with self.times.part("checkpoints"):
-            self._save_best()
-
-    def _save_best(self) -> None:
-        if self.dist.is_main:
-            ckpt.save_atomic(
-                dict(model=self.model.state_dict(), config=self.cfg.to_dict(), **self.state.best),
-                RunFiles(self.run_dir).best,
-            )
-        D.barrier()
+            self.checkpointer.save_best()
 
     def log_start(self) -> None:
         cfg, d = self.cfg, self.dist
@@ -843,7 +764,7 @@ def next_commands(run_dir: Path) -> str:
     parent = run_dir.parent
     return (
         f"\nrun directory: {run_dir} (metrics.csv, final.json, gallery.png, tensorboard/)\nnext:\n  python"
-        f" semisup/report.py {parent}/* --out results/        # tables over seeds, plots, galleries\n  tensorboard"
+        f" semisup/report.py {parent}/* --out reports/        # tables over seeds, plots, galleries\n  tensorboard"
         f" --logdir {parent}                              # curves, galleries, hyper-parameters\n  python"
         f" semisup/evaluate.py --checkpoint {run_dir / 'checkpoint.pt'} --metrics iauc,dauc   # insertion /"
         " deletion AUC"
