@@ -514,6 +514,10 @@ class Trainer:
         cfg, d = self.cfg, self.dist
         if random_start_warning(cfg):
             log.warning("%s", random_start_warning(cfg))
+        never = [m for m in cfg.lr_milestones if m >= cfg.epochs]
+        if never:  # accepted (a short trial of a long recipe), but said: the rate never decays there
+            log.warning("--lr-milestones %s: at or beyond --epochs %s, the learning rate never decays there",
+                        " ".join(map(str, never)), cfg.epochs)
         threads = f"{self.threads.threads} thread(s) per process: {self.threads.why}" if self.threads else ""
         log.info(
             "run dir %s; %d process(es) on %s; %s; amp %s; torch.compile %s", self.run_dir, d.world, self.device,
