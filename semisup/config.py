@@ -410,7 +410,7 @@ def check_device(device: str) -> None:
     on, before anything is created; never at submission, whose login node may have no GPU."""
     if not device.startswith("cuda"):
         return
-    import torch  # only here: the rest of the settings never need it
+    import torch  # deferred: a config file's own checks need torch only through the registries' modules
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     index = int(device[5:]) if device.startswith("cuda:") else 0
     if index >= count:

@@ -41,17 +41,16 @@ def documents(root: Path) -> list[Path]:
     return sorted({p for pattern in DOCUMENTS for p in root.glob(pattern)})
 
 
-def code_spans(text: str) -> list[str]:
-    """Inline code spans and the lines of fenced blocks."""
+def code_spans(text: str) -> list[tuple[int, str]]:
+    """(line number, text) of every inline code span and every line of a fenced block."""
     spans, in_block = [], False
-    for line in text.splitlines():
+    for lineno, line in enumerate(text.splitlines(), 1):
         if line.strip().startswith("```"):
             in_block = not in_block
-            continue
-        if in_block:
-            spans.append(line)
+        elif in_block:
+            spans.append((lineno, line))
         else:
-            spans += re.findall(r"`([^`\n]+)`", line)
+            spans += [(lineno, span) for span in re.findall(r"`([^`\n]+)`", line)]
     return spans
 
 
@@ -188,25 +187,11 @@ def problems(root: Path) -> list[str]:
     for doc in documents(root):
         text = doc.read_text(encoding="utf-8")
         where = doc.relative_to(root)
-        for lineno, line in enumerate(text.splitlines(), 1):
-            for span in code_spans(line) if "`" in line else []:
-                for problem in check_flags(span, known) + check_paths(span, root) + check_names(span, root, modules):
-                    found.append(f"{where}:{lineno}: {problem}")
+        for lineno, span in code_spans(text):
+            for problem in check_flags(span, known) + check_paths(span, root) + check_names(span, root, modules):
+                found.append(f"{where}:{lineno}: {problem}")
         found += [f"{where}: {p}" for p in check_links(text, doc, root) + check_quoted_numbers(text, root)]
-        found += [f"{where}: {p}" for p in _block_problems(text, root, known, modules)]
     return found
-
-
-def _block_problems(text: str, root: Path, known: set[str], modules) -> list[str]:
-    """Fenced code blocks (their lines hold no backticks to find them by)."""
-    out, in_block = [], False
-    for line in text.splitlines():
-        if line.strip().startswith("```"):
-            in_block = not in_block
-            continue
-        if in_block:
-            out += check_flags(line, known) + check_paths(line, root) + check_names(line, root, modules)
-    return out
 
 
 def main(argv: list[str]) -> int:

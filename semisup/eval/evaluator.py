@@ -177,7 +177,8 @@ class Evaluator:
             images = batch["image"].to(self.device, non_blocking=True)
             target = batch["label"].to(self.device)
             with self._autocast():
-                logits, features = model(T.normalize(images, channels_last=self._channels_last()))
+                normalised = T.normalize(images, channels_last=self._channels_last())
+                logits, features = model(normalised)
             logits = logits.float()
             top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
             sums[0] += (top5[:, 0] == target).sum()
@@ -189,7 +190,7 @@ class Evaluator:
             feats.append(F.normalize(features.float().mean((2, 3)), dim=1))
             labels.append(target)
             if cgc and len(target) > 1:
-                loss = self._cgc_loss(model, images, logits, features, target, batch["index"])
+                loss = self._cgc_loss(model, images, normalised, logits, features, target, batch["index"])
                 sums[3] += loss * len(target)
                 sums[4] += len(target)
         D.all_reduce_sum(sums)
@@ -207,9 +208,10 @@ class Evaluator:
     def _channels_last(self) -> bool:
         return D.uses_channels_last(self.cfg, self.device)
 
-    def _cgc_loss(self, model, images, logits, features, target, index) -> torch.Tensor:
+    def _cgc_loss(self, model, images, normalised, logits, features, target, index) -> torch.Tensor:
         """Validation CGC loss with transforms seeded by image index (the same for every
-        checkpoint), ground-truth class, per batch of VAL_CGC_BATCH images in file order."""
+        checkpoint), ground-truth class, per batch of VAL_CGC_BATCH images in file order
+        (``images`` uint8, ``normalised`` the model's input of them)."""
         raw = _unwrap(model)
         augs, boxes, flips = [], [], []
         for image, i in zip(images.cpu(), index.tolist()):
@@ -218,8 +220,7 @@ class Evaluator:
         aug_images = T.normalize(torch.stack(augs).to(self.device), channels_last=self._channels_last())
         with self._autocast():
             aug_logits, aug_features = model(aug_images)
-        view_images = T.normalize(images, channels_last=self._channels_last())
-        cam = self.explain(raw, view_images, logits, features, target)
+        cam = self.explain(raw, normalised, logits, features, target)
         cam_aug = self.explain(raw, aug_images, aug_logits, aug_features, target)
         return cgc.cgc_loss(
             cam_aug, cam, torch.stack(boxes), torch.stack(flips), self.cfg.temperature, self.cfg.cam_size,

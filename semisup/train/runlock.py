@@ -34,7 +34,7 @@ import uuid
 from pathlib import Path
 
 from semisup import scheduler
-from semisup.files import write_json_atomic
+from semisup.files import named, write_json_atomic
 from semisup.runfiles import RunFiles
 
 log = logging.getLogger(__name__)
@@ -306,7 +306,10 @@ def acquire_lock(path: Path, error: type[Exception] = LockHeld) -> HeldLock:
     # lock, renamed there under the guard): a reader never sees half a lock.
     tmp = path / f"{RunFiles.LOCK}.{socket.gethostname()}.{os.getpid()}.{record['token'][:8]}"
     try:
-        tmp.write_text(json.dumps(record))
+        try:
+            tmp.write_text(json.dumps(record))
+        except OSError as err:  # a full disk: the line names the lock, not a bare "No space left"
+            raise named(err, RunFiles(path).lock) from None
         try:
             os.link(tmp, RunFiles(path).lock)  # atomic: fails if another run created the lock meanwhile
         except FileExistsError:

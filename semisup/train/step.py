@@ -44,9 +44,9 @@ class StepSettings:
     """What a step needs besides the model and the batches."""
     ce: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits [B, K], labels [B]) -> [] mean CE
     consistency: Callable[..., torch.Tensor]  # (cam_aug, cam [B, h, w], boxes, flips) -> []
-    # (images [B, 3, S, S], logits [B, K], features [B, C, h, w], classes [B]) -> heatmaps [B, h, w]
+    # (images [B, 3, S, S], logits [B, K], features [B, C, h, w], classes [B]) -> heatmaps [B, h, w];
+    # None: the benchmark's floor (same forwards and backward, no heatmap)
     explain: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None
-    # None; None: the benchmark's floor (same forwards and backward, no heatmap)
     uses_heatmaps: bool = True  # lambda > 0 in the config: the pair's graph is kept
     pair_on_labeled: bool = False  # full supervision: the pair is the labeled images, CE on all three forwards
     explain_label: bool = False  # --cam-class label: explain the true class (a diagnostic)
