@@ -84,8 +84,8 @@ def test_tensorboard_and_train_log_on_a_full_disk_let_the_run_go_on(tmp_path, de
     assert code == 0 and "Traceback" not in err and err.count("TensorBoard's event file could not be written") == 1, err
     assert (tmp_path / "tb" / "final.json").is_file()
     monkeypatch.undo()
-    import semisup.train.trainer as trainer
-    monkeypatch.setattr(trainer.RunLogFile, "flush", full)
+    import semisup.train.logs as logs
+    monkeypatch.setattr(logs.RunLogFile, "flush", full)
     code, err = run(QUICK + ["--demo-cache", demo_cache, "--run-dir", str(tmp_path / "log")])
     assert code == 0 and "Traceback" not in err and "--- Logging error ---" not in err, err
     assert err.count("train.log could not be written (No space left on device); the log goes on in the console") == 1

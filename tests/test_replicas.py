@@ -179,3 +179,32 @@ def test_default_decode_equals_pils_full_decode_and_the_draft_is_opt_in(tmp_path
         assert torch.equal(exact[(i, 7)]["view"], T.center_view(pil, 256, 224))
         differs += not torch.equal(draft[(i, 7)]["view"], exact[(i, 7)]["view"])
     assert differs >= 2  # the two files at least twice the view: decoded at a reduced scale only when asked for
+
+
+@pytest.mark.parametrize("consistency", ["cgc", "l2"])
+def test_the_runs_consistency_term_is_built_for_its_replicas(consistency):
+    """The term the config names, built once for the run (``train/consistency.py``): on the 11
+    images of a partial batch in replicas of 64, InfoNCE's groups and L2's weighting are the
+    released replicas' (6 + 5), not one group over the batch."""
+    from semisup.config import make_config
+    from semisup.data.bundle import DataBundle, EvalSet
+    from semisup.distributed import Dist
+    from semisup.train.trainer import Trainer
+    cfg = make_config(dict(data="x", arch="resnet_tiny", image_size=16, batch_labeled=128, batch_unlabeled=128,
+                           consistency=consistency, device="cpu"))
+    bundle = DataBundle([str(i) for i in range(5)], None, np.arange(128), None, None, EvalSet(None, None), {})
+    term = Trainer(cfg, Dist(), None, bundle).consistency
+    g = torch.Generator().manual_seed(3)
+    cam, cam_aug = torch.rand(11, 7, 7, generator=g), torch.rand(11, 7, 7, generator=g)
+    pixel, boxes, flips = pixel_boxes_and_flips(11, g)
+    if consistency == "cgc":
+        assert term.negatives_per_anchor(128) == 63 and term.negatives_per_anchor(11, fewest=True) == 4
+        expected = released_cgc_loss(cam_aug, cam, pixel, flips.tolist(), group_size=6, temperature=cfg.temperature)
+        one_group = cgc.cgc_loss(cam_aug, cam, boxes, flips, cfg.temperature, cfg.cam_size)
+    else:
+        assert term.negatives_per_anchor(128) is None
+        per_sample = cgc.gcc_l2_per_sample(cam_aug, cam, boxes, flips, cfg.cam_size)
+        expected, one_group = (per_sample[:6].mean() + per_sample[6:].mean()) / 2, per_sample.mean()
+    value = term(cam_aug, cam, boxes, flips)
+    torch.testing.assert_close(value, expected.float(), rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(value, one_group.float(), rtol=1e-4, atol=0)  # the replicas matter here

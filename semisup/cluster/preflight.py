@@ -20,7 +20,9 @@ from semisup.config import parse_config, validate
 from semisup.data.imagenet import shared_scans
 from semisup.errors import UserError
 from semisup.files import write_json_atomic
-from semisup.train.trainer import check_start, print_summary, setup_logging
+from semisup.train.logs import setup_logging
+from semisup.train.summary import print_summary
+from semisup.train.trainer import check_start
 
 
 def check_jobs(jobs: list[dict], tasks: int, decode_check: bool) -> list[dict]:

@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from semisup.files import write_atomic, write_text_atomic
+from semisup.registry import METRICS
 from semisup.runfiles import RunFiles
 
 log = logging.getLogger("semisup.train.trainer")
@@ -48,7 +49,9 @@ _NOT_LOGGED_AT_EPOCHS = ("epoch", "step", "lr_trunk", "lr_head")  # the step lin
 
 
 def epoch_tag(key: str) -> str:
-    return _EPOCH_TAGS.get(key, f"val/{key}")
+    """A metrics.csv column's TensorBoard tag: the training numbers' above, a metric's its own
+    declaration (semisup.registry.METRICS), anything else of the evaluation under val/."""
+    return _EPOCH_TAGS.get(key) or METRICS.tag(key) or f"val/{key}"
 
 
 def _quiet_tensorboard_thread(args) -> None:
@@ -155,8 +158,9 @@ class RunLog:
             k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in settings.items() if k in HPARAMS
         }
         hparams["method"] = result.get("method", "")
+        keys = METRICS.hparams()  # the metrics that declare themselves hparams (top1, top5, ch, knn_top1, ...)
         metrics = {f"hparam/{which}_{k}": v for which in ("final", "best") for k, v in (result.get(which) or {}).items()
-                   if k in ("top1", "top5", "ch", "knn_top1") and isinstance(v, (int, float)) and math.isfinite(v)}
+                   if k in keys and isinstance(v, (int, float)) and math.isfinite(v)}
         self.tensorboard(lambda writer: (writer.add_hparams(hparams, metrics, run_name="."), writer.flush()))
 
     def close(self) -> None:

@@ -7,11 +7,9 @@ consistency loss is applied to the labeled images with their true class instead.
 """
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,103 +17,49 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 from semisup import checkpoint as ckpt
 from semisup import cpus
 from semisup import distributed as D
-from semisup.config import Config, ConfigError, check_device, compiles, save_config
-from semisup.data.datasets import DataBundle, EpochSampler, StreamSampler, TrainDataset, make_loader
+from semisup.config import Config, check_device, compiles, save_config
+from semisup.data.datasets import DataBundle
 from semisup.data.formats import build_data
+from semisup.data.streams import StreamSettings, training_streams
 from semisup.distributed import amp_dtype
 from semisup.errors import UserError
 from semisup.eval.evaluator import Evaluator, format_results
-from semisup.files import open_for_append, write_json_atomic
-from semisup.method import cgc, explainers
+from semisup.files import write_json_atomic
+from semisup.method import explainers
 from semisup.models import replicas as R
 from semisup.models.base import build_model
 from semisup.models.loading import load_pretrained
 from semisup.runfiles import RunFiles
 from semisup.train.checkpointer import Checkpointer, NonFiniteLoss, UnreadableCheckpoint  # noqa: F401 (re-exported)
 from semisup.train.compiling import CompiledForward
+from semisup.train.consistency import build_consistency, check_negatives
+from semisup.train.logs import log_to_file, setup_logging
 from semisup.train.preemption import SignalCheckpoint, Stop, signal_name
+from semisup.train.reporter import Reporter, shows_bar
 from semisup.train.rundir import RunDirError, acquire_lock, archive_previous, prepare_run_dir  # noqa: F401 (RunDirError: re-exported)
 from semisup.train.runlog import RunLog
 from semisup.train.state import TrainState
 from semisup.train.step import StepLosses, StepSettings, cgc_step, to_device
+from semisup.train.summary import (
+    describe_start,
+    next_commands,
+    planner_line,
+    print_summary,
+    random_start_warning,
+    result_rows,
+)
 from semisup.train.timing import PartTimes
 from semisup.version import code_version
 
 log = logging.getLogger(__name__)
 
-LABELED_STREAM, UNLABELED_STREAM = 0, 1
-
 
 class BadDataError(UserError, RuntimeError):
     """More unreadable images than --max-bad-fraction allows."""
-
-
-LOG_FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
-
-
-class _CurrentStderr(logging.StreamHandler):
-    """A console handler that writes to whatever ``sys.stderr`` is when a line is logged (a
-    progress bar's redirect, a caller that swapped it), never to a stream closed since."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value):
-        pass
-
-
-def setup_logging(is_main: bool) -> None:
-    """Console logging: only this package speaks at INFO, and only on rank 0."""
-    root = logging.getLogger()
-    if getattr(root, "_semisup_configured", False):
-        return
-    handler = _CurrentStderr()
-    handler.setFormatter(LOG_FORMAT)
-    root.addHandler(handler)
-    root.setLevel(logging.WARNING)
-    logging.getLogger("semisup").setLevel(logging.INFO if is_main else logging.WARNING)
-    root._semisup_configured = True
-
-
-class RunLogFile(logging.StreamHandler):
-    """train.log, appended without following a link out of the run folder; a full disk ends this copy
-    of the log with one line (the console keeps it), never a traceback for every record."""
-
-    def __init__(self, path: Path):
-        super().__init__(open_for_append(path))
-        self.path = path
-
-    def handleError(self, record) -> None:
-        err = sys.exc_info()[1]
-        if not isinstance(err, OSError):
-            return super().handleError(record)
-        logging.getLogger().removeHandler(self)
-        sys.stderr.write(f"warning: {self.path} could not be written ({err.strerror or err}); the log goes on in the "
-                         "console only\n")
-
-
-def log_to_file(path: Path) -> logging.Handler | None:
-    """Also write the log to ``path`` (train.log), from the moment the run has started; None where
-    the file cannot be made (a full disk: the console keeps the log; a link: refused earlier)."""
-    try:
-        handler = RunLogFile(path)
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise
-        sys.stderr.write(f"warning: {path} could not be written ({err.strerror or err}); the log goes on in the "
-                         "console only\n")
-        return None
-    handler.setFormatter(LOG_FORMAT)
-    logging.getLogger().addHandler(handler)
-    return handler
 
 
 @dataclass
@@ -130,21 +74,25 @@ class Schedule:
         return self.gamma ** sum(step >= m * self.steps_per_epoch for m in self.milestones)
 
 
+def run_schedule(cfg: Config, labeled_images: int, world: int) -> Schedule:
+    """The run's steps: an epoch is one pass over the labeled set, its last batch partial
+    (``len(train_loader)`` of the released scripts); ``--max-steps`` cuts the run short."""
+    per_process = cfg.batch_labeled // world
+    steps_per_epoch = math.ceil(math.ceil(labeled_images / world) / per_process)
+    total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
+    return Schedule(steps_per_epoch, total, tuple(cfg.lr_milestones), cfg.lr_gamma)
+
+
 class Trainer:
+    """One run's parts, built from the config: the model placed for the released replicas, the
+    optimiser and its schedule, the consistency term, the step's settings, the checkpointer and
+    the run log; :meth:`fit` runs :meth:`loop` over them."""
+
     def __init__(self, cfg: Config, dist: D.Dist, run_dir: Path, bundle: DataBundle):
         self.cfg, self.dist, self.run_dir, self.bundle = cfg, dist, run_dir, bundle
         self.lock = None  # the main process's hold on the run folder (run_training sets it)
         self.threads = None  # the torch threads this process took and why (run_training sets them)
         self.device = dist.device
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # as the released scripts set it: fastest kernels for each shape
-        torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg.arch, len(bundle.classes))
-        self.pretrained_report = load_pretrained(self.model, cfg.pretrained) if cfg.pretrained else None
-        self.model.to(self.device)
-        self.channels_last = D.uses_channels_last(cfg, self.device)
-        if self.channels_last:
-            self.model.to(memory_format=torch.channels_last)
         self.batch_l, self.batch_u = cfg.batch_labeled // dist.world, cfg.batch_unlabeled // dist.world
         self.uses_unlabeled = bundle.unlabeled is not None
         self.pair_on_labeled = cfg.full_supervision and cfg.forwards_pairs
@@ -154,75 +102,55 @@ class Trainer:
             cfg.batch_unlabeled if self.uses_unlabeled else cfg.batch_labeled, cfg.group_size, dist.world
         )
         self.loss_replicas = self.geometry.local if cfg.bn_geometry == "replicas" else 1
-        self.check_negatives()
-        self.bn_processes = 1
-        if cfg.bn_geometry == "replicas" and self.geometry.local > 1:
-            R.use_replica_batchnorm(self.model, self.geometry.local)
-        elif cfg.bn_geometry == "replicas" and self.geometry.processes > 1 and self.device.type == "cuda":
-            # A replica spans processes: SyncBatchNorm over them (PyTorch has none on CPU).
-            self.bn_processes = self.geometry.processes
-            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(
-                self.model, process_group=D.process_subgroup(self.bn_processes)
-            )
+        self.consistency = build_consistency(cfg, self.geometry, self.loss_replicas)
+        check_negatives(cfg, self.consistency, self.pair_batch()[1], self.pair_batch()[0], dist.world)
+        self.model = self.place_model()
         head, trunk = self.model.head_parameters(), self.model.trunk_parameters()
         self.optimizer = torch.optim.SGD([dict(params=trunk, lr=cfg.lr_trunk), dict(params=head, lr=cfg.lr_head)],
                                          momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         self.base_lrs = [cfg.lr_trunk, cfg.lr_head]
         self.amp_dtype = amp_dtype(cfg, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        # An epoch is one pass over the labeled set, its last batch partial (len(train_loader)).
-        steps_per_epoch = math.ceil(math.ceil(len(bundle.labeled_indices) / dist.world) / self.batch_l)
-        total = (
-            steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
-        )
-        self.schedule = Schedule(steps_per_epoch, total, tuple(cfg.lr_milestones), cfg.lr_gamma)
+        self.schedule = run_schedule(cfg, len(bundle.labeled_indices), dist.world)
         self.state = TrainState(process_counts=[dist.world])
         self.times = PartTimes()
         self.forward = CompiledForward(self.model, lambda: self.model, enabled=False)  # fit() sets the run's
         self.runlog = RunLog(run_dir, dist.is_main)
         self.checkpointer = Checkpointer(run_dir, dist, self.model, self.optimizer, self.scaler, self.state,
-                                         cfg.to_dict(), steps_per_epoch)
+                                         cfg.to_dict(), self.schedule.steps_per_epoch)
         self.settings = self.step_settings()
 
+    def place_model(self) -> nn.Module:
+        """The model with its pretrained trunk on the device, its BatchNorm over the released replicas."""
+        cfg = self.cfg
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # as the released scripts set it: fastest kernels for each shape
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.arch, len(self.bundle.classes))
+        self.pretrained_report = load_pretrained(model, cfg.pretrained) if cfg.pretrained else None
+        model.to(self.device)
+        self.channels_last = D.uses_channels_last(cfg, self.device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.bn_processes = 1
+        if cfg.bn_geometry == "replicas" and self.geometry.local > 1:
+            R.use_replica_batchnorm(model, self.geometry.local)
+        elif cfg.bn_geometry == "replicas" and self.geometry.processes > 1 and self.device.type == "cuda":
+            # A replica spans processes: SyncBatchNorm over them (PyTorch has none on CPU).
+            self.bn_processes = self.geometry.processes
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group=D.process_subgroup(self.bn_processes))
+        return model
+
     # ---- one optimisation step -------------------------------------------------------
-    def negatives_per_anchor(self, local_batch: int, fewest: bool = False) -> int:
-        """InfoNCE negatives of an anchor in a full batch of ``local_batch`` per process (``fewest``:
-        in the smallest replica, else the first)."""
-        if self.geometry.processes > 1:
-            return local_batch * self.geometry.processes - 1
-        sizes = R.replica_sizes(local_batch, self.geometry.local)
-        return (min(sizes) if fewest else sizes[0]) - 1
+    def negatives_per_anchor(self, local_batch: int, fewest: bool = False) -> int | None:
+        """InfoNCE negatives of an anchor in a full batch of ``local_batch`` per process (None: no negatives)."""
+        return self.consistency.negatives_per_anchor(local_batch, fewest)
 
-    def check_negatives(self) -> None:
-        """Refuse a CGC run whose anchors would have no negative: its InfoNCE would be exactly 0
-        every step (--batch-unlabeled 1, or a replica of one image)."""
-        cfg = self.cfg
-        if cfg.cgc_weight == 0 or cfg.consistency != "cgc":
-            return
-        key = "batch_labeled" if self.pair_on_labeled else "batch_unlabeled"
-        per_process = self.batch_l if self.pair_on_labeled else self.batch_u
-        if self.negatives_per_anchor(per_process, fewest=True) < 1:
-            raise ConfigError(
-                f"--{key.replace('_', '-')} {getattr(cfg, key)} with --group-size {cfg.group_size} on "
-                f"{self.dist.world} process(es) leaves an anchor of the consistency loss without a negative (InfoNCE "
-                "would be 0 at every step); give at least 2 images to every replica"
-            )
-
-    def consistency(
-        self, cam_aug: torch.Tensor, cam: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor
-    ) -> torch.Tensor:
-        cfg = self.cfg
-        if cfg.consistency == "l2":
-            return self.replica_weighted(cgc.gcc_l2_per_sample(cam_aug, cam, boxes, flips, cfg.cam_size))
-        if self.geometry.processes > 1:
-            # A replica spans processes: its negatives come from the others, with gradient.
-            all_aug, offset = D.gather_with_grad(cam_aug)
-            return cgc.cgc_loss(
-                cam_aug, cam, boxes, flips, cfg.temperature, cfg.cam_size, cam.shape[0] * self.geometry.processes,
-                cfg.cgc_negatives, all_aug, offset,
-            )
-        return cgc.cgc_loss(cam_aug, cam, boxes, flips, cfg.temperature, cfg.cam_size, negatives=cfg.cgc_negatives,
-                            replicas=self.geometry.local)
+    def pair_batch(self) -> tuple[str, int]:
+        """The batch setting the consistency pairs come from, and its images per process."""
+        if self.pair_on_labeled:
+            return "batch_labeled", self.batch_l
+        return "batch_unlabeled", self.batch_u
 
     def replica_weighted(self, per_sample: torch.Tensor) -> torch.Tensor:
         """The mean of per-sample losses [n] as the released replicas took it: each replica's mean,
@@ -285,36 +213,10 @@ class Trainer:
         return resumed
 
     # ---- loop ------------------------------------------------------------------------
-    def loaders(self):
-        """Iterators of ready batches: labeled, and unlabeled if used."""
-        cfg, b, dist = self.cfg, self.bundle, self.dist
-        pin = self.device.type == "cuda"
-        if cfg.decode == "gpu":
-            from semisup.data.gpu_decode import EncodedTrainDataset, collate_encoded, decode_and_transform
-            dataset_type, collate = EncodedTrainDataset, collate_encoded
-            finish = lambda batch: decode_and_transform(batch, self.device, cfg.image_size, cfg.resize_size)
-        else:
-            dataset_type, collate, finish = TrainDataset, None, (lambda batch: batch)
-        options = dict(flip_protocol=cfg.flip_protocol, draft=cfg.decode == "cpu-draft")
-        labeled = dataset_type(
-            b.labeled, b.labeled_indices, cfg.image_size, cfg.resize_size, cfg.crop_scale_min, crop=True,
-            pair=self.pair_on_labeled, **options,
-        )
-        sampler = EpochSampler(
-            len(labeled), self.batch_l, cfg.seed, LABELED_STREAM, dist.rank, dist.world, start_batch=self.state.step
-        )
-        streams = [map(finish, make_loader(labeled, sampler, cfg.workers, pin, collate))]
-        if self.uses_unlabeled:
-            unlabeled = dataset_type(
-                b.unlabeled, b.unlabeled_indices, cfg.image_size, cfg.resize_size, cfg.crop_scale_min, crop=False,
-                pair=True, **options,
-            )
-            sampler = StreamSampler(
-                len(unlabeled), self.batch_u, cfg.seed, UNLABELED_STREAM, dist.rank, dist.world,
-                start_batch=self.state.step,
-            )
-            streams.append(map(finish, make_loader(unlabeled, sampler, cfg.workers, pin, collate)))
-        return streams
+    def loaders(self) -> list:
+        """Iterators of ready batches: labeled, and unlabeled if used, from the current step."""
+        return training_streams(StreamSettings.of(self.cfg), self.bundle, (self.batch_l, self.batch_u),
+                                self.pair_on_labeled, self.device, self.dist.rank, self.dist.world, self.state.step)
 
     def wrap(self) -> nn.Module:
         """The module the step's forwards call, before any compilation: DDP over the model in a
@@ -331,85 +233,62 @@ class Trainer:
             group["lr"] = base * factor
 
     def fit(self) -> dict:
-        cfg, sched = self.cfg, self.schedule
         startup = time.perf_counter()
         self.resume()
-        self.forward = CompiledForward(self.model, self.wrap, compiles(cfg.compile, self.device.type))
+        self.forward = CompiledForward(self.model, self.wrap, compiles(self.cfg.compile, self.device.type))
         self.log_start()
         # SIGTERM, SIGUSR2 and SIGINT are caught from here on: until the first step they stop the run
         # at once (the checkpoint on disk holds its state), in the loop at the next step boundary.
         with SignalCheckpoint(self.dist, self.lock) as self.preemption:
             self.preemption.stop_at_once(self.state.step)
             streams = self.loaders()
-            evaluator = Evaluator(cfg, self.bundle, self.device, self.dist)
-            window = torch.zeros(3, device=self.device)  # losses since the last log line
-            self.first_nonfinite = torch.full((), -1, dtype=torch.long, device=self.device)
+            evaluator = Evaluator(self.cfg, self.bundle, self.device, self.dist)
+            self.reporter = Reporter(self.runlog, self.state, self.times, self.device, self.schedule,
+                                     self.images_per_step(), shows_bar(self.dist.is_main))
             self.model.train()
-            # The bar only where a person watches a terminal; Slurm logs get the step lines instead.
-            bar = tqdm(total=sched.total_steps, initial=self.state.step, desc="train", dynamic_ncols=True,
-                       disable=not (self.dist.is_main and sys.stderr.isatty()))
             self.times.add("startup", time.perf_counter() - startup)
             self.times.start_loop()
-            with logging_redirect_tqdm():  # log lines go through the bar, never glued onto it
-                result = self._loop(streams, evaluator, window, bar)
-            bar.close()
-        return result
+            with self.reporter.progress_bar():
+                return self.loop(streams, evaluator)
 
-    def _loop(self, streams, evaluator: Evaluator, window: torch.Tensor, bar) -> dict:
-        cfg, sched = self.cfg, self.schedule
-        window_steps, window_start, data_wait = 0, time.perf_counter(), 0.0
+    def loop(self, streams: list, evaluator: Evaluator) -> dict:
+        """The epochs: a step, its numbers, at log points a line, at epoch ends the evaluation, and
+        a checkpoint at each epoch end, every --checkpoint-every steps and on a stop signal."""
+        cfg, sched, report = self.cfg, self.schedule, self.reporter
         self.preemption.stop_at_once(None)
         while self.state.step < sched.total_steps:
             self.set_lr()
-            waited = time.perf_counter()
-            labeled = next(streams[0])
-            unlabeled = next(streams[1]) if self.uses_unlabeled else None
-            data_wait += time.perf_counter() - waited
-            self.times.add("data_wait", time.perf_counter() - waited)
+            labeled, unlabeled = report.next_batches(streams)
             losses = self.training_step(labeled, unlabeled)
-            stacked = torch.stack([losses.ce, losses.consistency, losses.loss.detach().float()])
-            window += stacked
-            self.state.epoch_sums = self.state.epoch_sums.to(self.device) + torch.cat(
-                [stacked.double(), stacked.new_ones(1).double()]
-            )
-            self.first_nonfinite = torch.where(
-                torch.isfinite(losses.loss.detach()) | (self.first_nonfinite >= 0), self.first_nonfinite,
-                torch.full_like(self.first_nonfinite, self.state.step),
-            )
-            # Bad-file counts come from the loader on the CPU: no device sync.
-            self.state.bad_images += int(labeled["bad"].sum()) + (
-                int(unlabeled["bad"].sum()) if unlabeled is not None else 0
-            )
-            self.state.labeled_seen += len(labeled["label"]) * self.dist.world
             self.state.step += 1
-            window_steps += 1
-            bar.update(1)
+            report.add(losses, labeled, unlabeled, self.dist.world)
             end_of_epoch = self.state.step % sched.steps_per_epoch == 0 or self.state.step == sched.total_steps
-            logged = self.state.step % cfg.log_every == 0 or end_of_epoch
-            if logged:
-                self.check_health()  # a host-device sync: the window's time below is real compute
-                mean = (window / window_steps).tolist()
-                bar.set_postfix(
-                    ce=f"{mean[0]:.3f}", cons=f"{mean[1]:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.3g}"
-                )
-                self.log_step(mean, window_steps, time.perf_counter() - window_start, data_wait)
-                window.zero_()
-                window_steps, window_start, data_wait = 0, time.perf_counter(), 0.0
+            if end_of_epoch or self.state.step % cfg.log_every == 0:
+                self.check_health()  # a host-device sync: the window's time is then real compute
+                report.write_line(*(group["lr"] for group in self.optimizer.param_groups))
             if end_of_epoch:
                 self.end_epoch(evaluator)
-                window_start = time.perf_counter()  # evaluation time is not training speed
+                report.restart_clock()
             elif cfg.checkpoint_every and self.state.step % cfg.checkpoint_every == 0:
                 self.check_health()
                 self.save()
-            stop = self.preemption.requested()
-            if stop == Stop.LOCK_LOST:
-                raise RunDirError(f"{self.run_dir}: {self.lock.lost if self.lock else 'the run lock was taken over'}; "
-                                  f"this run stops at step {self.state.step} and writes nothing more into the folder")
-            if stop == Stop.SIGNAL and self.state.step < sched.total_steps:
-                self.stop_at_signal()
+            self.obey_stop_request()
         # The last checkpoint holds the final step: a signal during the final evaluation stops at once.
         self.preemption.stop_at_once(self.state.step)
         return self.finish(evaluator)
+
+    def obey_stop_request(self) -> None:
+        """Between steps: a lost run lock stops the run; a stop signal checkpoints and hands over."""
+        stop = self.preemption.requested()
+        if stop == Stop.LOCK_LOST:
+            raise RunDirError(f"{self.run_dir}: {self.lock.lost if self.lock else 'the run lock was taken over'}; "
+                              f"this run stops at step {self.state.step} and writes nothing more into the folder")
+        if stop == Stop.SIGNAL and self.state.step < self.schedule.total_steps:
+            self.stop_at_signal()
+
+    def images_per_step(self) -> int:
+        """Images one step forwards, all processes: the labeled crops and both views of the unlabeled pairs."""
+        return self.cfg.batch_labeled + (2 * self.cfg.batch_unlabeled if self.uses_unlabeled else 0)
 
     def stop_at_signal(self) -> None:
         """A stop signal arrived: checkpoint this step, then hand over to the scheduler (or stop
@@ -431,27 +310,11 @@ class Trainer:
                     "SyncBatchNorm needs CUDA, so on CPU the number of processes changes the statistics)")
         return f"{self.geometry.local} replica(s) per process"
 
-    def log_step(self, mean: list[float], steps: int, seconds: float, data_wait: float) -> None:
-        """The numbers of the last ``steps`` steps (``seconds`` of wall time, ``data_wait`` of it
-        waiting for batches) for the step line, TensorBoard and progress.json."""
-        cfg, sched = self.cfg, self.schedule
-        images = steps * (cfg.batch_labeled + (2 * cfg.batch_unlabeled if self.uses_unlabeled else 0))
-        per_step = seconds / max(steps, 1)
-        memory = torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else float("nan")
-        numbers = dict(ce=mean[0], consistency=mean[1], loss=mean[2], lr_trunk=self.optimizer.param_groups[0]["lr"],
-                       lr_head=self.optimizer.param_groups[1]["lr"],
-                       images_per_s=images / max(seconds, 1e-9), data_s_per_step=data_wait / max(steps, 1),
-                       compute_s_per_step=(seconds - data_wait) / max(steps, 1), peak_gpu_gib=memory,
-                       eta_s=(sched.total_steps - self.state.step) * per_step)
-        self.runlog.step(
-            math.ceil(self.state.step / sched.steps_per_epoch), self.state.step, sched.total_steps, numbers
-        )
-
     def check_health(self) -> None:
         """Stop on a non-finite loss (naming the step) or too many unreadable images. Called
         at log points only: the check is a host-device sync."""
-        bad_step = int(self.first_nonfinite)
-        if bad_step >= 0:
+        bad_step = self.reporter.nonfinite_step()
+        if bad_step is not None:
             self.stop_non_finite("loss", bad_step)
         seen = self.state.labeled_seen + (self.state.step * self.cfg.batch_unlabeled if self.uses_unlabeled else 0)
         if self.state.bad_images > self.cfg.max_bad_fraction * seen and self.state.bad_images > 0:
@@ -465,32 +328,13 @@ class Trainer:
                     unlabeled_images=self.state.step * self.cfg.batch_unlabeled if self.uses_unlabeled else 0)
 
     def end_epoch(self, evaluator: Evaluator) -> None:
-        cfg = self.cfg
+        """The epoch's row: its mean losses, and the evaluation where one is due (keeping the best
+        checkpoint by top-1); then metrics.csv, the log line and the checkpoint."""
         epoch = math.ceil(self.state.step / self.schedule.steps_per_epoch)  # a --max-steps stop counts as its epoch
-        sums = D.all_reduce_sum(self.state.epoch_sums.to(self.device).clone()).cpu() / self.dist.world
-        row = dict(
-            epoch=epoch, step=self.state.step, train_ce=sums[0].item() / sums[3].item(),
-            train_consistency=sums[1].item() / sums[3].item(), train_loss=sums[2].item() / sums[3].item(),
-            lr_trunk=self.optimizer.param_groups[0]["lr"], lr_head=self.optimizer.param_groups[1]["lr"],
-            bad_images=self.state.bad_images, **self.images_seen(),
-        )
-        last = self.state.step >= self.schedule.total_steps
-        full = last or bool(cfg.ch_every and epoch % cfg.ch_every == 0)
-        if full or (cfg.eval_every and epoch % cfg.eval_every == 0):
-            with self.times.part("final_eval" if last else "epoch_eval"):
-                row.update(evaluator.run(self.model, progress=True, full=full))
-                self.gallery_to_tensorboard()
-            self.model.train()
-            for key, value in row.items():
-                if isinstance(value, float) and not math.isfinite(value) and key != "ch_released_swav":
-                    log.warning(
-                        "validation %s is %s at epoch %d: the model or its heatmaps diverged", key, value, epoch
-                    )
-            # model_best by validation top-1, as the released scripts kept model_best.pth.tar.
-            if self.state.best is None or row["top1"] > self.state.best["top1"]:
-                self.state.best = dict(epoch=epoch, step=self.state.step, top1=row["top1"], top5=row["top5"])
-                self.save_best()
-        self.state.epoch_sums = torch.zeros(4, dtype=torch.float64)
+        row = dict(epoch=epoch, step=self.state.step, **self.reporter.epoch_means(self.dist.world),
+                   lr_trunk=self.optimizer.param_groups[0]["lr"], lr_head=self.optimizer.param_groups[1]["lr"],
+                   bad_images=self.state.bad_images, **self.images_seen())
+        row.update(self.evaluate_epoch(evaluator, epoch))
         if self.dist.is_main:
             self.runlog.epoch(row)
         log.info(
@@ -498,6 +342,26 @@ class Trainer:
         )
         self.state.last_row = row
         self.save()
+
+    def evaluate_epoch(self, evaluator: Evaluator, epoch: int) -> dict:
+        """The evaluation due at this epoch ({} where none is): top-1 every --eval-every epochs, the
+        full one (CH, kNN, ...) every --ch-every and at the last; model_best.pt by top-1, as the
+        released scripts kept model_best.pth.tar."""
+        cfg, last = self.cfg, self.state.step >= self.schedule.total_steps
+        full = last or bool(cfg.ch_every and epoch % cfg.ch_every == 0)
+        if not (full or (cfg.eval_every and epoch % cfg.eval_every == 0)):
+            return {}
+        with self.times.part("final_eval" if last else "epoch_eval"):
+            row = evaluator.run(self.model, progress=True, full=full)
+            self.gallery_to_tensorboard()
+        self.model.train()
+        for key, value in row.items():
+            if isinstance(value, float) and not math.isfinite(value) and key != "ch_released_swav":
+                log.warning("validation %s is %s at epoch %d: the model or its heatmaps diverged", key, value, epoch)
+        if self.state.best is None or row["top1"] > self.state.best["top1"]:
+            self.state.best = dict(epoch=epoch, step=self.state.step, top1=row["top1"], top5=row["top5"])
+            self.save_best()
+        return row
 
     def gallery_to_tensorboard(self) -> None:
         """The evaluation's Grad-CAM gallery as a TensorBoard image (main process; --gallery 0: none),
@@ -528,7 +392,7 @@ class Trainer:
                  cfg.batch_labeled, self.batch_l,
                  f"{cfg.batch_unlabeled} global / {self.batch_u} per process" if self.uses_unlabeled else "not used",
                  self.schedule.steps_per_epoch, cfg.epochs, self.schedule.total_steps)
-        per_process = self.batch_l if self.pair_on_labeled else self.batch_u
+        per_process = self.pair_batch()[1]
         log.info(
             "released replicas: %d replica(s) of %d images; BatchNorm over %s; pair flip protocol %s%s",
             self.geometry.replicas,
@@ -537,7 +401,7 @@ class Trainer:
             cfg.flip_protocol,
             (
                 f"; InfoNCE: {self.negatives_per_anchor(per_process)} negatives per anchor"
-                if cfg.cgc_weight > 0 and cfg.consistency == "cgc"
+                if cfg.cgc_weight > 0 and self.negatives_per_anchor(per_process) is not None
                 else ""
             ),
         )
@@ -599,32 +463,6 @@ class Trainer:
             self.runlog.hparams(self.cfg.to_dict(), result)
             self.runlog.close()
         return result
-
-
-def random_start_warning(cfg: Config) -> str | None:
-    """Said first when a limited-label run on a dataset starts from random weights: its recipe's
-    learning rates (head 5) are those of fine-tuning a self-supervised trunk."""
-    if cfg.pretrained is not None or cfg.is_demo or cfg.full_supervision:
-        return None
-    return (
-        "the trunk starts from random weights, but the limited-label recipe (trunk lr 0.02, head lr 5) fine-tunes a "
-        "self-supervised one: pass --pretrained pretrained/swav_800ep_pretrain.pth.tar (`semisup-pretrained "
-        "download`); if random weights are meant, this is only a reminder"
-    )
-
-
-def describe_start(cfg: Config, report: dict | None) -> str:
-    """Where the trunk's weights came from, said at the start of every run."""
-    if report is None:
-        warning = random_start_warning(cfg)
-        return ("random initialisation (--pretrained none)" if cfg.is_demo else "random initialisation") + (
-            f"; WARNING: {warning}" if warning else ""
-        )
-    manifest = report.get("manifest")
-    if manifest:
-        return (f"{cfg.pretrained}: {manifest['what']} (sha256 {manifest['sha256'][:12]} verified; made by "
-                f"`{manifest['command']}`); --pretrained none trains from scratch")
-    return f"{cfg.pretrained} ({report['loaded']} tensors)"
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -722,9 +560,9 @@ def check_start(cfg: Config, decode_check: bool, world: int = 1) -> tuple[dict, 
     summary["trunk"] = describe_start(cfg, trainer.pretrained_report)
     summary["trunk_tensors_loaded"] = trainer.pretrained_report["loaded"] if trainer.pretrained_report else 0
     summary["steps_per_epoch"] = trainer.schedule.steps_per_epoch
-    if cfg.cgc_weight > 0 and cfg.consistency == "cgc":
-        per_process = trainer.batch_l if trainer.pair_on_labeled else trainer.batch_u
-        summary["negatives_per_anchor"] = trainer.negatives_per_anchor(per_process)
+    negatives = trainer.negatives_per_anchor(trainer.pair_batch()[1])
+    if cfg.cgc_weight > 0 and negatives is not None:
+        summary["negatives_per_anchor"] = negatives
     summary["batchnorm"] = (f"{cfg.bn_geometry}: {trainer.geometry.replicas} replica(s) of {cfg.group_size}; over "
                             f"{trainer.batchnorm_scope()}")
     summary["flip_protocol"] = cfg.flip_protocol
@@ -733,52 +571,3 @@ def check_start(cfg: Config, decode_check: bool, world: int = 1) -> tuple[dict, 
     choice = cpus.choose_threads(cfg.threads, cfg.workers * streams, world if world > 1 else None)
     summary["threads"] = f"{choice.threads} per process ({choice.why})"
     return summary, trainer
-
-
-def planner_line(cfg: Config, summary: dict) -> str:
-    """The planner's estimate of this run (measured H100 rates) on the node the dry run ran on,
-    or, without a GPU here, on one H100 with 16 cores."""
-    from semisup.train import plan
-    if cfg.arch != "resnet50":
-        return f"planner: its rates are a ResNet-50's; no estimate for --arch {cfg.arch}"
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    node = (gpus, cpus.process_cpus(processes=1)[0]) if gpus else (1, 16)  # the CPUs this job may use
-    rates, settings = plan.measured_rates("h100"), cfg.to_dict()
-    estimate = plan.plan_run(settings, summary, rates, gpus=node[0], cores=node[1])
-    where = f"this node ({node[0]} GPU(s), {node[1]} cores)" if gpus else "1 H100 with 16 cores (no GPU here)"
-    hint = ""
-    if not cfg.val_cache and estimate["bounded_by"] == "per-epoch top-1 (decode)":
-        cached = plan.plan_run({**settings, "val_cache": "x"}, summary, rates, gpus=node[0], cores=node[1])
-        hint = f"; --val-cache DIR: about {cached['total_s'] / 60:.1f} min (top-1's crops decoded once)"
-    return (
-        f"planner: about {estimate['total_s'] / 60:.1f} min on {where} at H100 rates, longest part"
-        f" {estimate['bounded_by']}{hint} (semisup-bench plan for other nodes; bench gpu --out measures yours)"
-    )
-
-
-def print_summary(summary: dict) -> None:
-    width = max(len(k) for k in summary)
-    print("dry run: nothing was trained")
-    for key, value in summary.items():
-        print(f"  {key:<{width}}  {value}")
-
-
-def next_commands(run_dir: Path) -> str:
-    """What to run after a finished run: the table, TensorBoard, the status of its folder."""
-    parent = run_dir.parent
-    return (
-        f"\nrun directory: {run_dir} (metrics.csv, final.json, gallery.png, tensorboard/)\nnext:\n  python"
-        f" semisup/report.py {parent}/* --out reports/        # tables over seeds, plots, galleries\n  tensorboard"
-        f" --logdir {parent}                              # curves, galleries, hyper-parameters\n  python"
-        f" semisup/evaluate.py --checkpoint {run_dir / 'checkpoint.pt'} --metrics iauc,dauc   # insertion /"
-        " deletion AUC"
-    )
-
-
-def result_rows(cfg: Config, result: dict) -> list[dict]:
-    """The final and the best-epoch rows of a run's result table, each labelled."""
-    name = f"{cfg.method} {cfg.labeled_fraction:g}"
-    rows = [dict(method=f"{name} final ep{result['final'].get('epoch', '?')}", **result["final"])]
-    if result.get("best"):
-        rows.append(dict(method=f"{name} best* ep{result['best']['epoch']}", **result["best"]))
-    return rows
