@@ -54,7 +54,8 @@ class Config:
         choices=("all", "rest"),
     )
     val_boxes: str | None = _f(
-        None, "bounding boxes for Content Heatmap: a folder of ImageNet val XML files, or CUB's bounding_boxes.txt",
+        None, "bounding boxes for Content Heatmap: a folder of ImageNet val XML files, CUB's bounding_boxes.txt, or a "
+        "plugin's format (semisup.registry.BOX_FORMATS: the reader that recognises the path reads it)",
         path=True,
     )
     val_labels: str | None = _f(None, "for a flat val/ folder: a file of '<file name> <wnid>' lines", path=True)
@@ -310,6 +311,19 @@ RESUME_NEUTRAL = {
     "log_every", "gallery", "device", "demo_cache", "compile", "max_eval_images", "max_bad_fraction", "recipe",
     "val_cache", "threads",
 }
+
+
+class SettingsView:
+    """Base of the narrow, typed settings a part of the pipeline receives instead of the whole
+    :class:`Config` (the data builders, the training streams, the evaluator): a frozen dataclass
+    whose fields are settings (or properties) of the same names, read by :meth:`of`. The part
+    thus says in its signature which settings it depends on, and a test or a plugin builds one
+    without a Config."""
+
+    @classmethod
+    def of(cls, source):
+        """The view's fields read from ``source`` (a Config, or any object with the attributes)."""
+        return cls(**{f.name: getattr(source, f.name) for f in dataclasses.fields(cls)})
 
 
 class ConfigError(UsageError, ValueError):

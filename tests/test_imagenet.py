@@ -10,6 +10,7 @@ from semisup.config import parse_config
 from semisup.data.boxes import box_mask, parse_voc_xml, scale_boxes
 from semisup.data.datasets import FileSource, TrainDataset
 from semisup.data.imagenet import build_folder_bundle, scan_class_folders
+from semisup.data.settings import DataSettings
 from semisup.data.splits import STANDARD, SplitError, read_split, standard_split_path, stratified_split, synset_of
 from semisup.eval.evaluator import content_heatmap
 from semisup.method import cgc
@@ -117,10 +118,10 @@ def test_split_naming_missing_files_is_a_clear_error(tree, tmp_path):
     split = tmp_path / "bad_split.txt"
     split.write_text(f"{WNIDS[0]}_1.JPEG\n{WNIDS[0]}_999.JPEG\nn99999999_1.JPEG\n")
     with pytest.raises(SplitError, match="n99999999"):
-        build_folder_bundle(parse_config(folder_args(root, tmp_path, "--split-file", str(split))))
+        build_folder_bundle(DataSettings.of(parse_config(folder_args(root, tmp_path, "--split-file", str(split)))))
     split.write_text(f"{WNIDS[0]}_1.JPEG\n{WNIDS[0]}_999.JPEG\n")
     with pytest.raises(SplitError, match=r"1 files not found.*_999"):
-        build_folder_bundle(parse_config(folder_args(root, tmp_path, "--split-file", str(split))))
+        build_folder_bundle(DataSettings.of(parse_config(folder_args(root, tmp_path, "--split-file", str(split)))))
 
 
 def test_dry_run_summary_and_a_short_run_on_the_folder(tree, tmp_path, capsys):
@@ -139,7 +140,7 @@ def test_dry_run_summary_and_a_short_run_on_the_folder(tree, tmp_path, capsys):
     assert main(folder_args(root, tmp_path, "--split-file", str(with_bad), "--dry-run")) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "labeled 2" in out and "bad_files_found 1" in out, out
-    bundle = build_folder_bundle(parse_config(folder_args(root, tmp_path, "--labeled-fraction", "0.5", "--unlabeled", "rest")))
+    bundle = build_folder_bundle(DataSettings.of(parse_config(folder_args(root, tmp_path, "--labeled-fraction", "0.5", "--unlabeled", "rest"))))
     assert len(bundle.unlabeled_indices) == len(bundle.labeled.paths) - 12
     run = ["--labeled-fraction", "0.5", "--epochs", "2", "--run-dir", str(tmp_path / "run")]
     # The truncated file is in the unlabeled stream: 1 bad in 24 loads is over the default limit.

@@ -22,6 +22,7 @@ from semisup.config import DEMO_VERSION
 from semisup.data import transforms as T
 from semisup.data.boxes import MAX_PIXELS
 from semisup.data.bundle import DataBundle, EvalSet  # noqa: F401 (re-exported: the readers' callers import them here)
+from semisup.data.settings import DataSettings
 from semisup.data.splits import dataset_digest, stratified_choice
 from semisup.errors import UsageError
 
@@ -333,21 +334,21 @@ def _eval_load(source, index: int, size: tuple[int, int] | None = None) -> tuple
         return torch.zeros(3, *(size or (32, 32)), dtype=torch.uint8), 1
 
 
-def build_fgvc_aircraft_bundle(cfg) -> DataBundle:
+def build_fgvc_aircraft_bundle(settings: DataSettings) -> DataBundle:
     """FGVC-Aircraft in its released layout, read by torchvision's ``FGVCAircraft`` (variants,
     trainval / test), for full supervision; no boxes (the released code measures CH on CUB only)."""
     from torchvision.datasets import FGVCAircraft
     try:
         train, test = (
-            FGVCAircraft(cfg.data, split=split, annotation_level="variant") for split in ("trainval", "test")
+            FGVCAircraft(settings.data, split=split, annotation_level="variant") for split in ("trainval", "test")
         )
     except (RuntimeError, OSError, KeyError, ValueError) as err:
         from semisup.errors import UserError
         raise UserError(
-            f"--data {cfg.data}: not an FGVC-Aircraft tree (expected {cfg.data}/fgvc-aircraft-2013b/data/...: "
-            f"{type(err).__name__}: {err})"
+            f"--data {settings.data}: not an FGVC-Aircraft tree (expected {settings.data}/fgvc-aircraft-2013b/data/"
+            f"...: {type(err).__name__}: {err})"
         ) from err
-    if not cfg.full_supervision:
+    if not settings.full_supervision:
         from semisup.errors import UsageError
         raise UsageError(
             "--data-format fgvc-aircraft is a full-supervision dataset: use --labeled-fraction 1.0 (or --recipe"
@@ -356,7 +357,8 @@ def build_fgvc_aircraft_bundle(cfg) -> DataBundle:
     source = FileSource([str(p) for p in train._image_files], train._labels)
     val_source = FileSource([str(p) for p in test._image_files], test._labels)
     summary = dict(
-        dataset=str(cfg.data), format="fgvc-aircraft", classes=len(train.classes), labeled=len(source), unlabeled=0,
+        dataset=str(settings.data), format="fgvc-aircraft", classes=len(train.classes), labeled=len(source),
+        unlabeled=0,
         validation=len(val_source), validation_with_boxes=0,
         dataset_digest=dataset_digest([Path(p).name for p in source.paths + val_source.paths]),
     )
@@ -365,14 +367,14 @@ def build_fgvc_aircraft_bundle(cfg) -> DataBundle:
     )
 
 
-def build_demo_bundle(cfg) -> DataBundle:
+def build_demo_bundle(settings: DataSettings) -> DataBundle:
     """The embedded demo, split into labeled and unlabeled streams like ImageNet."""
     from semisup.data.demo import load_demo
 
-    demo = load_demo(cfg.demo_cache, size=cfg.image_size)
+    demo = load_demo(settings.demo_cache, size=settings.image_size)
     train = ArraySource(demo.train.images, demo.train.labels)
-    labeled = _demo_labeled_indices(demo.train.labels, cfg.labeled_fraction)
-    unlabeled = unlabeled_indices(cfg, len(train), labeled)
+    labeled = _demo_labeled_indices(demo.train.labels, settings.labeled_fraction)
+    unlabeled = unlabeled_indices(settings, len(train), labeled)
     val_source = ArraySource(demo.val.images, demo.val.labels)
     val = EvalSet(
         val_source, [b[None].astype(np.float32) for b in demo.val.boxes],
@@ -395,12 +397,12 @@ def _demo_labeled_indices(labels: np.ndarray, fraction: float) -> np.ndarray:
     return np.sort(np.array(stratified_choice(groups, fraction, np.random.default_rng(12345))))
 
 
-def unlabeled_indices(cfg, count: int, labeled: np.ndarray) -> np.ndarray | None:
+def unlabeled_indices(settings: DataSettings, count: int, labeled: np.ndarray) -> np.ndarray | None:
     """Positions of the unlabeled stream among ``count`` training images: all of them, or those
     outside the labeled subset (--unlabeled); None where no pair is formed on unlabeled images."""
-    if cfg.full_supervision or not cfg.forwards_pairs:
+    if settings.full_supervision or not settings.forwards_pairs:
         return None
-    if cfg.unlabeled == "all":
+    if settings.unlabeled == "all":
         return np.arange(count)
     rest = np.setdiff1d(np.arange(count), labeled)
     if not len(rest):

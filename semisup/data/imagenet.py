@@ -21,6 +21,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from semisup.data.boxes import load_boxes
 from semisup.data.bundle import DataBundle, EvalSet
 from semisup.data.datasets import DECODE_ERRORS, FileSource, unlabeled_indices
+from semisup.data.settings import DataSettings
 from semisup.data.splits import SPLITS_DIR, SplitError, dataset_digest, resolve_labeled, synset_of
 from semisup.errors import UserError
 from semisup.files import read_lines
@@ -131,9 +132,9 @@ def read_sizes(paths: list[str], workers: int = 16, decode: bool = False) -> lis
         return list(pool.map(size, paths, chunksize=256))
 
 
-def build_validation(cfg, data: Path, classes: list[str]) -> tuple[EvalSet, dict]:
-    val_root = data / cfg.val_dir
-    boxes_by_id = _load_boxes(cfg.val_boxes) if cfg.val_boxes else None
+def build_validation(settings: DataSettings, data: Path, classes: list[str]) -> tuple[EvalSet, dict]:
+    val_root = data / settings.val_dir
+    boxes_by_id = _load_boxes(settings.val_boxes) if settings.val_boxes else None
     class_index = {c: i for i, c in enumerate(classes)}
     subdirs = [e.name for e in os.scandir(val_root) if e.is_dir()] if val_root.is_dir() else []
     if subdirs:  # val/<wnid>/<file>
@@ -148,7 +149,7 @@ def build_validation(cfg, data: Path, classes: list[str]) -> tuple[EvalSet, dict
     elif val_root.is_dir():  # flat val/ with labels from --val-labels or from the XML annotations
         files = sorted(e.name for e in os.scandir(val_root) if e.is_file() and is_image_file(e.name))
         paths = [str(val_root / f) for f in files]
-        wnids = _flat_val_labels(cfg, files, boxes_by_id, val_root) if files else []
+        wnids = _flat_val_labels(settings, files, boxes_by_id, val_root) if files else []
     else:
         raise DatasetLayoutError(f"{val_root}: no validation folder")
     if not paths:
@@ -176,25 +177,25 @@ def build_validation(cfg, data: Path, classes: list[str]) -> tuple[EvalSet, dict
     return EvalSet(source, boxes, sizes or []), dict(validation=len(paths), validation_with_boxes=with_boxes)
 
 
-def _flat_val_labels(cfg, files: list[str], boxes_by_id, val_root: Path) -> list[str]:
-    if cfg.val_labels:
+def _flat_val_labels(settings: DataSettings, files: list[str], boxes_by_id, val_root: Path) -> list[str]:
+    if settings.val_labels:
         table = {}
-        for n, line in enumerate(read_lines(Path(cfg.val_labels), "--val-labels"), 1):
+        for n, line in enumerate(read_lines(Path(settings.val_labels), "--val-labels"), 1):
             parts = line.split()
             if not parts:
                 continue
             if len(parts) != 2 or not parts[1].startswith("n"):
                 raise DatasetLayoutError(
-                    f"{cfg.val_labels}:{n}: expected '<file name> <wnid>' (synset ids, not the devkit's numbers)"
+                    f"{settings.val_labels}:{n}: expected '<file name> <wnid>' (synset ids, not the devkit's numbers)"
                 )
             if parts[0] in table:
-                raise DatasetLayoutError(f"{cfg.val_labels}:{n}: {parts[0]} is listed a second time (which label is "
-                                         "meant?); keep one line per file")
+                raise DatasetLayoutError(f"{settings.val_labels}:{n}: {parts[0]} is listed a second time (which "
+                                         "label is meant?); keep one line per file")
             table[parts[0]] = parts[1]
         missing = [f for f in files if f not in table]
         if missing:
             raise DatasetLayoutError(
-                f"{cfg.val_labels}: {len(missing)} validation files have no label, e.g. {missing[:5]}"
+                f"{settings.val_labels}: {len(missing)} validation files have no label, e.g. {missing[:5]}"
             )
         return [table[f] for f in files]
     if boxes_by_id is not None:
@@ -213,22 +214,23 @@ def _flat_val_labels(cfg, files: list[str], boxes_by_id, val_root: Path) -> list
     )
 
 
-def build_folder_bundle(cfg, decode_check: bool = False) -> DataBundle:
-    data = Path(cfg.data)
+def build_folder_bundle(settings: DataSettings, decode_check: bool = False) -> DataBundle:
+    data = Path(settings.data)
     classes, paths, labels, skipped = scan_class_folders(data / "train")
-    if cfg.num_classes is not None and cfg.num_classes != len(classes):
+    if settings.num_classes is not None and settings.num_classes != len(classes):
         raise DatasetLayoutError(
-            f"--num-classes {cfg.num_classes} but {data / 'train'} has {len(classes)} class folders"
+            f"--num-classes {settings.num_classes} but {data / 'train'} has {len(classes)} class folders"
         )
     names = [Path(p).name for p in paths]
-    if cfg.full_supervision and not cfg.split_file:
+    if settings.full_supervision and not settings.split_file:
         labeled, split_path = np.arange(len(paths)), None
     else:
-        split, split_path = resolve_labeled(names, cfg, Path(cfg.splits_dir) if cfg.splits_dir else SPLITS_DIR)
+        splits_dir = Path(settings.splits_dir) if settings.splits_dir else SPLITS_DIR
+        split, split_path = resolve_labeled(names, settings, splits_dir)
         labeled = select_labeled(names, classes, split, split_path)
-    unlabeled = unlabeled_indices(cfg, len(paths), labeled)
+    unlabeled = unlabeled_indices(settings, len(paths), labeled)
     train = FileSource(paths, labels)
-    val, val_summary = build_validation(cfg, data, classes)
+    val, val_summary = build_validation(settings, data, classes)
     summary = dict(
         dataset=str(data), classes=len(classes), split_file=str(split_path) if split_path else "all of train/",
         labeled=len(labeled), unlabeled=0 if unlabeled is None else len(unlabeled), **val_summary,

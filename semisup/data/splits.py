@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from semisup.config import PROJECT_ROOT
+from semisup.data.settings import DataSettings
 from semisup.errors import Parser, UserError, cli
 from semisup.files import write_text_atomic
 
@@ -117,27 +118,27 @@ def write_split(names: list[str], path: Path) -> None:
     write_text_atomic(path, "\n".join(names) + "\n")
 
 
-def resolve_labeled(names: list[str], cfg, splits_dir: Path = SPLITS_DIR) -> tuple[list[str], Path]:
-    """The labeled file names for ``cfg`` and the split file they come from.
+def resolve_labeled(names: list[str], settings: DataSettings, splits_dir: Path = SPLITS_DIR) -> tuple[list[str], Path]:
+    """The labeled file names for ``settings`` and the split file they come from.
 
     ``names``: every training file name (basename) found. Standard fractions read the SimCLR
     files; any other fraction builds a stratified subset once and writes it to ``splits/``, named by
     fraction, seed and a digest of the dataset's file names.
     """
-    if cfg.split_file:
-        path = Path(cfg.split_file)
+    if settings.split_file:
+        path = Path(settings.split_file)
         if not path.is_file():
             raise SplitError(f"--split-file {path}: no such file")
         return read_split(path), path
-    path = standard_split_path(cfg.labeled_fraction, splits_dir)
+    path = standard_split_path(settings.labeled_fraction, splits_dir)
     if path is not None:
         return read_split(path), path
-    path = custom_split_path(cfg.labeled_fraction, cfg.split_seed, names, splits_dir)
+    path = custom_split_path(settings.labeled_fraction, settings.split_seed, names, splits_dir)
     if not path.is_file():
         by_class = defaultdict(list)
         for name in names:
             by_class[synset_of(name)].append(name)
-        write_split(stratified_split(by_class, cfg.labeled_fraction, cfg.split_seed), path)
+        write_split(stratified_split(by_class, settings.labeled_fraction, settings.split_seed), path)
     return read_split(path), path
 
 

@@ -5,11 +5,12 @@ They read only :class:`StreamSettings`, the few settings that shape a training s
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 
+from semisup.config import SettingsView
 from semisup.data.bundle import DataBundle
 from semisup.data.datasets import EpochSampler, StreamSampler, TrainDataset, make_loader
 
@@ -17,7 +18,7 @@ LABELED_STREAM, UNLABELED_STREAM = 0, 1  # seeds the two streams' samplers apart
 
 
 @dataclass(frozen=True)
-class StreamSettings:
+class StreamSettings(SettingsView):
     """What a training sample depends on (the settings of the same names, ``semisup.config``)."""
     image_size: int  # the crop's side
     resize_size: int  # the view's shorter side before its centre crop
@@ -26,11 +27,6 @@ class StreamSettings:
     decode: str  # 'cpu', 'cpu-draft' or 'gpu'
     workers: int  # loader processes per stream
     seed: int
-
-    @classmethod
-    def of(cls, settings) -> "StreamSettings":
-        """The fields of this type read from any object that has them (the run's Config)."""
-        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
 
 
 def training_streams(s: StreamSettings, bundle: DataBundle, batches: tuple[int, int], pair_on_labeled: bool,
