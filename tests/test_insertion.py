@@ -81,6 +81,31 @@ def test_saliency_is_pytorch_grad_cams_gradcam():
     assert order.shape == (4, 32 * 32)
 
 
+def test_the_train_mode_saliency_pass_moves_batchnorm_once_whatever_the_explainer_forwards():
+    """The released saliency pass runs in train mode: its one forward moves BatchNorm's running
+    statistics. An explainer that forwards again (Score-CAM, a recomputed graph) gives its maps
+    but leaves the statistics as Grad-CAM's pass left them."""
+    from semisup.method.explainers import get, register_explainer
+
+    @register_explainer("test-forwarding-gradcam")
+    def forwarding(request):
+        request.forward = None
+        request.model(request.images)  # an extra train-mode forward: it would move the statistics
+        return get("gradcam")(request)
+
+    model = tiny()
+    g = torch.Generator().manual_seed(5)
+    images, labels = torch.randn(4, 3, 32, 32, generator=g), torch.tensor([0, 1, 2, 3])
+    moved = {}
+    for name in ("gradcam", "test-forwarding-gradcam"):
+        net = copy.deepcopy(model).train()
+        I.saliency_order(net, images, labels, I.InsertionSettings(size=32, explainer=name, order="stable"))
+        moved[name] = {k: v.clone() for k, v in net.state_dict().items() if "running" in k or "tracked" in k}
+    assert moved["gradcam"]["bn1.num_batches_tracked"] == 1  # the pass's own forward moved them once
+    for key, value in moved["gradcam"].items():
+        torch.testing.assert_close(moved["test-forwarding-gradcam"][key], value, rtol=0, atol=0)
+
+
 def released_input(images: torch.Tensor) -> torch.Tensor:
     """The released scripts' input: PIL images through torchvision's ToTensor, then Normalize."""
     from PIL import Image

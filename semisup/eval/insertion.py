@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from semisup.data import transforms as T
 from semisup.method import explainers
+from semisup.models.base import batchnorm_statistics_kept
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +107,11 @@ def saliency_order(
     with torch.no_grad():
         logits, features = model(images)
         raw = _unwrap(model)
-        # Grad-CAM: = pytorch-grad-cam's (tested)
-        cams = explainers.explain(settings.explainer, raw, images, logits, features, labels).float()
+        # The released pass moves BatchNorm's running statistics once, by the forward above; an
+        # explainer that forwards again (Score-CAM, a recomputed graph) must not move them more.
+        with batchnorm_statistics_kept(raw):
+            # Grad-CAM: = pytorch-grad-cam's (tested)
+            cams = explainers.explain(settings.explainer, raw, images, logits, features, labels).float()
     size = settings.size
     if (
         settings.order == "released"

@@ -7,7 +7,8 @@ name in ``semisup.config``'s ``_ARCHS`` (or its family in ``ARCH_PREFIXES``; a t
 """
 from __future__ import annotations
 
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -94,3 +95,19 @@ def build_model(arch: str, num_classes: int) -> CamBackbone:
             f" {', '.join(sorted(n + ('<name>' if n.endswith('/') else '') for n in BACKBONES))}"
         )
     return factory(arch, num_classes)
+
+
+@contextmanager
+def batchnorm_statistics_kept(model: nn.Module) -> Iterator[None]:
+    """Forwards inside leave BatchNorm's running statistics (and counts) as they were: a pass
+    whose statistics must move once, by its own forward (the released train-mode saliency pass),
+    stays that way whatever an explainer forwards again."""
+    buffers = [(m, {k: b.clone() for k, b in m.named_buffers(recurse=False) if b is not None})
+               for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for module, saved in buffers:
+                for name, value in saved.items():
+                    getattr(module, name).copy_(value)
