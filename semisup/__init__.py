@@ -2,8 +2,8 @@
 
 Layers, lowest first (a module imports only from its own layer or below; ``tests/test_layout.py``):
 foundation (``errors``, ``files``, ``config``, ``checkpoint``, ``distributed``, ``version``, ``runfiles``,
-``scheduler``, ``cpus``, ``launchenv``, ``registry``: the names of explainers, heatmap metrics and
-data formats, whose entries the layers above register) <
+``scheduler``, ``cpus``, ``launchenv``, ``registry``: the names of explainers, metrics (with what
+each declares), data formats and box formats, whose entries the layers above register) <
 ``models`` (backbones, pretrained loading, replica BatchNorm), ``data`` (datasets, transforms,
 splits, boxes) < ``method`` (Grad-CAM and its explainers, heatmap transforms, losses) < ``eval`` <
 ``train`` < ``cluster``, ``tools`` < the commands (``run``, ``evaluate``, ``report``, ``jobs/``).

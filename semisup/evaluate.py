@@ -23,7 +23,7 @@ except ModuleNotFoundError:
 
 from semisup.config import add_setting, load_plugins
 from semisup.errors import Parser, UsageError, UserError, cli
-from semisup.eval.evaluator import FULL_METRICS, METRICS, Evaluator, format_results
+from semisup.eval.evaluator import Evaluator, format_results, full_metrics, metric_choices
 from semisup.eval.insertion import InsertionSettings
 from semisup.files import open_for_append
 from semisup.method import explainers
@@ -33,13 +33,24 @@ from semisup.train.trainer import weights_digest
 
 def _metric_list(text: str) -> set[str]:
     names = {m.strip() for m in text.split(",") if m.strip()}
-    unknown = sorted(names - set(METRICS))
+    unknown = sorted(names - set(metric_choices()))
     if unknown or not names:
         raise UsageError(
             f"--metrics {text!r}: {'unknown ' + ', '.join(unknown) if unknown else 'empty'}; choose from"
-            f" {','.join(METRICS)}"
+            f" {','.join(metric_choices())}"
         )
     return names
+
+
+def weights_metrics() -> set[str]:
+    """--weights' default: a run's full evaluation but kNN, whose bank (a labeled split) a file of
+    weights does not come with."""
+    return full_metrics() - {"knn"}
+
+
+def _listed(choices: set[str]) -> str:
+    """'top1,ch,cgc-loss': in the registry's order, as the help lists them."""
+    return ",".join(c for c in metric_choices() if c in choices)
 
 
 def _weights_model(args) -> tuple:
@@ -125,8 +136,8 @@ def _metric_options(parser: Parser) -> None:
         type=_metric_list,
         default=None,
         help=(
-            f"comma-separated, from {','.join(METRICS)} (default: top1,ch,cgc-loss,knn; with --weights "
-            "top1,ch,cgc-loss)"
+            f"comma-separated, from {','.join(metric_choices())} (default: {_listed(full_metrics())}; with --weights "
+            f"{_listed(weights_metrics())})"
         ),
     )
     add_setting(metrics, "image_size", help="with --weights: crop size of top-1 and of insertion (default 224)")
@@ -242,7 +253,7 @@ def check_args(args) -> None:
         value, least = getattr(args, flag), 1 if flag in counts else 0
         if value is not None and value < least:
             raise UsageError(f"--{flag.replace('_', '-')}: must be >= {least}, got {value}")
-    args.metrics = args.metrics or (FULL_METRICS if args.checkpoint else {"top1", "ch", "cgc-loss"})
+    args.metrics = args.metrics or (full_metrics() if args.checkpoint else weights_metrics())
 
 
 def load_models(args) -> tuple[list[tuple], bool]:

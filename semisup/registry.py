@@ -1,4 +1,4 @@
-"""Registries of the parts a researcher adds: explainers, heatmap metrics and dataset formats.
+"""Registries of the parts a researcher adds: explainers, metrics, dataset formats and box formats.
 
 Each registry is the only list of its names: ``--help``, the settings' validation and the docs
 read it. The package's own entries live in the modules a registry names (imported the first
@@ -10,12 +10,17 @@ same decorators the package uses::
     from semisup.method.explainers import register_explainer
     @register_explainer("my-cam")
     def my_cam(request): ...                     # request.images, .logits, .features, .classes
+
+A metric is a declaration (:class:`MetricSpec`: its key, pass, cadence, report column,
+TensorBoard tag, ...) that the evaluator, the run log, the report, the status table and the
+planner read; ``semisup/eval/heatmap_metrics.py``'s pointing game is the example to copy.
 """
 from __future__ import annotations
 
 import importlib
 import os
 import sys
+from dataclasses import dataclass, field
 from typing import Callable, Generic, Iterable, TypeVar
 
 from semisup.errors import UserError
@@ -83,6 +88,33 @@ class Registry(Generic[Entry]):
         self._load()
         return sorted(self._entries.items())
 
+    def in_order(self) -> list[Entry]:
+        """The entries in the order they were registered: the package's modules first (read
+        before any plugin), then the plugins' in the order they were loaded."""
+        self._load()
+        return list(self._entries.values())
+
+
+class Selection(Generic[Entry]):
+    """The entries of a registry that ``keep`` accepts: a view read through it, never a second list."""
+
+    def __init__(self, registry: Registry[Entry], kind: str, keep: Callable[[Entry], bool]):
+        self.registry, self.kind, self.keep = registry, kind, keep
+
+    def items(self) -> list[tuple[str, Entry]]:
+        return [(name, entry) for name, entry in self.registry.items() if self.keep(entry)]
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self.items()]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.registry and self.keep(self.registry.get(name))
+
+    def get(self, name: str) -> Entry:
+        if name not in self:
+            raise UserError(f"{self.registry.flag} {name}: no such {self.kind}; one of {', '.join(self.names())}")
+        return self.registry.get(name)
+
 
 _imported_plugins: set[str] = set()
 
@@ -112,10 +144,131 @@ def load_plugins(modules: Iterable[str]) -> None:
         # Any other exception is a bug in the plugin: its traceback is what its author needs.
 
 
+# --- Metrics -----------------------------------------------------------------------------------
+# Every metric is one declaration (MetricSpec) in METRICS: the evaluator computes what its
+# declarations ask for, and the run log, the report, the status table and the planner iterate
+# over them. The package's are in semisup/eval/metrics.py (the passes' own numbers) and
+# semisup/eval/heatmap_metrics.py (scored from the CH pass's heatmaps, like a plugin's).
+
+
+@dataclass(frozen=True)
+class EvalPass:
+    """One pass of the evaluator over images; a metric is computed by exactly one."""
+    name: str
+    title: str  # in the planner's part names ("final CH, kNN, CGC loss")
+    cost: str  # what one evaluation with it does more; semisup.train.plan prices it
+
+
+# In the order the planner names them.
+PASSES = {p.name: p for p in (
+    EvalPass("top-1", "top-1", "a forward of each validation image (Resize + CenterCrop), decoded at the top-1 rate"),
+    EvalPass("ch", "CH", "a forward and heatmap of each validation image at --ch-short-side, decoded at that size"),
+    EvalPass("knn", "kNN", "a forward of each labeled image (the kNN bank), decoded at the top-1 rate"),
+    EvalPass("cgc-loss", "CGC loss", "a forward of each validation image's augmented view, beside top-1's (no decode)"),
+    EvalPass("insertion", "insertion",
+             "a saliency pass and 2 x 29 scored copies of each validation image, decoded at the top-1 rate"),
+)}
+
+# When a metric is computed. Each --eval-every epoch evaluates the EVERY_EVAL metrics; every
+# --ch-every epoch, the last epoch, the best checkpoint and semisup/evaluate.py by default also
+# the FULL_EVAL ones; EVALUATE_ONLY metrics only where semisup/evaluate.py --metrics names them.
+EVERY_EVAL, FULL_EVAL, EVALUATE_ONLY = "every-eval", "full", "evaluate-only"
+CADENCES = (EVERY_EVAL, FULL_EVAL, EVALUATE_ONLY)
+# The report's tables a metric's column can be in (semisup/tools/report.py).
+LIMITED, FULL_SUPERVISION, ABLATION = "limited", "full-supervision", "ablation"
+REPORT_TABLES = (LIMITED, FULL_SUPERVISION, ABLATION)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """What one metric declares; nothing else lists it.
+
+    ``score`` is for metrics scored from the CH pass's heatmaps (a plugin's kind):
+    ``score(cams [B, h, w], boxes: B arrays [n_i, 4], size (H, W)) -> [B]`` in [0, 1], reported as
+    the percentage mean over images. The passes' own numbers (top-1, CH, ...) have none: the
+    evaluator's pass computes them.
+    """
+    name: str  # its key in final.json, metrics.csv, eval.jsonl
+    choice: str  # the semisup/evaluate.py --metrics name that asks for it ("ch" for every CH-pass number)
+    evaluation_pass: str  # the pass that computes it (a key of PASSES): what it costs the planner
+    cadence: str = FULL_EVAL  # one of CADENCES
+    column: str | None = None  # the report's column; None: not in the report
+    decimals: int = 2  # of the report's (and evaluate.py's) numbers
+    tables: tuple[str, ...] = (LIMITED, FULL_SUPERVISION)  # the report's tables with its column
+    best_in: tuple[str, ...] = ()  # tables that also show the best checkpoint's value, as "<column> best*"
+    optional: bool = False  # its columns are left out where no run has it
+    console: str | None = None  # its column in semisup/evaluate.py's printed table; None: not printed
+    tag: str = ""  # TensorBoard's (default val/<name>)
+    headline: bool = False  # a run's headline number: a final_* column of the status table and in TensorBoard's hparams
+    hparam: bool | None = None  # in TensorBoard's hparams table (default: as headline)
+    higher_is_better: bool = True
+    summary: str = ""
+    score: Callable | None = field(default=None, compare=False)
+
+    def __post_init__(self):
+        """Unknown passes, cadences or tables are a declaration's typo: said where it is made."""
+        if self.evaluation_pass not in PASSES:
+            raise ValueError(f"metric {self.name!r}: pass {self.evaluation_pass!r} is not one of {list(PASSES)}")
+        if self.cadence not in CADENCES:
+            raise ValueError(f"metric {self.name!r}: cadence {self.cadence!r} is not one of {CADENCES}")
+        if self.score is not None and self.evaluation_pass != "ch":
+            raise ValueError(f"metric {self.name!r}: a score() is computed on the CH pass's heatmaps, not in "
+                             f"{self.evaluation_pass!r}")
+        unknown = (set(self.tables) | set(self.best_in)) - set(REPORT_TABLES)
+        if unknown:
+            raise ValueError(f"metric {self.name!r}: no report table {sorted(unknown)}; one of {REPORT_TABLES}")
+        object.__setattr__(self, "tag", self.tag or f"val/{self.name}")
+        object.__setattr__(self, "hparam", self.headline if self.hparam is None else self.hparam)
+
+    @property
+    def width(self) -> int:
+        """Characters of its column in evaluate.py's table."""
+        return max(8, len(self.console or "") + 2)
+
+
+class MetricRegistry(Registry[MetricSpec]):
+    """METRICS, with the lists its consumers read, each in declaration order."""
+
+    def choices(self, cadences: Iterable[str] = CADENCES) -> list[str]:
+        """semisup/evaluate.py's --metrics names of the metrics of ``cadences``."""
+        cadences = set(cadences)
+        return list(dict.fromkeys(m.choice for m in self.in_order() if m.cadence in cadences))
+
+    def passes(self, choices: Iterable[str]) -> list[EvalPass]:
+        """The passes that compute what ``choices`` (--metrics names) ask for, in PASSES order;
+        top-1 always (the evaluator always runs it: kNN features and the CGC loss ride on it)."""
+        names = {"top-1"} | {m.evaluation_pass for m in self.in_order() if m.choice in set(choices)}
+        return [p for p in PASSES.values() if p.name in names]
+
+    def headline(self) -> list[str]:
+        return [m.name for m in self.in_order() if m.headline]
+
+    def hparams(self) -> list[str]:
+        return [m.name for m in self.in_order() if m.hparam]
+
+    def of_pass(self, evaluation_pass: str, choices: Iterable[str] | None = None) -> list[str]:
+        """Names of the metrics ``evaluation_pass`` computes (those ``choices`` ask for, if given)."""
+        return [m.name for m in self.in_order() if m.evaluation_pass == evaluation_pass
+                and (choices is None or m.choice in set(choices))]
+
+    def reported(self, table: str) -> list[MetricSpec]:
+        """The metrics with a column in the report's ``table``."""
+        return [m for m in self.in_order() if m.column and table in m.tables]
+
+    def tag(self, key: str) -> str | None:
+        """TensorBoard's tag of a result key; None for a key no metric declares."""
+        return self.get(key).tag if key in self else None
+
+
 EXPLAINERS: Registry = Registry("explainer", "--explainer",
                                 ("semisup.method.explainers", "semisup.method.grad_cam_library"))
-HEATMAP_METRICS: Registry = Registry("heatmap metric", "--metrics", ("semisup.eval.heatmap_metrics",))
+METRICS: MetricRegistry = MetricRegistry("metric", "--metrics",
+                                         ("semisup.eval.metrics", "semisup.eval.heatmap_metrics"))
+# The metrics the evaluator scores from the CH pass's heatmaps (the pointing game, a plugin's).
+HEATMAP_METRICS: Selection[MetricSpec] = Selection(METRICS, "heatmap metric", lambda m: m.score is not None)
 DATA_FORMATS: Registry = Registry("data format", "--data-format", ("semisup.data.formats",))
+# Readers of --val-boxes files (semisup.data.boxes.BoxReader), each recognising its own input.
+BOX_FORMATS: Registry = Registry("box format", "--val-boxes", ("semisup.data.boxes",))
 
 
 def loaded_modules() -> list[str]:

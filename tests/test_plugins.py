@@ -1,6 +1,6 @@
-"""The platform: an explainer, a heatmap metric and a dataset format added from a module outside
-the package, through the registries alone, then trained and evaluated with through the commands
-a user runs; a ViT from timm trained with CGC and scored with CH; a Score-CAM evaluation of a
+"""The platform: an explainer, a heatmap metric, a dataset format and a box format added from a
+module outside the package, through the registries alone, then trained and evaluated with through
+the commands a user runs; a ViT from timm trained with CGC and scored with CH; a Score-CAM evaluation of a
 run's checkpoint; the pointing game against a hand computation."""
 import json
 import os
@@ -19,16 +19,20 @@ from semisup.registry import DATA_FORMATS, EXPLAINERS, HEATMAP_METRICS
 ROOT = Path(__file__).resolve().parents[1]
 
 EXTENSION = textwrap.dedent('''
-    """A researcher's extension, outside the package: one explainer, one metric, one data format."""
+    """A researcher's extension, outside the package: one explainer, one metric, one data format,
+    one box format."""
     import numpy as np
     import torch
     import torch.nn.functional as F
 
+    from semisup.data.boxes import ImageBoxes, load_boxes, register_box_reader
     from semisup.data.bundle import DataBundle, EvalSet
     from semisup.data.datasets import ArraySource
     from semisup.data.formats import register_data_format
     from semisup.eval.heatmap_metrics import register_heatmap_metric, upsampled
     from semisup.method.explainers import get, register_explainer
+
+    CLASSES = ["a", "b", "c", "d"]
 
 
     @register_explainer("bright-gradcam")
@@ -39,31 +43,42 @@ EXTENSION = textwrap.dedent('''
         return cam * torch.sigmoid(brightness)
 
 
-    @register_heatmap_metric("top_half_mass", column="Top half")
+    @register_heatmap_metric("top_half_mass", column="Top half", headline=True)
     def top_half_mass(cams, boxes, size):
         """Share of the heatmap's mass in the image's top half."""
         up = upsampled(cams, size).clamp_min(0).double()
         return up[:, : size[0] // 2].sum((1, 2)) / up.sum((1, 2)).clamp_min(1e-12)
 
 
+    @register_box_reader("stripe-boxes", recognises=lambda path: path.suffix == ".stripes")
+    def read_stripe_boxes(path):
+        """'<image id> <class> <top row> <bottom row>' lines: a box across the image's width."""
+        out = {}
+        for line in path.read_text().splitlines():
+            image, cls, top, bottom = line.split()
+            out[image] = ImageBoxes((32, 32), {cls: np.array([[0, float(top), 32, float(bottom)]], np.float32)})
+        return out
+
+
     @register_data_format("stripes")
     def stripes(cfg, decode_check):
-        """4 classes of 32 x 32 images: a bright stripe at one of 4 heights; the box is the stripe."""
+        """4 classes of 32 x 32 images: a bright stripe at one of 4 heights; the boxes are --val-boxes'."""
         rng = np.random.default_rng(0)
         def make(n):
             labels = np.arange(n) % 4
             images = rng.integers(0, 60, (n, 32, 32, 3), dtype=np.uint8)
             for i, c in enumerate(labels):
                 images[i, 8 * c: 8 * c + 8] = 220
-            boxes = [np.array([[0, 8 * c, 32, 8 * c + 8]], dtype=np.float32) for c in labels]
-            return ArraySource(images, labels), boxes
+            return ArraySource(images, labels), labels
         train, _ = make(64)
-        val, boxes = make(16)
+        val, labels = make(16)
+        annotated = load_boxes(cfg.val_boxes)  # the registry picks the reader that recognises the file
+        boxes = [annotated[f"val{i}"].of_class(CLASSES[c]) if f"val{i}" in annotated else None
+                 for i, c in enumerate(labels)]
         labeled = np.arange(0, 64, 4)
         summary = dict(dataset="stripes", classes=4, labeled=len(labeled), unlabeled=64, validation=16,
-                       validation_with_boxes=16, dataset_digest="stripes-v1")
-        return DataBundle(["a", "b", "c", "d"], train, labeled, train, np.arange(64),
-                          EvalSet(val, boxes, [(32, 32)] * 16), summary)
+                       validation_with_boxes=sum(b is not None for b in boxes), dataset_digest="stripes-v1")
+        return DataBundle(CLASSES, train, labeled, train, np.arange(64), EvalSet(val, boxes, [(32, 32)] * 16), summary)
 ''')
 
 
@@ -72,21 +87,29 @@ def run(*argv: str, env: dict | None = None, cwd: Path = ROOT) -> subprocess.Com
                           env={**os.environ, **(env or {})})
 
 
-def test_an_explainer_a_metric_and_a_data_format_from_a_module_outside_the_package(tmp_path):
+def test_an_explainer_a_metric_a_data_format_and_a_box_format_from_a_module_outside_the_package(tmp_path):
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     (plugins / "stripes_extension.py").write_text(EXTENSION)
     env = {"PYTHONPATH": str(plugins)}
     run_dir = tmp_path / "run"
+    # Boxes in the plugin's own format for 12 of the 16 validation images (the stripe, rows 8c..8c+8).
+    boxes = tmp_path / "val.stripes"
+    boxes.write_text("".join(f"val{i} {'abcd'[i % 4]} {8 * (i % 4)} {8 * (i % 4) + 8}\n" for i in range(12)))
     out = run("semisup/run.py", "--plugins", "stripes_extension", "--data", str(tmp_path), "--data-format", "stripes",
-              "--explainer", "bright-gradcam", "--arch", "resnet_tiny", "--image-size", "32", "--resize-size", "32",
-              "--ch-short-side", "32", "--batch-labeled", "8", "--batch-unlabeled", "8", "--group-size", "8",
+              "--val-boxes", str(boxes), "--explainer", "bright-gradcam", "--arch", "resnet_tiny", "--image-size", "32",
+              "--resize-size", "32", "--ch-short-side", "32", "--batch-labeled", "8", "--batch-unlabeled", "8", "--group-size", "8",
               "--epochs", "2", "--workers", "0", "--gallery", "0", "--run-dir", str(run_dir), env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     final = json.loads((run_dir / "final.json").read_text())
     assert final["final"]["top_half_mass"] is not None and 0 <= final["final"]["top_half_mass"] <= 100
     assert 0 <= final["final"]["pointing_game"] <= 100 and np.isfinite(final["final"]["train_consistency"])
     assert "top_half_mass" in (run_dir / "metrics.csv").read_text().splitlines()[0]
+    # CH from the plugin's box reader: on the 12 annotated images only.
+    assert final["final"]["ch_images"] == 12 and np.isfinite(final["final"]["ch"]) and 0 < final["final"]["ch"] <= 100
+    # The metric declares itself headline: a final_* column of the status table.
+    status = run("jobs/status.py", str(run_dir), env={**env, "SEMISUP_PLUGINS": "stripes_extension"})
+    assert status.returncode == 0 and "final_top_half_mass" in status.stdout, status.stdout + status.stderr
     # The same run evaluated later loads its plugin from its own settings; the report gets the column.
     out = run("semisup/evaluate.py", "--checkpoint", str(run_dir / "checkpoint.pt"), "--metrics", "top1,ch",
               "--gallery", "0", env=env)

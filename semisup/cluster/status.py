@@ -23,6 +23,7 @@ import pandas as pd
 from semisup import scheduler
 from semisup.errors import Parser, UserError, cli
 from semisup.files import RunFileError, read_json
+from semisup.registry import METRICS
 from semisup.runfiles import RunFiles
 from semisup.train import runlock
 
@@ -67,7 +68,8 @@ def run_state(run_dir: Path) -> dict:
                 else "finished"
             )
             row["eta"] = None
-            row.update({f"final_{k}": metrics_final.get(k) for k in ("top1", "top5", "ch")})
+            # The headline metrics' declarations name the columns: top1, top5, ch and a plugin's own.
+            row.update({f"final_{k}": metrics_final.get(k) for k in METRICS.headline()})
         except UserError as err:
             row["state"] = "damaged final.json"
             problems.append(

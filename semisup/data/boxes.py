@@ -3,12 +3,22 @@
 Boxes are returned as float arrays [n, 4] (xmin, ymin, xmax, ymax) in pixels of the original
 image, 0-based with max exclusive: VOC's 1-based inclusive (xmin, xmax) = (1, 10) covers
 pixels 0..9, i.e. [0, 10).
+
+``--val-boxes PATH`` is read by the box reader (``semisup.registry.BOX_FORMATS``) that
+recognises it: ``cub`` a file named ``bounding_boxes.txt``, ``voc-xml`` a folder of XML files
+(and any path no reader recognises, so its messages say what is missing). A new format is one
+function in a file of its own, loaded with ``--plugins MODULE``::
+
+    from semisup.data.boxes import ImageBoxes, register_box_reader
+    @register_box_reader("my-boxes", recognises=lambda path: path.suffix == ".myboxes")
+    def read_my_boxes(path): ...                # -> {image id (file stem): ImageBoxes}
 """
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -16,6 +26,7 @@ import torch.nn.functional as F
 
 from semisup.errors import UserError
 from semisup.files import read_lines
+from semisup.registry import BOX_FORMATS
 
 # The most pixels an image (or an annotation's frame) may have: a decoded image or a Content
 # Heatmap at that size takes hundreds of MB; a hostile file claims far more. Larger files are
@@ -79,6 +90,38 @@ def check_box(where, name: str, xmin: float, ymin: float, xmax: float, ymax: flo
         )
 
 
+Reader = Callable[[Path], dict[str, ImageBoxes]]
+
+
+@dataclass(frozen=True)
+class BoxReader:
+    """One --val-boxes format: ``read(path) -> {image id (file stem): ImageBoxes}``, for the paths
+    ``recognises(path)`` accepts."""
+    name: str
+    recognises: Callable[[Path], bool]
+    read: Reader
+    summary: str
+
+
+# What a path no reader recognises is read as: its own errors say what such a folder needs.
+DEFAULT_BOX_FORMAT = "voc-xml"
+
+
+def register_box_reader(name: str, recognises: Callable[[Path], bool]) -> Callable[[Reader], Reader]:
+    """``@register_box_reader("name", recognises=lambda path: ...)`` on ``read(path) -> {id: ImageBoxes}``."""
+    def add(read: Reader) -> Reader:
+        summary = ((read.__doc__ or name).strip().splitlines() or [name])[0]
+        BOX_FORMATS.register(name, BoxReader(name, recognises, read, summary))
+        return read
+    return add
+
+
+def _holds_xml(path: Path) -> bool:
+    """A folder with an .xml file anywhere below it (stops at the first: ImageNet has 50,000)."""
+    return path.is_dir() and next(path.rglob("*.xml"), None) is not None
+
+
+@register_box_reader("voc-xml", recognises=_holds_xml)
 def load_voc_folder(folder: str | Path) -> dict[str, ImageBoxes]:
     """{image id (file stem, e.g. ILSVRC2012_val_00000001): ImageBoxes} for every *.xml below ``folder``."""
     folder = Path(folder)
@@ -90,6 +133,7 @@ def load_voc_folder(folder: str | Path) -> dict[str, ImageBoxes]:
     return boxes
 
 
+@register_box_reader("cub", recognises=lambda path: path.is_file() and path.name == "bounding_boxes.txt")
 def load_cub_boxes(path: str | Path) -> dict[str, ImageBoxes]:
     """CUB-200-2011's ``bounding_boxes.txt`` (``<id> <x> <y> <width> <height>``) joined with the
     ``images.txt`` beside it (``<id> <class folder>/<file>``); keyed by file stem. The class key
@@ -125,12 +169,21 @@ def load_cub_boxes(path: str | Path) -> dict[str, ImageBoxes]:
     return out
 
 
-def load_boxes(path: str | Path) -> dict[str, ImageBoxes]:
-    """A VOC XML folder, or CUB's bounding_boxes.txt."""
+def box_reader_of(path: str | Path) -> BoxReader:
+    """The reader that recognises ``path`` (the VOC folder reader where none does); two that both
+    do are an error naming them, never a silent pick."""
     path = Path(path)
-    if path.is_file() and path.name == "bounding_boxes.txt":
-        return load_cub_boxes(path)
-    return load_voc_folder(path)
+    readers = [reader for _, reader in BOX_FORMATS.items() if reader.recognises(path)]
+    if len(readers) > 1:
+        raise BoxFileError(f"--val-boxes {path}: read by {' and '.join(r.name for r in readers)} alike; "
+                           "make one box reader's recognises() tell them apart")
+    return readers[0] if readers else BOX_FORMATS.get(DEFAULT_BOX_FORMAT)
+
+
+def load_boxes(path: str | Path) -> dict[str, ImageBoxes]:
+    """{image id (file stem): ImageBoxes} of --val-boxes, by the reader that recognises it (a VOC
+    XML folder, CUB's bounding_boxes.txt, a plugin's format)."""
+    return box_reader_of(path).read(Path(path))
 
 
 def box_mask(boxes: np.ndarray, height: int, width: int) -> torch.Tensor:

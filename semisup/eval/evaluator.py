@@ -33,14 +33,28 @@ from semisup.data.datasets import EvalDataset, leave_stop_signals_to_the_main_pr
 from semisup.eval.heatmap_metrics import scores as heatmap_scores
 from semisup.eval.insertion import InsertionSettings
 from semisup.method import cgc, explainers
-from semisup.registry import HEATMAP_METRICS
+from semisup.registry import EVERY_EVAL, FULL_EVAL, HEATMAP_METRICS, METRICS
 
 log = logging.getLogger(__name__)
 
 VAL_CGC_BATCH = 128  # fixed, so the InfoNCE value is comparable between checkpoints
-# What --metrics names: top-1/top-5, Content Heatmap, validation CGC loss, kNN, insertion / deletion AUC.
-METRICS = ("top1", "ch", "cgc-loss", "knn", "iauc", "dauc")
-FULL_METRICS = {"top1", "ch", "cgc-loss", "knn"}  # a run's final and best evaluation
+
+
+def metric_choices() -> list[str]:
+    """What --metrics names (semisup.registry.METRICS's choices): top1, ch, cgc-loss, knn, iauc,
+    dauc for the package's metrics."""
+    return METRICS.choices()
+
+
+def full_metrics() -> set[str]:
+    """The --metrics names of a run's full evaluation (every --ch-every epoch, the last, the best
+    checkpoint) and of semisup/evaluate.py's default: top1, ch, cgc-loss, knn for the package's."""
+    return set(METRICS.choices((EVERY_EVAL, FULL_EVAL)))
+
+
+def quick_metrics() -> set[str]:
+    """The --metrics names of each --eval-every epoch's evaluation (top1)."""
+    return set(METRICS.choices((EVERY_EVAL,)))
 
 
 def released_swav_cams(features: torch.Tensor, classes: torch.Tensor) -> torch.Tensor | None:
@@ -114,23 +128,26 @@ class Evaluator:
     def run(self, model, progress: bool = True, full: bool = True, metrics: set[str] | None = None,
             insertion: "InsertionSettings | None" = None) -> dict:
         """Returns dict of top1, top5 (percent), bad_val_images, eval_seconds and, with ``full``
-        (or as ``metrics`` names them, :data:`METRICS`), cgc_val_loss; ch, ch_strict,
-        ch_released_swav (percent), ch_zero (count), ch_images; knn_top1 (percent); iauc, dauc
-        (percent, ``semisup.eval.insertion`` with ``insertion`` settings, the released ones by default)."""
-        metrics = set(metrics) if metrics is not None else (FULL_METRICS if full else {"top1"})
+        (or as ``metrics`` names them, :func:`metric_choices`), cgc_val_loss; ch, ch_strict,
+        ch_released_swav (percent), ch_zero (count), ch_images, the heatmap metrics; knn_top1
+        (percent); iauc, dauc (percent, ``semisup.eval.insertion`` with ``insertion`` settings, the
+        released ones by default). The passes run are those the asked metrics declare."""
+        metrics = set(metrics) if metrics is not None else (full_metrics() if full else quick_metrics())
+        passes = {p.name for p in METRICS.passes(metrics)}
         model.eval()
         start = time.time()
         # Inference mode where the heatmaps need no autograd (closed forms); else gradients stay possible.
         grad_free = not self.explainer.needs_autograd(_unwrap(model))
         with torch.inference_mode() if grad_free else torch.no_grad():
-            results = self.classify(model, progress, features="knn" in metrics, cgc="cgc-loss" in metrics)
+            # The top-1 pass always runs: the kNN and CGC-loss passes ride on its forwards.
+            results = self.classify(model, progress, features="knn" in passes, cgc="cgc-loss" in passes)
             features, labels = results.pop("_features"), results.pop("_labels")
-            if "ch" in metrics:
+            if "ch" in passes:
                 with D.no_cudnn_autotune():
                     results.update(self.content_heatmap(model, progress))
-            if "knn" in metrics:
+            if "knn" in passes:
                 results["knn_top1"] = self.knn(model, features, labels, progress)
-        if metrics & {"iauc", "dauc"}:
+        if "insertion" in passes:
             results.update(
                 self.insertion(
                     model, insertion or InsertionSettings(size=self.cfg.image_size, explainer=self.cfg.explainer),
@@ -149,9 +166,8 @@ class Evaluator:
         loader = DataLoader(dataset, batch_size=CAM_BATCH, shuffle=False, num_workers=self.cfg.workers,
                             worker_init_fn=leave_stop_signals_to_the_main_process)
         batches = tqdm(loader, desc="eval insertion/deletion", disable=not self._bars(progress), leave=False)
-        return insertion_metrics(
-            model, batches, settings, self.device, metrics=tuple(m for m in ("iauc", "dauc") if m in metrics)
-        )
+        return insertion_metrics(model, batches, settings, self.device,
+                                 metrics=tuple(METRICS.of_pass("insertion", choices=metrics)))
 
     def _bars(self, progress: bool) -> bool:
         """Progress bars on the main process, and only where a person watches a terminal (a Slurm
@@ -334,13 +350,11 @@ def _cell(value, width: int, digits: int) -> str:
 
 
 def format_results(rows: list[dict]) -> str:
-    """A small fixed-width table: method, top-1, top-5, CH (published, strict, released SwAV
-    script), CGC loss, kNN."""
-    columns = [
-        ("top-1", "top1", 8, 2), ("top-5", "top5", 8, 2), ("CH", "ch", 8, 2), ("CH strict", "ch_strict", 11, 2),
-        ("CH rel.SwAV", "ch_released_swav", 13, 2), ("CGC loss", "cgc_val_loss", 10, 4), ("kNN", "knn_top1", 8, 2),
-    ]
-    columns += [c for c in (("IAUC", "iauc", 8, 2), ("DAUC", "dauc", 8, 2)) if any(c[1] in r for r in rows)]
+    """A small fixed-width table: method and each metric that declares a ``console`` column
+    (top-1, top-5, CH published, strict and released SwAV script, CGC loss, kNN; IAUC and DAUC
+    where a row has them)."""
+    columns = [(m.console, m.name, m.width, m.decimals) for m in METRICS.in_order()
+               if m.console and (not m.optional or any(m.name in r for r in rows))]
     name_width = max([26] + [len(str(r["method"])) + 2 for r in rows])  # names are never cut
     header = f"{'method':<{name_width}}" + "".join(f"{title:>{width}}" for title, _, width, _ in columns)
     lines = [header, "-" * len(header)]

@@ -1,25 +1,31 @@
-"""Heatmap metrics, registered by name: each scores the run's heatmaps of the validation images
-with boxes, computed in the Content Heatmap pass (the same heatmaps, no extra forward).
-
-A metric declares its name (the key in ``final.json``, ``metrics.csv`` and ``eval.jsonl``), its
-report column, its TensorBoard tag, and how it scores a batch::
-
-    score(cams [B, h, w], boxes: B arrays [n_i, 4] (original pixels), size (H, W)) -> [B] float64 in [0, 1]
-
-It runs where CH runs (every ``--ch-every`` epochs, the final and the best checkpoint,
-``semisup/evaluate.py --metrics ch``), costs one upsampling per image beside CH's, and is reported
-as the percentage mean over images. Content Heatmap itself, with its published-protocol details,
-is :func:`semisup.data.boxes.content_heatmap`. A new metric is one function in a file of its own::
+"""Heatmap metrics: each scores the run's heatmaps of the validation images with boxes, in the
+Content Heatmap pass (the same heatmaps, no extra forward). The pointing game below is the
+example to copy: a new metric is one function in a file of its own::
 
     from semisup.eval.heatmap_metrics import register_heatmap_metric
     @register_heatmap_metric("my_metric", column="Mine")
     def my_metric(cams, boxes, size): ...       # -> [B]
 
-loaded with ``--plugins MODULE`` where it lies outside the package.
+loaded with ``--plugins MODULE`` where it lies outside the package. The decorator declares the
+metric in ``semisup.registry.METRICS`` (a :class:`semisup.registry.MetricSpec`), which every
+consumer reads:
+
+- its name is the key in ``final.json``, ``metrics.csv`` and ``eval.jsonl``;
+- the evaluator computes ``score(cams [B, h, w], boxes: B arrays [n_i, 4] (original pixels),
+  size (H, W)) -> [B]`` in [0, 1] where CH is computed (every ``--ch-every`` epochs, the final
+  and the best checkpoint, ``semisup/evaluate.py --metrics ch``), reported as the percentage
+  mean over images;
+- the planner counts no pass for it beyond CH's (one upsampling per image beside CH's);
+- ``column`` is its report column (limited-label and full-supervision tables, left out where
+  no run has it), ``tag`` its TensorBoard tag (default ``val/<name>``);
+- ``headline=True`` also makes it a ``final_<name>`` column of ``jobs/status.py`` and a metric
+  of TensorBoard's hparams table.
+
+Content Heatmap itself, with its published-protocol details, is
+:func:`semisup.data.boxes.content_heatmap`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -27,25 +33,19 @@ import torch
 import torch.nn.functional as F
 
 from semisup.data.boxes import box_mask
-from semisup.registry import HEATMAP_METRICS
+from semisup.eval.metrics import register_metric
+from semisup.registry import HEATMAP_METRICS, MetricSpec
 
 Score = Callable[[torch.Tensor, list[np.ndarray], tuple[int, int]], torch.Tensor]
 
 
-@dataclass(frozen=True)
-class HeatmapMetric:
-    name: str  # the results key
-    column: str  # the report's column
-    tag: str  # TensorBoard's tag
-    score: Score  # (cams, boxes, size) -> [B] in [0, 1]
-    summary: str
-
-
-def register_heatmap_metric(name: str, column: str | None = None, tag: str | None = None) -> Callable[[Score], Score]:
+def register_heatmap_metric(name: str, column: str | None = None, tag: str | None = None, headline: bool = False,
+                            higher_is_better: bool = True) -> Callable[[Score], Score]:
     """``@register_heatmap_metric("name", column="Column")`` on ``score(cams, boxes, size) -> [B]``."""
     def add(score: Score) -> Score:
         summary = ((score.__doc__ or name).strip().splitlines() or [name])[0]
-        HEATMAP_METRICS.register(name, HeatmapMetric(name, column or name, tag or f"val/{name}", score, summary))
+        register_metric(MetricSpec(name, "ch", "ch", column=column or name, optional=True, tag=tag or "",
+                                   headline=headline, higher_is_better=higher_is_better, summary=summary, score=score))
         return score
     return add
 

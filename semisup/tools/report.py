@@ -21,7 +21,7 @@ import pandas as pd
 from semisup.config import Config, load_saved_config
 from semisup.errors import Parser, UsageError, UserError, cli
 from semisup.files import RunFileError, read_json, write_atomic, write_text_atomic
-from semisup.registry import HEATMAP_METRICS
+from semisup.registry import ABLATION, EVALUATE_ONLY, FULL_SUPERVISION, LIMITED, METRICS
 from semisup.runfiles import RunFiles
 
 METHOD_NAMES = {"ce": "Cross-entropy", "ce-script": "Cross-entropy (CGC script, λ 0)", "cgc": "CGC", "gcc": "GCC (L2)"}
@@ -78,6 +78,7 @@ def evaluated_later(run_dir: Path, final: dict) -> dict:
     with the number of images it was computed on. A row of other weights (another run's checkpoint
     evaluated with --out into this folder) or without a digest (older evaluations) is left out."""
     found = {}
+    later = evaluate_only_names()
     path = RunFiles(run_dir).eval
     if not path.is_file():
         return found
@@ -92,17 +93,18 @@ def evaluated_later(run_dir: Path, final: dict) -> dict:
             row = json.loads(line)
         except ValueError:
             continue  # a line cut by a kill: the others still count
-        if not isinstance(row, dict) or not any(isinstance(row.get(k), (int, float)) for k in ("iauc", "dauc")):
+        if not isinstance(row, dict) or not any(isinstance(row.get(k), (int, float)) for k in later):
             continue
         if not _of_the_final_weights(row, final):
             others += 1
             continue
-        for key in ("iauc", "dauc"):
+        for key in later:
             if isinstance(row.get(key), (int, float)):
                 found.update({key: row[key], f"{key}_images": row.get("images"), f"{key}_of": row.get("validation")})
     if others:
+        columns = "/".join(METRICS.get(k).column or k for k in later)
         print(f"note: {path}: {others} evaluation(s) of other weights than the run's final ones (or without their "
-              "digest) left out of its IAUC/DAUC", file=sys.stderr)
+              f"digest) left out of its {columns}", file=sys.stderr)
     return found
 
 
@@ -156,13 +158,9 @@ def load_runs(run_dirs: list[str | Path], settings: tuple[str, ...] = (), quiet:
                 max_eval_images=cfg.max_eval_images,
                 signature=_signature(cfg.to_dict(), method),
                 finished=(RunFiles(run_dir).final).stat().st_mtime,
-                **{
-                    k: final["final"].get(k)
-                    for k in ("top1", "top5", "ch", "ch_strict", "ch_released_swav", "cgc_val_loss", "knn_top1",
-                              *registered_metric_names())
-                },
-                **{"iauc": None, "dauc": None, **evaluated_later(run_dir, final)},
-                **{f"best_{k}": (final.get("best") or {}).get(k) for k in ("epoch", "top1", "top5", "ch")},
+                **{k: final["final"].get(k) for k in run_metric_names()},
+                **{**{k: None for k in evaluate_only_names()}, **evaluated_later(run_dir, final)},
+                **{f"best_{k}": (final.get("best") or {}).get(k) for k in ("epoch", *best_metric_names())},
                 **{k: getattr(cfg, k) for k in settings},
             )
         )
@@ -248,7 +246,7 @@ def aggregate(runs: pd.DataFrame, keys: list[str], metrics: dict[str, tuple[str,
             notes.append(f"{int(frame['truncated'].sum())} truncated")
         if "max_eval_images" in frame and frame["max_eval_images"].notna().any():
             notes.append(f"evaluated on ≤ {int(frame['max_eval_images'].max())} val images")
-        for key in ("iauc", "dauc"):  # an insertion metric computed on part of the validation set says so
+        for key in evaluate_only_names():  # a metric computed on part of the validation set says so
             images, total = frame.get(f"{key}_images"), frame.get(f"{key}_of")
             if images is not None and total is not None and (images.dropna() < total.dropna()).any():
                 notes.append(f"{key.upper()} on {int(images.min())} of {int(total.max())} val images")
@@ -262,13 +260,34 @@ def aggregate(runs: pd.DataFrame, keys: list[str], metrics: dict[str, tuple[str,
     return table.drop(columns="signature")
 
 
-def registered_metric_names() -> list[str]:
-    return [name for name, _ in HEATMAP_METRICS.items()]
+def run_metric_names() -> list[str]:
+    """The reported metrics a run's own evaluation writes to final.json (top1 ... knn_top1, the
+    heatmap metrics)."""
+    return [m.name for m in METRICS.in_order() if m.column and m.cadence != EVALUATE_ONLY]
 
 
-def registered_columns() -> dict[str, tuple[str, int]]:
-    """The report columns of the registered heatmap metrics (semisup/eval/heatmap_metrics.py and plugins)."""
-    return {metric.column: (name, 2) for name, metric in HEATMAP_METRICS.items()}
+def best_metric_names() -> list[str]:
+    """The metrics read from final.json's best checkpoint: the headline ones and those with a best* column."""
+    return list(dict.fromkeys([*METRICS.headline(), *(m.name for m in METRICS.in_order() if m.best_in)]))
+
+
+def evaluate_only_names() -> list[str]:
+    """The reported metrics only semisup/evaluate.py computes, read from the run's eval.jsonl (iauc, dauc)."""
+    return [m.name for m in METRICS.in_order() if m.column and m.cadence == EVALUATE_ONLY]
+
+
+def columns(table: str) -> dict[str, tuple[str, int]]:
+    """{column: (runs' key, decimals)} of a report table, from the metrics' declarations: each
+    metric's column in declaration order, then the best checkpoint's columns (``<column> best*``)."""
+    metrics = METRICS.reported(table)
+    return {**{m.column: (m.name, m.decimals) for m in metrics},
+            **{f"{m.column} best*": (f"best_{m.name}", m.decimals) for m in metrics if table in m.best_in}}
+
+
+def _drop_empty_optional(table: pd.DataFrame, which: str) -> pd.DataFrame:
+    """Optional metrics' columns (IAUC, DAUC, the heatmap metrics) where no run has them."""
+    optional = [m.column for m in METRICS.reported(which) if m.optional]
+    return table.drop(columns=[c for c in optional if (table[c] == "–").all()])
 
 
 def limited_label_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -276,17 +295,8 @@ def limited_label_table(runs: pd.DataFrame) -> pd.DataFrame:
     if runs.empty:
         return pd.DataFrame()
     runs["Labeled"] = runs["labeled_share"].map(percent)
-    table = aggregate(
-        runs,
-        ["dataset", "Labeled", "start", "method"],
-        {
-            "Top-1": ("top1", 2), "Top-5": ("top5", 2), "CH": ("ch", 2), "CH strict": ("ch_strict", 2),
-            "CH rel. SwAV": ("ch_released_swav", 2), "CGC Loss": ("cgc_val_loss", 4), "kNN": ("knn_top1", 2),
-            "IAUC": ("iauc", 2), "DAUC": ("dauc", 2), **registered_columns(),
-            "Top-1 best*": ("best_top1", 2), "CH best*": ("best_ch", 2),
-        },
-    )
-    table = table.drop(columns=[c for c in ("IAUC", "DAUC", *registered_columns()) if (table[c] == "–").all()])
+    table = aggregate(runs, ["dataset", "Labeled", "start", "method"], columns(LIMITED))
+    table = _drop_empty_optional(table, LIMITED)
     table["method"] = table["method"].map(METHOD_NAMES)
     return table.rename(columns={"dataset": "Dataset", "start": "Start", "method": "Method"})
 
@@ -295,15 +305,8 @@ def full_supervision_table(runs: pd.DataFrame) -> pd.DataFrame:
     runs = runs[runs["labeled_fraction"] >= 1.0].copy()
     if runs.empty:
         return pd.DataFrame()
-    table = aggregate(
-        runs,
-        ["dataset", "arch", "method"],
-        {
-            "Top-1": ("top1", 2), "CH": ("ch", 2), "CGC Loss": ("cgc_val_loss", 4), "IAUC": ("iauc", 2),
-            "DAUC": ("dauc", 2), **registered_columns(), "Top-1 best*": ("best_top1", 2),
-        },
-    )
-    table = table.drop(columns=[c for c in ("IAUC", "DAUC", *registered_columns()) if (table[c] == "–").all()])
+    table = aggregate(runs, ["dataset", "arch", "method"], columns(FULL_SUPERVISION))
+    table = _drop_empty_optional(table, FULL_SUPERVISION)
     table["method"] = table["method"].map(METHOD_NAMES)
     return table.rename(columns={"dataset": "Dataset", "arch": "Architecture", "method": "Method"})
 
@@ -317,8 +320,7 @@ def ablation_table(runs: pd.DataFrame, setting: str) -> pd.DataFrame:
         ~runs["method"].isin(["ce", "ce-script"])
     )  # NaN: grouped together, shown as '–'
     runs[setting] = runs[setting].map(lambda v: tuple(v) if isinstance(v, list) else v)  # hashable for grouping
-    table = aggregate(runs, ["Labeled", "start", "method", setting],
-                      {"Top-1": ("top1", 2), "CH": ("ch", 2), "CH strict": ("ch_strict", 2), "kNN": ("knn_top1", 2)})
+    table = aggregate(runs, ["Labeled", "start", "method", setting], columns(ABLATION))
     table["method"] = table["method"].map(METHOD_NAMES)
     table[setting] = table[setting].map(lambda v: "–" if pd.isna(v) else f"{v:g}" if isinstance(v, float) else str(v))
     return table.rename(columns={"start": "Start", "method": "Method"})

@@ -4,8 +4,11 @@ The run is split into what bounds each part: training steps are either GPU-bound
 backward) or decode-bound (JPEGs decoded by the node's cores, or by nvJPEG with
 ``--decode gpu``); each evaluation is the same race for its own images. Loading overlaps
 compute (prefetching workers), so each part takes the larger of the two; parts run one after
-another. Rates are measured: GPU rates by ``semisup-bench gpu`` on the named card,
-CPU decode rates per core by ``semisup-bench loader``; both can be overridden.
+another. An evaluation is the sum of the passes its metrics declare (semisup.registry.METRICS:
+each metric names its pass and cadence; :func:`_pass_costs` prices every pass), so a metric
+that adds a pass to the full evaluations makes the plan count it. Rates are measured: GPU rates
+by ``semisup-bench gpu`` on the named card, CPU decode rates per core by ``semisup-bench
+loader``; both can be overridden.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from dataclasses import asdict, dataclass, fields
 
 from semisup.config import compiles
 from semisup.errors import UsageError
+from semisup.registry import EVERY_EVAL, FULL_EVAL, METRICS
 
 # Measured rates: ResNet-50, images/s counted as in the benchmark (3 x 128 images per 1 %-recipe
 # step; inference at 224 and CH at 448 px), CPU rates per core on realistic ImageNet-like JPEGs.
@@ -209,27 +213,44 @@ def _train_part(shape: RunShape, rates: Rates, gpus: int, cores: int, decode: st
 
 
 def _eval_parts(shape: RunShape, rates: Rates, gpus: int, cores: int) -> dict[str, tuple[float, float, float]]:
-    """(compute, decode, gallery) seconds of the quick (top-1) and the full evaluations. Every
-    evaluation of the current model then draws the TensorBoard gallery grid, the run's end
-    gallery.png: on the main process, after the evaluation's loaders are done (added, not
-    overlapped)."""
+    """(compute, decode, gallery) seconds of the quick (top-1) and the full evaluations, each the
+    sum of the passes its metrics declare (semisup.registry.METRICS). Every evaluation of the
+    current model then draws the TensorBoard gallery grid, the run's end gallery.png: on the main
+    process, after the evaluation's loaders are done (added, not overlapped)."""
     loader_cores = _loader_cores(cores, gpus, shape.workers, 1 + shape.uses_unlabeled)  # as the Evaluator takes
     grid = (rates.gallery_grid_s or 0.0) if shape.gallery else 0.0
     png = (rates.gallery_png_s or 0.0) if shape.gallery else 0.0
-    quick_compute = shape.quick_evals * shape.val_images / (rates.infer_images_per_s * gpus)
+    costs = _pass_costs(shape, rates)
+    quick = METRICS.passes(METRICS.choices((EVERY_EVAL,)))
+    full = [p for p in METRICS.passes(METRICS.choices((EVERY_EVAL, FULL_EVAL))) if p not in quick]
+
+    def part(passes, count: int) -> tuple[float, float]:
+        return (count * sum(costs[p.name][0] for p in passes) / gpus,
+                count * sum(costs[p.name][1] for p in passes) / loader_cores)
+
+    full_gallery = (shape.full_evals - 1) * grid + png  # the best checkpoint's evaluation draws none
+    # A full evaluation runs the quick one's passes too (top-1 is part of it).
+    full_cost = [a + b for a, b in zip(part(quick, shape.full_evals), part(full, shape.full_evals))]
+    quick_gallery = shape.quick_evals * grid
+    return {f"per-epoch {', '.join(p.title for p in quick)}": (*part(quick, shape.quick_evals), quick_gallery),
+            f"final {', '.join(p.title for p in full)}": (*full_cost, full_gallery)}
+
+
+def _pass_costs(shape: RunShape, rates: Rates) -> dict[str, tuple[float, float]]:
+    """{pass: (seconds on one GPU, seconds of decode on one core)} of one evaluation, for every
+    pass of semisup.registry.PASSES."""
+    val, labeled = shape.val_images, shape.labeled
     # With --val-cache the first evaluation decodes (and writes) the crops; every later top-1 reads them.
     top1_rate = rates.val_cached_per_s if shape.val_cache and rates.val_cached_per_s else rates.val_per_s
-    passes = shape.quick_evals + shape.full_evals
-    top1_decode = (shape.val_images / rates.val_per_s + (passes - 1) * shape.val_images / top1_rate) / passes
-    quick_decode = shape.quick_evals * top1_decode / loader_cores
-    # A full evaluation: top-1 + the validation CGC loss (2 forwards), CH at 448, kNN bank.
-    full_compute = shape.full_evals * ((2 * shape.val_images + shape.labeled) / rates.infer_images_per_s
-                                       + shape.val_images / rates.ch_images_per_s) / gpus
-    full_decode = shape.full_evals * (top1_decode + shape.labeled / rates.val_per_s
-                                      + shape.val_images / rates.ch_val_per_s) / loader_cores
-    full_gallery = (shape.full_evals - 1) * grid + png  # the best checkpoint's evaluation draws none
-    return {"per-epoch top-1": (quick_compute, quick_decode, shape.quick_evals * grid),
-            "final CH, kNN, CGC loss": (full_compute, full_decode, full_gallery)}
+    evaluations = shape.quick_evals + shape.full_evals
+    top1_decode = (val / rates.val_per_s + (evaluations - 1) * val / top1_rate) / evaluations
+    return {
+        "top-1": (val / rates.infer_images_per_s, top1_decode),
+        "ch": (val / rates.ch_images_per_s, val / rates.ch_val_per_s),  # at 448 px, decoded at that size
+        "knn": (labeled / rates.infer_images_per_s, labeled / rates.val_per_s),  # the labeled bank
+        "cgc-loss": (val / rates.infer_images_per_s, 0.0),  # the augmented views of top-1's crops: no decode
+        "insertion": (insertion_seconds(val, rates), val / rates.val_per_s),
+    }
 
 
 def insertion_seconds(val_images: int, rates: Rates, gpus: int = 1, steps: int = 29) -> float:

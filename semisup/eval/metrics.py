@@ -1,0 +1,48 @@
+"""The evaluation passes' own numbers, declared as metrics (semisup.registry.MetricSpec).
+
+The order here is the order of the report's columns, of semisup/evaluate.py's table and of its
+``--metrics`` names. The Evaluator's code computes these; a metric scored from the heatmaps of
+the CH pass is declared with ``@register_heatmap_metric`` instead
+(semisup/eval/heatmap_metrics.py), as a plugin's is. Any other declaration::
+
+    from semisup.eval.metrics import register_metric
+    register_metric(MetricSpec("my_key", choice="ch", evaluation_pass="ch", column="Mine"))
+"""
+from __future__ import annotations
+
+from semisup.registry import ABLATION, EVALUATE_ONLY, EVERY_EVAL, FULL_SUPERVISION, LIMITED, METRICS, MetricSpec
+
+
+def register_metric(spec: MetricSpec) -> MetricSpec:
+    """Add ``spec`` to semisup.registry.METRICS under its name."""
+    return METRICS.register(spec.name, spec)
+
+
+ALL_TABLES = (LIMITED, FULL_SUPERVISION, ABLATION)
+
+for _spec in (
+    # Every evaluation: the forward of each validation crop (the quick --eval-every evaluation).
+    MetricSpec("top1", "top1", "top-1", EVERY_EVAL, column="Top-1", tables=ALL_TABLES,
+               best_in=(LIMITED, FULL_SUPERVISION), console="top-1", headline=True,
+               summary="top-1 accuracy (percent), Resize + CenterCrop"),
+    MetricSpec("top5", "top1", "top-1", EVERY_EVAL, column="Top-5", tables=(LIMITED,), console="top-5", headline=True,
+               summary="top-5 accuracy (percent)"),
+    # The full evaluation: CH pass, validation CGC loss, kNN.
+    MetricSpec("ch", "ch", "ch", column="CH", tables=ALL_TABLES, best_in=(LIMITED,), console="CH", headline=True,
+               summary="Content Heatmap, the published protocol (percent)"),
+    MetricSpec("ch_strict", "ch", "ch", column="CH strict", tables=(LIMITED, ABLATION), console="CH strict",
+               summary="Content Heatmap with all-zero heatmaps counted as 0 (percent)"),
+    MetricSpec("ch_released_swav", "ch", "ch", column="CH rel. SwAV", tables=(LIMITED,), console="CH rel.SwAV",
+               summary="Content Heatmap as the released SwAV-start script computes it (percent)"),
+    MetricSpec("ch_zero", "ch", "ch", higher_is_better=False, summary="how many heatmaps are all zero (a count)"),
+    MetricSpec("cgc_val_loss", "cgc-loss", "cgc-loss", column="CGC Loss", decimals=4, console="CGC loss",
+               higher_is_better=False, summary="validation CGC loss, transforms seeded by image index"),
+    MetricSpec("knn_top1", "knn", "knn", column="kNN", tables=(LIMITED, ABLATION), console="kNN", hparam=True,
+               summary="kNN top-1 of pooled features, the labeled images as memory bank (percent)"),
+    # Asked for by name only (semisup/evaluate.py --metrics iauc,dauc), appended to the run's eval.jsonl.
+    MetricSpec("iauc", "iauc", "insertion", EVALUATE_ONLY, column="IAUC", optional=True, console="IAUC",
+               summary="insertion AUC (percent)"),
+    MetricSpec("dauc", "dauc", "insertion", EVALUATE_ONLY, column="DAUC", optional=True, console="DAUC",
+               higher_is_better=False, summary="deletion AUC (percent)"),
+):
+    register_metric(_spec)
