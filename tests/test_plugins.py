@@ -61,8 +61,10 @@ EXTENSION = textwrap.dedent('''
 
 
     @register_data_format("stripes")
-    def stripes(cfg, decode_check):
+    def stripes(settings, decode_check):
         """4 classes of 32 x 32 images: a bright stripe at one of 4 heights; the boxes are --val-boxes'."""
+        # The builder sees the data settings only (semisup.data.settings), not training's.
+        assert type(settings).__name__ == "DataSettings" and not hasattr(settings, "lr_head"), settings
         rng = np.random.default_rng(0)
         def make(n):
             labels = np.arange(n) % 4
@@ -72,7 +74,7 @@ EXTENSION = textwrap.dedent('''
             return ArraySource(images, labels), labels
         train, _ = make(64)
         val, labels = make(16)
-        annotated = load_boxes(cfg.val_boxes)  # the registry picks the reader that recognises the file
+        annotated = load_boxes(settings.val_boxes)  # the registry picks the reader that recognises the file
         boxes = [annotated[f"val{i}"].of_class(CLASSES[c]) if f"val{i}" in annotated else None
                  for i, c in enumerate(labels)]
         labeled = np.arange(0, 64, 4)

@@ -32,6 +32,7 @@ from semisup.data.boxes import content_heatmap  # noqa: F401 (also part of this 
 from semisup.data.datasets import EvalDataset, leave_stop_signals_to_the_main_process
 from semisup.eval.heatmap_metrics import scores as heatmap_scores
 from semisup.eval.insertion import InsertionSettings
+from semisup.eval.settings import eval_settings
 from semisup.method import cgc, explainers
 from semisup.registry import EVERY_EVAL, FULL_EVAL, HEATMAP_METRICS, METRICS
 
@@ -79,14 +80,15 @@ def size_grouped_batches(sizes: list[tuple[int, int]], batch_size: int) -> list[
 class Evaluator:
     """Runs the evaluation passes of one model on a DataBundle's validation (and labeled) data."""
 
-    def __init__(self, cfg, bundle, device: torch.device, dist: D.Dist | None = None, batch_size: int = 64):
-        self.cfg, self.bundle, self.device = cfg, bundle, device
+    def __init__(self, settings, bundle, device: torch.device, dist: D.Dist | None = None, batch_size: int = 64):
+        """``settings``: the evaluation's (:class:`EvalSettings`), or a Config they are read from."""
+        self.settings, self.bundle, self.device = eval_settings(settings), bundle, device
         self.dist = dist or D.Dist(device=device)
         self.batch_size = batch_size
-        self.explainer = explainers.get(cfg.explainer)  # the run's heatmap method, for CH and the CGC loss
-        self.amp_dtype = D.amp_dtype(cfg, device)  # bf16/fp16 forwards on GPUs, as in training
+        self.explainer = explainers.get(self.settings.explainer)  # the run's heatmap method, for CH and the CGC loss
+        self.amp_dtype = D.amp_dtype(self.settings, device)  # bf16/fp16 forwards on GPUs, as in training
         n = len(bundle.val.source)
-        limit = cfg.max_eval_images or n
+        limit = self.settings.max_eval_images or n
         self.indices = np.arange(min(n, limit))
         self._val_cache = None  # top1_dataset's, opened or built once
 
@@ -94,7 +96,7 @@ class Evaluator:
         # The training streams' workers wait while the model is evaluated: the evaluation takes
         # as many (--workers per stream, 2 streams with unlabeled images), the cores the run has
         # for loading; with --workers alone it was decode-bound at half of them (bench plan).
-        workers = self.cfg.workers * (2 if self.bundle.unlabeled is not None else 1)
+        workers = self.settings.workers * (2 if self.bundle.unlabeled is not None else 1)
         kwargs = dict(batch_sampler=batch_sampler) if batch_sampler is not None else dict(batch_size=self.batch_size)
         return DataLoader(dataset, num_workers=workers, pin_memory=self.device.type == "cuda",
                           worker_init_fn=leave_stop_signals_to_the_main_process, **kwargs)
@@ -103,11 +105,11 @@ class Evaluator:
         """The validation crops top-1 reads: decoded each time, or (--val-cache) read from the
         cache, which the main process builds the first time; where it cannot be written or read
         (a full disk, a folder other nodes do not see), decoded, with a warning."""
-        dataset = EvalDataset(self.bundle.val.source, self.cfg.resize_size, self.cfg.image_size, self.indices)
-        if not self.cfg.val_cache:
+        dataset = EvalDataset(self.bundle.val.source, self.settings.resize_size, self.settings.image_size, self.indices)
+        if not self.settings.val_cache:
             return dataset
         if self._val_cache is None:
-            folder = Path(self.cfg.val_cache)
+            folder = Path(self.settings.val_cache)
             cached = valcache.open_cache(folder, dataset)
             if cached is None and self.dist.is_main:
                 positions = list(range(len(dataset)))
@@ -150,7 +152,8 @@ class Evaluator:
         if "insertion" in passes:
             results.update(
                 self.insertion(
-                    model, insertion or InsertionSettings(size=self.cfg.image_size, explainer=self.cfg.explainer),
+                    model,
+                    insertion or InsertionSettings(size=self.settings.image_size, explainer=self.settings.explainer),
                     metrics, progress,
                 )
             )
@@ -163,7 +166,7 @@ class Evaluator:
         file order, as released (``semisup.eval.insertion``); one process."""
         from semisup.eval.insertion import CAM_BATCH, InsertionDataset, insertion_metrics
         dataset = InsertionDataset(self.bundle.val.source, self.indices, settings.size)
-        loader = DataLoader(dataset, batch_size=CAM_BATCH, shuffle=False, num_workers=self.cfg.workers,
+        loader = DataLoader(dataset, batch_size=CAM_BATCH, shuffle=False, num_workers=self.settings.workers,
                             worker_init_fn=leave_stop_signals_to_the_main_process)
         batches = tqdm(loader, desc="eval insertion/deletion", disable=not self._bars(progress), leave=False)
         return insertion_metrics(model, batches, settings, self.device,
@@ -222,7 +225,7 @@ class Evaluator:
         return self.explainer(explainers.ExplainRequest(model, images, logits, features, classes))
 
     def _channels_last(self) -> bool:
-        return D.uses_channels_last(self.cfg, self.device)
+        return D.uses_channels_last(self.settings, self.device)
 
     def _cgc_loss(self, model, images, normalised, logits, features, target, index) -> torch.Tensor:
         """Validation CGC loss with transforms seeded by image index (the same for every
@@ -231,7 +234,8 @@ class Evaluator:
         raw = _unwrap(model)
         augs, boxes, flips = [], [], []
         for image, i in zip(images.cpu(), index.tolist()):
-            aug, box, flip = T.cgc_pair(image, (self.cfg.crop_scale_min, 1.0), torch.Generator().manual_seed(int(i)))
+            seeded = torch.Generator().manual_seed(int(i))
+            aug, box, flip = T.cgc_pair(image, (self.settings.crop_scale_min, 1.0), seeded)
             augs.append(aug), boxes.append(box), flips.append(flip)
         aug_images = T.normalize(torch.stack(augs).to(self.device), channels_last=self._channels_last())
         with self._autocast():
@@ -239,8 +243,8 @@ class Evaluator:
         cam = self.explain(raw, normalised, logits, features, target)
         cam_aug = self.explain(raw, aug_images, aug_logits, aug_features, target)
         return cgc.cgc_loss(
-            cam_aug, cam, torch.stack(boxes), torch.stack(flips), self.cfg.temperature, self.cfg.cam_size,
-            self.cfg.group_size, self.cfg.cgc_negatives,
+            cam_aug, cam, torch.stack(boxes), torch.stack(flips), self.settings.temperature, self.settings.cam_size,
+            self.settings.group_size, self.settings.cgc_negatives,
         )
 
     def content_heatmap(self, model, progress: bool, released_swav: bool = True) -> dict:
@@ -257,7 +261,7 @@ class Evaluator:
             return undefined
         raw = _unwrap(model)
         indices = [i for i in self.indices if val.boxes[i] is not None]  # CH is defined where boxes exist
-        dataset = EvalDataset(val.source, self.cfg.ch_short_side, None, indices, sizes=val.sizes)
+        dataset = EvalDataset(val.source, self.settings.ch_short_side, None, indices, sizes=val.sizes)
         sizes = [val.sizes[i] for i in indices]
         batches = self._shard(size_grouped_batches(sizes, self.batch_size))
         sums = torch.zeros(
@@ -302,9 +306,11 @@ class Evaluator:
         from semisup.eval.knn import knn_classify
         bundle = self.bundle
         bank_indices = (
-            bundle.labeled_indices[: self.cfg.max_eval_images] if self.cfg.max_eval_images else bundle.labeled_indices
+            bundle.labeled_indices[: self.settings.max_eval_images]
+            if self.settings.max_eval_images
+            else bundle.labeled_indices
         )
-        dataset = EvalDataset(bundle.labeled, self.cfg.resize_size, self.cfg.image_size, bank_indices)
+        dataset = EvalDataset(bundle.labeled, self.settings.resize_size, self.settings.image_size, bank_indices)
         positions = self._shard(list(range(len(dataset))))
         bank, bank_labels = [], []
         batches = [positions[i:i + self.batch_size] for i in range(0, len(positions), self.batch_size)]
@@ -324,7 +330,7 @@ class Evaluator:
         correct = torch.zeros(2, dtype=torch.float64, device=self.device)
         if val_features is not None:
             predictions = knn_classify(
-                bank, bank_labels, val_features.cpu(), k=self.cfg.knn_k, temperature=self.cfg.knn_temperature,
+                bank, bank_labels, val_features.cpu(), k=self.settings.knn_k, temperature=self.settings.knn_temperature,
                 num_classes=len(bundle.classes),
             )
             correct += torch.tensor(

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from semisup.data import transforms as T
 from semisup.data.boxes import content_heatmap, scale_boxes
 from semisup.data.datasets import EvalDataset
+from semisup.eval.settings import eval_settings
 from semisup.files import write_atomic
 from semisup.method import explainers
 
@@ -82,11 +83,12 @@ def gallery_positions(images: int, count: int, seed: int = 0) -> list[int]:
     return sorted(np.random.default_rng(seed).choice(images, size=count, replace=False).tolist())
 
 
-def gallery_figure(models: list, names: list[str], bundle, cfg, device: torch.device, count: int | None = None,
+def gallery_figure(models: list, names: list[str], bundle, settings, device: torch.device, count: int | None = None,
                    seed: int = 0, class_names: dict[str, str] | None = None):
     """A matplotlib figure: ``count`` validation images (the same ones for every call with this
     seed), one panel per model side by side for each image. ``class_names`` maps class folder
-    names (wnids) to readable names for the titles."""
+    names (wnids) to readable names for the titles; ``settings``: the evaluation's (or a Config)."""
+    s = eval_settings(settings)
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -94,10 +96,10 @@ def gallery_figure(models: list, names: list[str], bundle, cfg, device: torch.de
     from matplotlib.colors import Normalize
 
     val = bundle.val
-    positions = gallery_positions(len(val.source), count or cfg.gallery, seed)
+    positions = gallery_positions(len(val.source), count or s.gallery, seed)
     count = len(positions)
-    dataset = EvalDataset(val.source, cfg.ch_short_side)
-    columns = [gallery_panels(m, dataset, val.boxes, val.sizes, positions, device, cfg.explainer) for m in models]
+    dataset = EvalDataset(val.source, s.ch_short_side)
+    columns = [gallery_panels(m, dataset, val.boxes, val.sizes, positions, device, s.explainer) for m in models]
     images_per_row = max(1, 4 // len(models))
     per_row = images_per_row * len(models)  # panels per figure row
     rows = int(np.ceil(count / images_per_row))
@@ -113,7 +115,7 @@ def gallery_figure(models: list, names: list[str], bundle, cfg, device: torch.de
         for m, (name, column) in enumerate(zip(names, columns)):
             ax = axes[n // images_per_row, (n % images_per_row) * len(models) + m]
             _draw_panel(ax, column[n], boxes, val.sizes[pos], classes, name if len(models) > 1 else None)
-    method = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++"}.get(cfg.explainer, cfg.explainer)
+    method = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++"}.get(s.explainer, s.explainer)
     fig.colorbar(ScalarMappable(Normalize(0, 1), cmap=HEATMAP_CMAP), ax=axes, shrink=0.6,
                  label=f"{method} of the true class (max = 1)")
     fig.suptitle(f"{method} of the true class; ground-truth boxes in white; red title: wrong prediction", fontsize=9)
@@ -141,12 +143,12 @@ def _draw_panel(ax, panel: Panel, boxes, size: tuple[int, int], classes: list[st
 
 
 def save_gallery(
-    models: list, names: list[str], bundle, cfg, device: torch.device, path: Path, count: int | None = None,
+    models: list, names: list[str], bundle, settings, device: torch.device, path: Path, count: int | None = None,
     seed: int = 0, class_names: dict[str, str] | None = None,
 ) -> Path:
     """:func:`gallery_figure` written to ``path`` as PNG."""
     import matplotlib.pyplot as plt
-    fig = gallery_figure(models, names, bundle, cfg, device, count, seed, class_names)
+    fig = gallery_figure(models, names, bundle, settings, device, count, seed, class_names)
     path = Path(path)
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
@@ -196,15 +198,15 @@ def panel_image(panel: Panel, boxes, size: tuple[int, int], classes: list[str]):
     return cell
 
 
-def gallery_grid(model, bundle, cfg, device: torch.device, seed: int = 0) -> np.ndarray:
-    """The gallery of one model for TensorBoard: ``cfg.gallery`` panels (the figure's images),
-    ``COLUMNS`` a row, as uint8 [H, W, 3]."""
+def gallery_grid(model, bundle, settings, device: torch.device, seed: int = 0) -> np.ndarray:
+    """The gallery of one model for TensorBoard: ``settings.gallery`` panels (the figure's images),
+    ``COLUMNS`` a row, as uint8 [H, W, 3]; ``settings``: the evaluation's (or a Config)."""
     from PIL import Image
 
-    val = bundle.val
-    positions = gallery_positions(len(val.source), cfg.gallery, seed)
-    dataset = EvalDataset(val.source, cfg.ch_short_side)
-    panels = gallery_panels(model, dataset, val.boxes, val.sizes, positions, device, cfg.explainer)
+    s, val = eval_settings(settings), bundle.val
+    positions = gallery_positions(len(val.source), s.gallery, seed)
+    dataset = EvalDataset(val.source, s.ch_short_side)
+    panels = gallery_panels(model, dataset, val.boxes, val.sizes, positions, device, s.explainer)
     cells = [panel_image(p, val.boxes[pos] if val.boxes is not None else None, val.sizes[pos], bundle.classes)
              for p, pos in zip(panels, positions)]
     columns = min(COLUMNS, len(cells))

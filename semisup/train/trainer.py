@@ -28,6 +28,7 @@ from semisup.data.streams import StreamSettings, training_streams
 from semisup.distributed import amp_dtype
 from semisup.errors import UserError
 from semisup.eval.evaluator import Evaluator, format_results
+from semisup.eval.settings import EvalSettings
 from semisup.files import write_json_atomic
 from semisup.method import explainers
 from semisup.models import replicas as R
@@ -119,6 +120,7 @@ class Trainer:
         self.checkpointer = Checkpointer(run_dir, dist, self.model, self.optimizer, self.scaler, self.state,
                                          cfg.to_dict(), self.schedule.steps_per_epoch)
         self.settings = self.step_settings()
+        self.eval_settings = EvalSettings.of(cfg)  # all the evaluation and the gallery read
 
     def place_model(self) -> nn.Module:
         """The model with its pretrained trunk on the device, its BatchNorm over the released replicas."""
@@ -242,7 +244,7 @@ class Trainer:
         with SignalCheckpoint(self.dist, self.lock) as self.preemption:
             self.preemption.stop_at_once(self.state.step)
             streams = self.loaders()
-            evaluator = Evaluator(self.cfg, self.bundle, self.device, self.dist)
+            evaluator = Evaluator(self.eval_settings, self.bundle, self.device, self.dist)
             self.reporter = Reporter(self.runlog, self.state, self.times, self.device, self.schedule,
                                      self.images_per_step(), shows_bar(self.dist.is_main))
             self.model.train()
@@ -368,7 +370,8 @@ class Trainer:
         drawn with PIL: the matplotlib figure took a second per evaluation, a sixth of the CPU demo."""
         if self.dist.is_main and self.cfg.gallery and self.runlog.writes:
             from semisup.eval.gallery import gallery_grid
-            self.runlog.image("gallery", gallery_grid(self.model, self.bundle, self.cfg, self.device), self.state.step)
+            grid = gallery_grid(self.model, self.bundle, self.eval_settings, self.device)
+            self.runlog.image("gallery", grid, self.state.step)
 
     def save_best(self) -> None:
         with self.times.part("checkpoints"):
@@ -428,7 +431,8 @@ class Trainer:
             if self.dist.is_main and self.cfg.gallery:
                 from semisup.eval.gallery import save_gallery
                 save_gallery(
-                    [self.model], [self.cfg.method], self.bundle, self.cfg, self.device, RunFiles(self.run_dir).gallery
+                    [self.model], [self.cfg.method], self.bundle, self.eval_settings, self.device,
+                    RunFiles(self.run_dir).gallery,
                 )
         scheduled = self.schedule.steps_per_epoch * self.cfg.epochs
         result = dict(
