@@ -133,11 +133,10 @@ def _metric_options(parser: Parser) -> None:
     metrics = parser.add_argument_group("metrics")
     metrics.add_argument(
         "--metrics",
-        type=_metric_list,
         default=None,
         help=(
-            f"comma-separated, from {','.join(metric_choices())} (default: {_listed(full_metrics())}; with --weights "
-            f"{_listed(weights_metrics())})"
+            f"comma-separated, from {','.join(metric_choices())} and the run's plugins' (default: "
+            f"{_listed(full_metrics())}; with --weights {_listed(weights_metrics())})"
         ),
     )
     add_setting(metrics, "image_size", help="with --weights: crop size of top-1 and of insertion (default 224)")
@@ -211,7 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     from semisup.data.formats import build_data
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.weights:
+        choose_metrics(args)  # a file of weights has no plugins of its own; loading it reads the metrics
     loaded, head = load_models(args)
+    if args.checkpoint:
+        choose_metrics(args)  # after the run's plugins are loaded: their metrics are choices too
     bundle = build_data(loaded[0][1])
     rows, models = [], []
     for model, cfg, step, path, name in loaded:
@@ -253,7 +256,15 @@ def check_args(args) -> None:
         value, least = getattr(args, flag), 1 if flag in counts else 0
         if value is not None and value < least:
             raise UsageError(f"--{flag.replace('_', '-')}: must be >= {least}, got {value}")
-    args.metrics = args.metrics or (full_metrics() if args.checkpoint else weights_metrics())
+
+
+def choose_metrics(args) -> None:
+    """--metrics as a set, checked against the registry once the run's plugins are loaded (a
+    plugin's metric is a choice); unset: a run's full evaluation (with --weights, less kNN)."""
+    if args.metrics is not None:
+        args.metrics = _metric_list(args.metrics)
+    else:
+        args.metrics = full_metrics() if args.checkpoint else weights_metrics()
 
 
 def load_models(args) -> tuple[list[tuple], bool]:

@@ -38,6 +38,8 @@ class Registry(Generic[Entry]):
         self._entries: dict[str, Entry] = {}
         self._families: dict[str, Callable[[str], Entry]] = {}  # "prefix/" -> factory(full name)
         self._loaded = False
+        self._builtins_loaded = False
+        _REGISTRIES.append(self)
 
     def register(self, name: str, entry: Entry) -> Entry:
         """Add ``entry`` as ``name``; a name taken by another entry is a programming error."""
@@ -58,11 +60,16 @@ class Registry(Generic[Entry]):
         prefix = next((p for p in self._families if name.startswith(p) and len(name) > len(p)), None)
         return self._families[prefix] if prefix else None
 
+    def _load_builtins(self) -> None:
+        if not self._builtins_loaded:
+            self._builtins_loaded = True
+            for module in self.builtin_modules:
+                importlib.import_module(module)
+
     def _load(self) -> None:
         if not self._loaded:
             self._loaded = True
-            for module in self.builtin_modules:
-                importlib.import_module(module)
+            self._load_builtins()
             load_plugins(())
 
     def names(self) -> list[str]:
@@ -117,6 +124,7 @@ class Selection(Generic[Entry]):
 
 
 _imported_plugins: set[str] = set()
+_REGISTRIES: list["Registry"] = []  # every registry made, whose built-in entries precede any plugin's
 
 
 def plugin_modules(extra: Iterable[str] = ()) -> list[str]:
@@ -130,8 +138,13 @@ def plugin_modules(extra: Iterable[str] = ()) -> list[str]:
 
 def load_plugins(modules: Iterable[str]) -> None:
     """Import the plugin modules (see :func:`plugin_modules`); one that cannot be imported is one
-    line naming it and how it was named."""
-    for module in plugin_modules(modules):
+    line naming it and how it was named. The package's own entries are registered first, so a
+    registry's order (the report's columns, ``--metrics``' names) is theirs, then the plugins'."""
+    pending = [m for m in plugin_modules(modules) if m not in _imported_plugins]
+    if pending:
+        for registry in _REGISTRIES:
+            registry._load_builtins()
+    for module in pending:
         if module in _imported_plugins:
             continue
         _imported_plugins.add(module)

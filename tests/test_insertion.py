@@ -81,11 +81,14 @@ def test_saliency_is_pytorch_grad_cams_gradcam():
     assert order.shape == (4, 32 * 32)
 
 
-def test_the_train_mode_saliency_pass_moves_batchnorm_once_whatever_the_explainer_forwards():
+def test_the_train_mode_saliency_pass_moves_batchnorm_once_whatever_the_explainer_forwards(monkeypatch):
     """The released saliency pass runs in train mode: its one forward moves BatchNorm's running
     statistics. An explainer that forwards again (Score-CAM, a recomputed graph) gives its maps
     but leaves the statistics as Grad-CAM's pass left them."""
     from semisup.method.explainers import get, register_explainer
+    from semisup.registry import EXPLAINERS
+    EXPLAINERS.names()  # the package's loaded, then a copy: the test's explainer leaves with the test
+    monkeypatch.setattr(EXPLAINERS, "_entries", dict(EXPLAINERS._entries))
 
     @register_explainer("test-forwarding-gradcam")
     def forwarding(request):

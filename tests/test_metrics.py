@@ -3,11 +3,17 @@ plugin's would be) reaches the evaluator's names, the status table, TensorBoard'
 report's tables and the planner, with no other edit."""
 import dataclasses
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from semisup.registry import EVALUATE_ONLY, EVERY_EVAL, FULL_EVAL, METRICS, PASSES, MetricSpec
 from tests.test_evaluate import fake_run
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -122,3 +128,40 @@ def test_a_metric_in_the_insertion_pass_makes_the_planner_count_that_pass(declar
     assert full_after["gpu_s"] - full_before["gpu_s"] == pytest.approx(2 * plan.insertion_seconds(100, rates))
     assert full_after["decode_s"] - full_before["decode_s"] == pytest.approx(2 * 100 / 300 / 3)  # 3 loader cores
     assert after["parts"]["per-epoch top-1"] == before["parts"]["per-epoch top-1"]
+
+
+PLUGIN_FIRST = '''
+from semisup.registry import METRICS, MetricSpec
+METRICS.register("sharp", MetricSpec("sharp", "ch", "ch", column="Sharp", headline=True,
+                                     score=lambda cams, boxes, size: cams.new_zeros(len(cams)).double()))
+'''
+
+
+def _in_fresh_python(tmp_path, code: str, **env) -> subprocess.CompletedProcess:
+    """``code`` in a new interpreter (the registries are per process), tmp_path on PYTHONPATH."""
+    environment = {**os.environ, "PYTHONPATH": str(tmp_path), **env}
+    return subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=environment, capture_output=True, text=True)
+
+
+def test_the_packages_metrics_precede_a_plugins_whichever_is_imported_first(tmp_path):
+    """Config validation imports --plugins before anything reads the registry: the package's own
+    metrics are still registered first, so the report's columns and --metrics' names start with
+    them and a plugin's come last."""
+    (tmp_path / "sharp_metric.py").write_text(PLUGIN_FIRST)
+    out = _in_fresh_python(tmp_path, "from semisup.registry import METRICS, load_plugins\n"
+                                     "load_plugins(['sharp_metric'])\n"
+                                     "print(','.join(m.name for m in METRICS.in_order()))")
+    assert out.returncode == 0, out.stderr
+    names = out.stdout.strip().split(",")
+    assert names[:3] == ["top1", "top5", "ch"] and names[-1] == "sharp", names
+    assert names.index("pointing_game") < names.index("sharp")
+
+
+def test_status_says_a_plugin_that_cannot_be_imported_not_a_damaged_run(tmp_path):
+    """A headline-metric plugin named by SEMISUP_PLUGINS that is gone: jobs/status.py says which
+    module, in one line, and never calls the finished run's final.json damaged."""
+    fake_run(tmp_path / "runs" / "r0", "cgc", 0.01, 0, 50.0, 40.0)
+    out = subprocess.run([sys.executable, str(ROOT / "jobs" / "status.py"), str(tmp_path / "runs")], cwd=tmp_path,
+                         env={**os.environ, "SEMISUP_PLUGINS": "gone_metric_plugin"}, capture_output=True, text=True)
+    assert out.returncode != 0 and "damaged" not in out.stdout + out.stderr, out.stdout + out.stderr
+    assert out.stderr.strip().count("\n") == 0 and "--plugins gone_metric_plugin: cannot import it" in out.stderr

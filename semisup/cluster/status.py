@@ -59,6 +59,7 @@ def run_state(run_dir: Path) -> dict:
             problems.append(str(err) if isinstance(err, UserError) else f"{progress}: missing or odd entries ({err})")
     final = RunFiles(run_dir).final
     if final.exists():
+        headline = METRICS.headline()  # loads the plugins: one that cannot be imported is its own error
         try:
             result = read_json(final)
             metrics_final = result.get("final") if isinstance(result.get("final"), dict) else {}
@@ -69,7 +70,7 @@ def run_state(run_dir: Path) -> dict:
             )
             row["eta"] = None
             # The headline metrics' declarations name the columns: top1, top5, ch and a plugin's own.
-            row.update({f"final_{k}": metrics_final.get(k) for k in METRICS.headline()})
+            row.update({f"final_{k}": metrics_final.get(k) for k in headline})
         except UserError as err:
             row["state"] = "damaged final.json"
             problems.append(

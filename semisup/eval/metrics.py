@@ -3,10 +3,8 @@
 The order here is the order of the report's columns, of semisup/evaluate.py's table and of its
 ``--metrics`` names. The Evaluator's code computes these; a metric scored from the heatmaps of
 the CH pass is declared with ``@register_heatmap_metric`` instead
-(semisup/eval/heatmap_metrics.py), as a plugin's is. Any other declaration::
-
-    from semisup.eval.metrics import register_metric
-    register_metric(MetricSpec("my_key", choice="ch", evaluation_pass="ch", column="Mine"))
+(semisup/eval/heatmap_metrics.py), as a plugin's is: a declaration is computed from itself only
+where it has a ``score``; a number of a new pass needs that pass in the evaluator.
 """
 from __future__ import annotations
 

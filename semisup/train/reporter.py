@@ -95,7 +95,7 @@ class Reporter:
         numbers = dict(ce=mean[0], consistency=mean[1], loss=mean[2], lr_trunk=lr_trunk, lr_head=lr_head,
                        images_per_s=steps * self.images_per_step / max(seconds, 1e-9),
                        data_s_per_step=self.data_wait / steps, compute_s_per_step=(seconds - self.data_wait) / steps,
-                       peak_gpu_gib=memory, eta_s=(self.total_steps - self.state.step) * seconds / steps)
+                       peak_gpu_gib=memory, eta_s=(self.total_steps - self.state.step) * (seconds / steps))
         self.runlog.step(math.ceil(self.state.step / self.steps_per_epoch), self.state.step, self.total_steps,
                          numbers)
         self.window.zero_()

@@ -48,7 +48,8 @@ def planner_line(cfg: Config, summary: dict) -> str:
     estimate = plan.plan_run(settings, summary, rates, gpus=node[0], cores=node[1])
     where = f"this node ({node[0]} GPU(s), {node[1]} cores)" if gpus else "1 H100 with 16 cores (no GPU here)"
     hint = ""
-    if not cfg.val_cache and estimate["bounded_by"] == "per-epoch top-1 (decode)":
+    if not cfg.val_cache and estimate["bounded_by"].startswith("per-epoch") and estimate["bounded_by"].endswith(
+            "(decode)"):
         cached = plan.plan_run({**settings, "val_cache": "x"}, summary, rates, gpus=node[0], cores=node[1])
         hint = f"; --val-cache DIR: about {cached['total_s'] / 60:.1f} min (top-1's crops decoded once)"
     return (

@@ -258,6 +258,7 @@ class Trainer:
         a checkpoint at each epoch end, every --checkpoint-every steps and on a stop signal."""
         cfg, sched, report = self.cfg, self.schedule, self.reporter
         self.preemption.stop_at_once(None)
+        report.restart_clock()  # the first line's window starts with the first step
         while self.state.step < sched.total_steps:
             self.set_lr()
             labeled, unlabeled = report.next_batches(streams)
