@@ -21,6 +21,7 @@ import importlib
 import os
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Generic, Iterable, TypeVar
 
 from semisup.errors import UserError
@@ -28,6 +29,10 @@ from semisup.errors import UserError
 PLUGINS_VARIABLE = "SEMISUP_PLUGINS"
 ENTRY_POINT_GROUP = "semisup.plugins"
 Entry = TypeVar("Entry")
+
+
+class RegistrationError(UserError, ValueError):
+    """A name registered twice: in a plugin, one line naming it; in the package, a bug."""
 
 
 class Registry(Generic[Entry]):
@@ -46,7 +51,9 @@ class Registry(Generic[Entry]):
         known = self._entries.get(name)
         if known is not None and known is not entry and getattr(known, "__qualname__", None) != getattr(
                 entry, "__qualname__", object()):
-            raise ValueError(f"{self.kind} {name!r} is registered twice")
+            by = f"--plugins {_importing[-1]}: " if _importing else ""
+            raise RegistrationError(f"{by}{self.kind} {name!r} is registered twice: the name is taken (by the package "
+                                    "or an earlier plugin); give the new one a name of its own")
         self._entries[name] = entry
         return entry
 
@@ -124,6 +131,7 @@ class Selection(Generic[Entry]):
 
 
 _imported_plugins: set[str] = set()
+_importing: list[str] = []  # the plugin module being imported (named in a registration's error)
 _REGISTRIES: list["Registry"] = []  # every registry made, whose built-in entries precede any plugin's
 
 
@@ -134,6 +142,19 @@ def plugin_modules(extra: Iterable[str] = ()) -> list[str]:
     from importlib.metadata import entry_points
     named += [ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)]
     return list(dict.fromkeys(named))
+
+
+def plugin_import_error(module: str, err: ImportError) -> UserError:
+    """One line for a plugin module that does not import: a path given for a module name, a
+    module not on PYTHONPATH, or an import inside the plugin that fails."""
+    if "/" in module or module.endswith(".py"):
+        name = Path(module).stem
+        return UserError(f"--plugins {module}: a module name is wanted, not a file: --plugins {name} with its "
+                         "folder on PYTHONPATH")
+    if isinstance(err, ModuleNotFoundError) and err.name == module.split(".")[0]:
+        return UserError(f"--plugins {module}: cannot import it ({err}); its folder must be on PYTHONPATH (named by "
+                         f"--plugins, {PLUGINS_VARIABLE} or a '{ENTRY_POINT_GROUP}' entry point)")
+    return UserError(f"--plugins {module}: the plugin was found, but an import inside it fails ({err})")
 
 
 def load_plugins(modules: Iterable[str]) -> None:
@@ -148,12 +169,17 @@ def load_plugins(modules: Iterable[str]) -> None:
         if module in _imported_plugins:
             continue
         _imported_plugins.add(module)
+        _importing.append(module)
         try:
             importlib.import_module(module)
         except ImportError as err:
             _imported_plugins.discard(module)
-            raise UserError(f"--plugins {module}: cannot import it ({err}); its folder must be on PYTHONPATH "
-                            f"(named by --plugins, {PLUGINS_VARIABLE} or a '{ENTRY_POINT_GROUP}' entry point)") from err
+            raise plugin_import_error(module, err) from err
+        except RegistrationError:
+            _imported_plugins.discard(module)
+            raise
+        finally:
+            _importing.pop()
         # Any other exception is a bug in the plugin: its traceback is what its author needs.
 
 

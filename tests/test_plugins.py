@@ -124,6 +124,24 @@ def test_an_explainer_a_metric_a_data_format_and_a_box_format_from_a_module_outs
     assert "--plugins stripes_extension: cannot import it" in missing.stderr
 
 
+@pytest.mark.parametrize("mistake", ["taken name", "broken import", "file path"])
+def test_a_plugins_mistake_is_one_line_naming_the_module(tmp_path, mistake):
+    """A plugin that takes a name the package has, one whose own import fails, and a file path
+    given for a module name: each one line naming the module and what to do, before any run."""
+    (tmp_path / "takes_gradcam.py").write_text("from semisup.method.explainers import register_explainer\n"
+                                               "register_explainer('gradcam')(lambda request: request.features.mean(1))\n")
+    (tmp_path / "imports_badly.py").write_text("from semisup.eval.heatmap_metrics import register_heatmap_metrc\n")
+    module, expected = {
+        "taken name": ("takes_gradcam", "--plugins takes_gradcam: explainer 'gradcam' is registered twice"),
+        "broken import": ("imports_badly", "--plugins imports_badly: the plugin was found, but an import inside it"),
+        "file path": (str(tmp_path / "takes_gradcam.py"), "a module name is wanted, not a file: --plugins takes_gradcam"),
+    }[mistake]
+    out = run("semisup/run.py", "--plugins", module, "--max-steps", "1", "--run-dir", str(tmp_path / "run"),
+              env={"PYTHONPATH": str(tmp_path)})
+    assert out.returncode == 1 and out.stderr.count("\n") == 1 and expected in out.stderr, out.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_vit_from_timm_trains_with_cgc_and_is_scored_with_ch(tmp_path, demo_cache):
     pytest.importorskip("timm")
     from semisup.config import parse_config
