@@ -1,5 +1,6 @@
 """The ImageNet data path on a generated folder: splits, datasets, boxes, bad files, dry run."""
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -188,3 +189,30 @@ def test_the_report_says_what_share_a_custom_split_file_labeled(tmp_path, capsys
     assert report_main([str(run_dir)]) == 0
     ours = capsys.readouterr().out.split("### Published")[0]
     assert "| 50%" in ours and "| 1%" not in ours, ours
+
+
+def test_a_limited_label_split_of_any_image_folder_stratifies_by_class_folder(tmp_path):
+    """File names that do not begin with their class (``train/cardinal/img0.jpg``, the same name in
+    two folders): a 0.5 split draws half of each class folder, names its files
+    ``<class>/<file>`` and reads them back; ImageNet's names keep SimCLR's form (the test above)."""
+    from semisup.data.imagenet import build_folder_bundle
+    from tests.imagenet_tree import save_image
+    rng = np.random.default_rng(0)
+    for part, count in (("train", 6), ("val", 2)):
+        for cls in ("cardinal", "sparrow"):
+            for i in range(count):
+                (tmp_path / "data" / part / cls).mkdir(parents=True, exist_ok=True)
+                save_image(tmp_path / "data" / part / cls / f"img{i}.jpg", rng, size=(40, 32))
+    args = ["--data", str(tmp_path / "data"), "--labeled-fraction", "0.5", "--splits-dir", str(tmp_path / "splits"),
+            "--arch", "resnet_tiny", "--image-size", "32", "--resize-size", "36", "--batch-unlabeled", "4"]
+    bundle = build_folder_bundle(DataSettings.of(parse_config(args)))
+    labels = np.asarray(bundle.labeled.labels)[bundle.labeled_indices]
+    assert sorted(np.bincount(labels).tolist()) == [3, 3]  # half of each folder, not of a name prefix
+    (split,) = (tmp_path / "splits").glob("0.5-seed0-*.txt")
+    entries = read_split(split)
+    assert len(entries) == 6 and all(e.split("/")[0] in ("cardinal", "sparrow") for e in entries), entries
+    labeled_paths = sorted(str(Path(bundle.labeled.paths[i]).relative_to(tmp_path / "data" / "train"))
+                           for i in bundle.labeled_indices)
+    assert labeled_paths == sorted(entries)  # the split file names exactly the files trained on
+    again = build_folder_bundle(DataSettings.of(parse_config(args)))  # read back from its file, not drawn again
+    assert again.labeled_indices.tolist() == bundle.labeled_indices.tolist()

@@ -22,7 +22,7 @@ from semisup.data.boxes import load_boxes
 from semisup.data.bundle import DataBundle, EvalSet
 from semisup.data.datasets import DECODE_ERRORS, FileSource, unlabeled_indices
 from semisup.data.settings import DataSettings
-from semisup.data.splits import SPLITS_DIR, SplitError, dataset_digest, resolve_labeled, synset_of
+from semisup.data.splits import SPLITS_DIR, SplitError, dataset_digest, resolve_labeled, split_entries, synset_of
 from semisup.errors import UserError
 from semisup.files import read_lines
 
@@ -226,8 +226,9 @@ def build_folder_bundle(settings: DataSettings, decode_check: bool = False) -> D
         labeled, split_path = np.arange(len(paths)), None
     else:
         splits_dir = Path(settings.splits_dir) if settings.splits_dir else SPLITS_DIR
-        split, split_path = resolve_labeled(names, settings, splits_dir)
-        labeled = select_labeled(names, classes, split, split_path)
+        entries = split_entries(classes, paths, labels)
+        split, split_path = resolve_labeled(entries, settings, splits_dir)
+        labeled = select_labeled(entries, classes, split, split_path)
     unlabeled = unlabeled_indices(settings, len(paths), labeled)
     train = FileSource(paths, labels)
     val, val_summary = build_validation(settings, data, classes)

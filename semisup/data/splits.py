@@ -31,9 +31,21 @@ class SplitError(UserError, ValueError):
     pass
 
 
-def synset_of(name: str) -> str:
-    """``n01440764_10026.JPEG`` -> ``n01440764``."""
-    return name.split("_", 1)[0]
+def synset_of(entry: str) -> str:
+    """The class of a split entry: ``n01440764_10026.JPEG`` -> ``n01440764`` (SimCLR's names, the
+    class before the first underscore); ``cardinal/photo 12.jpg`` -> ``cardinal`` (a dataset whose
+    file names do not begin with their class: the entry is ``<class folder>/<file name>``)."""
+    return entry.split("/", 1)[0] if "/" in entry else entry.split("_", 1)[0]
+
+
+def split_entries(classes: list[str], paths: list[str], labels: list[int]) -> list[str]:
+    """Each training file as a split file names it: its file name where every file name begins
+    with its class and an underscore (ImageNet, SimCLR's subsets), else ``<class>/<file name>``
+    (any image folder: the class is the folder, and equal names in two folders stay apart)."""
+    names = [Path(p).name for p in paths]
+    if all(n.startswith(classes[label] + "_") for n, label in zip(names, labels)):
+        return names
+    return [f"{classes[label]}/{n}" for n, label in zip(names, labels)]
 
 
 def read_split(path: str | Path) -> list[str]:
@@ -55,8 +67,9 @@ def read_split(path: str | Path) -> list[str]:
         name = line.strip()
         if not name:
             continue
-        if "_" not in name or "/" in name or " " in name:
-            raise SplitError(f"{path}:{n}: expected a training file name like n01440764_10026.JPEG, got {name!r}")
+        if name.count("/") > 1 or ("/" not in name and ("_" not in name or " " in name)) or name.startswith("/"):
+            raise SplitError(f"{path}:{n}: expected a training file name like n01440764_10026.JPEG (or "
+                             f"<class folder>/<file name> where names do not begin with their class), got {name!r}")
         if name in seen:  # it would train on that image twice as often as on the others
             raise SplitError(f"{path}:{n}: {name} is listed again (first on line {seen[name]}); each labeled file once")
         seen[name] = n
@@ -121,7 +134,7 @@ def write_split(names: list[str], path: Path) -> None:
 def resolve_labeled(names: list[str], settings: DataSettings, splits_dir: Path = SPLITS_DIR) -> tuple[list[str], Path]:
     """The labeled file names for ``settings`` and the split file they come from.
 
-    ``names``: every training file name (basename) found. Standard fractions read the SimCLR
+    ``names``: every training file as :func:`split_entries` names it. Standard fractions read the SimCLR
     files; any other fraction builds a stratified subset once and writes it to ``splits/``, named by
     fraction, seed and a digest of the dataset's file names.
     """
