@@ -82,7 +82,7 @@ class Config:
     )
     plugins: str | None = _f(
         None,
-        "comma-separated Python modules that register explainers, heatmap metrics or data formats "
+        "comma-separated Python modules that register explainers, metrics, data formats or box formats "
         "(semisup/registry.py; their folder on PYTHONPATH); SEMISUP_PLUGINS and 'semisup.plugins' entry points too",
     )
     decode: str = _f(

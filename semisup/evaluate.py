@@ -27,6 +27,7 @@ from semisup.eval.evaluator import Evaluator, format_results, full_metrics, metr
 from semisup.eval.insertion import InsertionSettings
 from semisup.files import open_for_append
 from semisup.method import explainers
+from semisup.registry import METRICS
 from semisup.runfiles import RunFiles
 from semisup.train.trainer import weights_digest
 
@@ -35,9 +36,11 @@ def _metric_list(text: str) -> set[str]:
     names = {m.strip() for m in text.split(",") if m.strip()}
     unknown = sorted(names - set(metric_choices()))
     if unknown or not names:
+        # A metric's key (pointing_game, a plugin's) is asked for by the name of its pass.
+        hints = [f"{n} comes with --metrics {METRICS.get(n).choice}" for n in unknown if n in METRICS]
         raise UsageError(
             f"--metrics {text!r}: {'unknown ' + ', '.join(unknown) if unknown else 'empty'}; choose from"
-            f" {','.join(metric_choices())}"
+            f" {','.join(metric_choices())}" + (f" ({'; '.join(hints)})" if hints else "")
         )
     return names
 
@@ -226,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         result, images = evaluate_one(args, model.to(device), cfg, bundle, device, head)
         # What the numbers were computed on: these weights (the digest final.json records) and images.
         rows.append(dict(method=name, checkpoint=str(path), step=step, metrics=sorted(args.metrics),
-                         weights_sha256=weights_digest(model), images=images, validation=len(bundle.val.source),
+                         explainer=cfg.explainer, weights_sha256=weights_digest(model), images=images,
+                         validation=len(bundle.val.source),
                          **result))
         models.append(model)
     print(format_results(rows))

@@ -37,7 +37,8 @@ def test_the_package_formats_are_recognised_and_read_as_before(tmp_path):
 
 
 def test_paths_no_reader_recognises_keep_their_messages(tmp_path):
-    with pytest.raises(BoxFileError, match=r"^--val-boxes .*missing: not a folder of XML files$"):
+    unknown = r"^--val-boxes .*missing: not a folder of XML files \(nor a file a registered box format recognises"
+    with pytest.raises(BoxFileError, match=unknown):
         load_boxes(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(BoxFileError, match=r"empty: no \.xml files found$"):

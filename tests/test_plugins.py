@@ -168,6 +168,9 @@ def test_a_score_cam_evaluation_of_a_runs_checkpoint_prints_ch(tmp_path, demo_ca
     header, *rows = [line for line in out.stdout.splitlines() if "CH" in line or line.startswith("cgc")]
     row = json.loads((tmp_path / "scorecam" / "eval.jsonl").read_text().splitlines()[-1])
     assert 0 < row["ch"] <= 100 and f"{row['ch']:.2f}" in out.stdout
+    assert row["explainer"] == "pgc/ScoreCAM"  # eval.jsonl says which heatmaps its CH scored
+    key = run("semisup/evaluate.py", "--checkpoint", str(run_dir / "checkpoint.pt"), "--metrics", "pointing_game")
+    assert key.returncode == 2 and "pointing_game comes with --metrics ch" in key.stderr, key.stderr
     unknown = run("semisup/evaluate.py", "--checkpoint", str(run_dir / "checkpoint.pt"), "--explainer", "pgc/Nope",
                   "--metrics", "ch")
     assert unknown.returncode != 0 and unknown.stderr.count("\n") == 1 and "pgc/ScoreCAM" in unknown.stderr

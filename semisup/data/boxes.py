@@ -126,7 +126,8 @@ def load_voc_folder(folder: str | Path) -> dict[str, ImageBoxes]:
     """{image id (file stem, e.g. ILSVRC2012_val_00000001): ImageBoxes} for every *.xml below ``folder``."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise BoxFileError(f"--val-boxes {folder}: not a folder of XML files")
+        raise BoxFileError(f"--val-boxes {folder}: not a folder of XML files (nor a file a registered box format "
+                           "recognises: CUB's bounding_boxes.txt, or a plugin's, loaded with --plugins MODULE)")
     boxes = {p.stem: parse_voc_xml(p) for p in sorted(folder.rglob("*.xml"))}
     if not boxes:
         raise BoxFileError(f"--val-boxes {folder}: no .xml files found")

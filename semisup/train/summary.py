@@ -65,11 +65,13 @@ def print_summary(summary: dict) -> None:
         print(f"  {key:<{width}}  {value}")
 
 
-def next_commands(run_dir: Path) -> str:
-    """What to run after a finished run: the table, TensorBoard, the status of its folder."""
-    parent = run_dir.parent
+def next_commands(run_dir: Path, gallery: bool = True) -> str:
+    """What to run after a finished run: the table, TensorBoard, the status of its folder
+    (``gallery``: the run drew gallery.png)."""
+    parent, files = run_dir.parent, "metrics.csv, final.json, gallery.png, tensorboard/"
+    files = files if gallery else files.replace(" gallery.png,", "")
     return (
-        f"\nrun directory: {run_dir} (metrics.csv, final.json, gallery.png, tensorboard/)\nnext:\n  python"
+        f"\nrun directory: {run_dir} ({files})\nnext:\n  python"
         f" semisup/report.py {parent}/* --out reports/        # tables over seeds, plots, galleries\n  tensorboard"
         f" --logdir {parent}                              # curves, galleries, hyper-parameters\n  python"
         f" semisup/evaluate.py --checkpoint {run_dir / 'checkpoint.pt'} --metrics iauc,dauc   # insertion /"

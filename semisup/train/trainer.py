@@ -527,7 +527,7 @@ def run_training(cfg: Config) -> tuple[dict, Trainer]:
             print()
             print(format_results(result_rows(cfg, result)))
             print("* best: the epoch of highest validation top-1 (model_best.pt), a selection on the validation set")
-            print(next_commands(run.path))
+            print(next_commands(run.path, gallery=bool(cfg.gallery)))
         return result, trainer
     finally:
         if file_log is not None:
