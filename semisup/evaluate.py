@@ -25,7 +25,7 @@ from semisup.config import add_setting, load_plugins
 from semisup.errors import Parser, UsageError, UserError, cli
 from semisup.eval.evaluator import Evaluator, format_results, full_metrics, metric_choices
 from semisup.eval.insertion import InsertionSettings
-from semisup.files import open_for_append
+from semisup.files import append_lines
 from semisup.method import explainers
 from semisup.registry import METRICS
 from semisup.runfiles import RunFiles
@@ -236,9 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     print(format_results(rows))
     out = Path(args.out or (f"eval-{Path(args.weights).name}" if args.weights else Path(args.checkpoint).parent))
     out.mkdir(parents=True, exist_ok=True)
-    with open_for_append(RunFiles(out).eval) as f:  # an append-only log: one line per evaluation, never through a link
-        for row in rows:
-            f.write(json.dumps(dict(row, time=time.strftime("%Y-%m-%d %H:%M:%S"))) + "\n")
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")  # an append-only log: one line per evaluation
+    append_lines(RunFiles(out).eval, [json.dumps(dict(row, time=stamp)) for row in rows])
     if args.gallery and head:
         from semisup.eval.gallery import save_gallery
 

@@ -102,6 +102,21 @@ def open_for_append(path: Path):
     return os.fdopen(fd, "a")
 
 
+def append_lines(path: Path, lines: list[str]) -> None:
+    """Append ``lines`` to a line log (``eval.jsonl``) in one write, never through a link. A last
+    line cut by a kill is ended first, so it stays one unreadable line and the new ones are whole
+    (glued onto it, they would be lost with it)."""
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        cut = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+        os.write(fd, (("\n" if cut else "") + "".join(line + "\n" for line in lines)).encode())
+    except OSError as err:
+        raise named(err, Path(path)) from None
+    finally:
+        os.close(fd)
+
+
 def linked_out(path: Path, folder: Path) -> str | None:
     """Where ``path`` (a file of ``folder``'s run) leads if it is a symbolic link out of ``folder``,
     else None. A link inside the folder is the folder's own business."""

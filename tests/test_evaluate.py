@@ -292,3 +292,20 @@ def test_class_names_file_is_read_and_a_bad_line_named(tmp_path):
     names.write_text("n01440764 tench\njustone\n")
     with pytest.raises(UsageError, match=r"LOC_synset_mapping.txt:2: expected '<class folder> <name>'"):
         read_class_names(names)
+
+
+def test_an_evaluation_appended_after_a_cut_line_is_kept_whole(tmp_path):
+    """eval.jsonl's last line cut by a kill: the next evaluation's lines start on a line of their
+    own, so they are read back (glued onto the cut line, they were lost with it)."""
+    from semisup.files import append_lines
+    log = tmp_path / "eval.jsonl"
+    log.write_text(json.dumps(dict(iauc=50.0)) + "\n" + '{"iauc": 6')  # a kill mid-write
+    append_lines(log, [json.dumps(dict(iauc=61.0)), json.dumps(dict(dauc=9.0))])
+    append_lines(log, [json.dumps(dict(iauc=62.0))])  # after whole lines: no empty line in between
+    parsed = []
+    for line in log.read_text().splitlines():
+        try:
+            parsed.append(json.loads(line))
+        except ValueError:
+            parsed.append(None)
+    assert parsed == [dict(iauc=50.0), None, dict(iauc=61.0), dict(dauc=9.0), dict(iauc=62.0)]
