@@ -151,7 +151,7 @@ def plugin_import_error(module: str, err: ImportError) -> UserError:
         name = Path(module).stem
         return UserError(f"--plugins {module}: a module name is wanted, not a file: --plugins {name} with its "
                          "folder on PYTHONPATH")
-    if isinstance(err, ModuleNotFoundError) and err.name == module.split(".")[0]:
+    if isinstance(err, ModuleNotFoundError) and err.name and (module + ".").startswith(err.name + "."):
         return UserError(f"--plugins {module}: cannot import it ({err}); its folder must be on PYTHONPATH (named by "
                          f"--plugins, {PLUGINS_VARIABLE} or a '{ENTRY_POINT_GROUP}' entry point)")
     return UserError(f"--plugins {module}: the plugin was found, but an import inside it fails ({err})")

@@ -216,3 +216,7 @@ def test_a_limited_label_split_of_any_image_folder_stratifies_by_class_folder(tm
     assert labeled_paths == sorted(entries)  # the split file names exactly the files trained on
     again = build_folder_bundle(DataSettings.of(parse_config(args)))  # read back from its file, not drawn again
     assert again.labeled_indices.tolist() == bundle.labeled_indices.tolist()
+    plain = tmp_path / "plain.txt"  # a --split-file of bare names for such a folder: said what a line is here
+    plain.write_text("img_0.jpg\nimg_1.jpg\n")
+    with pytest.raises(SplitError, match=r"plain.txt: lists file names.*<class folder>/<file name> here"):
+        build_folder_bundle(DataSettings.of(parse_config([*args[:2], "--split-file", str(plain), *args[4:]])))

@@ -102,6 +102,10 @@ def _missing_error(what: str, missing: list[str], source: Path) -> SplitError:
 
 def select_labeled(names: list[str], classes: list[str], split: list[str], split_path: Path) -> np.ndarray:
     """Indices (into ``names``) of the split's files; an error naming the first missing ones."""
+    if names and "/" in names[0] and not any("/" in entry for entry in split):
+        raise SplitError(f"{split_path}: lists file names, but this folder's file names do not begin with their "
+                         "class: each line is <class folder>/<file name> here (e.g. "
+                         f"{names[0]})")
     known = set(classes)
     missing_synsets = sorted({synset_of(n) for n in split} - known)
     if missing_synsets:
@@ -226,7 +230,7 @@ def build_folder_bundle(settings: DataSettings, decode_check: bool = False) -> D
         labeled, split_path = np.arange(len(paths)), None
     else:
         splits_dir = Path(settings.splits_dir) if settings.splits_dir else SPLITS_DIR
-        entries = split_entries(classes, paths, labels)
+        entries = split_entries(classes, names, labels)
         split, split_path = resolve_labeled(entries, settings, splits_dir)
         labeled = select_labeled(entries, classes, split, split_path)
     unlabeled = unlabeled_indices(settings, len(paths), labeled)

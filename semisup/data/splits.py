@@ -38,14 +38,23 @@ def synset_of(entry: str) -> str:
     return entry.split("/", 1)[0] if "/" in entry else entry.split("_", 1)[0]
 
 
-def split_entries(classes: list[str], paths: list[str], labels: list[int]) -> list[str]:
-    """Each training file as a split file names it: its file name where every file name begins
-    with its class and an underscore (ImageNet, SimCLR's subsets), else ``<class>/<file name>``
-    (any image folder: the class is the folder, and equal names in two folders stay apart)."""
-    names = [Path(p).name for p in paths]
+def split_entries(classes: list[str], names: list[str], labels: list[int]) -> list[str]:
+    """Each training file (``names``: file names) as a split file names it: its file name where
+    every file name begins with its class and an underscore (ImageNet, SimCLR's subsets), else
+    ``<class>/<file name>`` (any image folder: the class is the folder, and equal names in two
+    folders stay apart)."""
     if all(n.startswith(classes[label] + "_") for n, label in zip(names, labels)):
         return names
     return [f"{classes[label]}/{n}" for n, label in zip(names, labels)]
+
+
+def _is_entry(line: str) -> bool:
+    """A split line: SimCLR's ``n01440764_10026.JPEG`` (no space, the class before an underscore),
+    or ``<class folder>/<file name>``."""
+    if "/" in line:
+        folder, _, name = line.partition("/")
+        return bool(folder) and bool(name) and "/" not in name
+    return "_" in line and " " not in line
 
 
 def read_split(path: str | Path) -> list[str]:
@@ -67,7 +76,7 @@ def read_split(path: str | Path) -> list[str]:
         name = line.strip()
         if not name:
             continue
-        if name.count("/") > 1 or ("/" not in name and ("_" not in name or " " in name)) or name.startswith("/"):
+        if not _is_entry(name):
             raise SplitError(f"{path}:{n}: expected a training file name like n01440764_10026.JPEG (or "
                              f"<class folder>/<file name> where names do not begin with their class), got {name!r}")
         if name in seen:  # it would train on that image twice as often as on the others
