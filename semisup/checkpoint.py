@@ -46,7 +46,11 @@ def save_atomic(obj: dict, path: Path, keep_previous: bool = False) -> None:
 
 
 def load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A checkpoint's dict of plain types and tensors (``weights_only``: nothing in it executes),
+    read only from a regular file (a FIFO in a received run folder would block for ever)."""
+    from semisup.files import open_regular
+    with open_regular(path) as f:
+        return torch.load(f, map_location="cpu", weights_only=True)
 
 
 def rng_state() -> dict:

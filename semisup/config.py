@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -383,13 +384,19 @@ def _name(key: str) -> str:
     return " / ".join([*aliases, f"--{key.replace('_', '-')}", key])
 
 
+def _quoted(value, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters: a message quotes what was given, not a megabyte of it."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _check_type(key: str, value, kind) -> None:
     origin = typing.get_origin(kind)
     if origin is list:
         if not isinstance(value, (list, tuple)) or not all(
             isinstance(x, (int, float)) and not isinstance(x, bool) for x in value
         ):
-            raise ConfigError(f"{_name(key)}: expected a list of numbers, got {value!r}")
+            raise ConfigError(f"{_name(key)}: expected a list of numbers, got {_quoted(value)}")
         return
     ok = {
         bool: lambda v: isinstance(v, bool),
@@ -398,14 +405,16 @@ def _check_type(key: str, value, kind) -> None:
         str: lambda v: isinstance(v, str),
     }[kind](value)
     if not ok:
-        raise ConfigError(f"{_name(key)}: expected {kind.__name__}, got {value!r} ({type(value).__name__})")
+        raise ConfigError(f"{_name(key)}: expected {kind.__name__}, got {_quoted(value)} ({type(value).__name__})")
 
 
-def validate(cfg: "Config", world: int | None = None) -> "Config":
+def validate(cfg: "Config", world: int | None = None, registered: bool = True) -> "Config":
     """Refuse a config that cannot run as meant, before anything is created: types, choices and
     ranges of every setting (flags, YAML and recipes alike), a known architecture, and batch
     sizes divisible by the process count. Raises ConfigError naming the setting. ``world`` None:
-    the processes the launcher's variables describe (:mod:`semisup.launchenv`, checked)."""
+    the processes the launcher's variables describe (:mod:`semisup.launchenv`, checked).
+    ``registered`` False: the explainer and data format are not looked up, so the config's
+    ``plugins`` are not imported (a saved run's config is data: its reader checks the names it uses)."""
     world = launchenv.read().world if world is None else world  # the launcher's variables, checked
     hints = typing.get_type_hints(Config)
     for f in dataclasses.fields(Config):
@@ -414,7 +423,8 @@ def validate(cfg: "Config", world: int | None = None) -> "Config":
         except ConfigError as err:
             err.key = f.name
             raise
-    _check_registered(cfg)
+    if registered:
+        _check_registered(cfg)
     _check_combinations(cfg, world)
     return cfg
 
@@ -428,7 +438,8 @@ def check_device(device: str) -> None:
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     index = int(device[5:]) if device.startswith("cuda:") else 0
     if index >= count:
-        raise ConfigError(f"{_name('device')}: {device!r}, but torch sees {count} CUDA GPU(s) on this machine; use "
+        raise ConfigError(f"{_name('device')}: {_quoted(device)}, but torch sees {count} CUDA GPU(s) on this machine; "
+                          "use "
                           "--device cpu, or auto (a GPU where there is one)")
 
 
@@ -444,31 +455,31 @@ def _check_field(cfg: "Config", f: dataclasses.Field, hints: dict) -> None:
         raise ConfigError(f"{_name(f.name)}: an empty path; give a file or folder, or leave the setting out")
     numbers = value if isinstance(value, (list, tuple)) else [value]
     if any(isinstance(x, float) and not math.isfinite(x) for x in numbers):
-        raise ConfigError(f"{_name(f.name)}: must be a finite number, got {value!r}")
+        raise ConfigError(f"{_name(f.name)}: must be a finite number, got {_quoted(value)}")
     choices = f.metadata["choices"]
     if choices and value not in choices:
-        raise ConfigError(f"{_name(f.name)}: {value!r} is not one of {', '.join(map(repr, choices))}")
+        raise ConfigError(f"{_name(f.name)}: {_quoted(value)} is not one of {', '.join(map(repr, choices))}")
     rule = _RANGES.get(f.name)
     if rule and not rule[0](value):
-        raise ConfigError(f"{_name(f.name)}: must be {rule[1]}, got {value!r}")
+        raise ConfigError(f"{_name(f.name)}: must be {rule[1]}, got {_quoted(value)}")
 
 
 def load_plugins(cfg: "Config") -> None:
     """Import the plugin modules a run names (``--plugins``), and those of the environment."""
-    registry.load_plugins(m.strip() for m in (cfg.plugins or "").split(",") if m.strip())
+    registry.load_plugins(registry.split_modules(cfg.plugins))
 
 
 def _check_registered(cfg: "Config") -> None:
     """Names that registries hold (semisup/registry.py), after the run's plugin modules are imported."""
     load_plugins(cfg)
     if cfg.explainer not in registry.EXPLAINERS:
-        raise ConfigError(f"{_name('explainer')}: {cfg.explainer!r} is not one of "
+        raise ConfigError(f"{_name('explainer')}: {_quoted(cfg.explainer)} is not one of "
                           f"{', '.join(registry.EXPLAINERS.names())} (a plugin module adds more: --plugins MODULE)")
     if cfg.cgc_weight > 0 and not registry.EXPLAINERS.get(cfg.explainer).differentiable:
         raise ConfigError(f"{_name('explainer')} {cfg.explainer}: not differentiable, so it cannot train the "
                           "consistency loss; use it to evaluate (semisup/evaluate.py --explainer), or --lambda 0")
     if cfg.data_format not in registry.DATA_FORMATS:
-        raise ConfigError(f"{_name('data_format')}: {cfg.data_format!r} is not one of "
+        raise ConfigError(f"{_name('data_format')}: {_quoted(cfg.data_format)} is not one of "
                           f"{', '.join(registry.DATA_FORMATS.names())} (a plugin module adds more: --plugins MODULE)")
 
 
@@ -476,10 +487,10 @@ def _check_combinations(cfg: "Config", world: int) -> None:
     """What single settings cannot say: a known architecture and device, milestones, batches
     divisible by the processes, a decode that needs files."""
     if cfg.arch not in _ARCHS and not any(cfg.arch.startswith(p) and len(cfg.arch) > len(p) for p in ARCH_PREFIXES):
-        raise ConfigError(f"{_name('arch')}: unknown architecture {cfg.arch!r}; one of {', '.join(_ARCHS)}"
+        raise ConfigError(f"{_name('arch')}: unknown architecture {_quoted(cfg.arch)}; one of {', '.join(_ARCHS)}"
                           f" or {' or '.join(p + '<name>' for p in ARCH_PREFIXES)}")
     if not (cfg.device in ("auto", "cpu", "cuda") or (cfg.device.startswith("cuda:") and cfg.device[5:].isdigit())):
-        raise ConfigError(f"{_name('device')}: {cfg.device!r} is not 'auto', 'cpu', 'cuda' or 'cuda:N'")
+        raise ConfigError(f"{_name('device')}: {_quoted(cfg.device)} is not 'auto', 'cpu', 'cuda' or 'cuda:N'")
     if any(m < 0 for m in cfg.lr_milestones):
         raise ConfigError(f"{_name('lr_milestones')}: epochs must be >= 0, got {list(cfg.lr_milestones)}")
     for key in ("batch_labeled", "batch_unlabeled"):
@@ -612,12 +623,50 @@ def yaml_problem(err: Exception) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else str(problem)
 
 
+CONFIG_FILE_LIMIT = 1 << 20  # a config file holds a few hundred bytes; a larger one is refused unparsed
+EMPTY = type("Empty", (), {"__repr__": lambda self: "an empty value"})()  # `key:` with nothing after it
+
+
+class StrictLoader(yaml.SafeLoader):
+    """YAML as a config file should be: a key given twice, an alias or an anchor (a few hundred
+    bytes of aliases expand to gigabytes) is an error at its line; ``key:`` with no value is
+    :data:`EMPTY`, told apart from an explicit ``null`` (which a saved config.yaml writes)."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise yaml.composer.ComposerError(
+                None, None, "anchors (&name) and aliases (*name) are not accepted: write each value out",
+                event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{_quoted(key)} is given twice (also on line {seen[key]}): keep one",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+    def construct_yaml_null(self, node):
+        return EMPTY if node.value == "" else None
+
+
+StrictLoader.add_constructor("tag:yaml.org,2002:null", StrictLoader.construct_yaml_null)
+
+
 def _yaml_mapping(path: Path, error: type, what: str) -> dict:
-    """The mapping a YAML file holds (empty: none), or ``error`` naming the file and ``what`` it is."""
+    """The mapping a YAML file holds (empty: none), or ``error`` naming the file and ``what`` it is;
+    read only if a regular file under :data:`CONFIG_FILE_LIMIT`, with :class:`StrictLoader`."""
+    from semisup.files import read_text
     try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise error(f"{path}: {yaml_problem(err)} ({what}: a YAML mapping of setting: value)") from err
+        values = yaml.load(read_text(path, CONFIG_FILE_LIMIT, error), Loader=StrictLoader) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as err:
+        problem = "nested too deeply" if isinstance(err, RecursionError) else yaml_problem(err)
+        raise error(f"{path}: {problem} ({what}: a YAML mapping of setting: value)") from err
     if not isinstance(values, dict):
         raise error(f"{path}: expected a mapping of setting: value, got {type(values).__name__} ({what})")
     return values
@@ -627,17 +676,22 @@ def load_yaml(path: str | Path) -> dict:
     """Settings from a YAML mapping, keyed by setting name (flag names and aliases accepted)."""
     path = Path(path)
     values = _yaml_mapping(path, ConfigError, "a config file")
-    resolved, unknown = {}, []
+    resolved, unknown, given_as = {}, [], {}
     for name, value in values.items():
         key = canonical_key(str(name))
         if key is None:
             unknown.append(name)
-        else:
-            resolved[key] = value
+            continue
+        if key in resolved:
+            raise ConfigError(f"config file {path}: {given_as[key]!r} and {name!r} both set {key}: keep one")
+        if value is EMPTY:
+            raise ConfigError(f"config file {path}: {name!r} has no value; give one ('none' where the setting allows "
+                              "it), or leave the key out for its default")
+        resolved[key], given_as[key] = value, name
     if unknown:
         raise ConfigError(
-            f"config file {path}: unknown keys {unknown}; valid keys are the flag names (with dashes or underscores, "
-            "aliases such as 'lambda' too; see python semisup/run.py --help)"
+            f"config file {path}: unknown keys {_quoted(unknown)}; valid keys are the flag names (with dashes or "
+            "underscores, aliases such as 'lambda' too; see python semisup/run.py --help)"
         )
     return resolved
 
@@ -688,7 +742,7 @@ def check_used(cfg: Config, explicit: dict) -> None:
             continue
         for key in keys:
             if explicit.get(key) is not None and getattr(cfg, key) != defaults[key]:
-                raise ConfigError(f"{_name(key)}: {getattr(cfg, key)!r} means nothing for {where}; leave it out")
+                raise ConfigError(f"{_name(key)}: {_quoted(getattr(cfg, key))} means nothing for {where}; leave it out")
 
 
 def make_config(explicit: dict, recipe: str | None = None) -> Config:
@@ -711,6 +765,9 @@ def make_config(explicit: dict, recipe: str | None = None) -> Config:
         values["pretrained"] = None  # --pretrained none: random initialisation
     if isinstance(values.get("lr_milestones"), list):
         values["lr_milestones"] = tuple(values["lr_milestones"])
+    for key in path_fields():  # `~/runs` from a flag (--run-dir=~/r, where no shell expands it) or YAML: the home
+        if isinstance(values.get(key), str) and values[key].startswith("~"):
+            values[key] = os.path.expanduser(values[key])
     cfg = validate(Config(**values))
     check_used(cfg, explicit)
     return cfg
@@ -743,12 +800,14 @@ def save_config(cfg: Config, path: Path, code: dict | None = None) -> None:
 
 def load_saved_config(path: Path) -> Config:
     """The config a run saved (settings added since it ran take their defaults); RunFileError
-    naming the file when it is not YAML, not a mapping, or holds values no run could have had."""
+    naming the file when it is not YAML, not a mapping, or holds values no run could have had.
+    The modules its ``plugins`` names are never imported: a run folder is data
+    (:func:`semisup.registry.not_loaded_note` says which were left out)."""
     from semisup.files import RunFileError
     path = Path(path)
     values = _yaml_mapping(path, RunFileError, "the run's record of its settings")
     try:
-        return validate(config_from_dict(values), world=1)
+        return validate(config_from_dict(values), world=1, registered=False)
     except (TypeError, ValueError) as err:
         raise RunFileError(f"{path}: {err} (edited by hand?)") from err
 

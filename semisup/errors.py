@@ -30,6 +30,14 @@ _OS_HINTS = dict(
 )
 
 
+def printable(text: str, limit: int = 4000) -> str:
+    """``text`` safe for a terminal: control characters (an escape sequence from a run file, a
+    newline inside a value) shown as ``\\x1b``-style escapes, and at most ``limit`` characters, so
+    a string read from a file someone else made can neither drive the terminal nor flood it."""
+    shown = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+    return shown if len(shown) <= limit else f"{shown[:limit]}... ({len(shown) - limit} more characters)"
+
+
 class UserError(Exception):
     """Reported in one line, exit code 1."""
     exit_code = EXIT_FAILURE
@@ -47,7 +55,7 @@ def cli(main):
         try:
             return main(argv)
         except UserError as err:
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {printable(str(err))}", file=sys.stderr)
             return err.exit_code
         except KeyboardInterrupt:  # a second Ctrl-C (the first writes a checkpoint and stops by itself)
             print("error: interrupted by Ctrl-C; a run resumes from its last checkpoint.pt when the same command runs "
@@ -56,7 +64,7 @@ def cli(main):
         except OSError as err:  # an ordinary fault: a full disk, a removed or read-only folder, a permission
             where = f": {err.filename}" if getattr(err, "filename", None) else ""
             hint = _OS_HINTS.get(errno.errorcode.get(err.errno or 0, ""), "")
-            print(f"error: {err.strerror or err}{where}{hint}", file=sys.stderr)
+            print(printable(f"error: {err.strerror or err}{where}{hint}"), file=sys.stderr)
             return EXIT_FAILURE
     return wrapped
 

@@ -21,7 +21,8 @@ try:
 except ModuleNotFoundError:
     sys.exit("semisup is not installed in this Python: run `pip install -e .` in the checkout")
 
-from semisup.config import add_setting, load_plugins
+from semisup import registry
+from semisup.config import add_setting
 from semisup.errors import Parser, UsageError, UserError, cli
 from semisup.eval.evaluator import Evaluator, format_results, full_metrics, metric_choices
 from semisup.eval.insertion import InsertionSettings
@@ -194,6 +195,9 @@ def _insertion_options(parser: Parser) -> None:
 def _system_options(parser: Parser) -> None:
     system = parser.add_argument_group("system and output")
     add_setting(system, "workers", help="loader worker processes (default: the run's; with --weights: 8)")
+    add_setting(system, "plugins", help=(
+        "comma-separated plugin modules to import (their explainers, metrics, data formats); a run's own are never "
+        "imported from its files: name them here if you trust them"))
     system.add_argument("--batch-size", type=int, default=64)
     system.add_argument("--gallery", type=int, default=16, help="images in the gallery PNG (0: none)")
     system.add_argument(
@@ -213,11 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     from semisup.data.formats import build_data
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    registry.load_plugins(registry.split_modules(args.plugins))  # only those the user names (and the environment's)
     if args.weights:
         choose_metrics(args)  # a file of weights has no plugins of its own; loading it reads the metrics
     loaded, head = load_models(args)
     if args.checkpoint:
-        choose_metrics(args)  # after the run's plugins are loaded: their metrics are choices too
+        choose_metrics(args)  # after the run's explainer is checked (a missing plugin named first)
     bundle = build_data(loaded[0][1])
     rows, models = [], []
     for model, cfg, step, path, name in loaded:
@@ -283,7 +288,9 @@ def load_models(args) -> tuple[list[tuple], bool]:
     loaded = []
     for path in [args.checkpoint] + ([args.compare] if args.compare else []):
         model, cfg, step = load_run_model(path, overrides)
-        load_plugins(cfg)  # the run's explainers, metrics and data formats
+        note = registry.not_loaded_note(cfg.plugins, f"{path}'s run")
+        if note:
+            print(f"note: {note}", file=sys.stderr)
         explainers.get(cfg.explainer)  # an unknown --explainer: one line naming the choices
         loaded.append((model, cfg, step, path, f"{cfg.method} {Path(path).parent.name}"))
     return loaded, True

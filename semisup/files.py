@@ -7,8 +7,10 @@ missing its content, is not JSON, or has the wrong shape is reported in one line
 """
 from __future__ import annotations
 
+import io
 import json
 import os
+import stat
 from pathlib import Path
 
 from semisup.errors import UserError
@@ -51,13 +53,65 @@ def write_json_atomic(path: Path, value) -> None:
     write_text_atomic(path, json.dumps(value, indent=1))
 
 
+# The most a small run file (JSON, YAML, CSV, a line log) may hold before it is refused unread:
+# a run writes kilobytes; a larger file was not written by a run, and parsing it could take minutes.
+RUN_FILE_LIMIT = 64 << 20
+
+
+def open_regular(path: Path, error: type = None):
+    """``path`` opened to read bytes, only if it is a regular file: a FIFO or device unpacked from
+    an archive would block its reader for ever (it is opened without blocking, then checked).
+    ``error`` (RunFileError by default) names the file otherwise; FileNotFoundError passes."""
+    error = error or RunFileError
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+        raise error(f"{path}: {kind}, not a regular file; give a file, or move it aside")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def read_bounded(path: Path, limit: int = RUN_FILE_LIMIT, error: type = None) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes (see :func:`open_regular`); ``error``
+    naming the file and its size otherwise."""
+    error = error or RunFileError
+    with open_regular(path, error) as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise error(f"{path}: larger than {limit >> 10} KiB, far more than such a file holds; not read (move it "
+                    "aside, or give the right file)")
+    return data
+
+
+def read_text(path: Path, limit: int = RUN_FILE_LIMIT, error: type = None) -> str:
+    """:func:`read_bounded` as UTF-8 text (UnicodeDecodeError for other bytes)."""
+    return read_bounded(path, limit, error).decode("utf-8")
+
+
+def read_csv(path: Path):
+    """A CSV table a run wrote (``metrics.csv``) as a DataFrame: a file cut to nothing is an empty
+    table (a kill before its header); one that cannot be parsed is RunFileError naming it."""
+    import pandas as pd
+    data = read_bounded(path)
+    if not data.strip():
+        return pd.DataFrame()
+    try:
+        return pd.read_csv(io.BytesIO(data))
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as err:
+        raise RunFileError(f"{path}: not a CSV table a run wrote ({type(err).__name__}); move it aside") from err
+
+
 def read_json(path: Path, kind: type | tuple[type, ...] = dict, what: str = "") -> object:
     """The JSON value in ``path``, which must be of ``kind``; RunFileError naming the file otherwise."""
     path = Path(path)
     try:
-        value = json.loads(path.read_text())
+        value = json.loads(read_text(path))
     except FileNotFoundError:
         raise RunFileError(f"{path}: no such file") from None
+    except RunFileError:
+        raise
     except (OSError, UnicodeDecodeError, ValueError) as err:
         raise RunFileError(f"{path}: unreadable or not JSON ({type(err).__name__}){what}") from err
     if not isinstance(value, kind):
@@ -72,7 +126,9 @@ def read_lines(path: Path, what: str) -> list[str]:
     naming it when it is missing, a folder, unreadable or not text."""
     path = Path(path)
     try:
-        return path.read_text().splitlines()
+        return read_text(path, error=UserError).splitlines()
+    except UserError as err:  # not a regular file, or far too large
+        raise UserError(f"{what} {err}") from None
     except UnicodeDecodeError as err:
         raise UserError(f"{what} {path}: not a text file ({err.reason} at byte {err.start})") from err
     except IsADirectoryError:

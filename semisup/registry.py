@@ -4,8 +4,9 @@ Each registry is the only list of its names: ``--help``, the settings' validatio
 read it. The package's own entries live in the modules a registry names (imported the first
 time it is read, so this module sits below them); a researcher's live in modules of their own,
 named by ``--plugins MODULE`` (a setting, saved with the run), by ``SEMISUP_PLUGINS=mod1,mod2``
-or by an installed package's ``semisup.plugins`` entry point. A plugin module registers with the
-same decorators the package uses::
+or by an installed package's ``semisup.plugins`` entry point. A run folder is data: commands that
+read one (resume, evaluate, report, status) never import the modules its config names. A plugin
+module registers with the same decorators the package uses::
 
     from semisup.method.explainers import register_explainer
     @register_explainer("my-cam")
@@ -138,10 +139,33 @@ _REGISTRIES: list["Registry"] = []  # every registry made, whose built-in entrie
 def plugin_modules(extra: Iterable[str] = ()) -> list[str]:
     """The plugin modules to import: ``extra`` (the ``--plugins`` setting), ``SEMISUP_PLUGINS``
     and installed packages' ``semisup.plugins`` entry points, in that order, once each."""
-    named = [*extra, *(m.strip() for m in os.environ.get(PLUGINS_VARIABLE, "").split(",") if m.strip())]
+    named = [*extra, *split_modules(os.environ.get(PLUGINS_VARIABLE))]
     from importlib.metadata import entry_points
     named += [ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)]
     return list(dict.fromkeys(named))
+
+
+def split_modules(text: str | None) -> list[str]:
+    """``"a, b,"`` -> ``["a", "b"]``: the form of ``--plugins`` and ``SEMISUP_PLUGINS``."""
+    return [m.strip() for m in (text or "").split(",") if m.strip()]
+
+
+def not_loaded(recorded: str | None) -> list[str]:
+    """The plugin modules a run recorded (its ``plugins`` setting) that this process has not
+    imported. A command reading a run never imports them itself: a run folder is data, and one
+    received from someone else must not run their code (only ``--plugins``, ``SEMISUP_PLUGINS``
+    and installed entry points load plugins)."""
+    return [m for m in split_modules(recorded) if m not in _imported_plugins]
+
+
+def not_loaded_note(recorded: str | None, where: str, flag: str = "--plugins") -> str | None:
+    """One line for a run whose recorded plugins were not loaded, or None when none is missing."""
+    missing = not_loaded(recorded)
+    if not missing:
+        return None
+    names = ",".join(missing)
+    return (f"{where} was made with plugin module(s) {names}, not loaded: a run folder never imports code; "
+            f"pass {flag} {names} (or {PLUGINS_VARIABLE}) if you trust them")
 
 
 def plugin_import_error(module: str, err: ImportError) -> UserError:

@@ -124,21 +124,41 @@ def test_every_command_ends_a_mistake_in_one_line_and_a_non_zero_exit(tmp_path, 
     print(f"commands: {len(cases)} generated mistakes, each one line and exit 1 or 2")
 
 
+FIFO = object()  # a named pipe where a file belongs (unpacked from an archive): a reader that opens it blocks
+
+
 def damaged_variants(path: Path, good: bytes, wrong_kind: bytes):
     """Write each damaged form of a file to ``path`` in turn (yielding its name): empty,
-    truncated, binary, of the wrong kind, a folder."""
+    truncated, binary, of the wrong kind, a folder, a FIFO. A reader that blocks on the FIFO
+    fails the test after 60 s (SIGALRM) instead of hanging it."""
+    import os
     import shutil
-    for name, content in (("empty", b""), ("truncated", good[: max(1, len(good) // 2)]), ("binary", bytes(range(256)) * 3),
-                          ("wrong kind", wrong_kind), ("folder", None)):
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-        if content is None:
-            path.mkdir()
-        else:
-            path.write_bytes(content)
-        yield name
+    import signal
+
+    def blocked(*_):
+        raise AssertionError(f"{path.name} as a FIFO: its reader blocked for 60 s")
+    previous = signal.signal(signal.SIGALRM, blocked)
+    try:
+        for name, content in (("empty", b""), ("truncated", good[: max(1, len(good) // 2)]), ("binary", bytes(range(256)) * 3),
+                              ("wrong kind", wrong_kind), ("folder", None), ("fifo", FIFO)):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+            if content is None:
+                path.mkdir()
+            elif content is FIFO:
+                os.mkfifo(path)
+            else:
+                path.write_bytes(content)
+            signal.alarm(60)
+            yield name
+            signal.alarm(0)
+        if path.exists() and not path.is_dir():
+            path.unlink()  # the caller writes the good file back (a FIFO would block its write)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def test_every_run_file_damaged_in_every_way_is_reported_never_a_traceback(tmp_path, demo_cache, capsys):
@@ -153,9 +173,13 @@ def test_every_run_file_damaged_in_every_way_is_reported_never_a_traceback(tmp_p
     train(parse_config(["--labeled-fraction", "0.02", "--epochs", "1", "--max-steps", "2", "--demo-cache", demo_cache, "--gallery", "0",
                         "--max-eval-images", "32", "--run-dir", str(finished)]))
     (finished / "job.json").write_text(json.dumps([dict(job_id="1", cluster="local", folder=str(tmp_path), stderr=str(tmp_path / "x"))]))
+    final = json.loads((finished / "final.json").read_text())
+    (finished / "eval.jsonl").write_text(json.dumps(dict(checkpoint="checkpoint.pt", weights_sha256=final["weights_sha256"], iauc=50.0)) + "\n")
     originals = {p.name: p.read_bytes() for p in finished.iterdir() if p.is_file()}
     wrong = {"config.yaml": b"- a\n- list\n", "final.json": b'["a", "list"]', "job.json": b'{"a": "mapping"}', "metrics.csv": b"epoch\nten\n",
-             "progress.json": b'{"step": "ten"}', "checkpoint.pt": originals["model_best.pt"]}
+             "progress.json": b'{"step": "ten"}', "checkpoint.pt": originals["model_best.pt"], "eval.jsonl": b'["a", "list"]\n',
+             ".lock": b'{"pid": "ten"}'}
+    originals[".lock"] = json.dumps(dict(pid=1, host="elsewhere", start="0")).encode()
     cases = 0
     for name, wrong_kind in wrong.items():
         for variant in damaged_variants(finished / name, originals[name], wrong_kind):
@@ -168,10 +192,18 @@ def test_every_run_file_damaged_in_every_way_is_reported_never_a_traceback(tmp_p
         path = finished / name
         if path.is_dir():
             path.rmdir()
-        path.write_bytes(originals[name])
-    # A resume from a damaged checkpoint (an unfinished run: no final.json) names it and what to do.
+        if name != ".lock":
+            path.write_bytes(originals[name])
+    # A resume from a damaged checkpoint (an unfinished run: no final.json) names it and what to do;
+    # so does an evaluation of it.
     (finished / "final.json").unlink()
+    from semisup.evaluate import main as evaluate
     for variant in damaged_variants(finished / "checkpoint.pt", originals["checkpoint.pt"], originals["model_best.pt"]):
+        if variant != "wrong kind":  # model_best.pt is a checkpoint evaluate.py reads
+            code = evaluate(["--checkpoint", str(finished / "checkpoint.pt"), "--metrics", "top1", "--gallery", "0"])
+            err = capsys.readouterr().err.strip().splitlines()
+            assert code in (1, 2) and err and err[-1].startswith("error: ") and "checkpoint.pt" in err[-1], (variant, err)
+            cases += 1
         code = run(["--labeled-fraction", "0.02", "--epochs", "1", "--max-steps", "2", "--demo-cache", demo_cache, "--gallery", "0",
                     "--max-eval-images", "32", "--run-dir", str(finished)])
         err = capsys.readouterr().err.strip().splitlines()

@@ -112,10 +112,15 @@ def test_an_explainer_a_metric_a_data_format_and_a_box_format_from_a_module_outs
     # The metric declares itself headline: a final_* column of the status table.
     status = run("jobs/status.py", str(run_dir), env={**env, "SEMISUP_PLUGINS": "stripes_extension"})
     assert status.returncode == 0 and "final_top_half_mass" in status.stdout, status.stdout + status.stderr
-    # The same run evaluated later loads its plugin from its own settings; the report gets the column.
+    # Evaluated later, the run's plugin is loaded only when the user names it (a run folder never
+    # imports code): without --plugins, the note and one line naming the missing explainer.
     out = run("semisup/evaluate.py", "--checkpoint", str(run_dir / "checkpoint.pt"), "--metrics", "top1,ch",
               "--gallery", "0", env=env)
-    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.returncode == 1 and "stripes_extension, not loaded" in out.stderr, out.stderr[-3000:]
+    assert out.stderr.splitlines()[-1].startswith("error: --explainer bright-gradcam: no such explainer")
+    out = run("semisup/evaluate.py", "--checkpoint", str(run_dir / "checkpoint.pt"), "--metrics", "top1,ch",
+              "--gallery", "0", "--plugins", "stripes_extension", env=env)
+    assert out.returncode == 0 and "not loaded" not in out.stderr, out.stderr[-3000:]
     report = run("semisup/report.py", str(run_dir), env={**env, "SEMISUP_PLUGINS": "stripes_extension"})
     assert report.returncode == 0 and "Top half" in report.stdout, report.stdout + report.stderr
     # Without the module on the path: one line naming it.

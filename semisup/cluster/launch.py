@@ -134,9 +134,11 @@ def sweep_commands(path: Path, run_root: Path) -> tuple[str, list[tuple[str, lis
 
     Format: ``name``, ``base: [flags...]`` and ``grid: {setting: [values...]}``; grid keys are the
     settings' names as in flags and YAML (``lambda``, ``seed``, ``cgc_weight``, ``--lr-head``)."""
-    from semisup.config import canonical_key, flag_spellings
+    from semisup.config import CONFIG_FILE_LIMIT, StrictLoader, canonical_key, flag_spellings
+    from semisup.files import read_text
     try:
-        spec = yaml.safe_load(path.read_text())
+        # A sweep file is a config file: bounded, no duplicate keys, no aliases (semisup.config.StrictLoader).
+        spec = yaml.load(read_text(path, CONFIG_FILE_LIMIT, UsageError), Loader=StrictLoader)
     except FileNotFoundError:
         raise UsageError(f"--sweep {path}: no such file") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:

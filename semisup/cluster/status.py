@@ -21,8 +21,8 @@ from pathlib import Path
 import pandas as pd
 
 from semisup import scheduler
-from semisup.errors import Parser, UserError, cli
-from semisup.files import RunFileError, read_json
+from semisup.errors import Parser, UserError, cli, printable
+from semisup.files import RunFileError, open_regular, read_csv, read_json
 from semisup.registry import METRICS
 from semisup.runfiles import RunFiles
 from semisup.train import runlock
@@ -38,13 +38,15 @@ def run_state(run_dir: Path) -> dict:
         row["state"] = "in progress / stopped"
     if metrics.exists():
         try:
-            frame = pd.read_csv(metrics)
+            frame = read_csv(metrics)
             if len(frame):
                 row.update(epoch=int(frame["epoch"].iloc[-1]), step=int(frame["step"].iloc[-1]))
                 if "top1" in frame and frame["top1"].notna().any():
                     best = frame.loc[frame["top1"].idxmax()]
                     row.update(best_epoch=int(best["epoch"]), best_top1=best["top1"])
-        except (OSError, ValueError, KeyError, pd.errors.ParserError) as err:
+        except RunFileError as err:
+            problems.append(str(err))
+        except (OSError, ValueError, KeyError) as err:
             problems.append(f"{metrics}: unreadable ({type(err).__name__})")
     progress = RunFiles(run_dir).progress
     if progress.exists():
@@ -96,11 +98,11 @@ def _log_error(log_path: str | None) -> str | None:
     if not log_path:
         return None
     try:
-        with open(log_path, "rb") as f:
+        with open_regular(log_path) as f:
             f.seek(0, os.SEEK_END)
             f.seek(max(0, f.tell() - 64_000))
             tail = f.read().decode("utf-8", errors="replace")
-    except OSError:
+    except (OSError, RunFileError):
         return None
     line = exception_line(tail)
     return line if re.match(r"^[A-Za-z_][\w.]*(Error|Exception)\b", line) else None
@@ -252,7 +254,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not run_dirs(args.run_root):
         raise UserError(f"no run directories (with config.yaml or job.json) under {args.run_root}")
-    table = status_table(args.run_root)
+    # Every string shown came from files someone else may have made: control characters escaped.
+    table = status_table(args.run_root).map(lambda v: printable(v) if isinstance(v, str) else v)
     table = table.drop(columns=[c for c in table if table[c].isna().all()])  # e.g. exit codes, known once a job ended
     shown = table.drop(columns=[c for c in ("problem", "error", "log") if c in table])
     for column in shown:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from semisup.errors import UserError
-from semisup.files import read_lines
+from semisup.files import open_regular, read_lines
 from semisup.registry import BOX_FORMATS
 
 # The most pixels an image (or an annotation's frame) may have: a decoded image or a Content
@@ -52,7 +52,8 @@ def parse_voc_xml(path: str | Path) -> ImageBoxes:
     """One ImageNet/PASCAL VOC annotation: ``<size>`` then ``<object>`` with ``<name>`` and ``<bndbox>``."""
     path = Path(path)
     try:
-        root = ET.parse(path).getroot()
+        with open_regular(path, BoxFileError) as f:  # a FIFO among 50,000 files must not hang the run
+            root = ET.parse(f).getroot()
     except (ET.ParseError, OSError) as err:
         raise BoxFileError(f"{path}: not valid XML ({err}); re-extract the annotation archive") from err
     size = None

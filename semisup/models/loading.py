@@ -186,10 +186,20 @@ def load_run_model(checkpoint: str | Path, overrides: dict):
                         "written by semisup/run.py") from err
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise UserError(f"{checkpoint}: not a checkpoint written by semisup/run.py (no 'model' and 'config' entries)")
+    weights = state["model"]
+    if not isinstance(weights, dict) or not isinstance(weights.get("fc.weight"), torch.Tensor):
+        raise UserError(f"{checkpoint}: its weights hold no classification head (no 'fc.weight'): damaged, or not "
+                        "written by semisup/run.py; evaluate a trunk with --weights FILE --arch NAME")
+    if not isinstance(state["config"], dict):
+        raise UserError(f"{checkpoint}: its 'config' entry is not a mapping of settings: damaged, or not written by "
+                        "semisup/run.py")
     values = dict(state["config"])
     values.update({k: v for k, v in overrides.items() if v is not None})
-    cfg = config_from_dict(values)
-    num_classes = state["model"]["fc.weight"].shape[0]
+    try:
+        cfg = config_from_dict(values)
+    except TypeError as err:
+        raise UserError(f"{checkpoint}: its record of the run's settings cannot be read ({err})") from err
+    num_classes = weights["fc.weight"].shape[0]
     model = build_model(cfg.arch, num_classes)
     model.load_state_dict(state["model"])
     return model, cfg, state.get("step")

@@ -9,11 +9,13 @@ look than read.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pandas as pd
 
-from semisup.files import write_atomic
+from semisup.errors import printable
+from semisup.files import RunFileError, read_csv, write_atomic
 from semisup.runfiles import RunFiles
 
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
@@ -114,10 +116,13 @@ def curves_figure(runs: pd.DataFrame):
             histories = []
             for run_dir in group["run"]:
                 metrics = RunFiles(run_dir).metrics
-                if metrics.is_file():
-                    # Epochs in order, each once (a resumed run rewrote its last epoch).
-                    history = pd.read_csv(metrics).drop_duplicates("epoch", keep="last").set_index("epoch").sort_index()
-                    histories.append(history)
+                try:
+                    history = read_csv(metrics) if metrics.is_file() else pd.DataFrame()
+                except RunFileError as err:
+                    print(f"note: {printable(str(err))}: left out of the curves", file=sys.stderr)
+                    continue
+                if "epoch" in history:  # epochs in order, each once (a resumed run rewrote its last epoch)
+                    histories.append(history.drop_duplicates("epoch", keep="last").set_index("epoch").sort_index())
             for col, (metric, label) in enumerate(CURVES):
                 ax = axes[row, col]
                 if metric == "train_consistency" and method in ("ce", "ce-script"):

@@ -18,13 +18,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from semisup import registry
 from semisup.config import Config, load_saved_config
-from semisup.errors import Parser, UsageError, UserError, cli
-from semisup.files import RunFileError, read_json, write_atomic, write_text_atomic
+from semisup.errors import Parser, UsageError, UserError, cli, printable
+from semisup.files import RunFileError, read_json, read_text, write_atomic, write_text_atomic
 from semisup.registry import ABLATION, EVALUATE_ONLY, FULL_SUPERVISION, LIMITED, METRICS
 from semisup.runfiles import RunFiles
 
 METHOD_NAMES = {"ce": "Cross-entropy", "ce-script": "Cross-entropy (CGC script, λ 0)", "cgc": "CGC", "gcc": "GCC (L2)"}
+
+
+def say(text: str) -> None:
+    """A note on stderr; its run folders' names and files' text came from someone else's files,
+    so control characters are escaped."""
+    print(printable(text), file=sys.stderr)
 
 
 def method_key(final: dict) -> str:
@@ -60,7 +67,7 @@ def _read_run(run_dir: Path) -> tuple[dict, Config] | None:
     """(final.json, config) of a finished run, or None (said on stderr) for anything else."""
     final_path, config_path = RunFiles(run_dir).final, RunFiles(run_dir).config
     if not final_path.is_file() or not config_path.is_file():
-        print(f"skipping {run_dir}: no final.json/config.yaml (unfinished or not a run directory)", file=sys.stderr)
+        say(f"skipping {run_dir}: no final.json/config.yaml (unfinished or not a run directory)")
         return None
     try:
         final = read_json(final_path)
@@ -68,7 +75,7 @@ def _read_run(run_dir: Path) -> tuple[dict, Config] | None:
             raise RunFileError(f"{final_path}: not a final.json written by semisup/run.py (no 'method' and 'final')")
         return final, load_saved_config(config_path)
     except UserError as err:
-        print(f"skipping {run_dir}: {err}", file=sys.stderr)
+        say(f"skipping {run_dir}: {err}")
         return None
 
 
@@ -83,9 +90,10 @@ def evaluated_later(run_dir: Path, final: dict) -> dict:
     if not path.is_file():
         return found
     try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError):
-        print(f"note: {path} is unreadable; its metrics are left out", file=sys.stderr)
+        lines = read_text(path).splitlines()
+    except (OSError, UnicodeDecodeError, RunFileError) as err:
+        detail = str(err) if isinstance(err, RunFileError) else f"{path} is unreadable"
+        say(f"note: {detail}; its metrics are left out")
         return found
     others = 0
     for line in lines:
@@ -103,8 +111,8 @@ def evaluated_later(run_dir: Path, final: dict) -> dict:
                 found.update({key: row[key], f"{key}_images": row.get("images"), f"{key}_of": row.get("validation")})
     if others:
         columns = "/".join(METRICS.get(k).column or k for k in later)
-        print(f"note: {path}: {others} evaluation(s) of other weights than the run's final ones (or without their "
-              f"digest) left out of its {columns}", file=sys.stderr)
+        say(f"note: {path}: {others} evaluation(s) of other weights than the run's final ones (or without their "
+              f"digest) left out of its {columns}")
     return found
 
 
@@ -135,12 +143,13 @@ def load_runs(run_dirs: list[str | Path], settings: tuple[str, ...] = (), quiet:
         if read is None:
             continue
         final, cfg = read
+        note = registry.not_loaded_note(cfg.plugins, str(run_dir))
+        if note and not quiet:
+            say(f"note: {note} (its plugin metrics are left out)")
         if final.get("truncated") and not quiet:
-            print(
+            say(
                 f"note: {run_dir} was stopped by --max-steps at step {final.get('steps')} of"
-                f" {final.get('scheduled_steps')}: marked 'truncated' in the tables",
-                file=sys.stderr,
-            )
+                f" {final.get('scheduled_steps')}: marked 'truncated' in the tables")
         method = method_key(final)
         rows.append(
             dict(
@@ -174,11 +183,9 @@ def load_runs(run_dirs: list[str | Path], settings: tuple[str, ...] = (), quiet:
         if not quiet:
             kept = runs[~repeats & (runs["signature"] == rerun["signature"]) & (runs["seed"] == rerun["seed"])
                         & (runs["start"] == rerun["start"]) & (runs["dataset"] == rerun["dataset"])]["run"].iloc[0]
-            print(
+            say(
                 f"note: {rerun['run']} and {kept} are the same settings and seed {rerun['seed']}: one seed, the newer"
-                f" ({kept}) is counted",
-                file=sys.stderr,
-            )
+                f" ({kept}) is counted")
     return runs[~repeats].sort_values("run").reset_index(drop=True)
 
 
@@ -344,7 +351,13 @@ def main(argv=None) -> int:
             "gallery titles show names instead of wnids"
         ),
     )
+    parser.add_argument(
+        "--plugins",
+        help=("comma-separated plugin modules to import (their metrics become columns); the modules a run's "
+              "config.yaml names are never imported from it: name them here if you trust them"),
+    )
     args = parser.parse_args(argv)
+    registry.load_plugins(registry.split_modules(args.plugins))
     class_names = read_class_names(args.class_names) if args.class_names else None
     runs = load_runs(args.run_dirs)
     if runs.empty:
@@ -362,7 +375,7 @@ def main(argv=None) -> int:
     text.append(
         f"### Published (ImageNet, ResNet-50)\n\n{PUBLISHED_LIMITED.to_markdown(index=False, disable_numparse=True)}\n"
     )
-    print("\n".join(text))
+    print("\n".join(printable(line) for line in "\n".join(text).splitlines()))  # names from the runs' files
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(args.out / "results.md", "\n".join(text))
@@ -443,6 +456,11 @@ def compare_galleries(
                     f" {' or '.join(map(str, dirs))}",
                     file=sys.stderr,
                 )
+                continue
+            unloaded = [d for d in dirs if registry.not_loaded(load_saved_config(RunFiles(d).config).plugins)]
+            if unloaded:
+                say(f"no gallery for {100 * fraction:g} % from {start}: {unloaded[0]} needs plugin modules that "
+                      "were not loaded (--plugins)")
                 continue
             models, cfg = [], None
             for run_dir in dirs:

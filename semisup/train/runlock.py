@@ -34,7 +34,7 @@ import uuid
 from pathlib import Path
 
 from semisup import scheduler
-from semisup.files import named, write_json_atomic
+from semisup.files import named, read_text, write_json_atomic
 from semisup.runfiles import RunFiles
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def read_holder(path: Path) -> dict | None:
     lock = RunFiles(path).lock
     for attempt in range(READ_TRIES):
         try:
-            text = lock.read_text()
+            text = read_text(lock, 1 << 16)
             break
         except FileNotFoundError:
             return None

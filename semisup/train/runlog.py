@@ -14,13 +14,14 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import threading
 import time
 from pathlib import Path
 
 import pandas as pd
 
-from semisup.files import write_atomic, write_text_atomic
+from semisup.files import RunFileError, read_csv, write_atomic, write_text_atomic
 from semisup.registry import METRICS
 from semisup.runfiles import RunFiles
 
@@ -135,8 +136,7 @@ class RunLog:
         if not self.writes:
             return
         path = RunFiles(self.run_dir).metrics
-        frame = pd.read_csv(path) if path.exists() else pd.DataFrame()
-        frame = frame[frame["epoch"] < row["epoch"]] if len(frame) else frame  # a resumed run rewrites its epoch once
+        frame = self._earlier_epochs(path, row["epoch"])
         write_atomic(path, lambda p: pd.concat([frame, pd.DataFrame([row])], ignore_index=True).to_csv(p, index=False))
         def scalars(writer):
             for key, value in row.items():
@@ -144,6 +144,23 @@ class RunLog:
                     writer.add_scalar(epoch_tag(key), value, row["step"])
             writer.flush()
         self.tensorboard(scalars)
+
+    @staticmethod
+    def _earlier_epochs(path: Path, epoch: int) -> pd.DataFrame:
+        """metrics.csv's rows before ``epoch`` (a resumed run rewrites its epoch once). A file cut to
+        nothing is an empty table; one that is not the run's table (damaged, edited) is moved aside
+        to ``metrics.csv.damaged-<time>`` with a warning, and the run's table starts again: a log
+        never stops the training it records."""
+        try:
+            frame = read_csv(path) if path.exists() else pd.DataFrame()
+            if len(frame) and "epoch" not in frame:
+                raise RunFileError(f"{path}: no 'epoch' column")
+        except RunFileError as err:
+            aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(path, aside)
+            log.warning("%s; moved to %s, and the epochs' table starts again from this epoch", err, aside.name)
+            return pd.DataFrame()
+        return frame[frame["epoch"] < epoch] if len(frame) else frame
 
     def image(self, tag: str, image, step: int) -> None:
         """A uint8 [H, W, 3] array (the evaluation's gallery grid) into TensorBoard's images."""

@@ -1,0 +1,89 @@
+"""A run folder received from someone else is data: no command that reads it imports a module its
+files name, and no string from its files reaches the terminal with its control characters."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A module that would run on import: it leaves a marker file where the test looks.
+TROJAN = """
+import os
+open(os.environ["TROJAN_MARKER"], "a").write("imported\\n")
+"""
+
+
+def run(*argv: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=ROOT, timeout=600,
+                          env={**os.environ, **env})
+
+
+@pytest.fixture(scope="module")
+def received(tmp_path_factory, demo_cache):
+    """A finished demo run whose config.yaml and checkpoint both name the module ``trojan_mod``,
+    importable from PYTHONPATH: only the run's files ask for it."""
+    tmp = tmp_path_factory.mktemp("received")
+    run_dir = tmp / "run"
+    argv = ["--labeled-fraction", "0.05", "--max-steps", "1", "--batch-labeled", "8", "--batch-unlabeled", "8",
+            "--group-size", "8", "--arch", "resnet_tiny", "--workers", "0", "--gallery", "0", "--max-eval-images", "8",
+            "--demo-cache", demo_cache, "--run-dir", str(run_dir)]
+    out = run("semisup/run.py", *argv, env={})
+    assert out.returncode == 0, out.stderr[-2000:]
+    modules = tmp / "modules"
+    modules.mkdir()
+    (modules / "trojan_mod.py").write_text(TROJAN)
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(dict(config, plugins="trojan_mod"), sort_keys=False))
+    for name in ("checkpoint.pt", "model_best.pt"):
+        state = torch.load(run_dir / name, weights_only=True)
+        state["config"]["plugins"] = "trojan_mod"
+        torch.save(state, run_dir / name)
+    marker = tmp / "imported.txt"
+    return run_dir, argv, dict(PYTHONPATH=str(modules), TROJAN_MARKER=str(marker)), marker
+
+
+def test_no_command_reading_a_received_run_imports_the_modules_its_files_name(received):
+    run_dir, argv, env, marker = received
+    commands = {
+        "report": ("semisup/report.py", str(run_dir), "--no-galleries"),
+        "evaluate": ("semisup/evaluate.py", "--checkpoint", str(run_dir / "checkpoint.pt"), "--metrics", "top1",
+                     "--gallery", "0", "--out", str(run_dir.parent / "eval")),
+        "status": ("jobs/status.py", str(run_dir)),
+        "resume": ("semisup/run.py", *argv, "--dry-run"),
+        "best model": ("semisup/evaluate.py", "--checkpoint", str(run_dir / "model_best.pt"), "--metrics", "top1",
+                       "--gallery", "0", "--out", str(run_dir.parent / "eval")),
+    }
+    for name, command in commands.items():
+        out = run(*command, env=env)
+        assert not marker.exists(), f"{name} imported the module the run's files name"
+        assert "Traceback" not in out.stderr, (name, out.stderr[-2000:])
+        if name in ("report", "evaluate"):
+            # Read, with one line saying which plugin was not loaded and how to load it.
+            assert out.returncode == 0, (name, out.stderr[-2000:])
+            assert "trojan_mod, not loaded" in out.stderr and "--plugins trojan_mod" in out.stderr, (name, out.stderr)
+    # The module does import when the user names it: the test above could have failed.
+    out = run("semisup/report.py", str(run_dir), "--no-galleries", "--plugins", "trojan_mod", env=env)
+    assert out.returncode == 0 and marker.read_text() == "imported\n", out.stderr[-2000:]
+    assert "not loaded" not in out.stderr
+
+
+def test_text_from_a_received_run_reaches_the_terminal_with_its_control_characters_escaped(tmp_path):
+    """A run folder whose name and files hold escape sequences (one clears the screen): report and
+    status print them escaped, in one line each."""
+    run_dir = tmp_path / "run\x1b[2J"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("epochs: 1\n")
+    (run_dir / "final.json").write_text('{"method": "\\u001b]0;owned\\u0007", "final": 3}')
+    (run_dir / "job.json").write_text(json.dumps([dict(job_id="7\x1b[31m", cluster="local", folder=str(tmp_path),
+                                                       stderr=str(tmp_path / "log\x1b[5m"))]))
+    for command in (("semisup/report.py", str(run_dir)), ("jobs/status.py", str(run_dir))):
+        out = run(*command, env={})
+        assert "\x1b" not in out.stdout + out.stderr and "\x07" not in out.stdout + out.stderr, (command, out)
+        assert "Traceback" not in out.stderr, out.stderr
+        assert "\\x1b[2J" in out.stdout + out.stderr, (command, out)  # shown, escaped
