@@ -61,9 +61,15 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    """The generators' states a checkpoint saved. A run resumed where fewer GPUs are visible than
+    when it was saved (8 then, 1 now) restores the GPUs it has, in order, and leaves the others'
+    states unused (``set_rng_state_all`` indexes a GPU per saved state: IndexError); where none is
+    visible, only the CPU's."""
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    saved = state.get("cuda") or []
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for index, generator_state in enumerate(saved[:visible]):
+        torch.cuda.set_rng_state(generator_state, index)
 
 
 def remove_temporaries(folder: Path) -> list[Path]:

@@ -103,6 +103,22 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_min(tensor: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return tensor
+
+
+def broadcast_buffers(model: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm's running statistics) to every process. DDP broadcasts them
+    only before a forward, so after an epoch's last step each process holds the statistics its
+    own forward moved: evaluating then would score different models on each process's shard,
+    while the checkpoint holds rank 0's."""
+    if dist.is_initialized():
+        for buffer in model.buffers():
+            dist.broadcast(buffer.data, src=0)
+
+
 def gather_with_grad(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Concatenate equal-shaped tensors from all processes, keeping the gradient path to each.
 

@@ -30,7 +30,7 @@ def cgc_loss_dense(
     aug = F.normalize(normalized_heatmaps(cam_aug, size).flatten(1), dim=1)
     target = F.normalize(transform_cam(normalized_heatmaps(cam, size), boxes, flips, size).flatten(1), dim=1)
     b = cam.shape[0]
-    groups = _group_ids(b, group_size, cam.device)
+    groups, _ = _group_ids(b, group_size, cam.device)
     losses = []
     for g in groups.unique():
         rows = (groups == g).nonzero().flatten()

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from semisup.data import transforms as T
-from semisup.data.datasets import MAX_ASPECT, TrainDataset, load_good
+from semisup.data.datasets import DECODE_ERRORS, MAX_ASPECT, TrainDataset, load_good
 
 log = logging.getLogger(__name__)
 
@@ -90,13 +90,20 @@ def decode_and_transform(batch: dict, device: torch.device, size: int, resize: i
 
     encoded = [i for i, flag in enumerate(batch["encoded"].tolist()) if flag]
     images: list[torch.Tensor | None] = [None] * len(batch["data"])
+    sizes = batch["hw"].tolist()
+    unreadable = []
     if encoded:
         decoded = _decode_jpegs([batch["data"][i] for i in encoded], device, decode_jpeg, ImageReadMode.RGB)
         for i, image in zip(encoded, decoded):
+            # The header's size or nothing: a decoder that returns another shape read the file wrongly.
+            if image is None or list(image.shape) != [3, *sizes[i]]:
+                unreadable.append(i)
             images[i] = image
-    for i, (h, w) in enumerate(batch["hw"].tolist()):
-        if images[i] is None:  # decoded by PIL in the worker
+    for i, (h, w) in enumerate(sizes):
+        if images[i] is None and i not in unreadable:  # decoded by PIL in the worker
             images[i] = batch["data"][i].view(3, h, w).to(device, non_blocking=True)
+    if unreadable:
+        batch, images = replace_unreadable(batch, images, unreadable)
     out = dict(label=batch["label"].to(device, non_blocking=True), bad=batch["bad"])
     if "crop" in batch:
         params = batch["crop"].tolist()
@@ -116,9 +123,62 @@ def decode_and_transform(batch: dict, device: torch.device, size: int, resize: i
     return out
 
 
-def _decode_jpegs(data: list[torch.Tensor], device: torch.device, decode_jpeg, mode) -> list[torch.Tensor]:
+def replace_unreadable(batch: dict, images: list, unreadable: list[int]) -> tuple[dict, list]:
+    """The CPU path's policy, in the batch: each image no decoder could read (a JPEG cut
+    mid-scan passes the header check in the worker) is replaced by the next readable one of the
+    batch, with its label and random parameters, and counted in ``bad``. A run never stops on
+    one bad file; a batch with no readable image is an error, as a stream with none is."""
+    readable = [i for i in range(len(images)) if i not in unreadable]
+    if not readable:
+        raise RuntimeError("no readable image in this batch: every file failed to decode")
+    batch = {key: (value.clone() if isinstance(value, torch.Tensor) else list(value)) for key, value in batch.items()}
+    images = list(images)
+    for i in unreadable:
+        j = next((k for k in readable if k > i), readable[0])
+        images[i] = images[j]
+        for key, value in batch.items():
+            if key not in ("data", "bad", "encoded"):
+                value[i] = value[j]
+        batch["bad"][i] += 1
+    return batch, images
+
+
+def _decode_jpegs(data: list[torch.Tensor], device: torch.device, decode_jpeg, mode) -> list[torch.Tensor | None]:
+    """Batched decode (None for a file no decoder reads); on CUDA on a side stream the caller's
+    stream waits for (:func:`_on_side_stream`)."""
+    if device.type != "cuda":
+        return _decode_each(data, device, decode_jpeg, mode)
+    consumer = torch.cuda.current_stream(device)
+    side = _side_stream(device)
+    # nvJPEG writes into outputs the allocator hands out on the current stream, without waiting
+    # for the kernels queued there (pytorch/vision#9606: a block freed by the step, still read by
+    # its queued backward, was overwritten). On a side stream, the allocator hands out only
+    # blocks freed on that stream: earlier decodes' outputs, which record_stream keeps from it
+    # until the step's kernels that read them are done. The step then waits for the decode.
+    with torch.cuda.stream(side):
+        decoded = _decode_each(data, device, decode_jpeg, mode)
+    consumer.wait_stream(side)
+    for image in decoded:
+        if image is not None:
+            image.record_stream(consumer)
+    return decoded
+
+
+_SIDE_STREAMS: dict = {}
+
+
+def _side_stream(device: torch.device):
+    """One decode stream per GPU, made once."""
+    key = torch.device(device).index if torch.device(device).index is not None else torch.cuda.current_device()
+    if key not in _SIDE_STREAMS:
+        _SIDE_STREAMS[key] = torch.cuda.Stream(device=key)
+    return _SIDE_STREAMS[key]
+
+
+def _decode_each(data: list[torch.Tensor], device: torch.device, decode_jpeg, mode) -> list[torch.Tensor | None]:
     """Batched decode; if the batch call fails (one corrupt file), decode one by one and let
-    PIL take the ones the decoder refuses (their pixels stay as the file allows)."""
+    PIL take the ones the decoder refuses; None for a file PIL cannot read either (a JPEG
+    truncated mid-scan: the CPU path counts it unreadable too)."""
     try:
         return list(decode_jpeg(data, mode=mode, device=device))
     except RuntimeError:
@@ -127,8 +187,13 @@ def _decode_jpegs(data: list[torch.Tensor], device: torch.device, decode_jpeg, m
             try:
                 out.append(decode_jpeg(raw, mode=mode, device=device))
             except RuntimeError as err:
-                log.warning("the JPEG decoder refused a file (%s); decoding it with PIL", err)
-                out.append(_pil_decode(raw).to(device))
+                try:
+                    out.append(_pil_decode(raw).to(device))
+                    log.warning("the JPEG decoder refused a file (%s); decoded it with PIL", err)
+                except DECODE_ERRORS as pil_err:
+                    log.warning("skipping an unreadable image (%s; PIL: %s): replaced by the next of its batch",
+                                err, pil_err)
+                    out.append(None)
         return out
 
 

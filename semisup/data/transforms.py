@@ -6,6 +6,7 @@ view, the form :func:`semisup.method.cgc.transform_cam` takes.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -135,6 +136,14 @@ def normalize(images: torch.Tensor, channels_last: bool = False) -> torch.Tensor
 
 def normalize_unit(images: torch.Tensor) -> torch.Tensor:
     """float [B, 3, H, W] in [0, 1] -> ``(x - mean) / std`` per channel, as ``Normalize`` computes it."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    mean, std = _mean_std(images.dtype, images.device)
     return (images - mean) / std
+
+
+@functools.lru_cache(maxsize=None)
+def _mean_std(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """[1, 3, 1, 1] mean and std on ``device``, made once: a tensor built from host values is a
+    copy the GPU stream waits for, three times a step before."""
+    with torch.inference_mode(False):  # first asked in an evaluation: still ordinary tensors for training
+        return (torch.tensor(IMAGENET_MEAN, dtype=dtype, device=device).view(1, 3, 1, 1),
+                torch.tensor(IMAGENET_STD, dtype=dtype, device=device).view(1, 3, 1, 1))

@@ -331,7 +331,7 @@ class Evaluator:
         if val_features is not None:
             predictions = knn_classify(
                 bank, bank_labels, val_features.cpu(), k=self.settings.knn_k, temperature=self.settings.knn_temperature,
-                num_classes=len(bundle.classes),
+                num_classes=len(bundle.classes), device=self.device,
             )
             correct += torch.tensor(
                 [(predictions == val_labels.cpu()).sum().item(), len(val_labels)], dtype=torch.float64,

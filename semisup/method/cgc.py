@@ -17,6 +17,7 @@ against a literal transcription of the released per-sample loop.
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -210,15 +211,26 @@ def _pair_factors(cam_aug: torch.Tensor, cam: torch.Tensor, boxes: torch.Tensor,
     return dict(pos=pos, cross=cross, aug_gram=aug_gram, aug_sq=aug_sq, target_sq=target_sq)
 
 
-def _group_ids(n: int, group_size: int | None, device, replicas: int | None = None) -> torch.Tensor:
-    """[n] contiguous group index of each row: groups of ``group_size`` (the last may be
-    smaller), or with ``replicas`` the pieces ``torch.chunk`` cuts (DataParallel's scatter)."""
+def _group_width(n: int, group_size: int | None, replicas: int | None) -> int:
+    """The size of every group but the last (which holds the rest)."""
     if replicas is not None:
-        from semisup.models.replicas import replica_sizes
-        sizes = replica_sizes(n, replicas)
-        return torch.repeat_interleave(torch.arange(len(sizes), device=device), torch.tensor(sizes, device=device))
-    size = n if not group_size or group_size >= n else group_size
-    return torch.arange(n, device=device) // size
+        return math.ceil(n / max(1, replicas))
+    return n if not group_size or group_size >= n else group_size
+
+
+def _group_ids(n: int, group_size: int | None, device,
+               replicas: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """([n] contiguous group index of each row, [n] size of each row's group): groups of
+    ``group_size`` (the last may be smaller), or with ``replicas`` the pieces ``torch.chunk``
+    cuts (DataParallel's scatter: ceil(n / replicas) each, the last the rest). Computed by
+    arithmetic on the device from sizes known on the host: no tensor is copied from the host and
+    nothing is counted on the device (``bincount`` and ``repeat_interleave`` with device repeats
+    wait for the GPU every step)."""
+    size = _group_width(n, group_size, replicas)
+    ids = torch.arange(n, device=device) // size
+    last = (n - 1) // size  # the last group holds the rest
+    sizes = torch.where(ids == last, n - size * last, size)
+    return ids, sizes
 
 
 @float32
@@ -258,7 +270,7 @@ def cgc_loss(cam_aug: torch.Tensor, cam: torch.Tensor, boxes: torch.Tensor, flip
     f = _pair_factors(rows, cam, boxes, flips, size, local)
     norm_a = f["aug_sq"].clamp_min(1e-30).sqrt()  # [N]
     norm_t = f["target_sq"].clamp_min(1e-30).sqrt()  # [B]
-    groups = _group_ids(n, group_size, cam.device, replicas)
+    groups, group_size_of = _group_ids(n, group_size, cam.device, replicas)
     same_group = groups[local].view(-1, 1) == groups.view(1, -1)  # [B, N]
     index = torch.arange(b, device=cam.device) + offset
     if negatives == "aug":
@@ -274,8 +286,8 @@ def cgc_loss(cam_aug: torch.Tensor, cam: torch.Tensor, boxes: torch.Tensor, flip
             ~same_group, float("-inf")
         ) / temperature
         per_anchor = F.cross_entropy(logits, index, reduction="none")
-    group_sizes = torch.bincount(groups)
-    weights = (n / b) / (group_sizes.numel() * group_sizes[groups[local]].float())
+    group_count = math.ceil(n / _group_width(n, group_size, replicas))
+    weights = (n / b) / (group_count * group_size_of[local].float())
     return (per_anchor * weights).sum()
 
 

@@ -81,9 +81,13 @@ class Reporter:
             self.bar.update(1)
 
     def nonfinite_step(self) -> int | None:
-        """The first step whose loss was not finite, or None (a device sync)."""
-        step = int(self.first_nonfinite)
-        return step if step >= 0 else None
+        """The first step whose loss was not finite on any process, or None: every process gets
+        the same answer (one process stopping alone would leave the others waiting in the next
+        gradient all-reduce for ever). A device sync and a collective: called at log points only."""
+        never = torch.iinfo(torch.long).max
+        first = self.first_nonfinite.clone()
+        step = int(D.all_reduce_min(first.masked_fill_(first < 0, never)))
+        return step if step != never else None
 
     def write_line(self, lr_trunk: float, lr_head: float) -> None:
         """The window's means and speeds: the step line, TensorBoard and progress.json."""

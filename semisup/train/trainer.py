@@ -229,6 +229,21 @@ class Trainer:
             self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
         )
 
+    def compiles(self) -> bool:
+        """Whether the training forward is compiled: ``--compile`` (default: on CUDA), declined up
+        front, in one line, where the explainer differentiates the logits with respect to the
+        features (a ViT's, any head without a closed form): both come out of one compiled graph as
+        separate outputs, so autograd cannot relate them, and every such run would compile, fail
+        at its first step and run eager."""
+        wanted = compiles(self.cfg.compile, self.device.type)
+        explainer = explainers.get(self.cfg.explainer)
+        if wanted and self.cfg.forwards_pairs and explainer.needs_autograd(self.model):
+            log.warning("torch.compile off: the %s explainer differentiates this model's logits with respect to its "
+                        "features, which a compiled forward cannot give; the run trains eager (--no-compile says so "
+                        "without this line)", self.cfg.explainer)
+            return False
+        return wanted
+
     def set_lr(self) -> None:
         factor = self.schedule.factor(self.state.step)
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
@@ -237,7 +252,7 @@ class Trainer:
     def fit(self) -> dict:
         startup = time.perf_counter()
         self.resume()
-        self.forward = CompiledForward(self.model, self.wrap, compiles(self.cfg.compile, self.device.type))
+        self.forward = CompiledForward(self.model, self.wrap, self.compiles())
         self.log_start()
         # SIGTERM, SIGUSR2 and SIGINT are caught from here on: until the first step they stop the run
         # at once (the checkpoint on disk holds its state), in the loop at the next step boundary.
@@ -316,13 +331,15 @@ class Trainer:
     def check_health(self) -> None:
         """Stop on a non-finite loss (naming the step) or too many unreadable images. Called
         at log points only: the check is a host-device sync."""
-        bad_step = self.reporter.nonfinite_step()
+        bad_step = self.reporter.nonfinite_step()  # agreed by every process
         if bad_step is not None:
             self.stop_non_finite("loss", bad_step)
         seen = self.state.labeled_seen + (self.state.step * self.cfg.batch_unlabeled if self.uses_unlabeled else 0)
-        if self.state.bad_images > self.cfg.max_bad_fraction * seen and self.state.bad_images > 0:
+        # Every process's unreadable images (seen counts all processes'): all stop, or none.
+        bad = int(D.all_reduce_sum(torch.tensor([self.state.bad_images], device=self.device)))
+        if bad > self.cfg.max_bad_fraction * seen and bad > 0:
             raise BadDataError(
-                f"{self.state.bad_images} unreadable images among {seen} loaded (more than --max-bad-fraction "
+                f"{bad} unreadable images among {seen} loaded (more than --max-bad-fraction "
                 f"{self.cfg.max_bad_fraction}); check the dataset (the warnings above name the files)"
             )
 
@@ -334,6 +351,7 @@ class Trainer:
         """The epoch's row: its mean losses, and the evaluation where one is due (keeping the best
         checkpoint by top-1); then metrics.csv, the log line and the checkpoint."""
         epoch = math.ceil(self.state.step / self.schedule.steps_per_epoch)  # a --max-steps stop counts as its epoch
+        D.broadcast_buffers(self.model)  # every process evaluates, and the checkpoint holds, rank 0's statistics
         row = dict(epoch=epoch, step=self.state.step, **self.reporter.epoch_means(self.dist.world),
                    lr_trunk=self.optimizer.param_groups[0]["lr"], lr_head=self.optimizer.param_groups[1]["lr"],
                    bad_images=self.state.bad_images, **self.images_seen())
