@@ -90,3 +90,23 @@ def test_planner_counts_each_evaluation_once_and_the_gallery_and_serial_decode()
     assert serial["seconds"] == pytest.approx(serial["gpu_s"] + serial["decode_s"])
     assert overlapped["seconds"] == pytest.approx(max(overlapped["gpu_s"], overlapped["decode_s"]))
     assert serial["decode_s"] == pytest.approx(3 * overlapped["decode_s"])  # 1 core against min(3 free, 2 x 2 workers)
+
+
+def test_the_gpu_check_runs_every_sections_cpu_form_through_the_command(tmp_path):
+    """`semisup-bench gpu-check --dry-run` as a user starts it: every section PASSes in its CPU
+    form and the output file holds each section's line, so the check a GPU node runs first cannot rot."""
+    import subprocess
+    import sys
+
+    from semisup.tools.gpucheck import SECTIONS
+    out = tmp_path / "gpu_check.txt"
+    done = subprocess.run([sys.executable, "-m", "semisup.tools.bench", "gpu-check", "--dry-run", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    lines = out.read_text().splitlines()
+    assert [line.split()[1] for line in lines[1:-1]] == list(SECTIONS)
+    assert all(line.startswith("PASS ") for line in lines[1:-1]), lines
+    assert "torch.compile failed" not in done.stderr  # the compiled step did not fall back to eager
+    # On a machine without CUDA the real check refuses in one line and names the CPU form.
+    refused = subprocess.run([sys.executable, "-m", "semisup.tools.bench", "gpu-check"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "--dry-run" in refused.stderr and refused.stderr.count("\n") == 1

@@ -63,3 +63,47 @@ def test_the_default_compiles_on_cuda_and_trains_as_eager_does(tmp_path):
     assert torch.backends.cudnn.benchmark  # as released
     for key in ("train_ce", "train_consistency"):
         assert compiled["final"][key] == pytest.approx(eager["final"][key], rel=0.05), key
+
+
+def _gpu_args(tmp_path, *extra):
+    root = tmp_path / "imagenet"
+    if not root.exists():
+        make_tree(root, per_class=48)
+    return ["--data", str(root), "--val-boxes", str(root / "boxes"), "--workers", "2", "--splits-dir", str(tmp_path / "splits"),
+            "--gallery", "0", "--labeled-fraction", "0.5", "--max-bad-fraction", "0.2", "--device", "cuda", "--amp", "bf16",
+            *extra]
+
+
+def test_replica_batchnorm_under_inductor_compiles_without_falling_back(tmp_path):
+    """Two released replicas of 64 per process (batch 128 >= 2 x --group-size) at ResNet-50's 224 px,
+    the default compile: the run must compile (a silent fallback to eager fails the test)."""
+    args = _gpu_args(tmp_path, "--arch", "resnet50", "--batch-labeled", "32", "--batch-unlabeled", "128",
+                     "--group-size", "64", "--bn-geometry", "replicas", "--max-steps", "3", "--epochs", "1",
+                     "--run-dir", str(tmp_path / "run"))
+    result = train(parse_config(args))
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "torch.compile on" in log and "torch.compile failed" not in log and "torch.compile off" not in log
+    assert "2 replica(s) of 64 images" in log
+    assert np.isfinite(result["final"]["train_consistency"]) and result["final"]["train_consistency"] > 0
+
+
+def test_a_run_stopped_on_the_gpu_resumes_to_the_uninterrupted_weights(tmp_path):
+    """As if killed after its previous checkpoint, a GPU run resumes (CUDA generator states restored,
+    whatever the GPUs visible) and ends with the uninterrupted run's weights."""
+    import os
+    args = _gpu_args(tmp_path, "--arch", "resnet18", "--image-size", "64", "--resize-size", "72", "--ch-short-side", "64",
+                     "--batch-labeled", "8", "--batch-unlabeled", "8", "--epochs", "1", "--max-steps", "6",
+                     "--checkpoint-every", "3", "--no-compile", "--amp", "off", "--workers", "0")
+    straight = train(parse_config(args + ["--run-dir", str(tmp_path / "straight")]))
+    run_dir = tmp_path / "resumed"
+    train(parse_config(args + ["--run-dir", str(run_dir)]))
+    os.replace(run_dir / "checkpoint.prev.pt", run_dir / "checkpoint.pt")
+    (run_dir / "final.json").unlink()
+    saved = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert 0 < saved["step"] < 6 and len(saved["rng"]["cuda"]) == torch.cuda.device_count()
+    resumed = train(parse_config(args + ["--run-dir", str(run_dir)]))
+    assert "resumed from" in (run_dir / "train.log").read_text() and resumed["steps"] == straight["steps"]
+    # cuDNN's autotuned kernels (benchmark on, as released) need not be bitwise repeatable: close, not equal.
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.allclose(a[k].float(), b[k].float(), rtol=1e-3, atol=1e-4) for k in a)

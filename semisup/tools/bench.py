@@ -509,9 +509,10 @@ def check_args(args) -> None:
 def build_parser() -> Parser:
     """The command's options (the generated tests read their types from here)."""
     parser = Parser(prog="semisup-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["step", "loss", "loader", "eval", "gpu", "plan", "e2e", "share"],
+    parser.add_argument("what", choices=["step", "loss", "loader", "eval", "gpu", "plan", "e2e", "share", "gpu-check"],
                         help="e2e: a short real run beside the planner's prediction (its options: e2e --help); "
-                             "share: a run alone, then two at once (share --help)")
+                             "share: a run alone, then two at once (share --help); gpu-check: the CUDA paths "
+                             "checked, PASS/FAIL per section (gpu-check --help)")
     # The settings a run has too take the run's flags (spellings, types, choices), with bench's defaults.
     add_setting(parser, "arch", default="resnet18", help="architecture (default resnet18; gpu: resnet50)")
     parser.add_argument("--batch", type=int, help="per stream (step), heatmaps (loss), images per batch (eval)")
@@ -557,6 +558,9 @@ def main(argv=None):
     if argv[:1] == ["share"]:  # its own options (semisup-bench share --help)
         from semisup.tools import share
         return share.main(argv[1:])
+    if argv[:1] == ["gpu-check"]:  # its own options (semisup-bench gpu-check --help)
+        from semisup.tools import gpucheck
+        return gpucheck.main(argv[1:])
     run_flags = argv[argv.index("--") + 1:] if "--" in argv else []
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     args.run_flags = run_flags
@@ -576,7 +580,8 @@ def main(argv=None):
 def console(argv: list[str] | None = None) -> int:
     """The ``semisup-bench`` command: one line on stderr for a mistake, exit status 0 after a run."""
     from semisup.errors import cli
-    return cli(lambda args: main(args) and 0)(argv)
+    checks = (sys.argv[1:] if argv is None else argv)[:1] == ["gpu-check"]
+    return cli(lambda args: main(args) if checks else (main(args) and 0))(argv)  # gpu-check: 1 when a section fails
 
 
 if __name__ == "__main__":

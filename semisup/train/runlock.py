@@ -34,7 +34,7 @@ import uuid
 from pathlib import Path
 
 from semisup import scheduler
-from semisup.files import named, read_text, write_json_atomic
+from semisup.files import RunFileError, named, read_text, write_json_atomic
 from semisup.runfiles import RunFiles
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,8 @@ def read_holder(path: Path) -> dict | None:
             break
         except FileNotFoundError:
             return None
+        except RunFileError as err:  # a folder or a FIFO where the lock belongs: nothing may be concluded
+            raise LockUnreadable(errno.EIO, f"the run lock cannot be read ({err})", str(lock)) from err
         except OSError as err:
             if attempt == READ_TRIES - 1:
                 raise LockUnreadable(err.errno or errno.EIO, f"the run lock cannot be read ({err})", str(lock)) from err
