@@ -10,6 +10,20 @@ torch.set_num_threads(2)
 SHARED_SPLITS = Path(__file__).resolve().parents[1].parent / "shared" / "splits"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def index_cache(tmp_path_factory):
+    """File indexes, decode checks and parsed annotations of the tests' trees go to a folder of the
+    session (semisup.data.fileindex), not the user's ~/.cache; commands the tests start inherit it."""
+    from semisup.data.fileindex import CACHE_VARIABLE
+    previous = os.environ.get(CACHE_VARIABLE)
+    os.environ[CACHE_VARIABLE] = str(tmp_path_factory.mktemp("index_cache"))
+    yield
+    if previous is None:
+        os.environ.pop(CACHE_VARIABLE, None)
+    else:
+        os.environ[CACHE_VARIABLE] = previous
+
+
 @pytest.fixture(scope="session")
 def demo_cache(tmp_path_factory) -> str:
     """One demo-dataset cache for the whole session (it takes seconds to build)."""

@@ -129,7 +129,9 @@ def load_voc_folder(folder: str | Path) -> dict[str, ImageBoxes]:
     if not folder.is_dir():
         raise BoxFileError(f"--val-boxes {folder}: not a folder of XML files (nor a file a registered box format "
                            "recognises: CUB's bounding_boxes.txt, or a plugin's, loaded with --plugins MODULE)")
-    boxes = {p.stem: parse_voc_xml(p) for p in sorted(folder.rglob("*.xml"))}
+    from semisup.data.fileindex import cached_voc_boxes, xml_files
+    files = xml_files(folder)
+    boxes = {Path(f).stem: parsed for f, parsed in zip(files, cached_voc_boxes(folder, files, parse_voc_xml))}
     if not boxes:
         raise BoxFileError(f"--val-boxes {folder}: no .xml files found")
     return boxes

@@ -22,6 +22,7 @@ from semisup.config import DEMO_VERSION
 from semisup.data import transforms as T
 from semisup.data.boxes import MAX_PIXELS
 from semisup.data.bundle import DataBundle, EvalSet  # noqa: F401 (re-exported: the readers' callers import them here)
+from semisup.data.fileindex import PathTable
 from semisup.data.settings import DataSettings
 from semisup.data.splits import dataset_digest, stratified_choice
 from semisup.errors import UsageError
@@ -57,8 +58,11 @@ class FileSource:
     """Image files with labels. ``load`` decodes once with PIL, converting grayscale, CMYK and
     palette images to RGB and reading PNG or other formats whatever their extension."""
 
-    def __init__(self, paths: list[str], labels: list[int] | np.ndarray):
-        self.paths, self.labels = list(paths), np.asarray(labels, dtype=np.int64)
+    def __init__(self, paths, labels: list[int] | np.ndarray):
+        # Numpy arrays, not a list of str: loader workers read them without copying the parent's
+        # memory page by page (semisup.data.fileindex.PathTable).
+        self.paths = paths if isinstance(paths, PathTable) else PathTable(paths)
+        self.labels = np.asarray(labels, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -21,6 +21,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from semisup.data.boxes import load_boxes
 from semisup.data.bundle import DataBundle, EvalSet
 from semisup.data.datasets import DECODE_ERRORS, FileSource, unlabeled_indices
+from semisup.data.fileindex import PathTable, checked_sizes, class_folder_index
 from semisup.data.settings import DataSettings
 from semisup.data.splits import SPLITS_DIR, SplitError, dataset_digest, resolve_labeled, split_entries, synset_of
 from semisup.errors import UserError
@@ -72,23 +73,19 @@ def is_image_file(name: str) -> bool:
 
 
 @_memoized
-def scan_class_folders(root: Path) -> tuple[list[str], list[str], list[int], int]:
-    """(classes, paths, labels, skipped non-image files) of ``root/<class>/<file>``, in
-    ImageFolder's order. Empty class folders are an error, as in ImageFolder."""
+def scan_class_folders(root: Path) -> tuple[list[str], PathTable, np.ndarray, int]:
+    """(classes, paths, labels [N], skipped non-image files) of ``root/<class>/<file>``,
+    in ImageFolder's order, from the cached file index where the folders are unchanged
+    (:mod:`semisup.data.fileindex`). Empty class folders are an error, as in ImageFolder."""
     if not root.is_dir():
         raise DatasetLayoutError(f"{root}: no such folder (expected class folders like {root}/n01440764/)")
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
+    classes, names_by_class, skipped = class_folder_index(root, is_image_file)
     if not classes:
         raise DatasetLayoutError(f"{root}: no class folders found")
-    paths, labels, skipped, empty = [], [], 0, []
-    for label, wnid in enumerate(classes):
-        names = sorted(e.name for e in os.scandir(root / wnid) if e.is_file())
-        images = [n for n in names if is_image_file(n)]
-        skipped += len(names) - len(images)
-        if not images:
-            empty.append(wnid)
-        paths += [str(root / wnid / n) for n in images]
-        labels += [label] * len(images)
+    empty = [wnid for wnid, names in zip(classes, names_by_class) if not names]
+    counts = [len(names) for names in names_by_class]
+    labels = np.repeat(np.arange(len(classes), dtype=np.int64), counts)
+    paths = PathTable.of_folders(str(root), classes, names_by_class)
     if empty:
         raise DatasetLayoutError(f"{root}: {len(empty)} class folders hold no image files: {empty[:5]} "
                                  "(remove them, or the class indices will not match the 1000 ImageNet classes)")
@@ -221,11 +218,11 @@ def _flat_val_labels(settings: DataSettings, files: list[str], boxes_by_id, val_
 def build_folder_bundle(settings: DataSettings, decode_check: bool = False) -> DataBundle:
     data = Path(settings.data)
     classes, paths, labels, skipped = scan_class_folders(data / "train")
+    names = paths.names()
     if settings.num_classes is not None and settings.num_classes != len(classes):
         raise DatasetLayoutError(
             f"--num-classes {settings.num_classes} but {data / 'train'} has {len(classes)} class folders"
         )
-    names = [Path(p).name for p in paths]
     if settings.full_supervision and not settings.split_file:
         labeled, split_path = np.arange(len(paths)), None
     else:
@@ -241,18 +238,19 @@ def build_folder_bundle(settings: DataSettings, decode_check: bool = False) -> D
         labeled=len(labeled), unlabeled=0 if unlabeled is None else len(unlabeled), **val_summary,
         non_image_files_skipped=skipped,
         # What the dataset is, whatever its folder is called: its training and validation files' names.
-        dataset_digest=dataset_digest(names + [Path(p).name for p in val.source.paths]),
+        dataset_digest=dataset_digest(names + [os.path.basename(p) for p in val.source.paths]),
     )
     if decode_check:
         # Decode the labeled and validation images now rather than hours into the run, and a
         # sample of the unlabeled stream (all of it would take as long as an epoch of ImageNet).
-        sizes = read_sizes([paths[i] for i in labeled] + list(val.source.paths), decode=True)
+        check = functools.partial(read_sizes, decode=True)
+        sizes = checked_sizes(data, [paths[i] for i in labeled] + list(val.source.paths), check)
         summary["bad_files_found"] = sum(s is None for s in sizes)
         if unlabeled is not None:
             sample = np.random.default_rng(0).choice(
                 unlabeled, size=min(len(unlabeled), DRY_RUN_UNLABELED_SAMPLE), replace=False
             )
-            decoded = read_sizes([paths[i] for i in sample], decode=True)
+            decoded = checked_sizes(data, [paths[i] for i in sample], check)
             summary["unlabeled_sample_decoded"] = len(decoded)
             summary["unlabeled_sample_unreadable"] = sum(s is None for s in decoded)
     return DataBundle(classes, train, labeled, train if unlabeled is not None else None, unlabeled, val, summary)

@@ -509,10 +509,12 @@ def check_args(args) -> None:
 def build_parser() -> Parser:
     """The command's options (the generated tests read their types from here)."""
     parser = Parser(prog="semisup-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["step", "loss", "loader", "eval", "gpu", "plan", "e2e", "share", "gpu-check"],
+    parser.add_argument("what", choices=["step", "loss", "loader", "eval", "gpu", "plan", "e2e", "share", "gpu-check",
+                                         "tree"],
                         help="e2e: a short real run beside the planner's prediction (its options: e2e --help); "
                              "share: a run alone, then two at once (share --help); gpu-check: the CUDA paths "
-                             "checked, PASS/FAIL per section (gpu-check --help)")
+                             "checked, PASS/FAIL per section (gpu-check --help); tree: a dry run, the first step "
+                             "and loader workers' memory on a tree of ImageNet's size (tree --help)")
     # The settings a run has too take the run's flags (spellings, types, choices), with bench's defaults.
     add_setting(parser, "arch", default="resnet18", help="architecture (default resnet18; gpu: resnet50)")
     parser.add_argument("--batch", type=int, help="per stream (step), heatmaps (loss), images per batch (eval)")
@@ -561,6 +563,9 @@ def main(argv=None):
     if argv[:1] == ["gpu-check"]:  # its own options (semisup-bench gpu-check --help)
         from semisup.tools import gpucheck
         return gpucheck.main(argv[1:])
+    if argv[:1] == ["tree"]:  # its own options (semisup-bench tree --help)
+        from semisup.tools import tree
+        return tree.main(argv[1:])
     run_flags = argv[argv.index("--") + 1:] if "--" in argv else []
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     args.run_flags = run_flags
