@@ -25,7 +25,7 @@ from semisup.data.bundle import DataBundle, EvalSet  # noqa: F401 (re-exported: 
 from semisup.data.fileindex import PathTable
 from semisup.data.settings import DataSettings
 from semisup.data.splits import dataset_digest, stratified_choice
-from semisup.errors import UsageError
+from semisup.errors import UsageError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 MAX_ASPECT = 20
 # Errors PIL and friends raise on truncated, corrupt or non-image files.
 DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+class NoReadableImage(UserError, RuntimeError):
+    """Every image of a stream failed to decode."""
 
 
 class ArraySource:
@@ -151,7 +155,8 @@ def load_good(
         except DECODE_ERRORS as err:
             bad += 1
             log.warning("skipping unreadable image %s (%s)", source.name(i), err)
-    raise RuntimeError("no readable image in this stream's images")
+    raise NoReadableImage(f"no readable image among this stream's {len(indices)} images (the warnings above name "
+                          "them); check the dataset")
 
 
 class TrainDataset(Dataset):

@@ -13,6 +13,7 @@ import torch
 from semisup.config import SettingsView
 from semisup.data.bundle import DataBundle
 from semisup.data.datasets import EpochSampler, StreamSampler, TrainDataset, make_loader
+from semisup.data.loaderlimits import guarded
 
 LABELED_STREAM, UNLABELED_STREAM = 0, 1  # seeds the two streams' samplers apart
 
@@ -45,11 +46,13 @@ def training_streams(s: StreamSettings, bundle: DataBundle, batches: tuple[int, 
     labeled = dataset_type(bundle.labeled, bundle.labeled_indices, s.image_size, s.resize_size, s.crop_scale_min,
                            crop=True, pair=pair_on_labeled, **options)
     sampler = EpochSampler(len(labeled), batches[0], s.seed, LABELED_STREAM, rank, world, start_batch=start_step)
-    streams = [map(finish, make_loader(labeled, sampler, s.workers, pin, collate))]
+    loading = iter(make_loader(labeled, sampler, s.workers, pin, collate))
+    streams = [guarded(map(finish, loading), "labeled", loading)]
     if bundle.unlabeled is not None:
         unlabeled = dataset_type(bundle.unlabeled, bundle.unlabeled_indices, s.image_size, s.resize_size,
                                  s.crop_scale_min, crop=False, pair=True, **options)
         sampler = StreamSampler(len(unlabeled), batches[1], s.seed, UNLABELED_STREAM, rank, world,
                                 start_batch=start_step)
-        streams.append(map(finish, make_loader(unlabeled, sampler, s.workers, pin, collate)))
+        loading = iter(make_loader(unlabeled, sampler, s.workers, pin, collate))
+        streams.append(guarded(map(finish, loading), "unlabeled", loading))
     return streams

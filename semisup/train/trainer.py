@@ -24,6 +24,7 @@ from semisup import distributed as D
 from semisup.config import Config, check_device, compiles, save_config
 from semisup.data.datasets import DataBundle
 from semisup.data.formats import build_data
+from semisup.data.loaderlimits import batch_bytes, check_loader_limits
 from semisup.data.streams import StreamSettings, training_streams
 from semisup.distributed import amp_dtype
 from semisup.errors import UserError
@@ -259,14 +260,18 @@ class Trainer:
         with SignalCheckpoint(self.dist, self.lock) as self.preemption:
             self.preemption.stop_at_once(self.state.step)
             streams = self.loaders()
-            evaluator = Evaluator(self.eval_settings, self.bundle, self.device, self.dist)
-            self.reporter = Reporter(self.runlog, self.state, self.times, self.device, self.schedule,
-                                     self.images_per_step(), shows_bar(self.dist.is_main))
-            self.model.train()
-            self.times.add("startup", time.perf_counter() - startup)
-            self.times.start_loop()
-            with self.reporter.progress_bar():
-                return self.loop(streams, evaluator)
+            try:
+                evaluator = Evaluator(self.eval_settings, self.bundle, self.device, self.dist)
+                self.reporter = Reporter(self.runlog, self.state, self.times, self.device, self.schedule,
+                                         self.images_per_step(), shows_bar(self.dist.is_main))
+                self.model.train()
+                self.times.add("startup", time.perf_counter() - startup)
+                self.times.start_loop()
+                with self.reporter.progress_bar():
+                    return self.loop(streams, evaluator)
+            finally:  # every stream's workers stop: none speaks after a failing one's error line
+                for stream in streams:
+                    stream.close()
 
     def loop(self, streams: list, evaluator: Evaluator) -> dict:
         """The epochs: a step, its numbers, at log points a line, at epoch ends the evaluation, and
@@ -527,6 +532,7 @@ def run_training(cfg: Config) -> tuple[dict, Trainer]:
         D.barrier()
         setup_logging(dist.is_main)
         bundle = build_data(cfg)
+        check_loaders(cfg, bundle, dist.world)
         threads = use_threads(cfg, bundle)
         trainer = Trainer(cfg, dist, run.path, bundle)
         trainer.lock, trainer.threads = lock, threads
@@ -559,6 +565,16 @@ def run_training(cfg: Config) -> tuple[dict, Trainer]:
         D.cleanup()
 
 
+def check_loaders(cfg: Config, bundle: DataBundle, world: int) -> None:
+    """The loader workers' shared memory and open files, checked by the run and its dry run alike
+    (:mod:`semisup.data.loaderlimits`): one line naming the limit and the fix."""
+    unlabeled = cfg.batch_unlabeled // world if bundle.unlabeled is not None else 0
+    streams = batch_bytes(cfg.image_size, cfg.batch_labeled // world, unlabeled, cfg.full_supervision)
+    changed = check_loader_limits(cfg.workers, streams)
+    if changed:
+        log.info("%s", changed)
+
+
 def use_threads(cfg: Config, bundle: DataBundle, processes: int | None = None) -> cpus.ThreadChoice:
     """Set this process's torch threads (:mod:`semisup.cpus`): its CPUs less its loader workers."""
     streams = 2 if bundle.unlabeled is not None else 1
@@ -575,6 +591,7 @@ def check_start(cfg: Config, decode_check: bool, world: int = 1) -> tuple[dict, 
     function runs ``run.py --dry-run`` and the checks ``jobs/submit.py`` makes before queueing."""
     prepare_run_dir(cfg)
     bundle = build_data(cfg, decode_check=decode_check)
+    check_loaders(cfg, bundle, world)
     trainer = Trainer(
         cfg, D.Dist(world=world, device=torch.device("cpu")), None, bundle
     )  # the job's geometry, built on the CPU here
