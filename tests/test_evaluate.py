@@ -309,3 +309,22 @@ def test_an_evaluation_appended_after_a_cut_line_is_kept_whole(tmp_path):
         except ValueError:
             parsed.append(None)
     assert parsed == [dict(iauc=50.0), None, dict(iauc=61.0), dict(dauc=9.0), dict(iauc=62.0)]
+
+
+def test_an_image_of_another_size_than_its_annotation_is_counted_in_bad_val_images(tmp_path):
+    """Read fine by top-1, scored as unreadable by CH (it is not the image its boxes describe):
+    bad_val_images says so instead of 0."""
+    bundle, cfg = mixed_size_eval(tmp_path)
+    clean = Evaluator(cfg, bundle, torch.device("cpu"), batch_size=4).run(build_model("resnet_tiny", 3), progress=False)
+    bundle.val.sizes[0] = (bundle.val.sizes[0][0] + 10, bundle.val.sizes[0][1])  # the annotation's frame differs
+    shifted = Evaluator(cfg, bundle, torch.device("cpu"), batch_size=4).run(build_model("resnet_tiny", 3), progress=False)
+    assert clean["bad_val_images"] == 0 and shifted["bad_val_images"] == 1
+    assert "_size_mismatch" not in shifted
+
+
+def test_a_cgc_loss_over_one_image_is_undefined_not_a_perfect_zero(tmp_path):
+    bundle, cfg = mixed_size_eval(tmp_path)
+    one = parse_config(["--ch-short-side", "64", "--image-size", "64", "--resize-size", "72", "--workers", "0",
+                        "--max-eval-images", "1"])
+    result = Evaluator(one, bundle, torch.device("cpu"), batch_size=4).run(build_model("resnet_tiny", 3), progress=False)
+    assert result["cgc_val_loss"] is None and 0 <= result["top1"] <= 100

@@ -319,17 +319,18 @@ class EvalDataset(Dataset):
         index = int(self.indices[i])
         recorded = self.sizes[index] if self.sizes else None
         image, bad = _eval_load(self.source, index, recorded)
+        mismatch = 0
         if self.crop is None and recorded is not None and not bad and tuple(image.shape[-2:]) != tuple(recorded):
             # Content Heatmap scores the map in the annotation's frame, and batches the images of one
             # recorded size together: a file of another size is not the image its boxes describe.
             log.warning("validation image %s is %d x %d, but its annotation says %d x %d: evaluated as unreadable",
                         self.source.name(index), image.shape[-1], image.shape[-2], recorded[1], recorded[0])
-            image, bad = torch.zeros(3, *recorded, dtype=torch.uint8), 1
+            image, bad, mismatch = torch.zeros(3, *recorded, dtype=torch.uint8), 1, 1
         if self.crop is not None:
             image = T.center_view(image, self.resize, self.crop)
         elif min(image.shape[-2:]) != self.resize:
             image = T.TF.resize(image, [self.resize], antialias=True)
-        return dict(image=image, label=int(self.source.labels[index]), index=index, bad=bad)
+        return dict(image=image, label=int(self.source.labels[index]), index=index, bad=bad, mismatch=mismatch)
 
 
 def _eval_load(source, index: int, size: tuple[int, int] | None = None) -> tuple[torch.Tensor, int]:

@@ -147,6 +147,8 @@ class Evaluator:
             if "ch" in passes:
                 with D.no_cudnn_autotune():
                     results.update(self.content_heatmap(model, progress))
+                # Read in the top-1 pass but not the image its annotation describes: unreadable for CH.
+                results["bad_val_images"] += results.pop("_size_mismatch", 0)
             if "knn" in passes:
                 results["knn_top1"] = self.knn(model, features, labels, progress)
         if "insertion" in passes:
@@ -216,8 +218,8 @@ class Evaluator:
         n = max(sums[2].item(), 1)
         out = dict(top1=100 * sums[0].item() / n, top5=100 * sums[1].item() / n, bad_val_images=int(sums[5].item()),
                    _features=torch.cat(feats) if feats else None, _labels=torch.cat(labels) if labels else None)
-        if cgc:
-            out["cgc_val_loss"] = sums[3].item() / max(sums[4].item(), 1)
+        if cgc:  # undefined (None), not a perfect 0, where no batch held two images to contrast
+            out["cgc_val_loss"] = sums[3].item() / sums[4].item() if sums[4].item() else None
         return out
 
     def explain(self, model, images, logits, features, classes) -> torch.Tensor:
@@ -265,8 +267,8 @@ class Evaluator:
         sizes = [val.sizes[i] for i in indices]
         batches = self._shard(size_grouped_batches(sizes, self.batch_size))
         sums = torch.zeros(
-            5, dtype=torch.float64
-        )  # ch, ch strict, zero count, images, ch released-swav (nan if undefined)
+            6, dtype=torch.float64
+        )  # ch, ch strict, zero count, images, ch released-swav (nan if undefined), size mismatches
         registered = {name: torch.zeros((), dtype=torch.float64) for name, _ in HEATMAP_METRICS.items()}
         for batch in tqdm(
             self._loader(dataset, batches), desc="eval Content Heatmap", disable=not self._bars(progress), leave=False
@@ -288,16 +290,18 @@ class Evaluator:
                 else torch.tensor(nan, dtype=torch.float64)
             )
             sums += torch.stack([ch.sum().cpu(), strict.sum().cpu(), zero.sum().double().cpu(),
-                                 torch.tensor(float(len(index)), dtype=torch.float64), swav_sum])
+                                 torch.tensor(float(len(index)), dtype=torch.float64), swav_sum,
+                                 batch["mismatch"].sum().double()])
         sums = D.all_reduce_sum(sums.to(self.device)).cpu()
         registered = {k: D.all_reduce_sum(v.to(self.device)).cpu() for k, v in registered.items()}
         if sums[3].item() == 0:
             log.warning("no evaluated image has a box of its class: Content Heatmap is undefined (check --val-boxes)")
-            return undefined
+            return dict(undefined, _size_mismatch=int(sums[5].item()))
         images = sums[3].item()
         return dict(
             ch=100 * sums[0].item() / images, ch_strict=100 * sums[1].item() / images,
             ch_released_swav=100 * sums[4].item() / images, ch_zero=int(sums[2].item()), ch_images=int(sums[3].item()),
+            _size_mismatch=int(sums[5].item()),
             **{name: 100 * total.item() / images for name, total in registered.items()},
         )
 
