@@ -812,6 +812,15 @@ def load_saved_config(path: Path) -> Config:
         raise RunFileError(f"{path}: {err} (edited by hand?)") from err
 
 
+def settings_unknown_here(path: Path) -> dict:
+    """The settings a saved config.yaml holds that this version does not know (written by a newer
+    one): runs that differ in them must not be taken for seeds of one row."""
+    from semisup.files import RunFileError
+    values = _yaml_mapping(Path(path), RunFileError, "the run's record of its settings")
+    known = {f.name for f in dataclasses.fields(Config)}
+    return {k: v for k, v in values.items() if k not in known and k != "code"}
+
+
 # What a run saved before a setting existed computed: a saved config without the key gets this
 # value, not today's default (runs made before the released flip protocol and BatchNorm replicas).
 LEGACY_VALUES = {"flip_protocol": "consistent", "bn_geometry": "batch"}

@@ -87,3 +87,58 @@ def test_text_from_a_received_run_reaches_the_terminal_with_its_control_characte
         assert "\x1b" not in out.stdout + out.stderr and "\x07" not in out.stdout + out.stderr, (command, out)
         assert "Traceback" not in out.stderr, out.stderr
         assert "\\x1b[2J" in out.stdout + out.stderr, (command, out)  # shown, escaped
+
+
+def test_a_local_job_whose_pid_now_belongs_to_another_process_is_not_running(tmp_path):
+    """The job id of a local job is its pid; after the job ended the pid can belong to another
+    process. The record's process start time tells them apart."""
+    from semisup.cluster.status import job_state
+    from semisup.train.runlock import boot_id, process_start
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        record = dict(job_id=str(alive.pid), cluster="local", stderr=str(tmp_path / "log"), boot=boot_id(),
+                      process_start=process_start(alive.pid))
+        assert job_state(record, tmp_path)["scheduler"] == "RUNNING"
+        reused = dict(record, process_start=record["process_start"] - 1)  # the job's process started earlier
+        assert job_state(reused, tmp_path)["scheduler"] == "DIED"
+        rebooted = dict(record, boot="another-boot")
+        assert job_state(rebooted, tmp_path)["scheduler"] == "DIED"
+        older = {k: v for k, v in record.items() if k not in ("boot", "process_start")}  # a record from before
+        assert job_state(older, tmp_path)["scheduler"] == "RUNNING"
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+def _finished_run(folder: Path, *argv: str, **final) -> Path:
+    """A finished run's two files as report.py reads them (no training)."""
+    from semisup.config import parse_config, save_config
+    folder.mkdir(parents=True)
+    save_config(parse_config(["--labeled-fraction", "0.05", "--run-dir", str(folder), *argv]), folder / "config.yaml")
+    (folder / "final.json").write_text(json.dumps(dict(
+        method="cgc", final=dict(top1=50.0, top5=90.0, ch=40.0), best=None, steps=10, scheduled_steps=10,
+        dataset_digest="demo-v3", **final)))
+    return folder
+
+
+def test_runs_that_look_alike_but_are_not_are_never_seeds_of_one_row(tmp_path):
+    from semisup.tools.report import load_runs
+    starts = []
+    for k in (1, 2):  # two different start files that share a name
+        start = tmp_path / f"lab{k}" / "start.pth"
+        start.parent.mkdir()
+        start.write_bytes(b"")
+        starts.append(start)
+    a = _finished_run(tmp_path / "a", "--pretrained", str(starts[0]), pretrained_sha256="a" * 64)
+    b = _finished_run(tmp_path / "b", "--pretrained", str(starts[1]), pretrained_sha256="b" * 64)
+    runs = load_runs([a, b])
+    assert len(runs) == 2 and runs["start"].nunique() == 2 and all("start [" in s for s in runs["start"])
+    # The same settings and seed otherwise: one run is a rerun of the other (the newer counted)...
+    c = _finished_run(tmp_path / "c", "--pretrained", str(starts[0]), pretrained_sha256="a" * 64)
+    assert len(load_runs([a, c])) == 1
+    # ...unless they differ in a setting this version does not know (written by a newer one).
+    config = yaml.safe_load((c / "config.yaml").read_text())
+    (c / "config.yaml").write_text(yaml.safe_dump(dict(config, future_knob=3)))
+    out = run("semisup/report.py", str(a), str(c), env={})
+    assert out.returncode == 0 and "settings this version does not know (future_knob)" in out.stderr, out.stderr
+    assert len(load_runs([a, c], quiet=True)) == 2

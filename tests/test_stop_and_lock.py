@@ -100,7 +100,7 @@ def write_lock(run_dir: Path, **record) -> None:
 def test_a_lock_whose_pid_now_belongs_to_another_process_is_taken_over(tmp_path):
     # The parent of this process lives, but started at another time than the lock says.
     parent = os.getppid()
-    write_lock(tmp_path / "run", pid=parent, host=socket.gethostname(), boot=runlock._boot_id(),
+    write_lock(tmp_path / "run", pid=parent, host=socket.gethostname(), boot=runlock.boot_id(),
                process_start=runlock.process_start(parent) + 1, heartbeat=time.time())
     lock = acquire_lock(tmp_path / "run")
     assert f"pid {parent} is now another process" in lock.took_over

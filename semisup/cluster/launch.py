@@ -330,6 +330,9 @@ def record_job(run_dir: Path, job, cluster: str, name: str, **details) -> None:
     except UserError:
         history = []  # a damaged record is replaced by this submission's, never a reason to refuse it
     paths = job.paths
+    if cluster == "local":  # its id is a pid: which process it is, so status never takes another for it
+        from semisup.train.runlock import boot_id, process_start
+        details = dict(details, boot=boot_id(), process_start=process_start(int(job.job_id)))
     history.append(
         dict(
             job_id=str(job.job_id), cluster=cluster, name=name, folder=str(paths.folder), stdout=str(paths.stdout),

@@ -158,17 +158,28 @@ def job_state(record: dict, run_dir: Path, answer: scheduler.JobState | None = N
     if outcome is not None:
         return dict(out, scheduler=outcome["state"], source=RunFiles.OUTCOME, error=outcome.get("error"))
     # Local: the job id is the controller's pid; no outcome and no process means it died early or was killed.
-    try:
-        os.kill(int(job_id), 0)
-        alive = True
-    except (ProcessLookupError, ValueError, OverflowError):
-        alive = False
-    except PermissionError:
-        alive = True
-    if alive:
+    if local_job_alive(record):
         return dict(out, scheduler="RUNNING", source="process")
     return dict(out, scheduler="DIED", source="process",
                 error=out["error"] or _log_error(log_path) or "no outcome recorded (killed?)")
+
+
+def local_job_alive(record: dict) -> bool:
+    """Whether a local job's process still runs: its pid, and where the record holds them, the
+    same boot and process start time (a pid reused by another process after the job ended, or
+    after a reboot, is not the job)."""
+    from semisup.train.runlock import boot_id, process_start
+    try:
+        pid = int(record.get("job_id"))
+        os.kill(pid, 0)
+    except (ProcessLookupError, ValueError, OverflowError, TypeError):
+        return False
+    except PermissionError:
+        pass  # another user's process of that pid: judged by its start time below
+    if record.get("boot") and record.get("boot") != boot_id():
+        return False
+    recorded = record.get("process_start")
+    return recorded is None or process_start(pid) == recorded
 
 
 def run_dirs(root: Path) -> list[Path]:

@@ -73,10 +73,22 @@ def load_pretrained(model: CamBackbone, path: str | Path) -> dict:
             f"{path}: {len(missing)} of {len(weights)} trunk tensors not found (e.g. {missing[:3]}); "
             f"checkpoint keys look like {list(state)[:3]}. Is this a {model.arch} checkpoint?")
     model.load_state_dict({k: v.to(target[k].dtype) for k, v in loaded.items()}, strict=False)  # shipped fp16 -> fp32
-    report = dict(loaded=len(loaded), missing=len(missing), unused=len(unused), unused_keys=unused, manifest=manifest)
+    report = dict(loaded=len(loaded), missing=len(missing), unused=len(unused), unused_keys=unused, manifest=manifest,
+                  trunk_sha256=_tensors_digest(loaded))
     log.info("loaded %d trunk tensors from %s; %d unused checkpoint entries (%s)", len(loaded), path,
              len(unused), ", ".join(sorted({k.split(".")[0] for k in unused})) or "none")
     return report
+
+
+def _tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 of named tensors' values: what a start is, whatever its file is called (two files
+    named resnet50.pth are told apart by it in the report)."""
+    import hashlib
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        digest.update(key.encode())
+        digest.update(tensors[key].detach().float().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def verify_manifest(path: Path) -> dict | None:

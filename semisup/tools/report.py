@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from semisup import registry
-from semisup.config import Config, load_saved_config
+from semisup.config import Config, load_saved_config, settings_unknown_here
 from semisup.errors import Parser, UsageError, UserError, cli, printable
 from semisup.files import RunFileError, read_json, read_text, write_atomic, write_text_atomic
 from semisup.registry import ABLATION, EVALUATE_ONLY, FULL_SUPERVISION, LIMITED, METRICS
@@ -143,6 +143,10 @@ def load_runs(run_dirs: list[str | Path], settings: tuple[str, ...] = (), quiet:
         if read is None:
             continue
         final, cfg = read
+        unknown = settings_unknown_here(RunFiles(run_dir).config)
+        if unknown and not quiet:
+            say(f"note: {run_dir} has settings this version does not know ({', '.join(sorted(map(str, unknown)))}): "
+                "they tell its rows apart; a newer version of the package reads them")
         note = registry.not_loaded_note(cfg.plugins, str(run_dir))
         if note and not quiet:
             say(f"note: {note} (its plugin metrics are left out)")
@@ -163,9 +167,12 @@ def load_runs(run_dirs: list[str | Path], settings: tuple[str, ...] = (), quiet:
                 dataset="demo" if cfg.is_demo else Path(cfg.data).name,
                 # The dataset's identity: its files' digest (older runs: the folder's full path).
                 dataset_id=final.get("dataset_digest") or ("demo" if cfg.is_demo else str(Path(cfg.data).resolve())),
+                # The start's identity: its trunk's digest (older runs: the file's full path).
+                start_id=final.get("pretrained_sha256") or (str(Path(cfg.pretrained).resolve()) if cfg.pretrained
+                                                            else "scratch"),
                 seed=cfg.seed,
                 max_eval_images=cfg.max_eval_images,
-                signature=_signature(cfg.to_dict(), method),
+                signature=_signature({**cfg.to_dict(), **unknown}, method),
                 finished=(RunFiles(run_dir).final).stat().st_mtime,
                 **{k: final["final"].get(k) for k in run_metric_names()},
                 **{**{k: None for k in evaluate_only_names()}, **evaluated_later(run_dir, final)},
@@ -198,12 +205,14 @@ def _of_the_final_weights(row: dict, final: dict) -> bool:
 
 
 def tell_datasets_apart(runs: pd.DataFrame) -> pd.DataFrame:
-    """Runs of different datasets whose folders share a name (two "imagenet"s) are never seeds of
-    one row: such names get the dataset's digest, e.g. ``imagenet [3fa2c1e0]``."""
+    """Runs of different datasets whose folders share a name (two "imagenet"s), or of different
+    starts whose files share one, are never seeds of one row: such names get the digest, e.g.
+    ``imagenet [3fa2c1e0]``."""
     runs = runs.copy()
-    for name, frame in runs.groupby("dataset"):
-        if frame["dataset_id"].nunique() > 1:
-            runs.loc[frame.index, "dataset"] = [f"{name} [{str(i)[-8:]}]" for i in frame["dataset_id"]]
+    for column, identity in (("dataset", "dataset_id"), ("start", "start_id")):  # two starts named resnet50.pth too
+        for name, frame in runs.groupby(column):
+            if frame[identity].nunique() > 1:
+                runs.loc[frame.index, column] = [f"{name} [{str(i)[-8:]}]" for i in frame[identity]]
     return runs
 
 
@@ -220,8 +229,8 @@ def _mean_std(values: pd.Series, digits: int) -> str:
 
 
 def _setting_label(key: str, value) -> str:
-    from semisup.config import flag_spellings
-    name = flag_spellings(key)[0].lstrip("-")
+    from semisup.config import canonical_key, flag_spellings
+    name = flag_spellings(key)[0].lstrip("-") if canonical_key(key) else key  # a setting of a newer version: as saved
     shown = "none" if value is None else " ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
     return f"{name} {shown}"
 

@@ -53,7 +53,7 @@ class LockUnreadable(OSError):
     """The lock exists but cannot be read (a file system error): nothing may be concluded from it."""
 
 
-def _boot_id() -> str | None:
+def boot_id() -> str | None:
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
@@ -86,7 +86,7 @@ def owner_record() -> dict:
     """Who this process is, as the lock records it."""
     job = scheduler.this_job()
     return dict(
-        token=uuid.uuid4().hex, host=socket.gethostname(), boot=_boot_id(), pid_ns=_pid_namespace(), pid=os.getpid(),
+        token=uuid.uuid4().hex, host=socket.gethostname(), boot=boot_id(), pid_ns=_pid_namespace(), pid=os.getpid(),
         process_start=process_start(os.getpid()), job=job.id, scheduler=job.scheduler, restarts=job.restarts,
         started=time.strftime("%Y-%m-%d %H:%M:%S"), heartbeat=time.time(), lease_s=LEASE_S,
     )
@@ -122,7 +122,7 @@ def holder_alive(holder: dict) -> tuple[bool, str]:
         return False, "a damaged lock file (not a record)"
     who = describe(holder)
     here = holder.get("host") == socket.gethostname()
-    if here and holder.get("boot") and _boot_id() and holder["boot"] != _boot_id():
+    if here and holder.get("boot") and boot_id() and holder["boot"] != boot_id():
         return False, f"{who}: this host rebooted since"
     # On its host, in the same pid namespace, the process itself answers; a container's pids do not.
     if here and holder.get("pid_ns", _pid_namespace()) == _pid_namespace():

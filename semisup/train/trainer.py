@@ -469,6 +469,8 @@ class Trainer:
             seed=self.cfg.seed,
             arch=self.cfg.arch,
             pretrained=self.cfg.pretrained,
+            # The start's identity: its trunk tensors' digest, not its file name.
+            pretrained_sha256=(self.pretrained_report or {}).get("trunk_sha256"),
             steps=self.state.step,
             scheduled_steps=scheduled,
             truncated=self.state.step < scheduled,  # stopped by --max-steps: not a result of the recipe
