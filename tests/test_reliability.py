@@ -262,3 +262,54 @@ def test_a_lock_that_cannot_be_written_leaves_no_partial_file(tmp_path, monkeypa
     with pytest.raises(OSError):
         acquire_lock(tmp_path / "run")
     assert list((tmp_path / "run").iterdir()) == []
+
+
+def test_a_resume_on_changed_data_says_what_changed(tmp_path):
+    """The labeled subset changed while the run was stopped (its split file edited): refused in
+    one line, the run would train on other labels. An unlabeled file added: said, and resumed."""
+    import os
+
+    from semisup.train.checkpointer import DataChanged
+    from semisup.train.trainer import train
+    from tests.imagenet_tree import make_tree
+    root = tmp_path / "data"
+    make_tree(root, bad=False)
+    names = sorted(p.name for p in (root / "train").rglob("*.JPEG"))
+    split = tmp_path / "split.txt"
+    split.write_text("\n".join(names[::4]) + "\n")
+    args = ["--data", str(root), "--val-boxes", str(root / "boxes"), "--split-file", str(split), "--arch", "resnet_tiny",
+            "--image-size", "32", "--resize-size", "36", "--ch-short-side", "32", "--batch-labeled", "2", "--batch-unlabeled",
+            "4", "--group-size", "4", "--workers", "0", "--gallery", "0", "--max-steps", "4", "--checkpoint-every", "2",
+            "--pretrained", "none", "--run-dir", str(tmp_path / "run")]
+    train(parse_config(args))
+    run_dir = tmp_path / "run"
+
+    def stopped():
+        os.replace(run_dir / "checkpoint.prev.pt", run_dir / "checkpoint.pt")
+        (run_dir / "final.json").unlink()
+    stopped()
+    split.write_text("\n".join(names[1::4]) + "\n")  # other labeled images, as many
+    with pytest.raises(DataChanged, match=r"the labeled subset changed since step \d \(6 labeled images then, 6 now"):
+        train(parse_config(args))
+    split.write_text("\n".join(names[::4]) + "\n")
+    from PIL import Image
+    wnid = names[-1].split("_")[0]
+    Image.new("RGB", (90, 80), (9, 9, 9)).save(root / "train" / wnid / f"{wnid}_added.JPEG")
+    result = train(parse_config(args))
+    assert result["steps"] == 4
+    assert "the dataset's files changed since step" in (run_dir / "train.log").read_text()
+
+
+def test_non_finite_start_weights_are_refused_by_the_dry_run_as_by_the_run(tmp_path, demo_cache, capsys):
+    from semisup.models.base import build_model
+    from semisup.run import main as run
+    state = build_model("resnet_tiny", 10).state_dict()
+    first = next(k for k, v in state.items() if v.is_floating_point() and k.startswith("conv"))
+    state[first][0] = float("nan")
+    torch.save(state, tmp_path / "diverged.pth")
+    for extra in (["--dry-run"], ["--max-steps", "1"]):
+        code = run(["--pretrained", str(tmp_path / "diverged.pth"), "--demo-cache", demo_cache, "--workers", "0",
+                    "--run-dir", str(tmp_path / "run"), *extra])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 1 and "trunk tensors hold non-finite values" in err[-1], err[-3:]
+    assert not (tmp_path / "run").exists()

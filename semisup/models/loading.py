@@ -72,6 +72,11 @@ def load_pretrained(model: CamBackbone, path: str | Path) -> dict:
         raise CheckpointError(
             f"{path}: {len(missing)} of {len(weights)} trunk tensors not found (e.g. {missing[:3]}); "
             f"checkpoint keys look like {list(state)[:3]}. Is this a {model.arch} checkpoint?")
+    non_finite = [k for k, v in loaded.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if non_finite:  # the run would stop at its first checkpoint; the dry run loads the same way and says it now
+        raise CheckpointError(f"{path}: {len(non_finite)} trunk tensors hold non-finite values (e.g. "
+                              f"{non_finite[:3]}); the file is damaged or was saved from a diverged run: use another "
+                              "start")
     model.load_state_dict({k: v.to(target[k].dtype) for k, v in loaded.items()}, strict=False)  # shipped fp16 -> fp32
     report = dict(loaded=len(loaded), missing=len(missing), unused=len(unused), unused_keys=unused, manifest=manifest,
                   trunk_sha256=_tensors_digest(loaded))

@@ -22,6 +22,10 @@ class NonFiniteLoss(UserError, RuntimeError):
     """A loss or an update that is not finite: the run stops, its last good checkpoint named."""
 
 
+class DataChanged(UserError, RuntimeError):
+    """The data a run resumes on is not the data its checkpoint trained on."""
+
+
 class UnreadableCheckpoint(UserError, RuntimeError):
     """checkpoint.pt cannot resume the run: the message names the earlier generation and the ``mv``."""
 
@@ -31,17 +35,18 @@ class Checkpointer:
     scaler it is given, the TrainState, the RNG and the settings (``config``, a dict)."""
 
     def __init__(self, run_dir: Path, dist: D.Dist, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 scaler: torch.amp.GradScaler, state: TrainState, config: dict, steps_per_epoch: int):
+                 scaler: torch.amp.GradScaler, state: TrainState, config: dict, steps_per_epoch: int,
+                 data: dict | None = None):
         self.files, self.dist = RunFiles(run_dir), dist
         self.model, self.optimizer, self.scaler, self.state = model, optimizer, scaler, state
-        self.config, self.steps_per_epoch = config, steps_per_epoch
+        self.config, self.steps_per_epoch, self.data = config, steps_per_epoch, data
 
     def state_dict(self) -> dict:
         """What checkpoint.pt holds: weights, optimiser, the TrainState's entries, RNG and config."""
         return dict(
             model=self.model.state_dict(), optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
             **self.state.state_dict(), epoch=self.state.step // self.steps_per_epoch, rng=ckpt.rng_state(),
-            config=self.config,
+            config=self.config, data=self.data,
         )
 
     def stop_non_finite(self, what: str, step: int) -> None:
@@ -92,6 +97,7 @@ class Checkpointer:
         if missing:
             raise self.unusable(
                 f"is not a checkpoint to resume from (no {', '.join(missing)}: a model_best.pt copied over it?)")
+        self.check_data(state.get("data"), state["step"])
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
@@ -100,6 +106,24 @@ class Checkpointer:
         ckpt.set_rng_state(state["rng"])
         log.info("resumed from %s at step %d (epoch %d)", path, self.state.step, state["epoch"])
         return True
+
+    def check_data(self, saved: dict | None, step: int) -> None:
+        """The data as it is now against the data the checkpoint trained on (checkpoints written
+        before the record: not compared). Another labeled subset (the split file or the training
+        folders changed) is refused: the run would go on with other labels than it began with.
+        Other files changed (unlabeled or validation images added or removed) are said, and the
+        run resumes on the data as it is."""
+        if not isinstance(saved, dict) or self.data is None:
+            return
+        if saved.get("labeled_sha256") != self.data["labeled_sha256"]:
+            raise DataChanged(
+                f"{self.files.checkpoint}: the labeled subset changed since step {step} ({saved.get('labeled')} "
+                f"labeled images then, {self.data['labeled']} now: the split file or the training folders changed); "
+                "resuming would train on other labels: restore the data, or start the run anew (--overwrite)")
+        if saved.get("dataset") != self.data["dataset"]:
+            log.warning("the dataset's files changed since step %d (digest %s then, %s now) while the labeled subset "
+                        "is the same: resuming on the files as they are now", step, saved.get("dataset"),
+                        self.data["dataset"])
 
     def _count_processes(self, step: int) -> None:
         """The process counts the run trained on, this one appended where it changed."""

@@ -7,6 +7,7 @@ consistency loss is applied to the labeled images with their true class instead.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -14,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -119,7 +121,7 @@ class Trainer:
         self.forward = CompiledForward(self.model, lambda: self.model, enabled=False)  # fit() sets the run's
         self.runlog = RunLog(run_dir, dist.is_main)
         self.checkpointer = Checkpointer(run_dir, dist, self.model, self.optimizer, self.scaler, self.state,
-                                         cfg.to_dict(), self.schedule.steps_per_epoch)
+                                         cfg.to_dict(), self.schedule.steps_per_epoch, data_identity(bundle))
         self.settings = self.step_settings()
         self.eval_settings = EvalSettings.of(cfg)  # all the evaluation and the gallery read
 
@@ -565,6 +567,20 @@ def run_training(cfg: Config) -> tuple[dict, Trainer]:
             if created and run.path.is_dir() and not any(run.path.iterdir()):
                 run.path.rmdir()  # a run that failed before writing anything leaves no empty folder behind
         D.cleanup()
+
+
+def data_identity(bundle: DataBundle) -> dict:
+    """What the run trains on, as a checkpoint records it: the dataset's files' digest and the
+    labeled subset's (a resume compares them with the data as it is then)."""
+    labeled = np.asarray(bundle.labeled_indices, dtype=np.int64)
+    paths = getattr(bundle.labeled, "paths", None)
+    if paths is not None and hasattr(paths, "names"):  # the labeled files by name: an added file shifts indices
+        names = paths.names()
+        key = "\0".join(names[i] for i in labeled).encode("utf-8", "surrogateescape")
+    else:  # images held in memory (the demo): their positions are what they are
+        key = labeled.tobytes()
+    return dict(dataset=bundle.summary.get("dataset_digest"), labeled=len(labeled),
+                labeled_sha256=hashlib.sha256(key).hexdigest())
 
 
 def check_loaders(cfg: Config, bundle: DataBundle, world: int) -> None:
