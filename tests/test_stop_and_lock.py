@@ -218,3 +218,19 @@ def test_the_thread_count_follows_the_affinity_mask_and_slurm_and_omp_num_thread
     launched = dict(WORLD_SIZE=str(cpus), RANK="0", LOCAL_WORLD_SIZE=str(cpus), MASTER_ADDR="127.0.0.1", MASTER_PORT="29999")
     assert dry_run_threads(demo_cache, launched).startswith(f"1 per process (1 CPU (affinity {cpus} / {cpus} processes")
     assert dry_run_threads(demo_cache, {"OMP_NUM_THREADS": "3", "SLURM_CPUS_PER_TASK": "1"}) == "3 per process (OMP_NUM_THREADS)"
+
+
+def test_a_lock_of_an_older_format_is_judged_by_its_last_write_not_held_for_good(tmp_path):
+    """A record without a heartbeat (written by an earlier version, on another host): held while
+    its file was written within the lease, taken over once it is older, saying which it was."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    lock = run_dir / ".lock"
+    lock.write_text(json.dumps(dict(pid=1, host="elsewhere", started="long ago")))
+    with pytest.raises(RunDirError, match="in use by another run"):
+        acquire_lock(run_dir)
+    old = time.time() - 2 * runlock.LEASE_S
+    os.utime(lock, (old, old))
+    taken = acquire_lock(run_dir)
+    assert "an older format" in taken.took_over and "min old" in taken.took_over
+    taken.release()

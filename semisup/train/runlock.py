@@ -113,7 +113,13 @@ def read_holder(path: Path) -> dict | None:
         holder = json.loads(text)
     except ValueError:
         return {"damaged": True}
-    return holder if isinstance(holder, dict) else {"damaged": True}
+    if not isinstance(holder, dict):
+        return {"damaged": True}
+    try:  # a record of an older format has no heartbeat: the file's last write stands in for it
+        holder["written"] = os.stat(lock).st_mtime
+    except OSError:
+        pass
+    return holder
 
 
 def holder_alive(holder: dict) -> tuple[bool, str]:
@@ -184,8 +190,13 @@ def _restarts(holder: dict) -> int:
 
 def _heartbeat_alive(holder: dict, who: str) -> tuple[bool, str]:
     beat = holder.get("heartbeat")
-    if not isinstance(beat, (int, float)):
-        return True, f"{who}: no heartbeat recorded; nothing can tell whether it runs"
+    if not isinstance(beat, (int, float)) or isinstance(beat, bool):
+        # An older lock format (no heartbeat) was blocking the folder for good: its file's last
+        # write is the last sign of life.
+        beat = holder.get("written")
+        if not isinstance(beat, (int, float)):
+            return True, f"{who}: no heartbeat recorded; nothing can tell whether it runs"
+        who = f"{who} (a lock of an older format, without a heartbeat)"
     age = time.time() - beat
     lease = holder.get("lease_s") if isinstance(holder.get("lease_s"), (int, float)) else LEASE_S
     if age > lease:
