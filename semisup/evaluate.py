@@ -231,6 +231,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"{path}: its head has {model.fc.out_features} classes, the dataset {len(bundle.classes)}; pass the"
                 " --data it was trained for"
             )
+        trained = getattr(model, "trained_classes", None)
+        if trained is not None and list(trained) != list(bundle.classes):
+            differ = [f"{a} / {b}" for a, b in zip(trained, bundle.classes) if a != b]
+            raise UserError(
+                f"{path}: trained on other classes than the data's ({len(differ)} of {len(trained)} differ, e.g. "
+                f"{', '.join(differ[:3])} as trained / in the data): its top-1 would count the wrong labels; pass "
+                "the --data it was trained for")
         result, images = evaluate_one(args, model.to(device), cfg, bundle, device, head)
         # What the numbers were computed on: these weights (the digest final.json records) and images.
         rows.append(dict(method=name, checkpoint=str(path), step=step, metrics=sorted(args.metrics),
@@ -281,13 +288,14 @@ def load_models(args) -> tuple[list[tuple], bool]:
     if args.weights:
         model, cfg, report = _weights_model(args)
         return [(model, cfg, None, args.weights, Path(args.weights).name)], report["head"]
-    from semisup.models.loading import load_run_model
+    from semisup.models.loading import load_run
 
     keys = ("data", "val_boxes", "val_labels", "ch_short_side", "max_eval_images", "workers", "explainer")
     overrides = {key: getattr(args, key) for key in keys}  # None: the run's own value
     loaded = []
     for path in [args.checkpoint] + ([args.compare] if args.compare else []):
-        model, cfg, step = load_run_model(path, overrides)
+        model, cfg, step, classes = load_run(path, overrides)
+        model.trained_classes = classes  # compared with the data's before it is evaluated
         note = registry.not_loaded_note(cfg.plugins, f"{path}'s run")
         if note:
             print(f"note: {note}", file=sys.stderr)

@@ -328,3 +328,35 @@ def test_a_cgc_loss_over_one_image_is_undefined_not_a_perfect_zero(tmp_path):
                         "--max-eval-images", "1"])
     result = Evaluator(one, bundle, torch.device("cpu"), batch_size=4).run(build_model("resnet_tiny", 3), progress=False)
     assert result["cgc_val_loss"] is None and 0 <= result["top1"] <= 100
+
+
+def test_a_checkpoint_evaluated_on_data_of_other_class_names_is_refused(tmp_path, capsys):
+    """As many classes, other names (a folder renamed, another dataset): top-1 would count other
+    labels; the checkpoint's record of its classes says so in one line."""
+    import shutil
+
+    from semisup.evaluate import main as evaluate
+    from semisup.train.trainer import train
+    from tests.imagenet_tree import make_tree
+    root = tmp_path / "data"
+    make_tree(root, bad=False)
+    train(parse_config(["--data", str(root), "--arch", "resnet_tiny", "--image-size", "32", "--resize-size", "36",
+                        "--ch-short-side", "32", "--labeled-fraction", "0.5", "--splits-dir", str(tmp_path / "splits"),
+                        "--val-boxes", str(root / "boxes"), "--batch-labeled", "2", "--batch-unlabeled", "2",
+                        "--group-size", "2", "--workers", "0", "--gallery", "0", "--max-steps", "1", "--pretrained",
+                        "none", "--run-dir", str(tmp_path / "run")]))
+    other = tmp_path / "other"
+    shutil.copytree(root, other)
+    (other / "train" / "n00000003").rename(other / "train" / "n00000009")
+    common = ["--checkpoint", str(tmp_path / "run" / "checkpoint.pt"), "--metrics", "top1", "--gallery", "0",
+              "--val-boxes", str(other / "boxes"), "--out", str(tmp_path / "eval")]
+    assert evaluate(common + ["--data", str(root)]) == 0
+    capsys.readouterr()
+    (other / "val").rename(other / "val_unused")  # validation in class folders of the new names
+    for image_id, wnid in ((p.stem, p.read_text().split("<name>")[1].split("<")[0]) for p in (other / "boxes").iterdir()):
+        folder = other / "val" / wnid.replace("n00000003", "n00000009")
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(other / "val_unused" / f"{image_id}.JPEG", folder)
+    assert evaluate(common + ["--data", str(other)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "trained on other classes than the data's (1 of 3 differ, e.g. n00000003 / n00000009" in err[-1], err[-1]

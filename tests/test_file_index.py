@@ -65,7 +65,7 @@ def test_a_damaged_cache_file_is_rebuilt_never_believed(tmp_path, cache, caplog,
             arrays = dict(data)
         arrays["names"] = np.frombuffer(b"\0".join([b"evil.JPEG"] * int(arrays["counts"].sum())), dtype=np.uint8)
         arrays["counts"] = arrays["counts"]  # unchanged: only the names were replaced...
-        meta = arrays["meta"].tobytes().replace(b'"format": 2', b'"format": 99')  # ...by a file of another format
+        meta = arrays["meta"].tobytes().replace(b'"format": %d' % fileindex.FORMAT, b'"format": 99')  # ...another format
         arrays["meta"] = np.frombuffer(meta, dtype=np.uint8)
         with open(cached, "wb") as f:
             np.savez(f, **arrays)
@@ -136,3 +136,15 @@ def test_an_annotation_edited_after_it_was_parsed_is_parsed_again(tmp_path, cach
     xml.write_text(xml.read_text().replace(f"<name>{wnid}</name>", "<name>n00000003</name>"))
     edited = load_voc_folder(boxes)
     assert list(edited[image_id].by_class) == ["n00000003"]
+
+
+def test_macos_companion_files_are_skipped_not_counted_unreadable(tmp_path, cache):
+    """An archive made on a Mac holds a ``._name.JPEG`` beside every image: metadata, not images."""
+    make_tree(tmp_path / "data", bad=False)
+    root = tmp_path / "data" / "train"
+    images = sorted(root.rglob("*.JPEG"))
+    for path in images:
+        (path.parent / f"._{path.name}").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    classes, paths, labels, skipped = scan_class_folders(root)
+    assert len(paths) == len(images) and skipped == len(images)
+    assert not any(os.path.basename(p).startswith("._") for p in paths)

@@ -31,7 +31,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 CACHE_VARIABLE = "SEMISUP_INDEX_CACHE"
-FORMAT = 2  # of the cache file: another is rebuilt
+FORMAT = 3  # of the cache file (and of what it lists as images): another is rebuilt
 # What np.load raises for a damaged cache file (empty, cut, not a zip, a pickle refused).
 UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError, json.JSONDecodeError)
 

@@ -69,7 +69,10 @@ _load_boxes = _memoized(load_boxes)
 
 
 def is_image_file(name: str) -> bool:
-    return name.lower().endswith(IMG_EXTENSIONS)
+    """An image by its extension, not a macOS AppleDouble companion (``._name.JPEG``: an archive made
+    on a Mac holds one beside every file, metadata that no decoder reads: counted as skipped non-image
+    files, not as thousands of unreadable images that stop the run past --max-bad-fraction)."""
+    return name.lower().endswith(IMG_EXTENSIONS) and not name.startswith("._")
 
 
 @_memoized

@@ -189,6 +189,13 @@ def load_weights(path: str | Path, arch: str) -> tuple[CamBackbone, dict]:
 def load_run_model(checkpoint: str | Path, overrides: dict):
     """(model, cfg, step) from a checkpoint saved by this project; ``overrides`` replace config
     values (e.g. the data path on another machine)."""
+    model, cfg, step, _ = load_run(checkpoint, overrides)
+    return model, cfg, step
+
+
+def load_run(checkpoint: str | Path, overrides: dict):
+    """(model, cfg, step, the class names it was trained on or None for checkpoints older than
+    that record) from a checkpoint saved by this project: :func:`load_run_model` and the classes."""
     path = Path(checkpoint)
     if path.is_dir():
         saved = RunFiles(path).checkpoint
@@ -219,4 +226,6 @@ def load_run_model(checkpoint: str | Path, overrides: dict):
     num_classes = weights["fc.weight"].shape[0]
     model = build_model(cfg.arch, num_classes)
     model.load_state_dict(state["model"])
-    return model, cfg, state.get("step")
+    data = state.get("data") if isinstance(state.get("data"), dict) else {}
+    classes = data.get("classes") if isinstance(data.get("classes"), list) else None
+    return model, cfg, state.get("step"), classes

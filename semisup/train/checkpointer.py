@@ -113,7 +113,7 @@ class Checkpointer:
         folders changed) is refused: the run would go on with other labels than it began with.
         Other files changed (unlabeled or validation images added or removed) are said, and the
         run resumes on the data as it is."""
-        if not isinstance(saved, dict) or self.data is None:
+        if not isinstance(saved, dict) or self.data is None or "labeled_sha256" not in saved:
             return
         if saved.get("labeled_sha256") != self.data["labeled_sha256"]:
             raise DataChanged(

@@ -580,7 +580,7 @@ def data_identity(bundle: DataBundle) -> dict:
     else:  # images held in memory (the demo): their positions are what they are
         key = labeled.tobytes()
     return dict(dataset=bundle.summary.get("dataset_digest"), labeled=len(labeled),
-                labeled_sha256=hashlib.sha256(key).hexdigest())
+                labeled_sha256=hashlib.sha256(key).hexdigest(), classes=list(bundle.classes))
 
 
 def check_loaders(cfg: Config, bundle: DataBundle, world: int) -> None:
