@@ -148,3 +148,15 @@ def test_macos_companion_files_are_skipped_not_counted_unreadable(tmp_path, cach
     classes, paths, labels, skipped = scan_class_folders(root)
     assert len(paths) == len(images) and skipped == len(images)
     assert not any(os.path.basename(p).startswith("._") for p in paths)
+
+
+def test_a_split_of_names_that_are_not_utf8_is_written_read_and_digested(tmp_path):
+    """A custom split over a folder with a Latin-1 file name: written, read back and digested
+    (the digest and the split file's write ended such a run with UnicodeEncodeError)."""
+    from semisup.data.splits import dataset_digest, read_split, write_split
+    odd = os.fsdecode(b"n00000001_caf\xe9.JPEG")
+    names = ["n00000001_a.JPEG", odd]
+    write_split(names, tmp_path / "split.txt")
+    assert read_split(tmp_path / "split.txt") == names
+    assert dataset_digest(names) != dataset_digest(names[:1])
+    assert dataset_digest(["n00000001_a.JPEG"]) == __import__("hashlib").sha256(b"n00000001_a.JPEG").hexdigest()[:8]

@@ -16,7 +16,7 @@ import numpy as np
 from semisup.config import PROJECT_ROOT
 from semisup.data.settings import DataSettings
 from semisup.errors import Parser, UserError, cli
-from semisup.files import write_text_atomic
+from semisup.files import read_bounded, write_atomic
 
 SPLITS_DIR = PROJECT_ROOT / "splits"
 _SOURCE = "https://raw.githubusercontent.com/google-research/simclr/master/imagenet_subsets/"
@@ -61,7 +61,14 @@ def read_split(path: str | Path) -> list[str]:
     """File names listed in a split file, one per line; malformed lines are errors naming the line."""
     path = Path(path)
     try:
-        lines = path.read_text().splitlines()
+        data = read_bounded(path, error=SplitError)
+        try:
+            lines = data.decode("utf-8").splitlines()
+        except UnicodeDecodeError:
+            if b"\0" in data:  # binary: no file name holds a NUL
+                raise
+            # File names that are not UTF-8 (an old archive's), as the file system gives them back.
+            lines = data.decode("utf-8", "surrogateescape").splitlines()
     except UnicodeDecodeError as err:
         raise SplitError(
             f"{path}: not a text file ({err.reason} at byte {err.start}); a split file has one training file name a"
@@ -128,7 +135,8 @@ def stratified_split(names_by_class: dict[str, list[str]], fraction: float, seed
 def dataset_digest(names: list[str]) -> str:
     """8 hex digits naming the set of training files, so a split built for one dataset is never
     reused for another with the same fraction and seed."""
-    return hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()[:8]
+    # surrogateescape: a name that is not UTF-8 is hashed as its bytes (UTF-8 names as before).
+    return hashlib.sha256("\n".join(sorted(names)).encode("utf-8", "surrogateescape")).hexdigest()[:8]
 
 
 def custom_split_path(fraction: float, seed: int, names: list[str], splits_dir: Path = SPLITS_DIR) -> Path:
@@ -137,7 +145,8 @@ def custom_split_path(fraction: float, seed: int, names: list[str], splits_dir: 
 
 def write_split(names: list[str], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, "\n".join(names) + "\n")
+    data = ("\n".join(names) + "\n").encode("utf-8", "surrogateescape")  # names as the file system gave them
+    write_atomic(path, lambda tmp: tmp.write_bytes(data))
 
 
 def resolve_labeled(names: list[str], settings: DataSettings, splits_dir: Path = SPLITS_DIR) -> tuple[list[str], Path]:

@@ -3,12 +3,25 @@ from __future__ import annotations
 
 import errno
 import logging
+import re
 import sys
 from pathlib import Path
 
 from semisup.files import open_for_append
 
-LOG_FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+
+class _SafeFormatter(logging.Formatter):
+    """Log lines safe for a terminal and a UTF-8 file: a file name that is not UTF-8 (its
+    surrogates) and control characters (an escape sequence in a name) shown as escapes; line
+    breaks (tracebacks) kept. Unescaped, the first ended the run with UnicodeEncodeError."""
+    _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record).encode("utf-8", "backslashreplace").decode("utf-8")
+        return self._CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+LOG_FORMAT = _SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
 
 
 class _CurrentStderr(logging.StreamHandler):
