@@ -114,6 +114,43 @@ def wait_for_step(run_dir: Path, step: int, timeout_s: float = 180) -> int:
     raise AssertionError(f"{run_dir} did not reach step {step}")
 
 
+def signal_while_held(run_dir: Path, step: int, send, signals: tuple[int, ...], timeout_s: float = 120) -> int:
+    """Hold the run's training process (SIGSTOP) once it has logged ``step``, ``send()`` the stop
+    (an scancel, a requeue, a preemption), and let it go on (SIGCONT) only once one of ``signals``
+    is pending for it or Slurm continued it itself: the stop arrives during the run, however long
+    Slurm takes to deliver it on a loaded machine (before, a requeue sent at step 3 arrived after
+    step 16 of 16, when the job had finished). Returns the step it was held at."""
+    import signal as signals_module
+    held_at = wait_for_step(run_dir, step)
+    pid = json.loads((run_dir / ".lock").read_text())["pid"]
+    os.kill(pid, signals_module.SIGSTOP)
+    try:
+        send()
+        deadline = time.time() + timeout_s
+        while time.time() < deadline and not _pending_or_running(pid, signals):
+            time.sleep(0.05)
+    finally:
+        try:
+            os.kill(pid, signals_module.SIGCONT)
+        except ProcessLookupError:
+            pass
+    return held_at
+
+
+def _pending_or_running(pid: int, signals: tuple[int, ...]) -> bool:
+    """Whether one of ``signals`` is pending for the process (thread or process-wide), or it no
+    longer is stopped (Slurm sends SIGCONT before it terminates a job), or it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    if not fields.get("State", "").strip().startswith("T"):
+        return True
+    pending = int(fields.get("SigPnd", "0").strip(), 16) | int(fields.get("ShdPnd", "0").strip(), 16)
+    return any(pending & (1 << (s - 1)) for s in signals)
+
+
 def job_logs(log_dir: Path, job_id: str) -> str:
     """Every stdout/stderr log of a job (all tasks), for a failing assertion's message."""
     return "\n".join(f"== {p}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(log_dir.glob(f"*/{job_id}_*log.*")))

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.slurm_harness import job_logs, submitted_ids, wait_for_step
+from tests.slurm_harness import job_logs, signal_while_held, submitted_ids, wait_for_step
 
 pytestmark = pytest.mark.slurm
 
@@ -118,13 +118,16 @@ def stop_by(work: Work, how: str, done: threading.Event) -> dict:
     flags = TINY + (["--workers", "1"] if how == "preemption" else [])
     try:
         job = work.submit_one(name, node=node, flags=flags)
-        wait_for_step(work.runs / name, 3)
-        if how == "preemption":
-            work.slurm.run("sbatch", "-p", "high", "-w", node, "--exclusive", "-o", "/dev/null", "--wrap", "sleep 1")
-        elif how == "scontrol requeue":
-            work.slurm.run("scontrol", "requeue", job)
-        else:
-            work.slurm.run(*how.split(), job)
+
+        def send():
+            if how == "preemption":
+                work.slurm.run("sbatch", "-p", "high", "-w", node, "--exclusive", "-o", "/dev/null", "--wrap",
+                               "sleep 1")
+            elif how == "scontrol requeue":
+                work.slurm.run("scontrol", "requeue", job)
+            else:
+                work.slurm.run(*how.split(), job)
+        signal_while_held(work.runs / name, 3, send, (signal.SIGTERM, signal.SIGUSR2))
         states = work.slurm.wait_ended([job], restarts=1)
         return dict(name=name, job=job, states=states, restarts=int(work.slurm.job(job).get("Restarts", 0)))
     finally:
@@ -133,8 +136,7 @@ def stop_by(work: Work, how: str, done: threading.Event) -> dict:
 
 def cancel_then_resubmit(work: Work) -> dict:
     job = work.submit_one("cancelled")
-    wait_for_step(work.runs / "cancelled", 3)
-    work.slurm.run("scancel", job)
+    signal_while_held(work.runs / "cancelled", 3, lambda: work.slurm.run("scancel", job), (signal.SIGTERM,))
     seen = dict(job=job, states=work.slurm.wait_ended([job]), status=work.slurm.status(work.runs / "cancelled"))
     again = work.submit_one("cancelled")
     return dict(seen, again=again, again_states=work.slurm.wait_ended([again]))

@@ -11,7 +11,6 @@ import logging
 import math
 import signal
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -370,7 +369,7 @@ def build_fgvc_aircraft_bundle(settings: DataSettings) -> DataBundle:
         dataset=str(settings.data), format="fgvc-aircraft", classes=len(train.classes), labeled=len(source),
         unlabeled=0,
         validation=len(val_source), validation_with_boxes=0,
-        dataset_digest=dataset_digest([Path(p).name for p in source.paths + val_source.paths]),
+        dataset_digest=dataset_digest(source.paths.names() + val_source.paths.names()),
     )
     return DataBundle(
         list(train.classes), source, np.arange(len(source)), None, None, EvalSet(val_source, None), summary
