@@ -6,8 +6,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -114,16 +116,42 @@ def wait_for_step(run_dir: Path, step: int, timeout_s: float = 180) -> int:
     raise AssertionError(f"{run_dir} did not reach step {step}")
 
 
-def signal_while_held(run_dir: Path, step: int, send, signals: tuple[int, ...], timeout_s: float = 120) -> int:
-    """Hold the run's training process (SIGSTOP) once it has logged ``step``, ``send()`` the stop
-    (an scancel, a requeue, a preemption), and let it go on (SIGCONT) only once one of ``signals``
-    is pending for it or Slurm continued it itself: the stop arrives during the run, however long
-    Slurm takes to deliver it on a loaded machine (before, a requeue sent at step 3 arrived after
-    step 16 of 16, when the job had finished). Returns the step it was held at."""
-    import signal as signals_module
-    held_at = wait_for_step(run_dir, step)
-    pid = json.loads((run_dir / ".lock").read_text())["pid"]
-    os.kill(pid, signals_module.SIGSTOP)
+def submit_and_hold(run_dir: Path, step: int, submit, timeout_s: float = 300) -> tuple[str, int]:
+    """``submit()`` (which returns the job id) while a watcher holds the run's training process
+    (SIGSTOP) once it has logged ``step``; returns (the job id, the held pid). The watcher starts
+    before the submission: on a loaded machine the submitting command returned only after its
+    16-step job had finished (125 s for nine submissions at once), so a stop sent after it came
+    too late (a requeue after step 16 of 16; scancel of a job Slurm had forgotten)."""
+    held: dict = {}
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            try:
+                if json.loads((run_dir / "progress.json").read_text())["step"] >= step:
+                    pid = json.loads((run_dir / ".lock").read_text())["pid"]
+                    os.kill(pid, signal.SIGSTOP)
+                    held["pid"] = pid
+                    return
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.02)
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        job = submit()
+        watcher.join(timeout_s)
+    finally:
+        done.set()
+    if "pid" not in held:
+        raise AssertionError(f"{run_dir} did not reach step {step} in {timeout_s} s")
+    return job, held["pid"]
+
+
+def signal_while_held(pid: int, send, signals: tuple[int, ...], timeout_s: float = 120) -> None:
+    """``send()`` a stop (an scancel, a requeue, a preemption) to a held process, and let it go on
+    (SIGCONT) once one of ``signals`` is pending for it or Slurm continued it itself: the stop
+    arrives during the run, however long Slurm takes to deliver it."""
     try:
         send()
         deadline = time.time() + timeout_s
@@ -131,10 +159,9 @@ def signal_while_held(run_dir: Path, step: int, send, signals: tuple[int, ...], 
             time.sleep(0.05)
     finally:
         try:
-            os.kill(pid, signals_module.SIGCONT)
+            os.kill(pid, signal.SIGCONT)
         except ProcessLookupError:
             pass
-    return held_at
 
 
 def _pending_or_running(pid: int, signals: tuple[int, ...]) -> bool:

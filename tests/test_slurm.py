@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.slurm_harness import job_logs, signal_while_held, submitted_ids, wait_for_step
+from tests.slurm_harness import job_logs, signal_while_held, submit_and_hold, submitted_ids, wait_for_step
 
 pytestmark = pytest.mark.slurm
 
@@ -117,7 +117,7 @@ def stop_by(work: Work, how: str, done: threading.Event) -> dict:
     # The preempted run loads with a worker process: Slurm signals it too, and it must not end the run.
     flags = TINY + (["--workers", "1"] if how == "preemption" else [])
     try:
-        job = work.submit_one(name, node=node, flags=flags)
+        job, pid = submit_and_hold(work.runs / name, 3, lambda: work.submit_one(name, node=node, flags=flags))
 
         def send():
             if how == "preemption":
@@ -127,7 +127,7 @@ def stop_by(work: Work, how: str, done: threading.Event) -> dict:
                 work.slurm.run("scontrol", "requeue", job)
             else:
                 work.slurm.run(*how.split(), job)
-        signal_while_held(work.runs / name, 3, send, (signal.SIGTERM, signal.SIGUSR2))
+        signal_while_held(pid, send, (signal.SIGTERM, signal.SIGUSR2))
         states = work.slurm.wait_ended([job], restarts=1)
         return dict(name=name, job=job, states=states, restarts=int(work.slurm.job(job).get("Restarts", 0)))
     finally:
@@ -135,8 +135,8 @@ def stop_by(work: Work, how: str, done: threading.Event) -> dict:
 
 
 def cancel_then_resubmit(work: Work) -> dict:
-    job = work.submit_one("cancelled")
-    signal_while_held(work.runs / "cancelled", 3, lambda: work.slurm.run("scancel", job), (signal.SIGTERM,))
+    job, pid = submit_and_hold(work.runs / "cancelled", 3, lambda: work.submit_one("cancelled"))
+    signal_while_held(pid, lambda: work.slurm.run("scancel", job), (signal.SIGTERM,))
     seen = dict(job=job, states=work.slurm.wait_ended([job]), status=work.slurm.status(work.runs / "cancelled"))
     again = work.submit_one("cancelled")
     return dict(seen, again=again, again_states=work.slurm.wait_ended([again]))
@@ -155,11 +155,10 @@ def a_live_job_is_respected(work: Work) -> dict:
 def kill_then_resubmit(work: Work, after: threading.Event) -> dict:
     """The task killed as a node crash kills it (no handler runs, its lock stays), then resubmitted
     to the other node (once the preemption there is over), whose view of the lock is Slurm's."""
-    job = work.submit_one("killed")
     run_dir = work.runs / "killed"
-    wait_for_step(run_dir, 5)  # past the checkpoint of step 4
+    job, pid = submit_and_hold(run_dir, 5, lambda: work.submit_one("killed"))  # past the checkpoint of step 4
     holder = json.loads((run_dir / ".lock").read_text())
-    os.kill(holder["pid"], signal.SIGKILL)
+    os.kill(pid, signal.SIGKILL)
     states = work.slurm.wait_ended([job])
     left = json.loads((run_dir / ".lock").read_text())
     after.wait()
