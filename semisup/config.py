@@ -439,8 +439,7 @@ def check_device(device: str) -> None:
     index = int(device[5:]) if device.startswith("cuda:") else 0
     if index >= count:
         raise ConfigError(f"{_name('device')}: {_quoted(device)}, but torch sees {count} CUDA GPU(s) on this machine; "
-                          "use "
-                          "--device cpu, or auto (a GPU where there is one)")
+                          "use --device cpu, or auto (a GPU where there is one)")
 
 
 def _check_field(cfg: "Config", f: dataclasses.Field, hints: dict) -> None:
