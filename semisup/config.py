@@ -643,7 +643,9 @@ class StrictLoader(yaml.SafeLoader):
         seen = {}
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, typing.Hashable) and key in seen:
+            if not isinstance(key, typing.Hashable):
+                continue  # a list as a key: the base class refuses it at its line
+            if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"{_quoted(key)} is given twice (also on line {seen[key]}): keep one",
                     key_node.start_mark)
@@ -817,7 +819,7 @@ def settings_unknown_here(path: Path) -> dict:
     from semisup.files import RunFileError
     values = _yaml_mapping(Path(path), RunFileError, "the run's record of its settings")
     known = {f.name for f in dataclasses.fields(Config)}
-    return {k: v for k, v in values.items() if k not in known and k != "code"}
+    return {str(k): v for k, v in values.items() if str(k) not in known and k != "code"}  # `1: x` too
 
 
 # What a run saved before a setting existed computed: a saved config without the key gets this

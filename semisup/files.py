@@ -63,7 +63,7 @@ def open_regular(path: Path, error: type = None):
     an archive would block its reader for ever (it is opened without blocking, then checked).
     ``error`` (RunFileError by default) names the file otherwise; FileNotFoundError passes."""
     error = error or RunFileError
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)

@@ -160,3 +160,22 @@ def test_a_split_of_names_that_are_not_utf8_is_written_read_and_digested(tmp_pat
     assert read_split(tmp_path / "split.txt") == names
     assert dataset_digest(names) != dataset_digest(names[:1])
     assert dataset_digest(["n00000001_a.JPEG"]) == __import__("hashlib").sha256(b"n00000001_a.JPEG").hexdigest()[:8]
+
+
+def test_an_annotation_folder_with_a_link_back_up_is_read_once(tmp_path, cache):
+    """A symbolic link to a parent inside --val-boxes: not followed (as rglob did not), not a walk for ever."""
+    from semisup.data.boxes import load_voc_folder
+    make_tree(tmp_path / "data", bad=False)
+    boxes = tmp_path / "data" / "boxes"
+    (boxes / "loop").symlink_to(boxes)
+    assert len(load_voc_folder(boxes)) == len(list(boxes.glob("*.xml")))
+
+
+def test_class_names_with_a_line_break_survive_the_annotation_cache(tmp_path, cache):
+    from semisup.data.boxes import load_voc_folder
+    from tests.imagenet_tree import voc_xml
+    folder = tmp_path / "boxes"
+    folder.mkdir()
+    (folder / "a.xml").write_text(voc_xml((40, 30), [("n01&#10;x", (2, 2, 10, 10)), ("n02", (3, 3, 9, 9))]))
+    first, again = load_voc_folder(folder), load_voc_folder(folder)
+    assert list(first["a"].by_class) == list(again["a"].by_class) == ["n01\nx", "n02"]

@@ -5,6 +5,7 @@ Each is refused in one line naming the file (and the line where the parser stopp
 anything is created; none takes the last value, a default or minutes of parsing."""
 import dataclasses
 import os
+import re
 import time
 
 import pytest
@@ -87,3 +88,18 @@ def test_a_tilde_in_every_path_setting_is_the_home_folder(tmp_path, monkeypatch)
     assert cfg.run_dir == str(tmp_path / "r") and cfg.demo_cache == str(tmp_path / "cache")
     (tmp_path / "c.yaml").write_text("run_dir: ~/from-yaml\n")
     assert parse_config(["--config", str(tmp_path / "c.yaml")]).run_dir == str(tmp_path / "from-yaml")
+
+
+@pytest.mark.parametrize("text", ["[a, b]: 1\n", "? [1]\n: 2\nepochs: 2\n"])
+def test_a_list_as_a_key_is_refused_in_one_line(tmp_path, text):
+    assert "line" in _refused(tmp_path, text)
+
+
+def test_a_sweep_file_that_sprawls_is_refused_in_one_line(tmp_path):
+    from semisup.cluster.launch import sweep_commands
+    sweep = tmp_path / "sweep.yaml"
+    for text, says in (("grid: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+                       ("a: &x [1]\ngrid: {seed: *x}\n", "anchors (&name) and aliases")):
+        sweep.write_text(text)
+        with pytest.raises(UserError, match=re.escape(says)):
+            sweep_commands(sweep, tmp_path / "runs")

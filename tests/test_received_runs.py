@@ -142,3 +142,13 @@ def test_runs_that_look_alike_but_are_not_are_never_seeds_of_one_row(tmp_path):
     out = run("semisup/report.py", str(a), str(c), env={})
     assert out.returncode == 0 and "settings this version does not know (future_knob)" in out.stderr, out.stderr
     assert len(load_runs([a, c], quiet=True)) == 2
+
+
+def test_a_saved_config_with_keys_that_are_not_names_is_read(tmp_path):
+    """A received config.yaml with `1: x` and `null: 1` beside the settings: the report reads the run
+    (its unknown settings told apart as text), no TypeError."""
+    from semisup.tools.report import load_runs
+    a = _finished_run(tmp_path / "a")
+    (a / "config.yaml").write_text((a / "config.yaml").read_text() + "1: x\nnull: 1\n")
+    runs = load_runs([a, _finished_run(tmp_path / "b")], quiet=True)
+    assert len(runs) == 2

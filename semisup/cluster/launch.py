@@ -141,8 +141,9 @@ def sweep_commands(path: Path, run_root: Path) -> tuple[str, list[tuple[str, lis
         spec = yaml.load(read_text(path, CONFIG_FILE_LIMIT, UsageError), Loader=StrictLoader)
     except FileNotFoundError:
         raise UsageError(f"--sweep {path}: no such file") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise UsageError(f"--sweep {path}: {yaml_problem(err)}") from err
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as err:
+        problem = "nested too deeply" if isinstance(err, RecursionError) else yaml_problem(err)
+        raise UsageError(f"--sweep {path}: {problem}") from err
     if (
         not isinstance(spec, dict)
         or not isinstance(spec.get("grid"), dict)

@@ -32,7 +32,8 @@ def check_jobs(jobs: list[dict], tasks: int, decode_check: bool) -> list[dict]:
         for job in jobs:
             try:
                 cfg = validate(parse_config(job["argv"]), world=tasks)
-                summary, _ = check_start(cfg, decode_check=decode_check, world=tasks)
+                # Shared memory and open files are the job's node's: the job checks them when it starts.
+                summary, _ = check_start(cfg, decode_check=decode_check, world=tasks, this_machine=False)
             except UserError as err:
                 err.args = (f"job {job['name']}: {err}",)
                 raise

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 CACHE_VARIABLE = "SEMISUP_INDEX_CACHE"
 FORMAT = 3  # of the cache file (and of what it lists as images): another is rebuilt
+BOXES_FORMAT = 2  # of the parsed annotations' cache (class names NUL-separated: a name may hold a line break)
 # What np.load raises for a damaged cache file (empty, cut, not a zip, a pickle refused).
 UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError, json.JSONDecodeError)
 
@@ -45,8 +46,8 @@ class PathTable(Sequence):
     def __init__(self, paths=()):
         folders, index, names = {}, [], []
         for path in paths:
-            folder, _, name = str(path).rpartition("/")
-            index.append(folders.setdefault(folder, len(folders)))
+            folder, slash, name = str(path).rpartition("/")
+            index.append(folders.setdefault(folder + slash, len(folders)))  # "/a.jpg": folder "/"; "a.jpg": ""
             names.append(name)
         self._set(list(folders), np.asarray(index, dtype=np.int32), names)
 
@@ -55,12 +56,13 @@ class PathTable(Sequence):
         """``root/folder/name`` for each folder's names, in order, without making the 1.28 M strings."""
         table = cls()
         counts = np.array([len(n) for n in names_by_folder], dtype=np.int64)
-        table._set([os.path.join(root, f) for f in folders], np.repeat(np.arange(len(folders), dtype=np.int32), counts),
-                   [n for names in names_by_folder for n in names])
+        folder_of = np.repeat(np.arange(len(folders), dtype=np.int32), counts)
+        names = [n for folder_names in names_by_folder for n in folder_names]
+        table._set([os.path.join(root, f, "") for f in folders], folder_of, names)
         return table
 
     def _set(self, folders: list[str], folder_of: np.ndarray, names: list[str]) -> None:
-        self._folders = [os.fsencode(f) for f in folders]  # a few thousand at most: a list is fine
+        self._folders = [os.fsencode(f) for f in folders]  # each ending in "/" (or ""); a few thousand: a list is fine
         self._folder_of = folder_of
         blob = "\0".join(names).encode(sys.getfilesystemencoding(), sys.getfilesystemencodeerrors())
         self._blob = np.frombuffer(blob, dtype=np.uint8)
@@ -80,7 +82,7 @@ class PathTable(Sequence):
             raise IndexError(index)
         index = int(index) % len(self)
         folder = self._folders[self._folder_of[index]]
-        return os.fsdecode((folder + b"/" if folder else b"") + self.name_bytes(index))
+        return os.fsdecode(folder + self.name_bytes(index))
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
@@ -257,7 +259,7 @@ def xml_files(folder: Path) -> list[str]:
     while pending:
         with os.scandir(pending.pop()) as entries:
             for entry in entries:
-                if entry.is_dir():
+                if entry.is_dir(follow_symlinks=False):  # as rglob: a link back up would walk for ever
                     pending.append(entry.path)
                 elif entry.name.endswith(".xml") and entry.is_file():
                     found.append(entry.path)
@@ -290,7 +292,9 @@ def _read_boxes(path: Path, files: list[str], stats: np.ndarray):
             if not same:
                 return None
             sizes, rows, owner = data["sizes"], data["rows"], data["owner"]
-            classes = data["classes"].tobytes().decode().split("\n")
+            if int(data["format"]) != BOXES_FORMAT:
+                return None
+            classes = data["classes"].tobytes().decode().split("\0")
             klass = data["klass"]
     except UNREADABLE:
         return None
@@ -324,7 +328,7 @@ def _write_boxes(path: Path, files: list[str], stats: np.ndarray, parsed: list) 
         sizes=np.array([b.size if b.size is not None else (-1, -1) for b in parsed], dtype=np.int64).reshape(-1, 2),
         rows=np.concatenate(rows) if rows else np.zeros((0, 4), np.float32),
         owner=np.array(owner, dtype=np.int64), klass=np.array(klass, dtype=np.int64),
-        classes=np.frombuffer("\n".join(classes).encode(), dtype=np.uint8))
+        classes=np.frombuffer("\0".join(classes).encode(), dtype=np.uint8), format=np.array(BOXES_FORMAT))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, lambda tmp: _save(tmp, arrays))

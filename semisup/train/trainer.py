@@ -601,7 +601,7 @@ def use_threads(cfg: Config, bundle: DataBundle, processes: int | None = None) -
     return choice
 
 
-def check_start(cfg: Config, decode_check: bool, world: int = 1) -> tuple[dict, Trainer]:
+def check_start(cfg: Config, decode_check: bool, world: int = 1, this_machine: bool = True) -> tuple[dict, Trainer]:
     """Everything a run does before its first step, writing nothing: the run directory's state
     (finished, held, other settings), the dataset, split and boxes, the model and its pretrained
     trunk; with ``decode_check`` also the labeled and validation images and a sample of the
@@ -609,7 +609,8 @@ def check_start(cfg: Config, decode_check: bool, world: int = 1) -> tuple[dict, 
     function runs ``run.py --dry-run`` and the checks ``jobs/submit.py`` makes before queueing."""
     prepare_run_dir(cfg)
     bundle = build_data(cfg, decode_check=decode_check)
-    check_loaders(cfg, bundle, world)
+    if this_machine:  # the checks before queueing run on the submitting machine, not the job's node
+        check_loaders(cfg, bundle, world)
     trainer = Trainer(
         cfg, D.Dist(world=world, device=torch.device("cpu")), None, bundle
     )  # the job's geometry, built on the CPU here
