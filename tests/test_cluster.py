@@ -252,3 +252,30 @@ def test_gpus_are_counted_from_a_nodes_gres(gres, gpus):
 def test_slurm_times_read_in_minutes_rounded_up(text, minutes):
     from semisup.cluster.partition import slurm_minutes
     assert slurm_minutes(text) == minutes
+
+
+def test_submissions_in_one_second_each_reserve_their_own_code_folder(tmp_path, monkeypatch):
+    """Two submissions in the same second (two scripts, two threads) each get a folder of their own,
+    reserved atomically (before, the second could find its checked-free name taken and crash)."""
+    import argparse
+    import threading
+
+    from semisup.cluster import launch
+    monkeypatch.setattr(launch.time, "strftime", lambda fmt: "20261207-000000")
+    monkeypatch.setattr("semisup.cluster.snapshot.take_snapshot",
+                        lambda dest: dict(commit="0" * 40, dirty=False, files=0, bytes=0, untracked=[]))
+    args = argparse.Namespace(no_snapshot=False, cluster="slurm", dry_run=False)
+    got, barrier = [], threading.Barrier(4)
+
+    def submit():
+        barrier.wait()
+        with launch.job_code(args, tmp_path / "logs") as (code, _):
+            got.append(code)
+    threads = [threading.Thread(target=submit) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(got)) == 4 and all(p.is_dir() for p in got)
+    assert sorted(p.name for p in got) == ["20261207-000000", "20261207-000000.2", "20261207-000000.3",
+                                           "20261207-000000.4"]

@@ -391,15 +391,19 @@ def job_code(args, log_dir: Path):
         yield REPO, Path.cwd()
         return
     with contextlib.ExitStack() as stack:
-        dest = (Path(stack.enter_context(tempfile.TemporaryDirectory())) / "code" if args.dry_run
+        base = (Path(stack.enter_context(tempfile.TemporaryDirectory())) / "code" if args.dry_run
                 else log_dir / "code" / time.strftime("%Y%m%d-%H%M%S"))
-        for n in itertools.count(2):  # two submissions in one second: the second takes the next free name
-            if not dest.exists():
+        # What this submission makes is removed again if nothing is queued: the first missing folder.
+        created = next((p for p in [*reversed(base.parent.parents), base.parent] if not p.exists()), None)
+        base.parent.mkdir(parents=True, exist_ok=True)
+        for n in itertools.count(1):  # submissions in one second (a script, a sweep's points): each its own name
+            dest = base if n == 1 else base.with_name(f"{base.name}.{n}")
+            try:
+                dest.mkdir()  # atomic: a name checked free could be taken by another submission before use
                 break
-            dest = dest.with_name(f"{dest.name.split('.')[0]}.{n}")
-        created = next(
-            p for p in [*reversed(dest.parents), dest] if not p.exists()
-        )  # removed again if nothing is queued
+            except FileExistsError:
+                continue
+        created = created or dest
         info = take_snapshot(dest)
         dirty = " with uncommitted edits to tracked files (recorded as dirty)" if info["dirty"] else ""
         kind = "temporary code snapshot for the checks" if args.dry_run else "code snapshot"
