@@ -257,7 +257,7 @@ def _two_process_worker(rank: int, world: int, port: int, dry: bool, out: str) -
     dist.all_gather(gathered, flat)
     dist.destroy_process_group()
     if rank == 0:
-        Path(out).write_text(str(float((gathered[0] - gathered[1]).abs().max())))
+        write_text_atomic(Path(out), str(float((gathered[0] - gathered[1]).abs().max())))  # the parent reads it
 
 
 def two_process(c: Check, folder: Path) -> tuple[bool, str]:

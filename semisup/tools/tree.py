@@ -70,7 +70,7 @@ def build_tree(root: Path, classes: int, train: int, val: int) -> Path:
     for c in range(classes):  # one annotation per class and size: the image's size and its class
         for t, (w, h) in enumerate(shapes):
             box = f"<xmin>{w // 4}</xmin><ymin>{h // 4}</ymin><xmax>{3 * w // 4}</xmax><ymax>{3 * h // 4}</ymax>"
-            (templates / f"{c}_{t}.xml").write_text(
+            write_text_atomic(templates / f"{c}_{t}.xml",
                 f"<annotation><size><width>{w}</width><height>{h}</height><depth>3</depth></size><object>"
                 f"<name>{wnid(c)}</name><bndbox>{box}</bndbox></object></annotation>")
     for k in range(val):
@@ -79,7 +79,7 @@ def build_tree(root: Path, classes: int, train: int, val: int) -> Path:
             os.link(templates / f"{t}.JPEG", root / "val" / f"{image_id}.JPEG")
             os.link(templates / f"{c}_{t % SIZES}.xml", root / "boxes" / f"{image_id}.xml")
     write_text_atomic(split, "\n".join(labeled) + "\n")
-    (root / ".complete").write_text(json.dumps(dict(classes=classes, train=train, val=val)))
+    write_text_atomic(root / ".complete", json.dumps(dict(classes=classes, train=train, val=val)))  # marks a whole tree
     return split
 
 
