@@ -103,11 +103,20 @@ def read_csv(path: Path):
         raise RunFileError(f"{path}: not a CSV table a run wrote ({type(err).__name__}); move it aside") from err
 
 
+def parse_json(text: str | bytes) -> object:
+    """``json.loads`` whose every failure is a ValueError: a file of 100,000 nested brackets makes
+    the parser raise RecursionError, which no reader expects from a damaged file."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to be a file a run wrote") from None
+
+
 def read_json(path: Path, kind: type | tuple[type, ...] = dict, what: str = "") -> object:
     """The JSON value in ``path``, which must be of ``kind``; RunFileError naming the file otherwise."""
     path = Path(path)
     try:
-        value = json.loads(read_text(path))
+        value = parse_json(read_text(path))
     except FileNotFoundError:
         raise RunFileError(f"{path}: no such file") from None
     except RunFileError:

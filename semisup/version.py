@@ -3,11 +3,11 @@ config.yaml. A queued job runs a snapshot of the tracked files (``semisup.cluste
 which has no ``.git``: its ``SNAPSHOT.json`` marker says what it was taken from."""
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 
 from semisup.config import PROJECT_ROOT
+from semisup.files import parse_json, read_text
 
 MARKER = "SNAPSHOT.json"
 
@@ -21,7 +21,7 @@ def code_version(root: Path = PROJECT_ROOT) -> dict:
     from git (commit 'unknown' outside a git checkout)."""
     marker = root / MARKER
     if marker.is_file():
-        info = json.loads(marker.read_text())
+        info = parse_json(read_text(marker))
         return dict(commit=info["commit"], dirty=info["dirty"], snapshot=str(root))
     try:
         commit = git(root, "rev-parse", "HEAD").strip()

@@ -126,6 +126,16 @@ def test_dry_run_prints_the_sbatch_script_and_checks_every_job_without_queueing(
     assert not (tmp_path / "logs").exists()
 
 
+def test_the_local_executors_one_node_is_checked_in_the_dry_run(tmp_path, demo_cache):
+    """submitit's local executor refuses several nodes only when it submits (a ValueError after the
+    checks): the dry run says so first, and nothing is written."""
+    args = ["--cluster", "local", "--nodes", "2", "--log-dir", str(tmp_path / "logs"), "--run-root", str(tmp_path / "runs")]
+    for extra in (["--dry-run"], []):
+        with pytest.raises(UsageError, match="--nodes 2: --cluster local runs on this machine, one node"):
+            launch.main(args + extra + ["--"] + QUICK + ["--demo-cache", demo_cache])
+    assert not (tmp_path / "logs").exists() and not (tmp_path / "runs").exists()
+
+
 @pytest.mark.parametrize("where, value", [("--name", "a\nsrun rm -rf ~"), ("--name", "it's"), ("--partition", "gpu\n#SBATCH --x"),
                                           ("--sbatch", "reservation=a;b"), ("sweep", "0.1'\necho owned")])
 def test_values_that_would_break_the_sbatch_script_are_refused_before_anything_is_written(tmp_path, where, value, demo_cache):

@@ -16,6 +16,7 @@ import yaml
 
 from semisup.config import _RANGES, HELP_GROUPS, Config, _field_type, flag_spellings, parse_config
 from semisup.errors import UserError
+from semisup.runfiles import RunFiles
 
 BAD_TEXT = ["abc", "", " ", "1e999x"]
 NUMBERS = ["inf", "-inf", "nan", "-1", "0", "-0.5", "1e400", "1.5"]
@@ -129,7 +130,8 @@ FIFO = object()  # a named pipe where a file belongs (unpacked from an archive):
 
 def damaged_variants(path: Path, good: bytes, wrong_kind: bytes):
     """Write each damaged form of a file to ``path`` in turn (yielding its name): empty,
-    truncated, binary, of the wrong kind, a folder, a FIFO. A reader that blocks on the FIFO
+    truncated, binary, the good content with a byte that is not UTF-8, 100,000 nested brackets (a
+    recursive parser's stack), of the wrong kind, a folder, a FIFO. A reader that blocks on the FIFO
     fails the test after 60 s (SIGALRM) instead of hanging it."""
     import os
     import shutil
@@ -140,6 +142,7 @@ def damaged_variants(path: Path, good: bytes, wrong_kind: bytes):
     previous = signal.signal(signal.SIGALRM, blocked)
     try:
         for name, content in (("empty", b""), ("truncated", good[: max(1, len(good) // 2)]), ("binary", bytes(range(256)) * 3),
+                              ("not UTF-8", good[:8] + b"\xff\xfe" + good[8:]), ("nested", b"[" * 100_000),
                               ("wrong kind", wrong_kind), ("folder", None), ("fifo", FIFO)):
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
@@ -175,11 +178,17 @@ def test_every_run_file_damaged_in_every_way_is_reported_never_a_traceback(tmp_p
     (finished / "job.json").write_text(json.dumps([dict(job_id="1", cluster="local", folder=str(tmp_path), stderr=str(tmp_path / "x"))]))
     final = json.loads((finished / "final.json").read_text())
     (finished / "eval.jsonl").write_text(json.dumps(dict(checkpoint="checkpoint.pt", weights_sha256=final["weights_sha256"], iauc=50.0)) + "\n")
+    (finished / "job-outcome.json").write_text(json.dumps(dict(job_id="1", restarts=0, state="COMPLETED", error=None, ended="")))
     originals = {p.name: p.read_bytes() for p in finished.iterdir() if p.is_file()}
-    wrong = {"config.yaml": b"- a\n- list\n", "final.json": b'["a", "list"]', "job.json": b'{"a": "mapping"}', "metrics.csv": b"epoch\nten\n",
+    wrong = {"job-outcome.json": b'{"job_id": ["1"], "state": 3}', "model_best.pt": originals["final.json"], "config.yaml": b"- a\n- list\n", "final.json": b'["a", "list"]', "job.json": b'{"a": "mapping"}', "metrics.csv": b"epoch\nten\n",
              "progress.json": b'{"step": "ten"}', "checkpoint.pt": originals["model_best.pt"], "eval.jsonl": b'["a", "list"]\n',
              ".lock": b'{"pid": "ten"}'}
     originals[".lock"] = json.dumps(dict(pid=1, host="elsewhere", start="0")).encode()
+    # Every file RunFiles names is damaged here, but those no command reads back (a new run file
+    # fails this line until it is added above).
+    not_read_back = {RunFiles.GALLERY, RunFiles.LOG, RunFiles.TENSORBOARD, RunFiles.PREVIOUS}
+    named = {v for k, v in vars(RunFiles).items() if k.isupper() and isinstance(v, str)}
+    assert set(wrong) == named - not_read_back, named - not_read_back ^ set(wrong)
     cases = 0
     for name, wrong_kind in wrong.items():
         for variant in damaged_variants(finished / name, originals[name], wrong_kind):

@@ -136,6 +136,10 @@ def test_runs_that_look_alike_but_are_not_are_never_seeds_of_one_row(tmp_path):
     # The same settings and seed otherwise: one run is a rerun of the other (the newer counted)...
     c = _finished_run(tmp_path / "c", "--pretrained", str(starts[0]), pretrained_sha256="a" * 64)
     assert len(load_runs([a, c])) == 1
+    # An older run recorded only the start's path: not proven the same start, and labelled so.
+    old = _finished_run(tmp_path / "old", "--pretrained", str(starts[0]))
+    labels = sorted(load_runs([a, old])["start"])
+    assert labels == ["start [aaaaaaaa]", f"start [path {starts[0].resolve()}, older run]"]
     # ...unless they differ in a setting this version does not know (written by a newer one).
     config = yaml.safe_load((c / "config.yaml").read_text())
     (c / "config.yaml").write_text(yaml.safe_dump(dict(config, future_knob=3)))

@@ -461,6 +461,9 @@ def main(argv: list[str] | None = None) -> list:
     args = build_parser().parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     check_args(args)
     slurm = slurm_meant(args)
+    if not slurm and args.nodes > 1:  # submitit's local executor raises ValueError only when it submits
+        raise UsageError(f"--nodes {args.nodes}: --cluster {args.cluster} runs on this machine, one node; "
+                         "pass --cluster slurm for several nodes, or --nodes 1")
     log_dir = args.log_dir.resolve()
     # Names and sweep values are checked here, before anything is created.
     args.name, commands = job_commands(args, run_flags + (["--overwrite"] if args.overwrite else []))

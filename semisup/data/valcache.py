@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from semisup.files import write_text_atomic
+from semisup.files import parse_json, read_text, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def open_cache(folder: Path, dataset) -> CachedEvalDataset | None:
     if not meta.exists():
         return None
     try:
-        manifest = json.loads(meta.read_text())
+        manifest = parse_json(read_text(meta))
         expected = int(np.prod(manifest["shape"]))
         if manifest["key"] != key or data.stat().st_size != expected or len(manifest["labels"]) != len(dataset):
             raise ValueError("its size or key does not match")

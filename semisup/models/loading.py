@@ -10,6 +10,7 @@ import torch
 from semisup import checkpoint as ckpt
 from semisup.config import config_from_dict
 from semisup.errors import UserError
+from semisup.files import parse_json, read_text
 from semisup.models.base import CamBackbone, build_model
 from semisup.runfiles import RunFiles
 
@@ -101,7 +102,6 @@ def verify_manifest(path: Path) -> dict | None:
     its sha256: a changed or damaged file is refused, never trained from. Returns the manifest
     (with its command and kNN numbers), or None for files without one."""
     import hashlib
-    import json
     sidecar = path.with_name(path.name + ".json")
     if not sidecar.exists():
         return None
@@ -109,7 +109,7 @@ def verify_manifest(path: Path) -> dict | None:
         raise CheckpointError(
             f"{sidecar}: a folder where the weights' manifest (a JSON file with their sha256) belongs")
     try:
-        manifest = json.loads(sidecar.read_text())
+        manifest = parse_json(read_text(sidecar))
         expected = manifest["sha256"]
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
         raise CheckpointError(f"{sidecar}: not a readable manifest with a 'sha256' ({type(err).__name__}); "

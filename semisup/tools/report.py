@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import pandas as pd
 from semisup import registry
 from semisup.config import Config, load_saved_config, settings_unknown_here
 from semisup.errors import Parser, UsageError, UserError, cli, printable
-from semisup.files import RunFileError, read_json, read_text, write_atomic, write_text_atomic
+from semisup.files import RunFileError, parse_json, read_json, read_text, write_atomic, write_text_atomic
 from semisup.registry import ABLATION, EVALUATE_ONLY, FULL_SUPERVISION, LIMITED, METRICS
 from semisup.runfiles import RunFiles
 
@@ -98,7 +99,7 @@ def evaluated_later(run_dir: Path, final: dict) -> dict:
     others = 0
     for line in lines:
         try:
-            row = json.loads(line)
+            row = parse_json(line)
         except ValueError:
             continue  # a line cut by a kill: the others still count
         if not isinstance(row, dict) or not any(isinstance(row.get(k), (int, float)) for k in later):
@@ -212,8 +213,16 @@ def tell_datasets_apart(runs: pd.DataFrame) -> pd.DataFrame:
     for column, identity in (("dataset", "dataset_id"), ("start", "start_id")):  # two starts named resnet50.pth too
         for name, frame in runs.groupby(column):
             if frame[identity].nunique() > 1:
-                runs.loc[frame.index, column] = [f"{name} [{str(i)[-8:]}]" for i in frame[identity]]
+                runs.loc[frame.index, column] = [_identity_label(name, str(i)) for i in frame[identity]]
     return runs
+
+
+def _identity_label(name: str, identity: str) -> str:
+    """``resnet50 [3fa2c1e0]`` for a digest; an older run recorded only the path, which proves no
+    identity with a digested one: ``resnet50 [path /w/resnet50.pth, older run]``."""
+    if re.fullmatch(r"[0-9a-f]{8,}", identity):
+        return f"{name} [{identity[-8:]}]"
+    return f"{name} [path {identity}, older run]" if identity.startswith("/") else f"{name} [{identity}]"
 
 
 def _mean_std(values: pd.Series, digits: int) -> str:

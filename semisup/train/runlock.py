@@ -34,7 +34,7 @@ import uuid
 from pathlib import Path
 
 from semisup import scheduler
-from semisup.files import RunFileError, named, read_text, write_json_atomic
+from semisup.files import RunFileError, named, parse_json, read_text, write_json_atomic
 from semisup.runfiles import RunFiles
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,8 @@ def read_holder(path: Path) -> dict | None:
             break
         except FileNotFoundError:
             return None
+        except UnicodeDecodeError:  # bytes no version of the lock wrote: edited by hand or damaged
+            return {"damaged": True}
         except RunFileError as err:  # a folder or a FIFO where the lock belongs: nothing may be concluded
             raise LockUnreadable(errno.EIO, f"the run lock cannot be read ({err})", str(lock)) from err
         except OSError as err:
@@ -110,7 +112,7 @@ def read_holder(path: Path) -> dict | None:
                 raise LockUnreadable(err.errno or errno.EIO, f"the run lock cannot be read ({err})", str(lock)) from err
             time.sleep(0.2)
     try:
-        holder = json.loads(text)
+        holder = parse_json(text)
     except ValueError:
         return {"damaged": True}
     if not isinstance(holder, dict):
