@@ -26,6 +26,7 @@ from semisup.config import add_setting
 from semisup.errors import Parser, UsageError, UserError, cli
 from semisup.eval.evaluator import Evaluator, format_results, full_metrics, metric_choices
 from semisup.eval.insertion import InsertionSettings
+from semisup.eval.metrics import not_meaningful
 from semisup.files import append_lines
 from semisup.method import explainers
 from semisup.registry import METRICS
@@ -245,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
                          validation=len(bundle.val.source),
                          **result))
         models.append(model)
-    print(format_results(rows))
+    archs = {c.arch for _, c, *_ in loaded}
+    print(format_results(rows, not_meaningful(len(bundle.classes), archs.pop() if len(archs) == 1 else None)))
     out = Path(args.out or (f"eval-{Path(args.weights).name}" if args.weights else Path(args.checkpoint).parent))
     out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")  # an append-only log: one line per evaluation

@@ -233,3 +233,17 @@ def content_heatmap(
     ch = (up * masks).sum((1, 2)) / up.sum((1, 2))
     zero = total.flatten() <= 0
     return ch, torch.where(zero, torch.zeros_like(ch), ch), zero
+
+
+def coverage_note(summary: dict) -> str | None:
+    """One line on what the box metrics are computed on, from a data bundle's summary
+    (``validation``, ``validation_with_boxes``); None where every validation image has boxes."""
+    total, boxed = summary.get("validation", 0), summary.get("validation_with_boxes", 0)
+    if boxed >= total:
+        return None
+    if boxed == 0:
+        return ("no validation boxes: CH, CH strict, the pointing game and the other box metrics are not computed and "
+                "the galleries show heatmaps without boxes (--val-boxes DIR gives VOC XML annotations)")
+    return (f"validation boxes for {boxed} of {total} images: CH and the other box metrics are computed on those "
+            f"{boxed} only")
+

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import re
 import sys
 import urllib.request
 from collections import defaultdict
@@ -149,6 +150,15 @@ def write_split(names: list[str], path: Path) -> None:
     write_atomic(path, lambda tmp: tmp.write_bytes(data))
 
 
+def imagenet_layout(names: list[str]) -> bool:
+    """Whether split entries are ImageNet's (``n01440764_10026.JPEG``: a WordNet id, an underscore,
+    the file name), for which the standard 1 % and 10 % files are meant. Any other dataset gets a
+    stratified split at those fractions too: the standard files' names can never match it."""
+    if not names or "/" in names[0]:  # split_entries names every file by its folder, or none
+        return False
+    return all(re.fullmatch(r"n\d{8}", wnid) for wnid in {name.split("_", 1)[0] for name in names})
+
+
 def resolve_labeled(names: list[str], settings: DataSettings, splits_dir: Path = SPLITS_DIR) -> tuple[list[str], Path]:
     """The labeled file names for ``settings`` and the split file they come from.
 
@@ -161,7 +171,7 @@ def resolve_labeled(names: list[str], settings: DataSettings, splits_dir: Path =
         if not path.is_file():
             raise SplitError(f"--split-file {path}: no such file")
         return read_split(path), path
-    path = standard_split_path(settings.labeled_fraction, splits_dir)
+    path = standard_split_path(settings.labeled_fraction, splits_dir) if imagenet_layout(names) else None
     if path is not None:
         return read_split(path), path
     path = custom_split_path(settings.labeled_fraction, settings.split_seed, names, splits_dir)

@@ -359,12 +359,18 @@ def _cell(value, width: int, digits: int) -> str:
     return f"{value:>{width}.{digits}f}"
 
 
-def format_results(rows: list[dict]) -> str:
+def format_results(rows: list[dict], hidden: dict[str, str] | None = None) -> str:
     """A small fixed-width table: method and each metric that declares a ``console`` column
     (top-1, top-5, CH published, strict and released SwAV script, CGC loss, kNN; IAUC and DAUC
-    where a row has them)."""
+    where a row has them). Columns in ``hidden`` (name: why it means nothing for this run, see
+    ``metrics.not_meaningful``) and columns no row has a number for are left out, with a line
+    saying which and why."""
+    hidden = dict(hidden or {})
+    empty = [m for m in METRICS.in_order() if m.console and m.name not in hidden and not m.optional
+             and all(r.get(m.name) is None for r in rows)]
     columns = [(m.console, m.name, m.width, m.decimals) for m in METRICS.in_order()
-               if m.console and (not m.optional or any(m.name in r for r in rows))]
+               if m.console and m.name not in hidden and m not in empty
+               and (not m.optional or any(m.name in r for r in rows))]
     name_width = max([26] + [len(str(r["method"])) + 2 for r in rows])  # names are never cut
     header = f"{'method':<{name_width}}" + "".join(f"{title:>{width}}" for title, _, width, _ in columns)
     lines = [header, "-" * len(header)]
@@ -373,4 +379,11 @@ def format_results(rows: list[dict]) -> str:
             f"{r['method']:<{name_width}}"
             + "".join(_cell(r.get(key), width, digits) for _, key, width, digits in columns)
         )
+    why = [reason for name, reason in hidden.items() if name in METRICS and METRICS.get(name).console]
+    if empty:
+        boxes = all(not r.get("ch_images") for r in rows) and any(m.evaluation_pass == "ch" for m in empty)
+        why.append(f"{', '.join(m.console for m in empty)}: not computed"
+                   + (" (no validation image has a box of its class: --val-boxes)" if boxes else ""))
+    if why:
+        lines.append("not shown: " + "; ".join(why))
     return "\n".join(lines)

@@ -77,6 +77,14 @@ def _wrapped(name: str, width: int = 24) -> list[str]:
     return textwrap.wrap(name, width) or [name]
 
 
+def boxes_at(val, pos: int) -> tuple[list | None, tuple[int, int] | None]:
+    """(boxes, original size) of validation image ``pos``; (None, None) for a dataset without
+    boxes (its split records no sizes) or an image without an annotation."""
+    if val.boxes is None or val.boxes[pos] is None:
+        return None, None
+    return val.boxes[pos], val.sizes[pos]
+
+
 def gallery_positions(images: int, count: int, seed: int = 0) -> list[int]:
     """The validation positions a gallery shows: the same ``count`` for every call with this seed."""
     count = min(count, images)
@@ -111,10 +119,10 @@ def gallery_figure(models: list, names: list[str], bundle, settings, device: tor
         ax.axis("off")
     classes = [(class_names or {}).get(c, c) for c in bundle.classes]
     for n, pos in enumerate(positions):
-        boxes = val.boxes[pos] if val.boxes is not None else None
+        boxes, size = boxes_at(val, pos)
         for m, (name, column) in enumerate(zip(names, columns)):
             ax = axes[n // images_per_row, (n % images_per_row) * len(models) + m]
-            _draw_panel(ax, column[n], boxes, val.sizes[pos], classes, name if len(models) > 1 else None)
+            _draw_panel(ax, column[n], boxes, size, classes, name if len(models) > 1 else None)
     method = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++"}.get(s.explainer, s.explainer)
     fig.colorbar(ScalarMappable(Normalize(0, 1), cmap=HEATMAP_CMAP), ax=axes, shrink=0.6,
                  label=f"{method} of the true class (max = 1)")
@@ -207,8 +215,7 @@ def gallery_grid(model, bundle, settings, device: torch.device, seed: int = 0) -
     positions = gallery_positions(len(val.source), s.gallery, seed)
     dataset = EvalDataset(val.source, s.ch_short_side)
     panels = gallery_panels(model, dataset, val.boxes, val.sizes, positions, device, s.explainer)
-    cells = [panel_image(p, val.boxes[pos] if val.boxes is not None else None, val.sizes[pos], bundle.classes)
-             for p, pos in zip(panels, positions)]
+    cells = [panel_image(p, *boxes_at(val, pos), bundle.classes) for p, pos in zip(panels, positions)]
     columns = min(COLUMNS, len(cells))
     width, height = cells[0].size
     grid = Image.new("RGB", (columns * (width + 4), -(-len(cells) // columns) * (height + 4)), "white")

@@ -44,3 +44,17 @@ for _spec in (
                higher_is_better=False, summary="deletion AUC (percent)"),
 ):
     register_metric(_spec)
+
+
+def not_meaningful(classes: int | None, arch: str | None) -> dict[str, str]:
+    """{metric name: why it means nothing} for a run of ``classes`` classes with backbone ``arch``
+    (None: unknown, e.g. a run of an older version). Such numbers are still computed and saved;
+    the tables leave them out, saying why."""
+    out = {}
+    if classes is not None and classes <= 5:
+        out["top5"] = f"top-5 of {classes} classes is 100 % by definition"
+    if arch is not None and "resnet" not in arch.lower():
+        # The released SwAV script reads layer4 channel c as class c's map: a ResNet's, from SwAV.
+        out["ch_released_swav"] = f"CH rel. SwAV reads a ResNet's layer4 channels, not {arch}'s"
+    return out
+

@@ -22,6 +22,7 @@ import pandas as pd
 from semisup import registry
 from semisup.config import Config, load_saved_config, settings_unknown_here
 from semisup.errors import Parser, UsageError, UserError, cli, printable
+from semisup.eval.metrics import not_meaningful
 from semisup.files import RunFileError, parse_json, read_json, read_text, write_atomic, write_text_atomic
 from semisup.registry import ABLATION, EVALUATE_ONLY, FULL_SUPERVISION, LIMITED, METRICS
 from semisup.runfiles import RunFiles
@@ -164,6 +165,8 @@ def load_runs(run_dirs: list[str | Path], settings: tuple[str, ...] = (), quiet:
                 labeled_fraction=float(cfg.labeled_fraction),
                 labeled_share=labeled_share(cfg, final),
                 arch=cfg.arch,
+                classes=final.get("classes"),  # older runs: unknown
+                box_images=(final.get("final") or {}).get("ch_images"),  # 0: no validation image had a box
                 start=Path(cfg.pretrained).name.split(".")[0] if cfg.pretrained else "scratch",
                 dataset="demo" if cfg.is_demo else Path(cfg.data).name,
                 # The dataset's identity: its files' digest (older runs: the folder's full path).
@@ -309,10 +312,22 @@ def columns(table: str) -> dict[str, tuple[str, int]]:
             **{f"{m.column} best*": (f"best_{m.name}", m.decimals) for m in metrics if table in m.best_in}}
 
 
-def _drop_empty_optional(table: pd.DataFrame, which: str) -> pd.DataFrame:
-    """Optional metrics' columns (IAUC, DAUC, the heatmap metrics) where no run has them."""
-    optional = [m.column for m in METRICS.reported(which) if m.optional]
-    return table.drop(columns=[c for c in optional if (table[c] == "–").all()])
+def _drop_meaningless(table: pd.DataFrame, runs: pd.DataFrame, which: str) -> pd.DataFrame:
+    """Columns of optional metrics no run has (IAUC never evaluated), of the box metrics where no
+    run of the table had a validation box (its own data without --val-boxes), and of metrics that
+    mean nothing for every run of it (``metrics.not_meaningful``: top-5 of 5 classes or fewer, CH
+    rel. SwAV off a ResNet). Other metrics a run lacks stay, shown '–'."""
+    classes = runs["classes"] if "classes" in runs else pd.Series([None] * len(runs), index=runs.index)
+    reasons = [set(not_meaningful(None if pd.isna(c) else int(c), arch)) for c, arch in zip(classes, runs["arch"])]
+    meaningless = set.intersection(*reasons) if reasons else set()
+    if "box_images" in runs and (runs["box_images"].fillna(-1) == 0).all():  # older runs: unknown, kept
+        meaningless |= {m.name for m in METRICS.in_order() if m.evaluation_pass == "ch"}
+    drop = []
+    for m in METRICS.reported(which):
+        empty = (table[m.column] == "–").all() if m.column in table else False
+        if m.name in meaningless or (m.optional and empty):
+            drop += [c for c in (m.column, f"{m.column} best*") if c in table]
+    return table.drop(columns=drop)
 
 
 def limited_label_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -321,7 +336,7 @@ def limited_label_table(runs: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     runs["Labeled"] = runs["labeled_share"].map(percent)
     table = aggregate(runs, ["dataset", "Labeled", "start", "method"], columns(LIMITED))
-    table = _drop_empty_optional(table, LIMITED)
+    table = _drop_meaningless(table, runs, LIMITED)
     table["method"] = table["method"].map(METHOD_NAMES)
     return table.rename(columns={"dataset": "Dataset", "start": "Start", "method": "Method"})
 
@@ -331,7 +346,7 @@ def full_supervision_table(runs: pd.DataFrame) -> pd.DataFrame:
     if runs.empty:
         return pd.DataFrame()
     table = aggregate(runs, ["dataset", "arch", "method"], columns(FULL_SUPERVISION))
-    table = _drop_empty_optional(table, FULL_SUPERVISION)
+    table = _drop_meaningless(table, runs, FULL_SUPERVISION)
     table["method"] = table["method"].map(METHOD_NAMES)
     return table.rename(columns={"dataset": "Dataset", "arch": "Architecture", "method": "Method"})
 
@@ -389,7 +404,9 @@ def main(argv=None) -> int:
         if not table.empty:
             text.append(f"### {title}\n\n{table.to_markdown(index=False, disable_numparse=True)}\n")
     text.append("\\* best: the epoch of highest validation top-1 (model_best.pt), a selection on the validation set; "
-                "CH rel. SwAV: the released SwAV-start CH script's figure (layer4 channel = class id; FIDELITY.md).\n")
+                "CH rel. SwAV: the released SwAV-start CH script's figure (layer4 channel = class id; FIDELITY.md). "
+                "Box metrics where no run of a table had validation boxes, and metrics that mean nothing "
+                "for all of its runs (top-5 of 5 classes or fewer, CH rel. SwAV off a ResNet) has no column.\n")
     text.append(
         f"### Published (ImageNet, ResNet-50)\n\n{PUBLISHED_LIMITED.to_markdown(index=False, disable_numparse=True)}\n"
     )
@@ -434,7 +451,10 @@ def write_pictures(
     gallery per labeled fraction, start and CGC setting, into ``out``."""
     from semisup.tools.plots import curves_plot, tradeoff_plot
     runs = load_runs(run_dirs, settings=("cgc_weight", "temperature"), quiet=True)
-    written = [tradeoff_plot(runs, out / "tradeoff.png"), curves_plot(runs, out / "curves.png")] if len(runs) else []
+    written = [curves_plot(runs, out / "curves.png")] if len(runs) else []
+    with_ch = runs[runs["ch"].notna()] if len(runs) else runs  # CH needs boxes: a dataset without them has no trade-off
+    if len(with_ch):
+        written.insert(0, tradeoff_plot(with_ch, out / "tradeoff.png"))
     if galleries:
         written += compare_galleries(runs, out, class_names=class_names)
     return written

@@ -24,6 +24,7 @@ from semisup import checkpoint as ckpt
 from semisup import cpus
 from semisup import distributed as D
 from semisup.config import Config, check_device, compiles, save_config
+from semisup.data.boxes import coverage_note
 from semisup.data.datasets import DataBundle
 from semisup.data.formats import build_data
 from semisup.data.loaderlimits import batch_bytes, check_loader_limits
@@ -31,6 +32,7 @@ from semisup.data.streams import StreamSettings, training_streams
 from semisup.distributed import amp_dtype
 from semisup.errors import UserError
 from semisup.eval.evaluator import Evaluator, format_results
+from semisup.eval.metrics import not_meaningful
 from semisup.eval.settings import EvalSettings
 from semisup.files import write_json_atomic
 from semisup.method import explainers
@@ -326,6 +328,8 @@ class Trainer:
 
     def batchnorm_scope(self) -> str:
         """What one BatchNorm normalises over, in words (the log and the dry run say it)."""
+        if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules()):
+            return "nothing (the model has no BatchNorm)"
         if self.cfg.bn_geometry == "batch":
             return "each process' batch"
         if self.bn_processes > 1:
@@ -417,6 +421,8 @@ class Trainer:
             threads, self.amp_dtype or "off", "on" if self.forward.compiled else "off",
         )
         log.info("trunk: %s", describe_start(cfg, self.pretrained_report))
+        if coverage_note(self.bundle.summary):
+            log.info("%s", coverage_note(self.bundle.summary))
         log.info("batch: labeled %d global / %d per process, unlabeled %s; %d steps per epoch, %d epochs, %d steps",
                  cfg.batch_labeled, self.batch_l,
                  f"{cfg.batch_unlabeled} global / {self.batch_u} per process" if self.uses_unlabeled else "not used",
@@ -468,6 +474,7 @@ class Trainer:
             labeled_images=len(self.bundle.labeled_indices),
             train_images=len(self.bundle.labeled),
             dataset_digest=self.bundle.summary.get("dataset_digest"),  # the dataset's identity, not its folder name
+            classes=len(self.bundle.classes),  # which metrics mean something (top-5 of 3 classes does not)
             seed=self.cfg.seed,
             arch=self.cfg.arch,
             pretrained=self.cfg.pretrained,
@@ -553,7 +560,7 @@ def run_training(cfg: Config) -> tuple[dict, Trainer]:
         result = trainer.fit()
         if dist.is_main:
             print()
-            print(format_results(result_rows(cfg, result)))
+            print(format_results(result_rows(cfg, result), not_meaningful(len(bundle.classes), cfg.arch)))
             print("* best: the epoch of highest validation top-1 (model_best.pt), a selection on the validation set")
             print(next_commands(run.path, gallery=bool(cfg.gallery)))
         return result, trainer
@@ -625,6 +632,8 @@ def check_start(cfg: Config, decode_check: bool, world: int = 1, this_machine: b
     summary["batchnorm"] = (f"{cfg.bn_geometry}: {trainer.geometry.replicas} replica(s) of {cfg.group_size}; over "
                             f"{trainer.batchnorm_scope()}")
     summary["flip_protocol"] = cfg.flip_protocol
+    if coverage_note(bundle.summary):
+        summary["box_metrics"] = coverage_note(bundle.summary)
     summary["total_steps"] = trainer.schedule.total_steps
     streams = 2 if bundle.unlabeled is not None else 1
     choice = cpus.choose_threads(cfg.threads, cfg.workers * streams, world if world > 1 else None)
