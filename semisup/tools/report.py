@@ -406,7 +406,7 @@ def main(argv=None) -> int:
     text.append("\\* best: the epoch of highest validation top-1 (model_best.pt), a selection on the validation set; "
                 "CH rel. SwAV: the released SwAV-start CH script's figure (layer4 channel = class id; FIDELITY.md). "
                 "Box metrics where no run of a table had validation boxes, and metrics that mean nothing "
-                "for all of its runs (top-5 of 5 classes or fewer, CH rel. SwAV off a ResNet) has no column.\n")
+                "for all of its runs (top-5 of 5 classes or fewer, CH rel. SwAV off a ResNet), have no column.\n")
     text.append(
         f"### Published (ImageNet, ResNet-50)\n\n{PUBLISHED_LIMITED.to_markdown(index=False, disable_numparse=True)}\n"
     )
