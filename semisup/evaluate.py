@@ -297,6 +297,9 @@ def load_models(args) -> tuple[list[tuple], bool]:
     loaded = []
     for path in [args.checkpoint] + ([args.compare] if args.compare else []):
         model, cfg, step, classes = load_run(path, overrides)
+        if args.arch is not None and args.arch != cfg.arch:  # a run's checkpoint names its architecture
+            raise UsageError(f"--arch {args.arch}: {path} was trained as {cfg.arch}, which is what it is read as; "
+                             "leave --arch out with --checkpoint (it is for --weights)")
         model.trained_classes = classes  # compared with the data's before it is evaluated
         note = registry.not_loaded_note(cfg.plugins, f"{path}'s run")
         if note:

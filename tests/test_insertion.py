@@ -2,6 +2,7 @@
 evaluating weights that semisup/run.py did not write."""
 import copy
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -265,6 +266,8 @@ def test_a_file_of_another_architecture_is_refused_in_one_line(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "semisup" / "evaluate.py"), *evaluate_args(root, tmp_path / "r18.pth", "resnet34")],
                          capture_output=True, text=True)
     assert out.returncode == 1 and "is not a resnet34" in out.stderr and "--arch" in out.stderr
+    # Every kind of disagreement counted (resnet34's extra blocks), not only the first kind found.
+    assert re.search(r"\d+ of the \d+ model tensors missing, e\.g\. layer1\.2\.", out.stderr), out.stderr
     assert out.stderr.strip().count("\n") == 0 and "Traceback" not in out.stderr
     bad = subprocess.run([sys.executable, str(ROOT / "semisup" / "evaluate.py"), *evaluate_args(root, tmp_path / "r18.pth", "resnet18"),
                           "--metrics", "top1,auc"], capture_output=True, text=True)

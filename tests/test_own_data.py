@@ -70,6 +70,10 @@ def test_own_folder_without_boxes_trains_evaluates_and_reports_saying_what_was_n
     log = (tmp_path / "runs" / "a" / "train.log").read_text()
     assert "no validation boxes: CH, CH strict, the pointing game" in log
     assert json.loads((tmp_path / "runs" / "a" / "final.json").read_text())["classes"] == 3
+    # --arch with a run's checkpoint was silently ignored: now it must agree, or be left out.
+    from semisup.evaluate import main as evaluate
+    assert evaluate(["--checkpoint", str(tmp_path / "runs" / "a" / "checkpoint.pt"), "--arch", "resnet18"]) == 2
+    assert "--arch resnet18: " in capsys.readouterr().err
 
 
 def test_own_folder_with_boxes_for_one_class_says_on_how_many_images_ch_was_computed(tmp_path, capsys):

@@ -176,10 +176,10 @@ def load_weights(path: str | Path, arch: str) -> tuple[CamBackbone, dict]:
     unused = [k for k in state if k not in expected]
     wrong = [f"{k}: file {tuple(state[k].shape)} vs {arch} {tuple(v.shape)}" for k, v in expected.items()
              if k in state and state[k].shape != v.shape]
-    if wrong or missing or unused:
-        detail = (f"{len(wrong)} tensors of another shape, e.g. {wrong[:2]}" if wrong else
-                  f"{len(missing)} of the model's tensors missing, e.g. {missing[:3]}" if missing else
-                  f"{len(unused)} tensors of the file unused, e.g. {unused[:3]}")
+    if wrong or missing or unused:  # every kind counted: one shape mismatch may hide 150 missing tensors
+        detail = "; ".join(f"{len(found)} {what}, e.g. {', '.join(found[:2])}" for found, what in (
+            (wrong, "tensors of another shape"), (missing, f"of the {len(expected)} model tensors missing"),
+            (unused, f"of the file's {len(state)} tensors unused")) if found)
         raise CheckpointError(f"--weights {path} is not a {arch} ({detail}); pass the --arch it was trained as")
     # every key was checked above
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=False)
