@@ -99,7 +99,7 @@ class Config:
     # --- model ---
     arch: str = _f("resnet50", "torchvision ResNet name (resnet18/34/50/101/152), resnet_tiny (demo), or "
                    "timm/<name>: any timm model with a [B, C, h, w] last stage (timm/resnet50, "
-                   "timm/convnext_tiny; needs pip install timm)")
+                   "timm/convnext_tiny; needs pip install timm), or a plugin's (semisup.registry.BACKBONES)")
     pretrained: str | None = _f(
         None,
         "SwAV/DeepCluster-v2, torchvision or own checkpoint for the trunk (the head starts fresh); "
@@ -370,12 +370,6 @@ _RANGES = {
     "seed": (lambda v: 0 <= v < 2**32, "in [0, 2**32)"),
     "split_seed": (lambda v: 0 <= v < 2**32, "in [0, 2**32)"),
 }
-_ARCHS = (
-    "resnet_tiny", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2", "wide_resnet101_2",
-    "resnext50_32x4d", "resnext101_32x8d",
-)
-# Families of --arch semisup/models/ registers, '<prefix><name>' (a test checks the two agree).
-ARCH_PREFIXES = ("timm/",)
 
 
 def _name(key: str) -> str:
@@ -471,6 +465,9 @@ def load_plugins(cfg: "Config") -> None:
 def _check_registered(cfg: "Config") -> None:
     """Names that registries hold (semisup/registry.py), after the run's plugin modules are imported."""
     load_plugins(cfg)
+    if cfg.arch not in registry.BACKBONES:
+        raise ConfigError(f"{_name('arch')}: unknown architecture {_quoted(cfg.arch)}; one of "
+                          f"{', '.join(registry.BACKBONES.names())} (a plugin module adds more: --plugins MODULE)")
     if cfg.explainer not in registry.EXPLAINERS:
         raise ConfigError(f"{_name('explainer')}: {_quoted(cfg.explainer)} is not one of "
                           f"{', '.join(registry.EXPLAINERS.names())} (a plugin module adds more: --plugins MODULE)")
@@ -485,9 +482,6 @@ def _check_registered(cfg: "Config") -> None:
 def _check_combinations(cfg: "Config", world: int) -> None:
     """What single settings cannot say: a known architecture and device, milestones, batches
     divisible by the processes, a decode that needs files."""
-    if cfg.arch not in _ARCHS and not any(cfg.arch.startswith(p) and len(cfg.arch) > len(p) for p in ARCH_PREFIXES):
-        raise ConfigError(f"{_name('arch')}: unknown architecture {_quoted(cfg.arch)}; one of {', '.join(_ARCHS)}"
-                          f" or {' or '.join(p + '<name>' for p in ARCH_PREFIXES)}")
     if not (cfg.device in ("auto", "cpu", "cuda") or (cfg.device.startswith("cuda:") and cfg.device[5:].isdigit())):
         raise ConfigError(f"{_name('device')}: {_quoted(cfg.device)} is not 'auto', 'cpu', 'cuda' or 'cuda:N'")
     if any(m < 0 for m in cfg.lr_milestones):

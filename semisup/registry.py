@@ -1,4 +1,4 @@
-"""Registries of the parts a researcher adds: explainers, metrics, dataset formats and box formats.
+"""Registries of the parts a researcher adds: backbones, explainers, metrics, dataset formats and box formats.
 
 Each registry is the only list of its names: ``--help``, the settings' validation and the docs
 read it. The package's own entries live in the modules a registry names (imported the first
@@ -323,6 +323,9 @@ class MetricRegistry(Registry[MetricSpec]):
         return self.get(key).tag if key in self else None
 
 
+# --arch -> factory(arch, num_classes) -> CamBackbone (semisup.models.base.register_backbone); a
+# family "timm/" builds every "timm/<name>".
+BACKBONES: Registry = Registry("architecture", "--arch", ("semisup.models.resnet", "semisup.models.timm_backbone"))
 EXPLAINERS: Registry = Registry("explainer", "--explainer",
                                 ("semisup.method.explainers", "semisup.method.grad_cam_library"))
 METRICS: MetricRegistry = MetricRegistry("metric", "--metrics",

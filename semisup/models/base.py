@@ -1,9 +1,9 @@
 """The backbone interface and registry: ``--arch`` names a registered :class:`CamBackbone`.
 
 Every backbone is a trunk giving a [B, C, h, w] map and a linear head ``fc`` over its spatial
-mean. Adding one is a file with a ``@register_backbone("name")`` class (``resnet.py`` and
-``timm_backbone.py`` are the two here), imported in ``semisup/models/__init__.py``, and its
-name in ``semisup.config``'s ``_ARCHS`` (or its family in ``ARCH_PREFIXES``; a test checks they agree).
+mean. Adding one is a ``@register_backbone("name")`` class (``resnet.py`` and ``timm_backbone.py``
+are the two here; a plugin module's is named with ``--plugins``): ``semisup.registry.BACKBONES``
+is the one list of ``--arch`` names, which the settings' validation asks.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 import torch
 import torch.nn as nn
 
-from semisup.errors import UserError
+from semisup.registry import BACKBONES
 
 
 class CamBackbone(nn.Module):
@@ -63,38 +63,30 @@ class CamBackbone(nn.Module):
 
 
 BackboneFactory = Callable[[str, int], CamBackbone]
-# --arch -> factory(arch, num_classes). A key ending in "/" serves a family: "timm/" builds every "timm/<name>".
-BACKBONES: dict[str, BackboneFactory] = {}
+
+
 def register_backbone(*names: str) -> Callable[[BackboneFactory], BackboneFactory]:
-    """``@register_backbone("name", "family/")`` on a class or function ``(arch, num_classes) -> CamBackbone``."""
+    """``@register_backbone("name", "family/")`` on a class or function ``(arch, num_classes) ->
+    CamBackbone``: its ``--arch`` names in ``semisup.registry.BACKBONES`` (a name ending in "/"
+    serves a family: "timm/" builds every "timm/<name>"). A plugin module registers the same way."""
     def add(factory: BackboneFactory) -> BackboneFactory:
         for name in names:
-            BACKBONES[name] = factory
+            if name.endswith("/"):
+                BACKBONES.register_family(name, lambda arch: factory)
+            else:
+                BACKBONES.register(name, factory)
         return factory
     return add
 
 
-def _factory(arch: str) -> BackboneFactory | None:
-    """The factory of ``arch``: its own name first, then its family ("timm/" for "timm/resnet18")."""
-    if arch in BACKBONES and not arch.endswith("/"):  # "timm/" alone names no model
-        return BACKBONES[arch]
-    family, slash, name = arch.partition("/")
-    return BACKBONES.get(family + slash) if slash and name else None
-
-
 def known_arch(arch: str) -> bool:
-    return _factory(arch) is not None
+    return arch in BACKBONES
 
 
 def build_model(arch: str, num_classes: int) -> CamBackbone:
-    """The registered backbone ``arch`` with a fresh ``num_classes``-way head."""
-    factory = _factory(arch)
-    if factory is None:
-        raise UserError(
-            f"--arch {arch}: unknown architecture; one of"
-            f" {', '.join(sorted(n + ('<name>' if n.endswith('/') else '') for n in BACKBONES))}"
-        )
-    return factory(arch, num_classes)
+    """The registered backbone ``arch`` with a fresh ``num_classes``-way head (an unknown name:
+    one line naming the choices)."""
+    return BACKBONES.get(arch)(arch, num_classes)
 
 
 @contextmanager
