@@ -7,6 +7,13 @@ import torch
 
 torch.set_num_threads(2)
 
+def pytest_collection_modifyitems(items):
+    """A test against the real Slurm is slow (a cluster is started for it): it leaves the fast tier."""
+    for item in items:
+        if item.get_closest_marker("slurm") is not None:
+            item.add_marker(pytest.mark.slow)
+
+
 SHARED_SPLITS = Path(__file__).resolve().parents[1].parent / "shared" / "splits"
 
 

@@ -12,6 +12,7 @@ from semisup.tools import bench
     ["gpu", "--device", "cpu", "--arch", "resnet_tiny", "--batch", "2", "--image-size", "64", "--repeats", "1", "--images", "4",
      "--no-compile"],
 ])
+@pytest.mark.slow
 def test_benchmark_runs_and_reports(argv, capsys):
     row = bench.main(argv)
     assert row["bench"] == argv[0] and row["machine"]
@@ -92,6 +93,7 @@ def test_planner_counts_each_evaluation_once_and_the_gallery_and_serial_decode()
     assert serial["decode_s"] == pytest.approx(3 * overlapped["decode_s"])  # 1 core against min(3 free, 2 x 2 workers)
 
 
+@pytest.mark.slow
 def test_the_gpu_check_runs_every_sections_cpu_form_through_the_command(tmp_path):
     """`semisup-bench gpu-check --dry-run` as a user starts it: every section PASSes in its CPU
     form and the output file holds each section's line, so the check a GPU node runs first cannot rot."""

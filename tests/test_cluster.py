@@ -64,6 +64,7 @@ def test_the_projects_own_snapshot_leaves_out_logs_runs_and_results(tmp_path):
     assert not [f for f in files if f.startswith(("jobs/logs/", "runs/", "results/"))]
 
 
+@pytest.mark.slow
 def test_crashing_local_job_shows_failed_with_its_error_and_log(tmp_path, capsys):
     from tests.imagenet_tree import make_tree
     root = tmp_path / "imagenet"
@@ -86,6 +87,7 @@ def test_crashing_local_job_shows_failed_with_its_error_and_log(tmp_path, capsys
     assert outcome["job_id"] == str(job.job_id) and outcome["state"] == "FAILED"
 
 
+@pytest.mark.slow
 def test_dry_run_prints_the_sbatch_script_and_checks_every_job_without_queueing(tmp_path, demo_cache, capsys, monkeypatch):
     # No sbatch on this machine: Slurm options alone say Slurm is meant, and the preview shows its script.
     monkeypatch.setattr(launch.shutil, "which", lambda name: None)
@@ -151,6 +153,7 @@ def test_values_that_would_break_the_sbatch_script_are_refused_before_anything_i
     assert not (tmp_path / "logs").exists() and not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_a_run_is_watchable_in_tensorboard_and_records_its_code(tmp_path, demo_cache):
     from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
@@ -177,6 +180,7 @@ def test_a_run_is_watchable_in_tensorboard_and_records_its_code(tmp_path, demo_c
     assert "hparam/final_top1" in metric_tags and "hparam/final_ch" in metric_tags
 
 
+@pytest.mark.slow
 def test_status_script_runs_as_a_command(tmp_path):
     (tmp_path / "empty").mkdir()
     out = subprocess.run([sys.executable, str(ROOT / "jobs" / "status.py"), str(tmp_path / "empty")], capture_output=True, text=True)

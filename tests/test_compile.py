@@ -31,6 +31,7 @@ def run(tmp_path, name, demo_cache, *flags):
     return result, trainer
 
 
+@pytest.mark.slow
 def test_compile_is_the_default_on_cuda_only(tmp_path, demo_cache):
     assert parse_config([]).compile is None
     assert compiles(None, "cuda") and not compiles(None, "cpu")
@@ -40,6 +41,7 @@ def test_compile_is_the_default_on_cuda_only(tmp_path, demo_cache):
 
 
 @pytest.mark.parametrize("backend,amp", [("failing", "off"), ("failing", "fp16"), ("failing-backward", "off")])
+@pytest.mark.slow
 def test_a_step_that_cannot_compile_runs_again_eagerly_and_the_run_equals_the_eager_run(tmp_path, demo_cache,
                                                                                         monkeypatch, backend, amp):
     """fp16: the GradScaler's step, where a GPU lacks bf16. failing-backward: the forward ran and
@@ -69,6 +71,7 @@ def test_a_real_error_of_the_first_step_is_raised_as_the_eager_step_raises_it(tm
     assert "torch.compile failed" not in (tmp_path / "bug" / "train.log").read_text()
 
 
+@pytest.mark.slow
 def test_a_compiled_run_resumes_to_the_eager_runs_weights(tmp_path, demo_cache, monkeypatch):
     straight, _ = run(tmp_path, "straight", demo_cache, "--no-compile")
     with_backend(monkeypatch, "aot_eager")
@@ -86,6 +89,7 @@ def test_a_compiled_run_resumes_to_the_eager_runs_weights(tmp_path, demo_cache, 
     assert resumed["weights_sha256"] == straight["weights_sha256"]
 
 
+@pytest.mark.slow
 def test_a_compiled_ddp_run_equals_the_eager_ddp_run(tmp_path, demo_cache):
     args = SHORT + ["--demo-cache", demo_cache, "--max-steps", "4"]
     for name in ("eager", "compiled", "fallback"):

@@ -1,11 +1,13 @@
 """The embedded contextual-bias demo dataset."""
 import numpy as np
+import pytest
 import torch
 
 from semisup.data.demo import CUE_COLOURS, load_demo
 from semisup.models.base import build_model
 
 
+@pytest.mark.slow
 def test_demo_is_deterministic_cached_and_well_formed(tmp_path, demo_cache):
     data = load_demo(demo_cache)
     again = load_demo(demo_cache)  # from the cache

@@ -75,6 +75,7 @@ def fake_run(root: Path, name: str, fraction: float, method: str, seed: int, top
     return run
 
 
+@pytest.mark.slow
 def test_report_writes_the_tradeoff_and_curve_plots_from_run_directories(tmp_path, capsys):
     from PIL import Image
 

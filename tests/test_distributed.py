@@ -1,4 +1,5 @@
 """Two processes with the gloo backend on CPU."""
+import pytest
 import torch
 
 from semisup.method import cgc
@@ -6,6 +7,7 @@ from semisup.tools.reference import released_cgc_loss
 from tests.dist_utils import _loss_worker, _train_worker, loss_inputs, spawn
 
 
+@pytest.mark.slow
 def test_two_process_gloo_run_ends_with_identical_weights(tmp_path, demo_cache):
     args = ["--demo-cache", demo_cache, "--run-dir", str(tmp_path / "run"), "--labeled-fraction", "0.05", "--epochs", "1",
             "--batch-labeled", "32", "--batch-unlabeled", "32", "--max-eval-images", "64", "--gallery", "0"]
@@ -20,6 +22,7 @@ def test_two_process_gloo_run_ends_with_identical_weights(tmp_path, demo_cache):
     assert "labeled 32 global / 16 per process, unlabeled 32 global / 16 per process" in log
 
 
+@pytest.mark.slow
 def test_group_negatives_give_the_same_loss_for_one_and_two_processes(tmp_path):
     spawn(_loss_worker, str(tmp_path))
     parts = [torch.load(tmp_path / f"loss{r}.pt") for r in range(2)]

@@ -75,6 +75,7 @@ def test_gradcam_plus_plus_is_pytorch_grad_cams():
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_run_with_gradcam_plus_plus_trains_and_evaluates(tmp_path, demo_cache):
     args = ["--labeled-fraction", "0.05", "--max-steps", "3", "--batch-labeled", "16", "--batch-unlabeled", "16", "--workers", "0",
             "--max-eval-images", "32", "--gallery", "0", "--demo-cache", demo_cache]

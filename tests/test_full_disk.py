@@ -46,6 +46,7 @@ def root_only():
         pytest.skip("mounting a small tmpfs needs root")
 
 
+@pytest.mark.slow
 def test_a_full_disk_at_every_point_of_a_run_ends_in_one_line_and_leaves_it_resumable(tmp_path, demo_cache):
     root_only()
     failed_on = {}
@@ -71,6 +72,7 @@ def test_a_full_disk_at_every_point_of_a_run_ends_in_one_line_and_leaves_it_resu
     assert SIZES_KB[-1] not in failed_on  # with room, the run finishes
 
 
+@pytest.mark.slow
 def test_tensorboard_and_train_log_on_a_full_disk_let_the_run_go_on(tmp_path, demo_cache, monkeypatch):
     """Patched writers: the event file's background thread and train.log meet a full disk."""
     import errno
@@ -91,6 +93,7 @@ def test_tensorboard_and_train_log_on_a_full_disk_let_the_run_go_on(tmp_path, de
     assert err.count("train.log could not be written (No space left on device); the log goes on in the console") == 1
 
 
+@pytest.mark.slow
 def test_the_caches_on_a_full_disk_fall_back_and_leave_nothing_half_made(tmp_path, monkeypatch):
     root_only()
     with small_disk(tmp_path / "small", 256) as disk:
@@ -142,6 +145,7 @@ def full_disk_for(name: str):
 
 
 @pytest.mark.parametrize("name", list(RUN_WRITERS))
+@pytest.mark.slow
 def test_every_writer_on_a_full_disk_ends_in_one_line_or_goes_on(tmp_path, demo_cache, name):
     run_dir = tmp_path / "run"
     argv = QUICK + ["--demo-cache", demo_cache, "--run-dir", str(run_dir)]

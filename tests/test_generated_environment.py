@@ -47,6 +47,7 @@ def clean_environment(monkeypatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
+@pytest.mark.slow
 def test_every_launcher_variable_is_a_setting_refused_in_one_line(monkeypatch, demo_cache, capsys):
     cases = environment_cases()
     for env in cases:
@@ -78,6 +79,7 @@ def run_py(*argv: str, env: dict, timeout: float = 120) -> subprocess.CompletedP
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_a_stale_launcher_environment_ends_in_one_line_not_a_silent_run_or_a_wait(tmp_path, demo_cache):
     stale_rank = run_py(*QUICK, "--demo-cache", demo_cache, "--run-dir", str(tmp_path / "a"), env={"RANK": "1"})
     assert stale_rank.returncode == 2 and stale_rank.stderr.startswith("error: RANK=1 is set but WORLD_SIZE is not")
@@ -93,6 +95,7 @@ def test_a_stale_launcher_environment_ends_in_one_line_not_a_silent_run_or_a_wai
     assert not (tmp_path / "b").exists() or not any((tmp_path / "b").iterdir())
 
 
+@pytest.mark.slow
 def test_a_gpu_asked_for_where_there_is_none_is_refused_before_anything(tmp_path, demo_cache):
     import torch
     if torch.cuda.is_available():
@@ -132,6 +135,7 @@ def test_a_run_file_linked_out_of_the_folder_is_never_written_through(tmp_path, 
         outside.read_text() == "someone else's\n"
 
 
+@pytest.mark.slow
 def test_an_evaluation_never_appends_through_a_link(tmp_path, demo_cache, monkeypatch):
     clean_environment(monkeypatch)
     run_dir = tmp_path / "run"
@@ -162,6 +166,7 @@ def other_value(key: str, current):
     return (current or 2) + 1
 
 
+@pytest.mark.slow
 def test_every_setting_a_dataset_or_mode_never_reads_is_refused_there(tmp_path):
     """From the config's own table (UNUSED_WHERE): each setting, given where it means nothing, is
     refused naming it; the same value where it is read is accepted."""

@@ -43,6 +43,7 @@ def setting_cases():
     return cases
 
 
+@pytest.mark.slow
 def test_every_setting_refuses_what_cannot_run_and_accepts_only_valid_values(capsys):
     refused = accepted = 0
     for key, argv in setting_cases():
@@ -164,6 +165,7 @@ def damaged_variants(path: Path, good: bytes, wrong_kind: bytes):
         signal.signal(signal.SIGALRM, previous)
 
 
+@pytest.mark.slow
 def test_every_run_file_damaged_in_every_way_is_reported_never_a_traceback(tmp_path, demo_cache, capsys):
     """config.yaml, final.json, job.json, metrics.csv, progress.json, job-outcome.json and
     checkpoint.pt of a finished run, each damaged in turn: status and report name the file (or
@@ -221,6 +223,7 @@ def test_every_run_file_damaged_in_every_way_is_reported_never_a_traceback(tmp_p
     print(f"run files: {cases} damaged-file cases, none a traceback")
 
 
+@pytest.mark.slow
 def test_every_input_file_damaged_in_every_way_ends_in_one_line(tmp_path, capsys):
     """Split files, label files, VOC and CUB box files, YAML configs, sweep files, a shipped
     manifest, and the planner's rates: each damaged in turn, the command that reads it says so in

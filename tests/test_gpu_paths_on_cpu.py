@@ -94,6 +94,7 @@ def test_faiss_searches_on_the_processs_own_gpu(monkeypatch):
     assert gpu_index(torch.device("cpu")) is None and gpu_index(None) is None
 
 
+@pytest.mark.slow
 def test_an_autograd_explainer_declines_compile_up_front_in_one_line(tmp_path, demo_cache, monkeypatch):
     """A ViT's Grad-CAM differentiates the logits with respect to the features; out of one
     compiled graph autograd cannot relate them. The run says so at the start and trains eager:
@@ -141,6 +142,7 @@ def _agreement_worker(rank, world, port, out_dir):
         json.dump(dict(same_buffers=same, nonfinite_step=step), f)
 
 
+@pytest.mark.slow
 def test_processes_agree_on_batchnorm_statistics_and_a_non_finite_step(tmp_path):
     import json
     spawn(_agreement_worker, tmp_path)

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("width, height", [(12000, 12000), (MAX_PIXELS // 1000 + 1, 1000), (60000, 1000)])
+@pytest.mark.slow
 def test_an_image_of_too_many_pixels_is_unreadable_before_it_is_decoded(tmp_path, width, height):
     path = tmp_path / "bomb.png"
     Image.new("1", (width, height)).save(path)  # a few hundred KB on disk, gigabytes decoded
@@ -87,6 +88,7 @@ def run_tool(*argv: str) -> subprocess.CompletedProcess:
     (["--crop-scale-min", "1.5"], "--crop-scale-min: must be in (0, 1]"),
     (["--out", "pretrained/demo_swav_resnet_tiny.pth"], "a file the repository ships"),
 ])
+@pytest.mark.slow
 def test_the_pretraining_tool_checks_its_numbers_and_never_replaces_the_shipped_start(argv, message):
     shipped = (ROOT / "pretrained" / "demo_swav_resnet_tiny.pth").read_bytes()
     out = run_tool("-m", "semisup.tools.pretrain", "--steps", "2", *argv)
@@ -108,6 +110,7 @@ def test_diverged_pretraining_writes_nothing(tmp_path, monkeypatch, demo_cache, 
 
 
 @pytest.mark.parametrize("rate", [0, -5, "nan", None])
+@pytest.mark.slow
 def test_planner_rates_that_are_not_positive_are_refused_in_one_line(tmp_path, rate):
     from semisup.train.plan import MEASURED_CPU_PER_CORE, MEASURED_GPU
     rates = dict(MEASURED_GPU["h100"], **MEASURED_CPU_PER_CORE)
@@ -117,6 +120,7 @@ def test_planner_rates_that_are_not_positive_are_refused_in_one_line(tmp_path, r
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "step_images_per_s must be a positive" in out.stderr, out.stderr
 
 
+@pytest.mark.slow
 def test_a_sweep_never_sends_every_point_into_one_folder(tmp_path):
     out = run_tool("jobs/submit.py", "--cluster", "local", "--sweep", "jobs/sweep_demo.yaml", "--dry-run",
                    "--log-dir", str(tmp_path / "logs"), "--", "--run-dir", str(tmp_path / "one"))

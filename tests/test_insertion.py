@@ -230,6 +230,7 @@ def evaluate_args(root, weights, arch, *extra):
             "--resize-size", "36", "--ch-short-side", "32", "--workers", "0", "--gallery", "0", *extra]
 
 
+@pytest.mark.slow
 def test_torchvision_and_released_cgc_files_evaluate_with_every_tensor_loaded(tmp_path, capsys):
     import torchvision
     root = tree(tmp_path)
@@ -259,6 +260,7 @@ def test_torchvision_and_released_cgc_files_evaluate_with_every_tensor_loaded(tm
     assert "no classification head" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_file_of_another_architecture_is_refused_in_one_line(tmp_path):
     import torchvision
     root = tree(tmp_path)

@@ -48,6 +48,7 @@ def test_sweep_expands_the_grid_with_one_run_dir_each(tmp_path):
     assert "--pretrained" in flags and flags[flags.index("--labeled-fraction") + 1] == "0.01"
 
 
+@pytest.mark.slow
 def test_debug_cluster_runs_in_process_and_refuses_a_finished_run(tmp_path, demo_cache):
     jobs = launch.main(submit_args(tmp_path, "--cluster", "debug", "--") + QUICK + ["--demo-cache", demo_cache, "--max-steps", "3"])
     # Run in this process by main itself; the run folder is named as run.py names it.
@@ -60,6 +61,7 @@ def test_debug_cluster_runs_in_process_and_refuses_a_finished_run(tmp_path, demo
         launch.main(submit_args(tmp_path, "--cluster", "debug", "--") + QUICK + ["--demo-cache", demo_cache, "--max-steps", "3"])
 
 
+@pytest.mark.slow
 def test_local_executor_two_tasks_train_with_gloo_to_identical_weights(tmp_path, demo_cache):
     jobs = launch.main(submit_args(tmp_path, "--cluster", "local", "--tasks-per-node", "2", "--name", "two", "--")
                        + QUICK + ["--demo-cache", demo_cache, "--max-steps", "4", "--workers", "0"])
@@ -104,6 +106,7 @@ def wait_for_step(run_dir: Path, step: int, timeout_s: float = 180) -> int:
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the task process through /proc")
+@pytest.mark.slow
 def test_sigusr2_checkpoints_at_once_and_the_requeued_job_resumes_from_that_step(tmp_path, demo_cache):
     # Periodic checkpoints off, long epochs: only the signal can write the checkpoint mid-epoch.
     flags = QUICK + ["--demo-cache", demo_cache, "--checkpoint-every", "0", "--log-every", "1", "--workers", "0",

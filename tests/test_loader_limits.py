@@ -35,6 +35,7 @@ def _in_small_shm(command: list[str], megabytes: int) -> subprocess.CompletedPro
 
 
 @pytest.mark.parametrize("dry_run", [True, False])
+@pytest.mark.slow
 def test_a_small_dev_shm_is_refused_at_the_start_naming_the_fix(tmp_path, demo_cache, dry_run):
     dry = ["--dry-run"] if dry_run else []
     out = _in_small_shm(_demo(tmp_path, demo_cache, "--workers", "2", "--max-steps", "2", *dry), 2)
@@ -46,6 +47,7 @@ def test_a_small_dev_shm_is_refused_at_the_start_naming_the_fix(tmp_path, demo_c
     assert fine.returncode == 0, fine.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_a_low_open_file_limit_is_raised_or_worked_around_and_said(tmp_path, demo_cache):
     command = " ".join(f"'{a}'" for a in _demo(tmp_path, demo_cache, "--workers", "2", "--max-steps", "3"))
     out = subprocess.run(["bash", "-c", f"ulimit -n 200 && exec {command}"], capture_output=True, text=True,
@@ -54,6 +56,7 @@ def test_a_low_open_file_limit_is_raised_or_worked_around_and_said(tmp_path, dem
     assert "open files: the limit (ulimit -n) is 200" in out.stderr and "shared through files" in out.stderr
 
 
+@pytest.mark.slow
 def test_a_stream_whose_every_image_is_unreadable_ends_in_one_line(tmp_path):
     data = tmp_path / "data"
     rng = np.random.default_rng(0)

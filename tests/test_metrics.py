@@ -143,6 +143,7 @@ def _in_fresh_python(tmp_path, code: str, **env) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=environment, capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_the_packages_metrics_precede_a_plugins_whichever_is_imported_first(tmp_path):
     """Config validation imports --plugins before anything reads the registry: the package's own
     metrics are still registered first, so the report's columns and --metrics' names start with
@@ -157,6 +158,7 @@ def test_the_packages_metrics_precede_a_plugins_whichever_is_imported_first(tmp_
     assert names.index("pointing_game") < names.index("sharp")
 
 
+@pytest.mark.slow
 def test_status_says_a_plugin_that_cannot_be_imported_not_a_damaged_run(tmp_path):
     """A headline-metric plugin named by SEMISUP_PLUGINS that is gone: jobs/status.py says which
     module, in one line, and never calls the finished run's final.json damaged."""

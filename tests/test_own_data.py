@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.imagenet_tree import save_image, voc_xml
 
@@ -54,6 +55,7 @@ def _commands(capsys, run_dir: Path, data: Path, *extra: str) -> tuple[str, str,
     return tuple(printed)
 
 
+@pytest.mark.slow
 def test_own_folder_without_boxes_trains_evaluates_and_reports_saying_what_was_not_computed(tmp_path, capsys):
     data = own_folder(tmp_path / "own")
     trained, evaluated, reported = _commands(capsys, tmp_path / "runs" / "a", data)
@@ -76,6 +78,7 @@ def test_own_folder_without_boxes_trains_evaluates_and_reports_saying_what_was_n
     assert "--arch resnet18: " in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_own_folder_with_boxes_for_one_class_says_on_how_many_images_ch_was_computed(tmp_path, capsys):
     data = own_folder(tmp_path / "own")
     boxes = boxes_for(data, ["cat"])

@@ -89,6 +89,7 @@ def run(*argv: str, env: dict | None = None, cwd: Path = ROOT) -> subprocess.Com
                           env={**os.environ, **(env or {})})
 
 
+@pytest.mark.slow
 def test_an_explainer_a_metric_a_data_format_and_a_box_format_from_a_module_outside_the_package(tmp_path):
     plugins = tmp_path / "plugins"
     plugins.mkdir()
@@ -130,6 +131,7 @@ def test_an_explainer_a_metric_a_data_format_and_a_box_format_from_a_module_outs
 
 
 @pytest.mark.parametrize("mistake", ["taken name", "broken import", "file path"])
+@pytest.mark.slow
 def test_a_plugins_mistake_is_one_line_naming_the_module(tmp_path, mistake):
     """A plugin that takes a name the package has, one whose own import fails, and a file path
     given for a module name: each one line naming the module and what to do, before any run."""
@@ -160,6 +162,7 @@ def test_a_vit_from_timm_trains_with_cgc_and_is_scored_with_ch(tmp_path, demo_ca
     assert final["ch"] is not None and 0 < final["ch"] <= 100
 
 
+@pytest.mark.slow
 def test_a_score_cam_evaluation_of_a_runs_checkpoint_prints_ch(tmp_path, demo_cache):
     pytest.importorskip("pytorch_grad_cam")
     run_dir = tmp_path / "run"
@@ -193,9 +196,55 @@ def test_the_pointing_game_against_a_hand_computation():
     assert hits.tolist() == [1.0, 0.0, 0.0]
 
 
+@pytest.mark.slow
 def test_the_registries_are_the_only_lists_of_names():
     assert {"gradcam", "gradcam++", "layercam"} <= set(EXPLAINERS.names())
     assert "pointing_game" in HEATMAP_METRICS
     assert {"imagefolder", "fgvc-aircraft"} == set(DATA_FORMATS.names())
     help_text = run("semisup/run.py", "--help").stdout
     assert "layercam" in help_text and "pgc/<Class>" in help_text
+
+
+BACKBONE_PLUGIN = textwrap.dedent('''
+    """A researcher's backbone, outside the package: two convolutions, no BatchNorm."""
+    import torch.nn as nn
+
+    from semisup.models.base import CamBackbone, register_backbone
+
+
+    @register_backbone("my-net")
+    class MyNet(CamBackbone):
+        def __init__(self, arch, num_classes):
+            super().__init__()
+            self.trunk = nn.Sequential(nn.Conv2d(3, 16, 3, stride=4, padding=1), nn.ReLU(),
+                                       nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU())
+            self.fc = nn.Linear(32, num_classes)
+            self.arch = arch
+
+        def features(self, x):
+            return self.trunk(x)
+''')
+
+
+@pytest.mark.slow
+def test_a_backbone_from_a_plugin_trains_on_the_demo_and_is_evaluated(tmp_path, demo_cache):
+    """--arch asks the one registry: a plugin's backbone was refused by a copied list of names."""
+    (tmp_path / "my_backbone.py").write_text(BACKBONE_PLUGIN)
+    env = {"PYTHONPATH": str(tmp_path)}
+    run_dir = tmp_path / "run"
+    out = run("semisup/run.py", "--plugins", "my_backbone", "--arch", "my-net", "--pretrained", "none",
+              "--labeled-fraction", "0.02", "--epochs", "1", "--max-steps", "2", "--demo-cache", demo_cache,
+              "--max-eval-images", "32", "--gallery", "0", "--workers", "0", "--run-dir", str(run_dir), env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    final = json.loads((run_dir / "final.json").read_text())
+    assert final["arch"] == "my-net" and final["steps"] == 2 and np.isfinite(final["final"]["train_consistency"])
+    assert "BatchNorm over nothing (the model has no BatchNorm)" in (run_dir / "train.log").read_text()
+    out = run("semisup/evaluate.py", "--checkpoint", str(run_dir / "checkpoint.pt"), "--metrics", "top1,ch",
+              "--gallery", "0", "--plugins", "my_backbone", env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    header = next(line for line in out.stdout.splitlines() if line.startswith("method"))
+    assert "CH strict" in header and "CH rel.SwAV" not in header  # it reads a ResNet's layer4: not this net's
+    assert "not shown: CH rel. SwAV reads a ResNet's layer4 channels, not my-net's" in out.stdout
+    # Without the plugin the name is unknown, in one line naming where names come from.
+    out = run("semisup/run.py", "--arch", "my-net", "--dry-run", env=env)
+    assert out.returncode == 2 and "unknown architecture 'my-net'" in out.stderr and "--plugins" in out.stderr

@@ -48,6 +48,7 @@ def received(tmp_path_factory, demo_cache):
     return run_dir, argv, dict(PYTHONPATH=str(modules), TROJAN_MARKER=str(marker)), marker
 
 
+@pytest.mark.slow
 def test_no_command_reading_a_received_run_imports_the_modules_its_files_name(received):
     run_dir, argv, env, marker = received
     commands = {
@@ -73,6 +74,7 @@ def test_no_command_reading_a_received_run_imports_the_modules_its_files_name(re
     assert "not loaded" not in out.stderr
 
 
+@pytest.mark.slow
 def test_text_from_a_received_run_reaches_the_terminal_with_its_control_characters_escaped(tmp_path):
     """A run folder whose name and files hold escape sequences (one clears the screen): report and
     status print them escaped, in one line each."""
@@ -121,6 +123,7 @@ def _finished_run(folder: Path, *argv: str, **final) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_runs_that_look_alike_but_are_not_are_never_seeds_of_one_row(tmp_path):
     from semisup.tools.report import load_runs
     starts = []

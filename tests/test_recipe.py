@@ -26,6 +26,7 @@ def run_cmd(args):
 
 
 
+@pytest.mark.slow
 def test_run_killed_mid_epoch_resumes_to_the_same_result(tmp_path, demo_cache):
     # 290 labeled images at 32 a step: 10 steps an epoch (the last of 2 images), 20 in all.
     args = SHORT + ["--demo-cache", demo_cache, "--checkpoint-every", "3", "--labeled-fraction", "0.02", "--log-every", "1"]

@@ -69,6 +69,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_command_line_mistakes_end_in_one_line_and_an_exit_code(tmp_path, demo_cache):
     bad = run_cli("semisup/run.py", "--labeled-fraction", "-0.1", "--run-dir", str(tmp_path / "x"))
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "labeled_fraction" in bad.stderr
@@ -113,6 +114,7 @@ def test_overwrite_with_a_bad_checkpoint_leaves_the_finished_run_as_it_was(tmp_p
     assert json.loads((run_dir / "final.json").read_text())["seed"] == 1
 
 
+@pytest.mark.slow
 def test_a_second_run_into_a_running_directory_is_refused_naming_the_holder(tmp_path, demo_cache):
     run_dir = tmp_path / "run"
     args = ["--labeled-fraction", "0.02", "--epochs", "3", "--batch-labeled", "32", "--batch-unlabeled", "32", "--gallery", "0",
@@ -228,6 +230,7 @@ def test_recipe_paths_name_the_projects_folders_whatever_the_working_directory(t
     assert cfg.pretrained == str(ROOT / "pretrained" / "resnet50-19c8e357.pth")
 
 
+@pytest.mark.slow
 def test_a_resume_on_another_number_of_processes_is_said_and_recorded(tmp_path, demo_cache):
     args = ["--labeled-fraction", "0.02", "--epochs", "1", "--max-steps", "2", "--demo-cache", demo_cache, "--gallery", "0",
             "--max-eval-images", "32", "--run-dir", str(tmp_path / "run")]

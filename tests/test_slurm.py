@@ -213,6 +213,7 @@ def outcome(seen: dict, name: str) -> dict:
     (["--nodes", "3"], "--nodes 3: partition main has 2 node(s) that fit this job"),
     (["--sbatch", "reservation=none"], "sbatch refused the job: sbatch: error:"),
 ])
+@pytest.mark.slow
 def test_a_job_that_can_never_start_is_refused_in_one_line_before_queueing(work, options, message):
     before = work.slurm.run("squeue", "-h", "-t", "all", "-o", "%i").stdout
     logs = work.root / "refused-logs"
@@ -224,6 +225,7 @@ def test_a_job_that_can_never_start_is_refused_in_one_line_before_queueing(work,
     assert work.slurm.run("squeue", "-h", "-t", "all", "-o", "%i").stdout == before  # nothing queued
 
 
+@pytest.mark.slow
 def test_cpus_and_time_default_to_what_the_partition_has(work):
     preview = work.slurm.submit("--cluster", "slurm", "--log-dir", str(work.logs), "--run-root", str(work.runs),
                                 "--name", "defaults", "--dry-run", "--", *TINY, "--demo-cache", work.cache,
@@ -236,6 +238,7 @@ def test_cpus_and_time_default_to_what_the_partition_has(work):
 
 
 # ---- what the scenarios saw ----------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_sweep_runs_to_completed_and_status_says_so_without_sacct(work, seen):
     sweep = outcome(seen, "sweep")
     assert list(sweep["states"].values()) == ["COMPLETED", "COMPLETED"], work.explain(sweep["jobs"][0])

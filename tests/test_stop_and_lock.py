@@ -38,6 +38,7 @@ def straight(tmp_path_factory, demo_cache) -> str:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.slow
 def test_sigterm_and_ctrl_c_write_a_checkpoint_and_the_same_command_resumes_to_the_same_weights(
         tmp_path, demo_cache, straight, signum):
     """The signal reaches every process of the run, loader workers too, as Slurm and a terminal send it."""
@@ -63,6 +64,7 @@ def test_sigterm_and_ctrl_c_write_a_checkpoint_and_the_same_command_resumes_to_t
     assert digest(run_dir) == straight
 
 
+@pytest.mark.slow
 def test_a_signal_to_one_of_two_processes_stops_both_at_the_same_step(tmp_path, demo_cache, monkeypatch):
     """Two gloo processes (submitit's local executor): SIGTERM reaches only the second, and both
     stop after the same step with one checkpoint; the job records how it stopped; the same
@@ -210,6 +212,7 @@ def dry_run_threads(demo_cache: str, env: dict, affinity: set[int] | None = None
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs to restrict")
+@pytest.mark.slow
 def test_the_thread_count_follows_the_affinity_mask_and_slurm_and_omp_num_threads_wins(demo_cache):
     cpus = len(os.sched_getaffinity(0))
     assert dry_run_threads(demo_cache, {}) == f"{cpus} per process ({cpus} CPUs (affinity {cpus}))"

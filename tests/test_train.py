@@ -14,6 +14,7 @@ QUICK = ["--epochs", "3", "--batch-labeled", "32", "--batch-unlabeled", "32", "-
          "--labeled-fraction", "0.1"]
 
 
+@pytest.mark.slow
 def test_short_cgc_demo_run_beats_chance_and_writes_metrics(tmp_path, demo_cache):
     run_dir = tmp_path / "run"
     result = train(parse_config(QUICK + ["--demo-cache", demo_cache, "--run-dir", str(run_dir)]))

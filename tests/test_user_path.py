@@ -76,6 +76,7 @@ def wait_for(condition, timeout_s: float, what: str):
 
 
 @pytest.mark.parametrize("split", ["standard", "own"])
+@pytest.mark.slow
 def test_a_sweep_submitted_from_a_fresh_clone_with_downloaded_files_runs_and_reports(tmp_path, split, request):
     clone = fresh_clone(tmp_path / "clone")
     # Where `semisup-splits download` and `semisup-pretrained download` put them (git-ignored);
