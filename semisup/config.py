@@ -121,7 +121,11 @@ class Config:
     )
     lr_gamma: float = _f(0.2, "learning-rate decay factor at each milestone")
     momentum: float = _f(0.9, "SGD momentum")
-    weight_decay: float = _f(0.0, "SGD weight decay")
+    weight_decay: float = _f(0.0, "weight decay (SGD's, or AdamW's decoupled one)")
+    optimizer: str = _f("sgd", "sgd (the released runs': --momentum, --weight-decay) or adamw (a ViT's)",
+                        choices=("sgd", "adamw"))
+    lr_warmup_epochs: float = _f(
+        0.0, "epochs over which the learning rates rise linearly from 0 to theirs (a ViT from scratch needs some)")
     # --- method ---
     cgc_weight: float = _f(
         0.25, "weight lambda of the consistency loss; 0 gives plain cross-entropy fine-tuning", flags=("--lambda",)
@@ -290,6 +294,28 @@ DEMO_PRESET = dict(
     log_every=20, crop_scale_min=0.25, cgc_weight=0.1, eval_every=5,
 )
 
+# The demo's schedule per labeled fraction (an epoch is one pass over the labeled images, so its
+# steps grow with the fraction): what the demo table ran (jobs/reproduce_demo_table.py), so that
+# `run.py --labeled-fraction 0.1` is that row's run. Other fractions take DEMO_PRESET's (1 %'s).
+# A constant-rate 100 % run ended anywhere from 24 to 47 % top-1: hence a decay inside its epoch.
+DEMO_SCHEDULES = {0.1: dict(epochs=6, lr_milestones=(4, 5)), 1.0: dict(epochs=1, lr_milestones=(0.7,))}
+
+
+def demo_preset(labeled_fraction: float) -> dict:
+    """The demo's settings for a run at ``labeled_fraction`` (DEMO_PRESET and its schedule)."""
+    schedule = next((s for f, s in DEMO_SCHEDULES.items() if abs(f - labeled_fraction) < 1e-9), {})
+    return {**DEMO_PRESET, **schedule}
+
+
+def demo_note(key: str) -> str:
+    """The demo's value of a setting in words, e.g. '60 (6 at 10 %, 1 at 100 %)'; '' if none."""
+    if key not in DEMO_PRESET:
+        return ""
+    shown = lambda v: " ".join(map(str, v)) if isinstance(v, tuple) else str(v)  # noqa: E731
+    by_fraction = [f"{shown(s[key])} at {100 * f:g} %" for f, s in DEMO_SCHEDULES.items() if key in s]
+    return shown(DEMO_PRESET[key]) + (f" ({', '.join(by_fraction)})" if by_fraction else "")
+
+
 # The L2 "GCC" loss is ~1e-5 of the CGC loss' scale (an MSE over 224^2 unit-vector entries): the
 # released GCC script's lambda default, used when --consistency l2 is given without --lambda.
 GCC_LAMBDA = 1000.0
@@ -353,6 +379,7 @@ _RANGES = {
     "lr_head": (lambda v: v >= 0, ">= 0"),
     "lr_gamma": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "lr_warmup_epochs": (lambda v: v >= 0, ">= 0"),
     "weight_decay": (lambda v: v >= 0, ">= 0"),
     "max_bad_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "workers": (lambda v: v >= 0, ">= 0"),
@@ -525,7 +552,7 @@ HELP_GROUPS = {
     ),
     "optimisation": (
         "batch_labeled", "batch_unlabeled", "epochs", "max_steps", "lr_trunk", "lr_head", "lr_milestones", "lr_gamma",
-        "momentum", "weight_decay", "seed",
+        "momentum", "weight_decay", "optimizer", "lr_warmup_epochs", "seed",
     ),
     "evaluation": ("eval_every", "ch_every", "ch_short_side", "knn_k", "knn_temperature", "gallery", "max_eval_images",
                    "val_cache"),
@@ -594,7 +621,7 @@ def add_setting(target, key: str, default=None, help: str | None = None) -> None
     replaces the setting's own where the command uses it differently."""
     f = next(f for f in dataclasses.fields(Config) if f.name == key)
     kind, value = _field_type(f), getattr(Config(), key)
-    demo = f"; demo: {DEMO_PRESET[key]}" if key in DEMO_PRESET else ""
+    demo = f"; demo: {demo_note(key).replace('%', '%%')}" if key in DEMO_PRESET else ""
     shown = "" if value is None and not demo else f" (default: {value}{demo})"
     kwargs = dict(dest=key, default=default, help=(help or f.metadata["help"].replace("%", "%%") + shown))
     if kind is bool:
@@ -721,6 +748,7 @@ UNUSED_WHERE = (
     ("a standard split (--labeled-fraction 0.01 or 0.1 read from the SimCLR file, no --split-file)",
      lambda c: not c.is_demo and not c.split_file and c.labeled_fraction in STANDARD_FRACTIONS, ("split_seed",)),
     ("a --split-file (it names the labeled images)", lambda c: c.split_file is not None, ("split_seed",)),
+    ("--optimizer adamw (no momentum term)", lambda c: c.optimizer == "adamw", ("momentum",)),
 )
 # Not refused although unread in some modes, because one command line serves several: --splits-dir
 # (a folder, like --run-root) beside a --split-file, and --batch-unlabeled in full supervision (a sweep
@@ -731,7 +759,7 @@ def check_used(cfg: Config, explicit: dict) -> None:
     """Refuse a setting given (flag or config file) where the dataset or mode never reads it."""
     defaults = {f.name: f.default for f in dataclasses.fields(Config)}
     if cfg.is_demo:
-        defaults.update(DEMO_PRESET)
+        defaults.update(demo_preset(cfg.labeled_fraction))
     for where, applies, keys in UNUSED_WHERE:
         if not applies(cfg):
             continue
@@ -748,9 +776,10 @@ def make_config(explicit: dict, recipe: str | None = None) -> Config:
             f"--recipe {recipe}: a recipe reproduces a published row on its dataset; pass --data (without --data "
             "the run would train on the embedded demo)"
         )
-    values = dict(DEMO_PRESET) if explicit.get("data") is None else {}
     chosen = load_recipe(recipe) if recipe else {}
     chosen.update(explicit)
+    fraction = chosen.get("labeled_fraction", Config.labeled_fraction)
+    values = demo_preset(fraction) if explicit.get("data") is None and isinstance(fraction, (int, float)) else {}
     if chosen.get("consistency") == "l2" and "cgc_weight" not in chosen:
         values["cgc_weight"] = GCC_LAMBDA
     values.update(chosen)

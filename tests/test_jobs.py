@@ -146,7 +146,7 @@ def test_demo_reproduction_reuses_only_runs_with_the_same_settings(tmp_path, mon
     run_dir = tmp_path / "runs" / "cgc-frac0.1-seed0"  # from scratch: no 'swav-' prefix
     run_dir.mkdir(parents=True)
     scratch = script.STARTS["scratch"]
-    save_config(parse_config(["--labeled-fraction", "0.1", "--run-dir", str(run_dir), *script.SCHEDULES[0.1], *script.EVALUATIONS[0.1],
+    save_config(parse_config(["--labeled-fraction", "0.1", "--run-dir", str(run_dir), *script.EVALUATIONS[0.1],
                               *scratch]), run_dir / "config.yaml")
     (run_dir / "final.json").write_text("{}")
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from semisup.config import parse_config
+from semisup.config import Config, parse_config
 from semisup.data.boxes import load_boxes
 from semisup.train.trainer import NonFiniteLoss, RunDirError, train
 from tests.run_helpers import checkpoint_step, wait_for_checkpoint
@@ -175,6 +175,43 @@ def test_recipes_and_the_gcc_lambda():
     # The default recipe is the released 1 % run: 63 negatives per anchor, MultiStepLR [12, 16] x0.2.
     default = parse_config(["--data", "/imagenet"])
     assert (default.group_size, default.cgc_negatives, default.eval_every, default.lr_milestones) == (64, "aug", 1, (12, 16))
+
+
+def test_the_demo_schedule_at_each_fraction_is_the_demo_tables():
+    """run.py --labeled-fraction 0.1 on the demo scheduled 2,700 steps (60 epochs of the 10 %
+    set) while the table ran 6 epochs: the schedule is now the demo's own, by fraction."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("table", ROOT / "jobs" / "reproduce_demo_table.py")
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    expected = {0.01: (60, (40, 52)), 0.1: (6, (4, 5)), 1.0: (1, (0.7,))}
+    for fraction, (epochs, milestones) in expected.items():
+        cfg = parse_config(["--labeled-fraction", str(fraction)])
+        assert (cfg.epochs, cfg.lr_milestones) == (epochs, milestones), fraction
+        # The table's command line for the row is the bare fraction: nothing of the schedule is its own.
+        assert "--epochs" not in sum((flags for _, _, flags in table.ROWS["limited"] + table.ROWS["full"]), [])
+    assert parse_config(["--labeled-fraction", "0.1", "--epochs", "3"]).epochs == 3  # a flag still wins
+    assert parse_config(["--labeled-fraction", "0.05"]).epochs == 60  # other fractions: 1 %'s
+    assert parse_config(["--data", "/imagenet", "--labeled-fraction", "0.1"]).epochs == Config.epochs  # not the demo's
+    from semisup.config import build_parser
+    assert "demo: 60 (6 at 10 %, 1 at 100 %)" in " ".join(build_parser().format_help().split())
+
+
+def test_adamw_and_a_linear_warmup_are_settings():
+    """What a ViT from scratch takes (DeiT trains with AdamW and a warm-up); SGD stays the default."""
+    from semisup.config import ConfigError
+    from semisup.train.trainer import Schedule, build_optimizer
+    cfg = parse_config(["--optimizer", "adamw", "--lr-warmup-epochs", "1.5", "--weight-decay", "0.05"])
+    weights = [torch.nn.Parameter(torch.zeros(2))]
+    optimizer = build_optimizer(cfg, weights, [])
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.param_groups[0]["weight_decay"] == 0.05
+    assert isinstance(build_optimizer(parse_config([]), weights, []), torch.optim.SGD)
+    with pytest.raises(ConfigError, match="momentum.*means nothing for --optimizer adamw"):
+        parse_config(["--optimizer", "adamw", "--momentum", "0.5"])
+    # Warm-up over 1.5 epochs of 4 steps: 1/6, 2/6, ... 1 at step 5, then the milestone's decay.
+    schedule = Schedule(steps_per_epoch=4, total_steps=40, milestones=(3,), gamma=0.5, warmup_epochs=1.5)
+    assert [round(schedule.factor(s), 4) for s in (0, 1, 5, 6, 11, 12)] == [0.1667, 0.3333, 1.0, 1.0, 1.0, 0.5]
+    assert Schedule(4, 40, (3,), 0.5).factor(0) == 1.0  # no warm-up: the released schedule
 
 
 def test_fgvc_aircraft_in_its_released_layout(tmp_path, demo_cache):

@@ -33,8 +33,7 @@ def default(f: dataclasses.Field) -> str:
     value = getattr(C.Config(), f.name)
     shown = "none" if value is None else _code(list(value) if isinstance(value, tuple) else value)
     if f.name in C.DEMO_PRESET:
-        demo = C.DEMO_PRESET[f.name]
-        shown += f" (demo: {_code(list(demo) if isinstance(demo, tuple) else demo)})"
+        shown += f" (demo: {_code(C.demo_note(f.name))})"
     return shown
 
 

@@ -70,14 +70,18 @@ class BadDataError(UserError, RuntimeError):
 
 @dataclass
 class Schedule:
-    """Learning-rate schedule in optimizer steps (milestones given in epochs)."""
+    """Learning-rate schedule in optimizer steps (milestones and warm-up given in epochs): a
+    linear rise over the warm-up (step 0 at 1/warm-up steps, never 0), then MultiStepLR."""
     steps_per_epoch: int
     total_steps: int
     milestones: tuple[int, ...]
     gamma: float
+    warmup_epochs: float = 0.0
 
     def factor(self, step: int) -> float:
-        return self.gamma ** sum(step >= m * self.steps_per_epoch for m in self.milestones)
+        decay = self.gamma ** sum(step >= m * self.steps_per_epoch for m in self.milestones)
+        warmup_steps = self.warmup_epochs * self.steps_per_epoch
+        return decay * min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else decay
 
 
 def run_schedule(cfg: Config, labeled_images: int, world: int) -> Schedule:
@@ -86,7 +90,16 @@ def run_schedule(cfg: Config, labeled_images: int, world: int) -> Schedule:
     per_process = cfg.batch_labeled // world
     steps_per_epoch = math.ceil(math.ceil(labeled_images / world) / per_process)
     total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
-    return Schedule(steps_per_epoch, total, tuple(cfg.lr_milestones), cfg.lr_gamma)
+    return Schedule(steps_per_epoch, total, tuple(cfg.lr_milestones), cfg.lr_gamma, cfg.lr_warmup_epochs)
+
+
+def build_optimizer(cfg: Config, trunk: list[nn.Parameter], head: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """SGD as the released runs (momentum, weight decay), or AdamW; the trunk's and the head's
+    learning rates as two parameter groups, in that order (the schedule scales both)."""
+    groups = [dict(params=trunk, lr=cfg.lr_trunk), dict(params=head, lr=cfg.lr_head)]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(groups, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 class Trainer:
@@ -112,8 +125,7 @@ class Trainer:
         check_negatives(cfg, self.consistency, self.pair_batch()[1], self.pair_batch()[0], dist.world)
         self.model = self.place_model()
         head, trunk = self.model.head_parameters(), self.model.trunk_parameters()
-        self.optimizer = torch.optim.SGD([dict(params=trunk, lr=cfg.lr_trunk), dict(params=head, lr=cfg.lr_head)],
-                                         momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        self.optimizer = build_optimizer(cfg, trunk, head)
         self.base_lrs = [cfg.lr_trunk, cfg.lr_head]
         self.amp_dtype = amp_dtype(cfg, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
