@@ -159,3 +159,23 @@ def test_a_saved_config_with_keys_that_are_not_names_is_read(tmp_path):
     (a / "config.yaml").write_text((a / "config.yaml").read_text() + "1: x\nnull: 1\n")
     runs = load_runs([a, _finished_run(tmp_path / "b")], quiet=True)
     assert len(runs) == 2
+
+
+def test_a_metric_evaluated_after_the_run_reaches_the_report_with_its_image_count(tmp_path, capsys):
+    """report.py read only IAUC/DAUC from eval.jsonl: a metric the run did not compute itself (a
+    plugin's, added later; here the pointing game) evaluated on its final weights was never shown."""
+    from semisup.tools.report import limited_label_table, load_runs
+    run = _finished_run(tmp_path / "a", weights_sha256="f" * 64)
+    rows = [dict(weights_sha256="f" * 64, pointing_game=61.5, images=300, validation=718),
+            dict(weights_sha256="0" * 64, pointing_game=99.0, images=718, validation=718)]  # other weights: left out
+    (run / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    table = limited_label_table(load_runs([run]))
+    assert table.iloc[0]["Pointing"] == "61.50", table.iloc[0].to_dict()
+    assert "Pointing on 300 of 718 val images" in str(table.iloc[0]["Seeds"])
+    # The run's own number wins over a later evaluation of the same metric.
+    own = _finished_run(tmp_path / "b", weights_sha256="f" * 64)
+    final = json.loads((own / "final.json").read_text())
+    final["final"]["pointing_game"] = 40.0
+    (own / "final.json").write_text(json.dumps(final))
+    (own / "eval.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    assert limited_label_table(load_runs([own])).iloc[0]["Pointing"] == "40.00"

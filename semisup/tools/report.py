@@ -83,11 +83,14 @@ def _read_run(run_dir: Path) -> tuple[dict, Config] | None:
 
 def evaluated_later(run_dir: Path, final: dict) -> dict:
     """Metrics ``semisup/evaluate.py`` appended to the run's eval.jsonl for the run's own final
-    weights (insertion / deletion AUC are not part of a run's own evaluation): the latest of each,
-    with the number of images it was computed on. A row of other weights (another run's checkpoint
-    evaluated with --out into this folder) or without a digest (older evaluations) is left out."""
+    weights: those only it computes (insertion / deletion AUC) and every reported metric the run's
+    own final.json lacks (a plugin's metric evaluated after the run, a metric of a newer version):
+    the latest of each, with the number of images it was computed on. A row of other weights
+    (another run's checkpoint evaluated with --out into this folder) or without a digest (older
+    evaluations) is left out."""
     found = {}
-    later = evaluate_only_names()
+    own = final.get("final") if isinstance(final.get("final"), dict) else {}
+    later = evaluate_only_names() + [k for k in run_metric_names() if own.get(k) is None]
     path = RunFiles(run_dir).eval
     if not path.is_file():
         return found
@@ -178,8 +181,8 @@ def load_runs(run_dirs: list[str | Path], settings: tuple[str, ...] = (), quiet:
                 max_eval_images=cfg.max_eval_images,
                 signature=_signature({**cfg.to_dict(), **unknown}, method),
                 finished=(RunFiles(run_dir).final).stat().st_mtime,
-                **{k: final["final"].get(k) for k in run_metric_names()},
-                **{**{k: None for k in evaluate_only_names()}, **evaluated_later(run_dir, final)},
+                **{k: final["final"].get(k) for k in run_metric_names()}
+                | {k: None for k in evaluate_only_names()} | evaluated_later(run_dir, final),
                 **{f"best_{k}": (final.get("best") or {}).get(k) for k in ("epoch", *best_metric_names())},
                 **{k: getattr(cfg, k) for k in settings},
             )
@@ -274,10 +277,11 @@ def aggregate(runs: pd.DataFrame, keys: list[str], metrics: dict[str, tuple[str,
             notes.append(f"{int(frame['truncated'].sum())} truncated")
         if "max_eval_images" in frame and frame["max_eval_images"].notna().any():
             notes.append(f"evaluated on ≤ {int(frame['max_eval_images'].max())} val images")
-        for key in evaluate_only_names():  # a metric computed on part of the validation set says so
-            images, total = frame.get(f"{key}_images"), frame.get(f"{key}_of")
-            if images is not None and total is not None and (images.dropna() < total.dropna()).any():
-                notes.append(f"{key.upper()} on {int(images.min())} of {int(total.max())} val images")
+        for key in [c[:-len("_images")] for c in frame if c.endswith("_images") and f"{c[:-7]}_of" in frame]:
+            images, total = frame[f"{key}_images"].dropna(), frame[f"{key}_of"].dropna()
+            if len(images) and len(total) and (images < total.max()).any():  # computed on part of the set: said
+                column = METRICS.get(key).column if key in METRICS else key
+                notes.append(f"{column} on {int(images.min())} of {int(total.max())} val images")
         seeds = frame["seed"].nunique() if "seed" in frame else len(frame)
         row["Seeds"] = f"{seeds} ({'; '.join(notes)})" if notes else seeds
         out.append(row)
