@@ -228,6 +228,8 @@ PASSES = {p.name: p for p in (
     EvalPass("ch", "CH", "a forward and heatmap of each validation image at --ch-short-side, decoded at that size"),
     EvalPass("knn", "kNN", "a forward of each labeled image (the kNN bank), decoded at the top-1 rate"),
     EvalPass("cgc-loss", "CGC loss", "a forward of each validation image's augmented view, beside top-1's (no decode)"),
+    EvalPass("consistency", "consistency",
+             "4 augmented views of each validation image's top-1 crop and the heatmaps of all five (no decode)"),
     EvalPass("insertion", "insertion",
              "a saliency pass and 2 x 29 scored copies of each validation image, decoded at the top-1 rate"),
 )}

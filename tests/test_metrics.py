@@ -35,7 +35,7 @@ def _rates(**extra):
 
 def test_the_package_declares_every_metric_its_consumers_used_to_list():
     from semisup.eval.evaluator import full_metrics, metric_choices, quick_metrics
-    assert metric_choices() == ["top1", "ch", "cgc-loss", "knn", "iauc", "dauc"]  # evaluate.py --metrics, in this order
+    assert metric_choices() == ["top1", "ch", "cgc-loss", "knn", "iauc", "dauc", "consistency"]  # evaluate.py --metrics
     assert full_metrics() == {"top1", "ch", "cgc-loss", "knn"} and quick_metrics() == {"top1"}
     assert METRICS.headline() == ["top1", "top5", "ch"] and METRICS.hparams() == ["top1", "top5", "ch", "knn_top1"]
     assert {"ch_strict", "ch_released_swav", "ch_zero", "pointing_game"} <= set(METRICS.names())

@@ -151,6 +151,8 @@ class Evaluator:
                 results["bad_val_images"] += results.pop("_size_mismatch", 0)
             if "knn" in passes:
                 results["knn_top1"] = self.knn(model, features, labels, progress)
+            if "consistency" in passes:
+                results.update(self.consistency(model, progress))
         if "insertion" in passes:
             results.update(
                 self.insertion(
@@ -221,6 +223,35 @@ class Evaluator:
         if cgc:  # undefined (None), not a perfect 0, where no batch held two images to contrast
             out["cgc_val_loss"] = sums[3].item() / sums[4].item() if sums[4].item() else None
         return out
+
+    def consistency(self, model, progress: bool) -> dict:
+        """Explanation consistency under the training transforms (``semisup.eval.consistency``):
+        mean Pearson r and top-15 % IoU (percent) over the top-1 views and their DRAWS transforms,
+        with how many (image, draw) pairs each is over (r: those where neither map is constant)."""
+        from semisup.eval.consistency import BATCH, consistency_scores
+        raw = _unwrap(model)
+
+        def explain(images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+            normalised = T.normalize(images.to(self.device), channels_last=self._channels_last())
+            with self._autocast():
+                logits, features = model(normalised)
+            return self.explain(raw, normalised, logits, features, classes.to(self.device))
+
+        dataset = self.top1_dataset()
+        batches = self._shard([list(range(i, min(i + BATCH, len(dataset)))) for i in range(0, len(dataset), BATCH)])
+        sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # r sum, r count, IoU sum, IoU count
+        scale = (self.settings.crop_scale_min, 1.0)
+        for batch in tqdm(self._loader(dataset, batches), desc="eval consistency", disable=not self._bars(progress),
+                          leave=False):
+            r, iou = consistency_scores(batch["image"].to(self.device), batch["label"], batch["index"].tolist(),
+                                        explain, scale)
+            defined = ~torch.isnan(r)
+            sums += torch.stack([r[defined].sum(), defined.sum().double(), iou.sum(), torch.tensor(float(len(iou)))
+                                 ]).to(sums)
+        D.all_reduce_sum(sums)
+        return dict(consistency_r=sums[0].item() / sums[1].item() if sums[1].item() else None,
+                    consistency_iou=100 * sums[2].item() / sums[3].item() if sums[3].item() else None,
+                    consistency_pairs=int(sums[1].item()))
 
     def explain(self, model, images, logits, features, classes) -> torch.Tensor:
         """[B, h, w] heatmaps of ``classes`` by the run's explainer (``images``: the normalised input)."""

@@ -42,6 +42,12 @@ for _spec in (
                summary="insertion AUC (percent)"),
     MetricSpec("dauc", "dauc", "insertion", EVALUATE_ONLY, column="DAUC", optional=True, console="DAUC",
                higher_is_better=False, summary="deletion AUC (percent)"),
+    # Explanation consistency under the training transforms (semisup/eval/consistency.py).
+    MetricSpec("consistency_r", "consistency", "consistency", EVALUATE_ONLY, column="Consist. r", decimals=3,
+               optional=True, console="Cons. r",
+               summary="Pearson r of the explanation of a transformed image and the transformed explanation"),
+    MetricSpec("consistency_iou", "consistency", "consistency", EVALUATE_ONLY, column="Consist. IoU", optional=True,
+               console="Cons. IoU", summary="IoU of their top-15 % pixels (percent)"),
 ):
     register_metric(_spec)
 

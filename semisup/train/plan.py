@@ -249,6 +249,7 @@ def _pass_costs(shape: RunShape, rates: Rates) -> dict[str, tuple[float, float]]
         "ch": (val / rates.ch_images_per_s, val / rates.ch_val_per_s),  # at 448 px, decoded at that size
         "knn": (labeled / rates.infer_images_per_s, labeled / rates.val_per_s),  # the labeled bank
         "cgc-loss": (val / rates.infer_images_per_s, 0.0),  # the augmented views of top-1's crops: no decode
+        "consistency": (5 * val / rates.ch_images_per_s, 0.0),  # a view and 4 transforms, each with its heatmap
         "insertion": (insertion_seconds(val, rates), val / rates.val_per_s),
     }
 
