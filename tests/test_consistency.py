@@ -70,6 +70,7 @@ def test_evaluate_computes_it_on_a_runs_checkpoint_and_the_report_shows_it(tmp_p
                      "--max-eval-images", "32"]) == 0
     out = capsys.readouterr().out
     assert "Cons. r" in out and "Cons. IoU" in out
+    assert "not shown: CH, CH strict" in out and "--val-boxes" not in out  # CH was not asked for: no box blamed
     row = json.loads((run_dir / "eval.jsonl").read_text().splitlines()[-1])
     assert -1 <= row["consistency_r"] <= 1 and 0 <= row["consistency_iou"] <= 100
     assert row["consistency_pairs"] <= 32 * DRAWS and row["images"] == 32

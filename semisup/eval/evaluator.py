@@ -412,7 +412,9 @@ def format_results(rows: list[dict], hidden: dict[str, str] | None = None) -> st
         )
     why = [reason for name, reason in hidden.items() if name in METRICS and METRICS.get(name).console]
     if empty:
-        boxes = all(not r.get("ch_images") for r in rows) and any(m.evaluation_pass == "ch" for m in empty)
+        # The CH pass ran (its image count is there) and found no box: say so, not for CH left unasked.
+        boxes = all("ch_images" in r and not r["ch_images"] for r in rows) and any(
+            m.evaluation_pass == "ch" for m in empty)
         why.append(f"{', '.join(m.console for m in empty)}: not computed"
                    + (" (no validation image has a box of its class: --val-boxes)" if boxes else ""))
     if why:
