@@ -163,7 +163,9 @@ def other_value(key: str, current):
         return next(c for c in choices if c != current)
     if field.metadata["path"] or _field_type(field) is str:
         return "somewhere"
-    return (current or 2) + 1
+    from semisup.config import _RANGES
+    rule = _RANGES.get(key)
+    return next(v for v in ((current or 2) + 1, (current or 0.5) / 2) if rule is None or rule[0](v))  # in its range
 
 
 @pytest.mark.slow
@@ -174,7 +176,7 @@ def test_every_setting_a_dataset_or_mode_never_reads_is_refused_there(tmp_path):
     bases = [{}, {"data": str(tmp_path)}, {"labeled_fraction": 1.0}, {"data": str(tmp_path), "labeled_fraction": 1.0},
              {"data": str(tmp_path), "data_format": "fgvc-aircraft", "labeled_fraction": 1.0},
              {"data": str(tmp_path), "labeled_fraction": 0.1},
-             {"data": str(tmp_path), "split_file": "half.txt"}]
+             {"data": str(tmp_path), "split_file": "half.txt"}, {"optimizer": "adamw"}]
     refused = 0
 
     def first_row(cfg, key):  # the row that refuses ``key`` under ``cfg``: the first that applies and lists it
