@@ -171,7 +171,8 @@ def resolve_labeled(names: list[str], settings: DataSettings, splits_dir: Path =
         if not path.is_file():
             raise SplitError(f"--split-file {path}: no such file")
         return read_split(path), path
-    path = standard_split_path(settings.labeled_fraction, splits_dir) if imagenet_layout(names) else None
+    standard = any(abs(settings.labeled_fraction - value) < 1e-9 for value in STANDARD)
+    path = standard_split_path(settings.labeled_fraction, splits_dir) if standard and imagenet_layout(names) else None
     if path is not None:
         return read_split(path), path
     path = custom_split_path(settings.labeled_fraction, settings.split_seed, names, splits_dir)

@@ -59,7 +59,7 @@ def not_meaningful(classes: int | None, arch: str | None) -> dict[str, str]:
     out = {}
     if classes is not None and classes <= 5:
         out["top5"] = f"top-5 of {classes} classes is 100 % by definition"
-    if arch is not None and "resnet" not in arch.lower():
+    if arch is not None and "resne" not in arch.lower():  # resnet*, wide_resnet*, resnext*, timm/resnet*
         # The released SwAV script reads layer4 channel c as class c's map: a ResNet's, from SwAV.
         out["ch_released_swav"] = f"CH rel. SwAV reads a ResNet's layer4 channels, not {arch}'s"
     return out
